@@ -1,0 +1,209 @@
+"""The public functions and their torch.library registration.
+
+`scaled_mm` checks its arguments in plain Python (tensor metadata only, so torch.compile traces it
+into guards and nothing of it runs in a compiled graph), then calls the custom op
+`torch.ops.scaledmm.scaled_mm`. The op chooses the config (a cached lookup) and launches the kernel;
+its fake implementation gives torch.compile the output's shape and dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from scaledmm.configs import MatmulConfig, select_config
+from scaledmm.kernels.matmul import launch_scaled_mm
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+OPERAND_DTYPES = (torch.int8, *FP8_DTYPES)
+SCALE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+BIAS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+# Triton's interpreter runs the kernels on CPU tensors; it is chosen when the kernels are defined.
+INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _names(dtypes: tuple[torch.dtype, ...]) -> str:
+    return ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+
+
+def _is_row_or_column_major(t: torch.Tensor) -> bool:
+    # A unit stride along one dimension; the other stride is free, so views into padded buffers
+    # (a leading dimension larger than the extent) are accepted. A size-1 dimension has any stride.
+    rows, cols = t.shape
+    row_stride, col_stride = t.stride()
+    return col_stride == 1 or row_stride == 1 or rows == 1 or cols == 1
+
+
+def _check_tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _check_scale(name: str, scale: object, vector_len: int, vector_shapes: str) -> None:
+    scale = _check_tensor(name, scale)
+    if scale.dtype not in SCALE_DTYPES:
+        raise TypeError(f"{name} must have dtype {_names(SCALE_DTYPES)}, got {scale.dtype}")
+    # Element-wise comparisons (not tuple membership) so that symbolic sizes under torch.compile
+    # with dynamic shapes compare by value.
+    shape = scale.shape
+    per_tensor = scale.dim() <= 2 and scale.numel() == 1
+    if scale.dim() == 1:
+        vector = shape[0] == vector_len
+    elif scale.dim() == 2:
+        vector = (shape[0] == vector_len and shape[1] == 1) or (
+            name == "scale_b" and shape[0] == 1 and shape[1] == vector_len
+        )
+    else:
+        vector = False
+    if not (per_tensor or vector):
+        raise ValueError(
+            f"{name} must be per-tensor (shape (), [1] or [1, 1]) or {vector_shapes}, got shape {list(shape)}"
+        )
+
+
+def check_scaled_mm_args(
+    a: object,
+    b: object,
+    scale_a: object,
+    scale_b: object,
+    out_dtype: object,
+    bias: object,
+    config: object,
+) -> None:
+    """Raise TypeError (wrong type or dtype) or ValueError (wrong shape, layout or device) naming the
+    offending argument; return None for arguments `scaled_mm` can compute."""
+    a = _check_tensor("a", a)
+    b = _check_tensor("b", b)
+    for name, t in (("a", a), ("b", b)):
+        if t.dtype not in OPERAND_DTYPES:
+            raise TypeError(f"{name} must have dtype {_names(OPERAND_DTYPES)}, got {t.dtype}")
+    if (a.dtype == torch.int8) != (b.dtype == torch.int8):
+        raise TypeError(
+            f"a and b must both be int8 or both float8, got a {a.dtype} and b {b.dtype}"
+        )
+    for name, t in (("a", a), ("b", b)):
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be 2-D, got {t.dim()}-D with shape {list(t.shape)}")
+    M, K = a.shape
+    if b.shape[0] != K:
+        raise ValueError(
+            f"b must be [K, N] with K = a.shape[1] = {K}, got b of shape {list(b.shape)} "
+            "(for a linear layer's [N, K] weight pass weight.t())"
+        )
+    N = b.shape[1]
+    if K == 0 or N == 0:
+        raise ValueError(f"K and N must be >= 1, got a of shape {list(a.shape)} and b of shape {list(b.shape)}")
+    for name, t in (("a", a), ("b", b)):
+        if not _is_row_or_column_major(t):
+            raise ValueError(
+                f"{name} must be row-major or column-major (unit stride in one dimension), got strides "
+                f"{list(t.stride())}; call .contiguous() on it first"
+            )
+    _check_scale("scale_a", scale_a, M, f"per-token (shape [{M}] or [{M}, 1])")
+    _check_scale("scale_b", scale_b, N, f"per-channel (shape [{N}], [1, {N}] or [{N}, 1])")
+    if bias is not None:
+        bias = _check_tensor("bias", bias)
+        if bias.dtype not in BIAS_DTYPES:
+            raise TypeError(f"bias must have dtype {_names(BIAS_DTYPES)}, got {bias.dtype}")
+        if bias.dim() != 1 or bias.shape[0] != N:
+            raise ValueError(f"bias must have shape [{N}] (N), got {list(bias.shape)}")
+    if not isinstance(out_dtype, torch.dtype) or out_dtype not in OUT_DTYPES:
+        raise TypeError(f"out_dtype must be one of torch.{', torch.'.join(_names(OUT_DTYPES).split(', '))}, "
+                        f"got {out_dtype!r}")
+    if config is not None and not isinstance(config, MatmulConfig):
+        raise TypeError(f"config must be a scaledmm.MatmulConfig or None, got {type(config).__name__}")
+
+    named = [("b", b), ("scale_a", scale_a), ("scale_b", scale_b)]
+    if bias is not None:
+        named.append(("bias", bias))
+    for name, t in named:
+        if t.device != a.device:
+            raise ValueError(f"{name} is on {t.device} but a is on {a.device}; all tensors must share a device")
+    if a.device.type != "cuda" and not (INTERPRETER and a.device.type == "cpu"):
+        raise ValueError(
+            f"scaled_mm runs on CUDA tensors, got tensors on {a.device}. To run the Triton kernels on the "
+            "CPU (slowly, for testing), set TRITON_INTERPRET=1 before importing scaledmm."
+        )
+
+
+@functools.cache
+def _check_device_supports(device: torch.device, fp8: bool) -> None:
+    """Raise before launch where the GPU has no instructions for the operands (cached per device)."""
+    if device.type != "cuda" or not fp8:
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        raise ValueError(
+            f"float8 operands need compute capability 8.9 or newer (Ada, Hopper, Blackwell); "
+            f"{torch.cuda.get_device_name(device)} on {device} has {major}.{minor}. Use int8 operands."
+        )
+
+
+@torch.library.custom_op("scaledmm::scaled_mm", mutates_args=())
+def _scaled_mm_op(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale_a: torch.Tensor,
+    scale_b: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    config: list[int] | None,
+) -> torch.Tensor:
+    M, K = a.shape
+    N = b.shape[1]
+    out = torch.empty((M, N), dtype=out_dtype, device=a.device)
+    if M == 0:
+        return out
+    _check_device_supports(a.device, a.dtype != torch.int8)
+    cfg = MatmulConfig(*config) if config is not None else select_config(M, N, K, a.dtype, a.device)
+    if a.is_cuda and a.device.index != torch.cuda.current_device():
+        with torch.cuda.device(a.device):
+            launch_scaled_mm(a, b, scale_a, scale_b, bias, out, cfg)
+    else:
+        launch_scaled_mm(a, b, scale_a, scale_b, bias, out, cfg)
+    return out
+
+
+@_scaled_mm_op.register_fake
+def _scaled_mm_fake(a, b, scale_a, scale_b, bias, out_dtype, config):
+    return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
+
+
+def scaled_mm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale_a: torch.Tensor,
+    scale_b: torch.Tensor,
+    out_dtype: torch.dtype = torch.bfloat16,
+    bias: torch.Tensor | None = None,
+    *,
+    config: MatmulConfig | None = None,
+) -> torch.Tensor:
+    """(a @ b) * scale_a * scale_b + bias, accumulated exactly (int32) or in fp32, scaled in fp32.
+
+    Args:
+        a: [M, K] activation, int8, float8_e4m3fn or float8_e5m2; row- or column-major.
+        b: [K, N] weight, the same family as `a` (int8 with int8; e4m3/e5m2 may mix). A linear
+            layer's [N, K] weight is passed as `weight.t()`.
+        scale_a: per-tensor (shape (), [1], [1, 1]) or per-token ([M], [M, 1]); fp32, fp16 or bf16.
+        scale_b: per-tensor or per-channel ([N], [1, N], [N, 1]); fp32, fp16 or bf16.
+        out_dtype: torch.bfloat16, torch.float16 or torch.float32.
+        bias: optional [N] vector, fp32, fp16 or bf16, added after scaling.
+        config: launch parameters; None asks `scaledmm.select_config`.
+
+    Returns:
+        A new contiguous [M, N] tensor of `out_dtype` on the operands' device.
+
+    Raises:
+        TypeError: an argument of the wrong type or dtype.
+        ValueError: a wrong shape, layout or device.
+    """
+    check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, config)
+    return torch.ops.scaledmm.scaled_mm.default(
+        a, b, scale_a, scale_b, bias, out_dtype, None if config is None else config.as_list()
+    )

@@ -1,0 +1,65 @@
+"""The launch parameters of the matmul kernel, as one small, typed, hashable value."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+# (field, smallest, largest, must be a power of two). tl.dot needs every tile side >= 16, and the 8-bit
+# tensor-core instructions (mma/wgmma with int8 or fp8) consume K in steps of 32.
+_FIELD_RULES: tuple[tuple[str, int, int, bool], ...] = (
+    ("block_m", 16, 256, True),
+    ("block_n", 16, 256, True),
+    ("block_k", 32, 512, True),
+    ("group_m", 1, 64, False),
+    ("num_warps", 1, 16, True),
+    ("num_stages", 1, 8, False),
+)
+
+
+@dataclass(frozen=True)
+class MatmulConfig:
+    """Tile shape and schedule of one kernel launch.
+
+    block_m/block_n/block_k: the output tile and the K step of one program.
+    group_m: how many tile rows share a column sweep in the grouped (L2-friendly) program order.
+    num_warps/num_stages: warps per program and software-pipeline depth, passed to Triton.
+    """
+
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def __post_init__(self) -> None:
+        for name, low, high, power_of_two in _FIELD_RULES:
+            value = getattr(self, name)
+            if type(value) is not int:
+                raise TypeError(f"MatmulConfig.{name} must be an int, got {type(value).__name__}")
+            if not low <= value <= high:
+                raise ValueError(f"MatmulConfig.{name} must be in [{low}, {high}], got {value}")
+            if power_of_two and value & (value - 1):
+                raise ValueError(f"MatmulConfig.{name} must be a power of two, got {value}")
+
+    def as_list(self) -> list[int]:
+        """The fields in declaration order: how the config crosses the torch.library op boundary."""
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, int]) -> MatmulConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown MatmulConfig keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**values)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.block_m}x{self.block_n}x{self.block_k} g{self.group_m} "
+            f"w{self.num_warps} s{self.num_stages}"
+        )

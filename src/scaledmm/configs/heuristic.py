@@ -1,0 +1,58 @@
+"""The untuned choice of a config: a rule on M and N that every tuned file must beat."""
+
+from __future__ import annotations
+
+import triton
+
+from scaledmm.configs.config import MatmulConfig
+
+# Shared memory that Triton needs beyond the pipelined A and B tiles (barriers, epilogue layout
+# conversion); kept free when the pipeline depth is chosen.
+_SHARED_MEMORY_RESERVE = 16 * 1024
+_MIN_STAGES = 2
+
+
+def heuristic_config(M: int, N: int, K: int, num_sms: int, shared_memory: int) -> MatmulConfig:
+    """A reasonable config for 8-bit operands without any tuning.
+
+    Small M is memory-bound (the weight streams once), so tiles are short in M and long in K, and the
+    N tile is the widest that still gives every SM a program. Large M is compute-bound and takes the
+    classic 128x128 tile. The pipeline is as deep as shared memory allows, up to 4 stages.
+    """
+    if M <= 16:
+        block_m, block_k, num_warps = 16, 256, 4
+    elif M <= 32:
+        block_m, block_k, num_warps = 32, 256, 4
+    elif M <= 64:
+        block_m, block_k, num_warps = 64, 128, 4
+    elif M <= 128:
+        block_m, block_k, num_warps = 64, 128, 4
+    else:
+        block_m, block_k, num_warps = 128, 128, 8
+
+    if M <= 64:
+        tiles_m = triton.cdiv(M, block_m)
+        block_n = next(
+            (bn for bn in (128, 64) if triton.cdiv(N, bn) * tiles_m >= num_sms),
+            32,
+        )
+    else:
+        block_n = 128
+
+    # Tiles no larger than the problem (but at least the tensor-core minimum).
+    block_n = min(block_n, max(16, triton.next_power_of_2(N)))
+    block_k = min(block_k, max(32, triton.next_power_of_2(K)))
+
+    stage_bytes = (block_m + block_n) * block_k  # one byte per 8-bit element
+    num_stages = 4
+    while num_stages > _MIN_STAGES and num_stages * stage_bytes > shared_memory - _SHARED_MEMORY_RESERVE:
+        num_stages -= 1
+
+    return MatmulConfig(
+        block_m=block_m,
+        block_n=block_n,
+        block_k=block_k,
+        group_m=8,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )

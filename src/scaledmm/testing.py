@@ -1,0 +1,119 @@
+"""Random operands drawn as ../BENCHMARKING.md prescribes, and the error bound a correct kernel meets.
+
+Shared by the tests, the benchmark and the tuner, so all three draw the same kind of data and judge
+outputs by the same rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from scaledmm.reference import scaled_mm_ref
+
+FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
+
+
+@dataclass
+class Operands:
+    """The arguments of one scaled_mm call."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    scale_a: torch.Tensor
+    scale_b: torch.Tensor
+    bias: torch.Tensor | None
+
+    def args(self) -> tuple:
+        return self.a, self.b, self.scale_a, self.scale_b
+
+
+def random_8bit(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str, gen=None) -> torch.Tensor:
+    """int8 uniform in [-127, 127]; fp8 from randn, clamped to the format's range."""
+    if dtype == torch.int8:
+        return torch.randint(-127, 128, shape, dtype=torch.int8, device=device, generator=gen)
+    values = torch.randn(shape, device=device, generator=gen)
+    limit = FP8_MAX[dtype]
+    return values.clamp(-limit, limit).to(dtype)
+
+
+def make_operands(
+    M: int,
+    N: int,
+    K: int,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    *,
+    b_dtype: torch.dtype | None = None,
+    per_token: bool = True,
+    per_channel: bool = True,
+    bias_dtype: torch.dtype | None = torch.bfloat16,
+    scale_dtype: torch.dtype = torch.float32,
+    a_column_major: bool = False,
+    b_column_major: bool = True,
+    gen: torch.Generator | None = None,
+) -> Operands:
+    """Fresh random operands for an [M, K] x [K, N] product.
+
+    b is column-major by default, as `weight.t()` of a linear layer is. Scales are uniform in
+    [0.5, 1.5): [M, 1] per token, [1, N] per channel, 0-d per tensor. Bias is randn, or None.
+    """
+    a = random_8bit((K, M) if a_column_major else (M, K), dtype, device, gen)
+    a = a.t() if a_column_major else a
+    b = random_8bit((N, K) if b_column_major else (K, N), b_dtype or dtype, device, gen)
+    b = b.t() if b_column_major else b
+
+    def uniform(shape):
+        return (torch.rand(shape, device=device, generator=gen) + 0.5).to(scale_dtype)
+
+    scale_a = uniform((M, 1) if per_token else ())
+    scale_b = uniform((1, N) if per_channel else ())
+    bias = None
+    if bias_dtype is not None:
+        bias = torch.randn(N, device=device, generator=gen).to(bias_dtype)
+    return Operands(a, b, scale_a, scale_b, bias)
+
+
+# Relative accumulation error allowed for fp8 operands. The products of two fp8 values are exact in
+# fp32, so a plain fp32 sum errs by at most K * 2**-24 of sum|a||b|; Hopper's fp8 tensor cores keep
+# fewer accumulator bits inside one instruction (about 14), which 2**-10 of sum|a||b| covers.
+FP8_ACCUMULATION_EPS = 2.0**-10
+# int8 products sum exactly in int32; what is left is the fp32 epilogue: the int32 -> fp32 cast, two
+# scale products and the bias add, each at most half an fp32 ulp: 4 * 2**-24 with room.
+EPILOGUE_EPS = 2.0**-22
+
+
+def error_bound(ops: Operands, out_dtype: torch.dtype) -> torch.Tensor:
+    """Per-element bound on |out - exact| for a correct kernel, in float64.
+
+    One ulp of the output format (round-to-nearest needs half; Triton's interpreter truncates and
+    needs a whole one) plus the accumulation and epilogue error, which scale with
+    sum_k |a_ik b_kj| * |scale_a_i| * |scale_b_j| (+ |bias_j|).
+    """
+    abs_ops = Operands(ops.a.to(torch.float64).abs(), ops.b.to(torch.float64).abs(),
+                       ops.scale_a.abs(), ops.scale_b.abs(), None)
+    magnitude = scaled_mm_ref(*abs_ops.args())
+    exact = scaled_mm_ref(*ops.args(), bias=ops.bias)
+    accumulation = 0.0 if ops.a.dtype == torch.int8 else FP8_ACCUMULATION_EPS
+    epilogue = magnitude if ops.bias is None else magnitude + ops.bias.to(torch.float64).abs()
+    ulp = torch.finfo(out_dtype).eps  # the spacing at 1.0: one ulp of x is at most eps * |x|
+    return ulp * exact.abs() + accumulation * magnitude + EPILOGUE_EPS * epilogue + torch.finfo(out_dtype).tiny
+
+
+def max_error_ratio(out: torch.Tensor, ops: Operands) -> float:
+    """max |out - exact| / bound over all elements: <= 1 for a correct kernel; inf for NaN."""
+    exact = scaled_mm_ref(*ops.args(), bias=ops.bias)
+    err = (out.to(torch.float64) - exact).abs()
+    if out.numel() == 0:
+        return 0.0
+    ratio = (err / error_bound(ops, out.dtype)).max().item()
+    return float("inf") if ratio != ratio else ratio
+
+
+def assert_close(out: torch.Tensor, ops: Operands) -> None:
+    """Assert that `out` is a correct scaled_mm of `ops`, within `error_bound`."""
+    M, N = ops.a.shape[0], ops.b.shape[1]
+    assert tuple(out.shape) == (M, N), f"shape {list(out.shape)} != {[M, N]}"
+    ratio = max_error_ratio(out, ops)
+    assert ratio <= 1.0, f"error {ratio:.3g}x the allowed bound (dtype {ops.a.dtype}, out {out.dtype})"

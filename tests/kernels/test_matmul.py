@@ -1,0 +1,79 @@
+"""The kernel's memory behaviour: it writes its whole output and nothing else, reads nothing outside
+its operands, and addresses tensors of more than 2**31 elements."""
+
+import pytest
+import torch
+from helpers import DEVICE
+
+from scaledmm import MatmulConfig, select_config
+from scaledmm.kernels.matmul import launch_scaled_mm
+from scaledmm.testing import Operands, assert_close, make_operands
+
+PAD = 5  # elements of padding on every side of every view
+
+
+def poison_value(dtype):
+    # Reading a poisoned element must change the result visibly: NaN for fp8 (it propagates),
+    # the largest int8 for int8 (the result then leaves the error bound).
+    return 127 if dtype == torch.int8 else float("nan")
+
+
+def padded_view(src: torch.Tensor, fill) -> tuple[torch.Tensor, torch.Tensor]:
+    """A copy of the 2-D `src` placed inside a larger buffer filled with `fill`, keeping its layout."""
+    column_major = src.stride(0) == 1 and src.shape[1] > 1
+    rows, cols = src.shape
+    if column_major:
+        buf = torch.full((cols + 2 * PAD, rows + 2 * PAD), fill, dtype=torch.float32, device=DEVICE).to(src.dtype)
+        view = buf[PAD:PAD + cols, PAD:PAD + rows].t()
+    else:
+        buf = torch.full((rows + 2 * PAD, cols + 2 * PAD), fill, dtype=torch.float32, device=DEVICE).to(src.dtype)
+        view = buf[PAD:PAD + rows, PAD:PAD + cols]
+    view.copy_(src)
+    return buf, view
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "e4m3"])
+@pytest.mark.parametrize("a_col,b_col", [(False, True), (True, False)], ids=["aR-bC", "aC-bR"])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(
+    "M,N,K,config",
+    [
+        (33, 130, 257, None),  # the heuristic's config for this shape
+        (37, 45, 70, MatmulConfig(16, 32, 32, group_m=2, num_warps=2, num_stages=2)),
+    ],
+)
+def test_writes_whole_output_and_nothing_outside(dtype, a_col, b_col, out_dtype, M, N, K, config):
+    ops = make_operands(M, N, K, dtype, DEVICE, a_column_major=a_col, b_column_major=b_col)
+    poison = poison_value(dtype)
+    _, a = padded_view(ops.a, poison)
+    _, b = padded_view(ops.b, poison)
+    out_poison = float("nan")
+    out_buf, out = padded_view(torch.empty(M, N, dtype=out_dtype, device=DEVICE), out_poison)
+    out.fill_(out_poison)
+    config = config or select_config(M, N, K, dtype, DEVICE)
+
+    launch_scaled_mm(a, b, ops.scale_a, ops.scale_b, ops.bias, out, config)
+
+    assert not out.isnan().any(), "some output elements were not written"
+    assert_close(out, Operands(a, b, ops.scale_a, ops.scale_b, ops.bias))
+    outside = torch.ones_like(out_buf, dtype=torch.bool)
+    outside[PAD:PAD + M, PAD:PAD + N] = False
+    assert out_buf[outside].isnan().all(), "the kernel wrote outside its output"
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "e4m3"])
+def test_offsets_beyond_int32(dtype):
+    # Row strides of 2**27 put the last of 17 rows at element 2**31 of a and of out: 32-bit offset
+    # arithmetic would wrap there. The buffers are allocated but only the used rows are touched.
+    M, N, K, row_stride = 17, 16, 32, 2**27
+    small = make_operands(M, N, K, dtype, DEVICE)
+    a_store = torch.empty((M - 1) * row_stride + K, dtype=dtype, device=DEVICE)
+    a = a_store.as_strided((M, K), (row_stride, 1))
+    a.copy_(small.a)
+    out_store = torch.empty((M - 1) * row_stride + N, dtype=torch.bfloat16, device=DEVICE)
+    out = out_store.as_strided((M, N), (row_stride, 1))
+    out.fill_(float("nan"))
+
+    launch_scaled_mm(a, small.b, small.scale_a, small.scale_b, small.bias, out, MatmulConfig(16, 16, 32))
+
+    assert_close(out, Operands(a, small.b, small.scale_a, small.scale_b, small.bias))

@@ -1,0 +1,104 @@
+"""Every bad input raises the documented exception, naming the argument, before any launch."""
+
+import pytest
+import torch
+from helpers import DEVICE
+
+import scaledmm
+from scaledmm import MatmulConfig
+from scaledmm.testing import make_operands
+
+M, N, K = 6, 10, 32
+
+
+def good_args():
+    ops = make_operands(M, N, K, torch.int8, DEVICE)
+    return dict(a=ops.a, b=ops.b, scale_a=ops.scale_a, scale_b=ops.scale_b,
+                out_dtype=torch.bfloat16, bias=ops.bias, config=None)
+
+
+def fp8(shape):
+    return torch.randn(shape, device=DEVICE).to(torch.float8_e4m3fn)
+
+
+def i8(shape):
+    return torch.randint(-127, 128, shape, dtype=torch.int8, device=DEVICE)
+
+
+BAD = {
+    # name: (argument -> bad value, exception, words the message must contain)
+    "a not a tensor": ("a", lambda a: a.tolist(), TypeError, "a must be a torch.Tensor"),
+    "a float32": ("a", lambda a: a.float(), TypeError, "a must have dtype"),
+    "b bfloat16": ("b", lambda b: b.to(torch.bfloat16), TypeError, "b must have dtype"),
+    "int8 a with fp8 b": ("b", lambda b: fp8((K, N)), TypeError, "a and b must both be int8 or both float8"),
+    "a 1-D": ("a", lambda a: a[0], ValueError, "a must be 2-D"),
+    "b 3-D": ("b", lambda b: b[None], ValueError, "b must be 2-D"),
+    "K mismatch": ("b", lambda b: i8((K + 1, N)), ValueError, "b must be [K, N]"),
+    "a strided": ("a", lambda a: i8((M, 2 * K))[:, ::2], ValueError, "a must be row-major or column-major"),
+    "b strided": ("b", lambda b: i8((2 * K, 2 * N))[::2, ::2], ValueError, "b must be row-major or column-major"),
+    "integer scale_a": ("scale_a", lambda s: torch.ones(M, 1, dtype=torch.int32, device=DEVICE), TypeError,
+                        "scale_a must have dtype"),
+    "float64 scale_b": ("scale_b", lambda s: s.double(), TypeError, "scale_b must have dtype"),
+    "scale_a per-channel shape": ("scale_a", lambda s: torch.ones(1, M, device=DEVICE), ValueError,
+                                  "scale_a must be per-tensor"),
+    "scale_a wrong length": ("scale_a", lambda s: torch.ones(M + 1, device=DEVICE), ValueError,
+                             "scale_a must be per-tensor"),
+    "scale_b wrong length": ("scale_b", lambda s: torch.ones(N - 1, device=DEVICE), ValueError,
+                             "scale_b must be per-tensor"),
+    "scale_b 3-D": ("scale_b", lambda s: torch.ones(1, 1, N, device=DEVICE), ValueError, "scale_b must be"),
+    "scale_a not a tensor": ("scale_a", lambda s: 1.0, TypeError, "scale_a must be a torch.Tensor"),
+    "bias wrong shape": ("bias", lambda b: torch.zeros(1, N, device=DEVICE), ValueError, "bias must have shape"),
+    "bias wrong length": ("bias", lambda b: torch.zeros(N + 1, device=DEVICE), ValueError, "bias must have shape"),
+    "bias int": ("bias", lambda b: torch.zeros(N, dtype=torch.int32, device=DEVICE), TypeError,
+                 "bias must have dtype"),
+    "out_dtype int32": ("out_dtype", lambda d: torch.int32, TypeError, "out_dtype must be one of"),
+    "out_dtype fp8": ("out_dtype", lambda d: torch.float8_e4m3fn, TypeError, "out_dtype must be one of"),
+    "out_dtype string": ("out_dtype", lambda d: "bfloat16", TypeError, "out_dtype must be one of"),
+    "config dict": ("config", lambda c: {"block_m": 16}, TypeError, "config must be a scaledmm.MatmulConfig"),
+    "scale_b on the meta device": ("scale_b", lambda s: s.to("meta"), ValueError, "scale_b is on meta"),
+    "bias on the meta device": ("bias", lambda b: b.to("meta"), ValueError, "bias is on meta"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_input_raises_before_launch(case, monkeypatch):
+    name, make_bad, error, words = BAD[case]
+    args = good_args()
+    args[name] = make_bad(args[name])
+    launched = []
+    monkeypatch.setattr("scaledmm.api.launch_scaled_mm", lambda *a, **k: launched.append(1))
+    with pytest.raises(error, match=words.replace("[", r"\[").replace("]", r"\]")):
+        scaledmm.scaled_mm(**args)
+    assert not launched
+
+
+def test_zero_k_and_zero_n_are_refused():
+    with pytest.raises(ValueError, match="K and N must be >= 1"):
+        scaledmm.scaled_mm(i8((M, 0)), i8((0, N)), torch.ones(()), torch.ones(()))
+    with pytest.raises(ValueError, match="K and N must be >= 1"):
+        scaledmm.scaled_mm(i8((M, K)), i8((K, 0)), torch.ones(()), torch.ones(()))
+
+
+def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch):
+    monkeypatch.setattr("scaledmm.api.INTERPRETER", False)
+    ops = make_operands(M, N, K, torch.int8, "cpu")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        scaledmm.scaled_mm(*ops.args())
+
+
+@pytest.mark.parametrize(
+    "fields,error",
+    [
+        (dict(block_m=24, block_n=32, block_k=32), ValueError),  # not a power of two
+        (dict(block_m=8, block_n=32, block_k=32), ValueError),  # below the tensor-core minimum
+        (dict(block_m=16, block_n=32, block_k=16), ValueError),  # 8-bit dots need K steps of 32
+        (dict(block_m=16, block_n=512, block_k=32), ValueError),
+        (dict(block_m=16, block_n=32, block_k=32, num_stages=0), ValueError),
+        (dict(block_m=16, block_n=32, block_k=32, num_warps=3), ValueError),
+        (dict(block_m=16.0, block_n=32, block_k=32), TypeError),
+        (dict(block_m=True, block_n=32, block_k=32), TypeError),
+    ],
+)
+def test_bad_config_is_refused(fields, error):
+    with pytest.raises(error, match="MatmulConfig"):
+        MatmulConfig(**fields)
