@@ -1,0 +1,101 @@
+"""Timing by ../shared/BENCHMARKING.md, shared by `scaledmm bench` and the tuner.
+
+Cold weights: R copies of every input, called in turn, so the weight comes from HBM as in a model.
+No launch gaps: the R calls are captured in one CUDA graph, replayed at least 20 times, each replay
+timed with CUDA events; per-call time = replay time / R. Without a GPU (Triton's interpreter) the
+calls are timed with the host clock instead; such numbers only show the code runs.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+MIN_REPLAYS = 20
+L2_MULTIPLE = 4  # R x weight bytes >= 4 x L2
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-call time in microseconds over the replays: median, min and max."""
+
+    median_us: float
+    min_us: float
+    max_us: float
+
+
+def rotation_count(weight_bytes: int, device: torch.device, max_copies: int = 64) -> int:
+    """How many copies of the inputs keep the weight out of L2 between its uses (R >= 2)."""
+    if device.type != "cuda":
+        return 2
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size
+    return min(max_copies, max(2, math.ceil(L2_MULTIPLE * l2 / max(weight_bytes, 1))))
+
+
+def time_calls(
+    fn: Callable[..., object], inputs: Sequence[Sequence[object]], replays: int = MIN_REPLAYS
+) -> Timing:
+    """Time `fn(*inputs[i])` for i = 0..R-1, per the protocol; returns the per-call time.
+
+    `fn` must already be compiled for these inputs' shapes, or it is compiled in the warm-up here.
+    """
+    replays = max(replays, MIN_REPLAYS)
+    first = next((x for x in inputs[0] if isinstance(x, torch.Tensor)), None)
+    if first is None or first.device.type != "cuda":
+        return _time_on_host(fn, inputs, replays)
+
+    for args in inputs:  # warm-up: compile, autotune caches, cuBLAS handles
+        fn(*args)
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        for args in inputs:
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph.replay()
+    torch.cuda.synchronize()
+
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
+    for start, end in zip(starts, ends):
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize()
+    per_call = [s.elapsed_time(e) * 1000.0 / len(inputs) for s, e in zip(starts, ends)]
+    del graph
+    return Timing(statistics.median(per_call), min(per_call), max(per_call))
+
+
+def _time_on_host(fn, inputs, replays) -> Timing:
+    for args in inputs:
+        fn(*args)
+    per_call = []
+    for _ in range(min(replays, MIN_REPLAYS)):
+        start = time.perf_counter()
+        for args in inputs:
+            fn(*args)
+        per_call.append((time.perf_counter() - start) * 1e6 / len(inputs))
+    return Timing(statistics.median(per_call), min(per_call), max(per_call))
+
+
+def host_time_per_call(fn: Callable[[], object], calls: int = 3000, warmup: int = 100) -> float:
+    """CPU time per call in microseconds, over `calls` calls with no synchronisation in the loop."""
+    for _ in range(warmup):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return elapsed * 1e6 / calls
