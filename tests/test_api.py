@@ -22,8 +22,18 @@ def run(ops, out_dtype=torch.bfloat16, config=None):
 @pytest.mark.parametrize("per_token,per_channel", SCALE_MODES, ids=["tok-ch", "tok-t", "t-ch", "t-t"])
 @pytest.mark.parametrize("a_col,b_col", LAYOUTS, ids=["aR-bC", "aR-bR", "aC-bC", "aC-bR"])
 def test_dtypes_scales_layouts(pair, per_token, per_channel, a_col, b_col):
-    ops = make_operands(33, 130, 257, pair[0], DEVICE, b_dtype=pair[1], per_token=per_token,
-                        per_channel=per_channel, a_column_major=a_col, b_column_major=b_col)
+    ops = make_operands(
+        33,
+        130,
+        257,
+        pair[0],
+        DEVICE,
+        b_dtype=pair[1],
+        per_token=per_token,
+        per_channel=per_channel,
+        a_column_major=a_col,
+        b_column_major=b_col,
+    )
     assert_close(run(ops), ops)
 
 

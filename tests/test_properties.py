@@ -39,12 +39,24 @@ configs = st.one_of(
     config=configs,
     seed=st.integers(0, 2**31 - 1),
 )
-def test_matches_reference(M, N, K, pair, per_token, per_channel, a_column_major, b_column_major,
-                           bias_dtype, out_dtype, config, seed):
+def test_matches_reference(
+    M, N, K, pair, per_token, per_channel, a_column_major, b_column_major, bias_dtype, out_dtype, config, seed
+):
     gen = torch.Generator(DEVICE).manual_seed(seed)
-    ops = make_operands(M, N, K, pair[0], DEVICE, b_dtype=pair[1], per_token=per_token,
-                        per_channel=per_channel, bias_dtype=bias_dtype, a_column_major=a_column_major,
-                        b_column_major=b_column_major, gen=gen)
+    ops = make_operands(
+        M,
+        N,
+        K,
+        pair[0],
+        DEVICE,
+        b_dtype=pair[1],
+        per_token=per_token,
+        per_channel=per_channel,
+        bias_dtype=bias_dtype,
+        a_column_major=a_column_major,
+        b_column_major=b_column_major,
+        gen=gen,
+    )
     out = scaledmm.scaled_mm(*ops.args(), out_dtype=out_dtype, bias=ops.bias, config=config)
     assert out.dtype == out_dtype
     assert_close(out, ops)

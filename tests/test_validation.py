@@ -13,8 +13,9 @@ M, N, K = 6, 10, 32
 
 def good_args():
     ops = make_operands(M, N, K, torch.int8, DEVICE)
-    return dict(a=ops.a, b=ops.b, scale_a=ops.scale_a, scale_b=ops.scale_b,
-                out_dtype=torch.bfloat16, bias=ops.bias, config=None)
+    return dict(
+        a=ops.a, b=ops.b, scale_a=ops.scale_a, scale_b=ops.scale_b, out_dtype=torch.bfloat16, bias=ops.bias, config=None
+    )
 
 
 def fp8(shape):
@@ -36,21 +37,36 @@ BAD = {
     "K mismatch": ("b", lambda b: i8((K + 1, N)), ValueError, "b must be [K, N]"),
     "a strided": ("a", lambda a: i8((M, 2 * K))[:, ::2], ValueError, "a must be row-major or column-major"),
     "b strided": ("b", lambda b: i8((2 * K, 2 * N))[::2, ::2], ValueError, "b must be row-major or column-major"),
-    "integer scale_a": ("scale_a", lambda s: torch.ones(M, 1, dtype=torch.int32, device=DEVICE), TypeError,
-                        "scale_a must have dtype"),
+    "integer scale_a": (
+        "scale_a",
+        lambda s: torch.ones(M, 1, dtype=torch.int32, device=DEVICE),
+        TypeError,
+        "scale_a must have dtype",
+    ),
     "float64 scale_b": ("scale_b", lambda s: s.double(), TypeError, "scale_b must have dtype"),
-    "scale_a per-channel shape": ("scale_a", lambda s: torch.ones(1, M, device=DEVICE), ValueError,
-                                  "scale_a must be per-tensor"),
-    "scale_a wrong length": ("scale_a", lambda s: torch.ones(M + 1, device=DEVICE), ValueError,
-                             "scale_a must be per-tensor"),
-    "scale_b wrong length": ("scale_b", lambda s: torch.ones(N - 1, device=DEVICE), ValueError,
-                             "scale_b must be per-tensor"),
+    "scale_a per-channel shape": (
+        "scale_a",
+        lambda s: torch.ones(1, M, device=DEVICE),
+        ValueError,
+        "scale_a must be per-tensor",
+    ),
+    "scale_a wrong length": (
+        "scale_a",
+        lambda s: torch.ones(M + 1, device=DEVICE),
+        ValueError,
+        "scale_a must be per-tensor",
+    ),
+    "scale_b wrong length": (
+        "scale_b",
+        lambda s: torch.ones(N - 1, device=DEVICE),
+        ValueError,
+        "scale_b must be per-tensor",
+    ),
     "scale_b 3-D": ("scale_b", lambda s: torch.ones(1, 1, N, device=DEVICE), ValueError, "scale_b must be"),
     "scale_a not a tensor": ("scale_a", lambda s: 1.0, TypeError, "scale_a must be a torch.Tensor"),
     "bias wrong shape": ("bias", lambda b: torch.zeros(1, N, device=DEVICE), ValueError, "bias must have shape"),
     "bias wrong length": ("bias", lambda b: torch.zeros(N + 1, device=DEVICE), ValueError, "bias must have shape"),
-    "bias int": ("bias", lambda b: torch.zeros(N, dtype=torch.int32, device=DEVICE), TypeError,
-                 "bias must have dtype"),
+    "bias int": ("bias", lambda b: torch.zeros(N, dtype=torch.int32, device=DEVICE), TypeError, "bias must have dtype"),
     "out_dtype int32": ("out_dtype", lambda d: torch.int32, TypeError, "out_dtype must be one of"),
     "out_dtype fp8": ("out_dtype", lambda d: torch.float8_e4m3fn, TypeError, "out_dtype must be one of"),
     "out_dtype string": ("out_dtype", lambda d: "bfloat16", TypeError, "out_dtype must be one of"),

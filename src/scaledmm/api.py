@@ -83,9 +83,7 @@ def check_scaled_mm_args(
         if t.dtype not in OPERAND_DTYPES:
             raise TypeError(f"{name} must have dtype {_names(OPERAND_DTYPES)}, got {t.dtype}")
     if (a.dtype == torch.int8) != (b.dtype == torch.int8):
-        raise TypeError(
-            f"a and b must both be int8 or both float8, got a {a.dtype} and b {b.dtype}"
-        )
+        raise TypeError(f"a and b must both be int8 or both float8, got a {a.dtype} and b {b.dtype}")
     for name, t in (("a", a), ("b", b)):
         if t.dim() != 2:
             raise ValueError(f"{name} must be 2-D, got {t.dim()}-D with shape {list(t.shape)}")
@@ -113,8 +111,9 @@ def check_scaled_mm_args(
         if bias.dim() != 1 or bias.shape[0] != N:
             raise ValueError(f"bias must have shape [{N}] (N), got {list(bias.shape)}")
     if not isinstance(out_dtype, torch.dtype) or out_dtype not in OUT_DTYPES:
-        raise TypeError(f"out_dtype must be one of torch.{', torch.'.join(_names(OUT_DTYPES).split(', '))}, "
-                        f"got {out_dtype!r}")
+        raise TypeError(
+            f"out_dtype must be one of torch.{', torch.'.join(_names(OUT_DTYPES).split(', '))}, got {out_dtype!r}"
+        )
     if config is not None and not isinstance(config, MatmulConfig):
         raise TypeError(f"config must be a scaledmm.MatmulConfig or None, got {type(config).__name__}")
 

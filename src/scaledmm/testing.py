@@ -91,8 +91,9 @@ def error_bound(ops: Operands, out_dtype: torch.dtype) -> torch.Tensor:
     needs a whole one) plus the accumulation and epilogue error, which scale with
     sum_k |a_ik b_kj| * |scale_a_i| * |scale_b_j| (+ |bias_j|).
     """
-    abs_ops = Operands(ops.a.to(torch.float64).abs(), ops.b.to(torch.float64).abs(),
-                       ops.scale_a.abs(), ops.scale_b.abs(), None)
+    abs_ops = Operands(
+        ops.a.to(torch.float64).abs(), ops.b.to(torch.float64).abs(), ops.scale_a.abs(), ops.scale_b.abs(), None
+    )
     magnitude = scaled_mm_ref(*abs_ops.args())
     exact = scaled_mm_ref(*ops.args(), bias=ops.bias)
     accumulation = 0.0 if ops.a.dtype == torch.int8 else FP8_ACCUMULATION_EPS

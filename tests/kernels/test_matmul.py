@@ -24,10 +24,10 @@ def padded_view(src: torch.Tensor, fill) -> tuple[torch.Tensor, torch.Tensor]:
     rows, cols = src.shape
     if column_major:
         buf = torch.full((cols + 2 * PAD, rows + 2 * PAD), fill, dtype=torch.float32, device=DEVICE).to(src.dtype)
-        view = buf[PAD:PAD + cols, PAD:PAD + rows].t()
+        view = buf[PAD : PAD + cols, PAD : PAD + rows].t()
     else:
         buf = torch.full((rows + 2 * PAD, cols + 2 * PAD), fill, dtype=torch.float32, device=DEVICE).to(src.dtype)
-        view = buf[PAD:PAD + rows, PAD:PAD + cols]
+        view = buf[PAD : PAD + rows, PAD : PAD + cols]
     view.copy_(src)
     return buf, view
 
@@ -57,7 +57,7 @@ def test_writes_whole_output_and_nothing_outside(dtype, a_col, b_col, out_dtype,
     assert not out.isnan().any(), "some output elements were not written"
     assert_close(out, Operands(a, b, ops.scale_a, ops.scale_b, ops.bias))
     outside = torch.ones_like(out_buf, dtype=torch.bool)
-    outside[PAD:PAD + M, PAD:PAD + N] = False
+    outside[PAD : PAD + M, PAD : PAD + N] = False
     assert out_buf[outside].isnan().all(), "the kernel wrote outside its output"
 
 

@@ -37,9 +37,7 @@ def rotation_count(weight_bytes: int, device: torch.device, max_copies: int = 64
     return min(max_copies, max(2, math.ceil(L2_MULTIPLE * l2 / max(weight_bytes, 1))))
 
 
-def time_calls(
-    fn: Callable[..., object], inputs: Sequence[Sequence[object]], replays: int = MIN_REPLAYS
-) -> Timing:
+def time_calls(fn: Callable[..., object], inputs: Sequence[Sequence[object]], replays: int = MIN_REPLAYS) -> Timing:
     """Time `fn(*inputs[i])` for i = 0..R-1, per the protocol; returns the per-call time.
 
     `fn` must already be compiled for these inputs' shapes, or it is compiled in the warm-up here.

@@ -59,7 +59,4 @@ class MatmulConfig:
         return cls(**values)
 
     def __str__(self) -> str:
-        return (
-            f"{self.block_m}x{self.block_n}x{self.block_k} g{self.group_m} "
-            f"w{self.num_warps} s{self.num_stages}"
-        )
+        return f"{self.block_m}x{self.block_n}x{self.block_k} g{self.group_m} w{self.num_warps} s{self.num_stages}"

@@ -23,9 +23,7 @@ def heuristic_config(M: int, N: int, K: int, num_sms: int, shared_memory: int) -
         block_m, block_k, num_warps = 16, 256, 4
     elif M <= 32:
         block_m, block_k, num_warps = 32, 256, 4
-    elif M <= 64:
-        block_m, block_k, num_warps = 64, 128, 4
-    elif M <= 128:
+    elif M <= 64 or M <= 128:
         block_m, block_k, num_warps = 64, 128, 4
     else:
         block_m, block_k, num_warps = 128, 128, 8

@@ -1,0 +1,5 @@
+import sys
+
+from scaledmm.cli import main
+
+sys.exit(main())

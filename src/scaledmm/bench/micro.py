@@ -1,0 +1,327 @@
+"""The micro benchmark behind `scaledmm bench`: scaledmm against the vendor kernels, point by point,
+in one run on one card (../shared/BENCHMARKING.md)."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import platform
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+from tqdm import tqdm
+
+import scaledmm
+from scaledmm.bench.shapes import LinearShape, m_range
+from scaledmm.bench.timing import host_time_per_call, rotation_count, time_calls
+from scaledmm.configs import device_limits, heuristic_config
+from scaledmm.kernels.matmul import launch_scaled_mm
+from scaledmm.testing import Operands, make_operands, max_error_ratio
+
+DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
+OUT_DTYPE = torch.bfloat16
+
+SCALEDMM = "scaledmm"
+HEURISTIC = "scaledmm-heuristic"
+TORCH_SCALED_MM = "torch._scaled_mm"
+TORCH_INT_MM = "torch._int_mm+epilogue"
+BF16 = "F.linear-bf16"
+# What scaledmm is compared with, per dtype; int8 is also set against the fp8 vendor kernel, the
+# fastest W8A8 path torch offers.
+BASELINES = {"fp8": (TORCH_SCALED_MM, HEURISTIC, BF16), "int8": (TORCH_INT_MM, TORCH_SCALED_MM, HEURISTIC, BF16)}
+RANGES = ("decode", "mid", "prefill", "all")
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def _nvidia_smi(field: str, index: int) -> str:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader", f"--id={index}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: torch.device, command: str) -> dict:
+    """What a reader needs to compare these numbers with others: card, driver, clocks, versions, date."""
+    env = {
+        "command": command,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": str(device),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "scaledmm": scaledmm.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(
+            gpu=props.name,
+            compute_capability=f"{props.major}.{props.minor}",
+            sm_count=props.multi_processor_count,
+            l2_bytes=props.L2_cache_size,
+            driver=_nvidia_smi("driver_version", device.index or 0),
+            sm_clock=_nvidia_smi("clocks.sm", device.index or 0),
+            max_sm_clock=_nvidia_smi("clocks.max.sm", device.index or 0),
+        )
+    else:
+        env.update(gpu=None, note="no GPU: kernels ran in Triton's interpreter; times are not meaningful")
+    return env
+
+
+# ----------------------------------------------------------------------------- ceilings
+
+
+def measure_ceilings(device: torch.device) -> dict[str, float]:
+    """Copy bandwidth (GB/s, read + write of a 1 GiB buffer) and matmul rates (TFLOP/s, 8192^3)."""
+    size = 8192
+    flops = 2 * size**3
+    src = torch.empty(2**30, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+    copy = time_calls(lambda d, s: d.copy_(s), [(dst, src)])
+    del src, dst
+
+    def rate(make, fn) -> float:
+        copies = [make() for _ in range(rotation_count(size * size, device))]
+        return flops / time_calls(fn, copies).median_us / 1e6
+
+    def fp8_pair():
+        ops = make_operands(
+            size, size, size, torch.float8_e4m3fn, device, per_token=False, per_channel=False, bias_dtype=None
+        )
+        return ops.a, ops.b, ops.scale_a, ops.scale_b
+
+    def int8_pair():
+        ops = make_operands(size, size, size, torch.int8, device, bias_dtype=None)
+        return ops.a, ops.b
+
+    def bf16_pair():
+        return (
+            torch.randn(size, size, device=device, dtype=torch.bfloat16),
+            torch.randn(size, size, device=device, dtype=torch.bfloat16),
+        )
+
+    return {
+        "copy_gbps": 2 * 2**30 / copy.median_us / 1e3,
+        "fp8_tflops": rate(fp8_pair, lambda a, b, sa, sb: torch._scaled_mm(a, b, sa, sb, out_dtype=OUT_DTYPE)),
+        "int8_tops": rate(int8_pair, torch._int_mm),
+        "bf16_tflops": rate(bf16_pair, F.linear),
+    }
+
+
+# ----------------------------------------------------------------------------- one point
+
+
+@dataclass
+class Method:
+    """A way to compute one point: a callable over one copy of the inputs, or why it was skipped."""
+
+    name: str
+    fn: Callable | None
+    inputs: Sequence[Sequence[object]] = ()
+    skipped: str = ""
+    checked: bool = False  # compare its output with the reference before timing
+
+
+def _row(shape: LinearShape, M: int, dtype: str, method: str, **fields) -> dict:
+    return {"shape": shape.name, "n": shape.n, "k": shape.k, "m": M, "dtype": dtype, "method": method, **fields}
+
+
+def _figures(M: int, N: int, K: int, elem_bytes: int, time_us: float, ceilings: dict, compute_key: str) -> dict:
+    flops = 2 * M * N * K
+    moved = (M * K + N * K) * elem_bytes + M * N * OUT_DTYPE.itemsize
+    figures = {"tflops": flops / time_us / 1e6, "gbps": moved / time_us / 1e3}
+    if ceilings:
+        peak = max(ceilings[k] for k in compute_key.split("|"))
+        compute_us = flops / peak / 1e6
+        memory_us = moved / ceilings["copy_gbps"] / 1e3
+        figures["bound"] = "compute" if compute_us >= memory_us else "memory"
+        figures["pct_of_ceiling"] = 100.0 * max(compute_us, memory_us) / time_us
+    return figures
+
+
+def _eight_bit_methods(shape: LinearShape, M: int, dtype: torch.dtype, device: torch.device) -> list[Method]:
+    copies = rotation_count(shape.n * shape.k, device)
+    ops = [make_operands(M, shape.n, shape.k, dtype, device) for _ in range(copies)]
+    inputs = [(*o.args(), o.bias) for o in ops]
+    heuristic = heuristic_config(M, shape.n, shape.k, *device_limits(device))
+
+    def ours(a, b, sa, sb, bias):
+        return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias)
+
+    def ours_heuristic(a, b, sa, sb, bias):
+        return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, config=heuristic)
+
+    methods = [Method(SCALEDMM, ours, inputs, checked=True), Method(HEURISTIC, ours_heuristic, inputs, checked=True)]
+    cuda = device.type == "cuda"
+    if dtype == torch.int8:
+
+        def int_mm(a, b, sa, sb, bias):
+            return (torch._int_mm(a, b).float() * sa * sb + bias).to(OUT_DTYPE)
+
+        if not cuda:
+            methods.append(Method(TORCH_INT_MM, None, skipped="needs CUDA"))
+        elif M <= 16 or shape.n % 8 or shape.k % 8:
+            methods.append(Method(TORCH_INT_MM, None, skipped="torch._int_mm needs M > 16 and N, K multiples of 8"))
+        else:
+            methods.append(Method(TORCH_INT_MM, int_mm, inputs))
+    else:
+
+        def vendor(a, b, sa, sb, bias):
+            return torch._scaled_mm(a, b, sa, sb, bias=bias, out_dtype=OUT_DTYPE)
+
+        if not cuda:
+            methods.append(Method(TORCH_SCALED_MM, None, skipped="needs CUDA"))
+        elif shape.n % 16 or shape.k % 16:
+            methods.append(Method(TORCH_SCALED_MM, None, skipped="torch._scaled_mm needs N, K multiples of 16"))
+        else:
+            methods.append(Method(TORCH_SCALED_MM, vendor, inputs))
+    return methods
+
+
+def _bf16_method(shape: LinearShape, M: int, device: torch.device) -> Method:
+    copies = rotation_count(2 * shape.n * shape.k, device)
+    inputs = [
+        (
+            torch.randn(M, shape.k, device=device, dtype=torch.bfloat16),
+            torch.randn(shape.n, shape.k, device=device, dtype=torch.bfloat16),
+        )
+        for _ in range(copies)
+    ]
+    return Method(BF16, F.linear, inputs)
+
+
+def _measure(method: Method, shape: LinearShape, M: int, dtype: str, replays: int, ceilings: dict) -> dict:
+    if method.fn is None:
+        return _row(shape, M, dtype, method.name, time_us=None, note=method.skipped)
+    fields = {}
+    if method.checked:
+        a, b, sa, sb, bias = method.inputs[0]
+        ratio = max_error_ratio(method.fn(*method.inputs[0]), Operands(a, b, sa, sb, bias))
+        fields["max_error_ratio"] = ratio
+        if not ratio <= 1.0:
+            tqdm.write(f"WRONG RESULT: {method.name} {shape.name} M={M} {dtype}: error {ratio:.3g}x the bound")
+    timing = time_calls(method.fn, method.inputs, replays)
+    elem_bytes, compute_key = (2, "bf16_tflops") if dtype == "bf16" else (1, "fp8_tflops|int8_tops")
+    return _row(
+        shape, M, dtype, method.name,
+        time_us=timing.median_us, min_us=timing.min_us, max_us=timing.max_us,
+        **_figures(M, shape.n, shape.k, elem_bytes, timing.median_us, ceilings, compute_key),
+        **fields,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run_bench(
+    shapes: Sequence[LinearShape],
+    ms: Sequence[int],
+    dtypes: Sequence[str],
+    device: torch.device,
+    command: str = "",
+    replays: int = 20,
+    progress: bool = True,
+) -> dict:
+    """Time every method at every (shape, M, dtype); return {"environment", "ceilings", "rows", "summary"}."""
+    unknown = set(dtypes) - set(DTYPES)
+    if unknown:
+        raise ValueError(f"unknown dtypes {sorted(unknown)}; choose from {sorted(DTYPES)}")
+    env = environment(device, command)
+    ceilings = measure_ceilings(device) if device.type == "cuda" else {}
+    rows = []
+    points = [(shape, M) for shape in shapes for M in ms]
+    for shape, M in tqdm(points, desc="scaledmm bench", unit="point", disable=not progress):
+        rows.append(_measure(_bf16_method(shape, M, device), shape, M, "bf16", replays, ceilings))
+        for name in dtypes:
+            for method in _eight_bit_methods(shape, M, DTYPES[name], device):
+                rows.append(_measure(method, shape, M, name, replays, ceilings))
+    return {"environment": env, "ceilings": ceilings, "rows": rows, "summary": summarize(rows, dtypes)}
+
+
+def _times(rows: list[dict]) -> dict[tuple, float]:
+    return {(r["shape"], r["m"], r["dtype"], r["method"]): r["time_us"] for r in rows if r["time_us"] is not None}
+
+
+def speedup(times: dict, shape: str, M: int, dtype: str, baseline: str) -> float | None:
+    """How many times faster scaledmm is than `baseline` at one point (None where either is missing).
+
+    The fp8 vendor kernel and the bf16 linear are looked up under their own dtypes, so int8 can be
+    set against them too."""
+    ours = times.get((shape, M, dtype, SCALEDMM))
+    base_dtype = {TORCH_SCALED_MM: "fp8", BF16: "bf16"}.get(baseline, dtype)
+    base = times.get((shape, M, base_dtype, baseline))
+    return None if ours is None or base is None else base / ours
+
+
+def summarize(rows: list[dict], dtypes: Sequence[str]) -> dict:
+    """Geomean speedups of scaledmm over each baseline, per dtype and range of M."""
+    times = _times(rows)
+    points = sorted({(r["shape"], r["m"]) for r in rows})
+    summary: dict = {}
+    for dtype in dtypes:
+        for baseline in BASELINES[dtype]:
+            per_range = {}
+            for rng in RANGES:
+                ratios = [
+                    s for shape, M in points
+                    if rng in ("all", m_range(M)) and (s := speedup(times, shape, M, dtype, baseline)) is not None
+                ]  # fmt: skip
+                if ratios:
+                    geomean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+                    per_range[rng] = {"geomean": geomean, "points": len(ratios), "min": min(ratios)}
+            if per_range:
+                summary.setdefault(dtype, {})[baseline] = per_range
+    return summary
+
+
+# ----------------------------------------------------------------------------- host overhead
+
+
+def host_overhead(device: torch.device, calls: int = 3000) -> dict:
+    """CPU time per call on a tiny shape, no synchronisation in the loop: scaled_mm against the ops
+    it replaces, and a bare Triton launch of the same kernel (the floor of any Python launch)."""
+    M, N, K = 16, 256, 256
+    fp8 = make_operands(M, N, K, DTYPES["fp8"], device)
+    int8 = make_operands(M, N, K, DTYPES["int8"], device)
+    out = torch.empty(M, N, dtype=OUT_DTYPE, device=device)
+    config = scaledmm.select_config(M, N, K, fp8.a.dtype, device)
+    x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
+    w = torch.randn(N, K, device=device, dtype=torch.bfloat16)
+    results: dict[str, float | str] = {
+        "scaledmm.scaled_mm (fp8)": host_time_per_call(
+            lambda: scaledmm.scaled_mm(*fp8.args(), OUT_DTYPE, fp8.bias), calls
+        ),
+        "scaledmm.scaled_mm (int8)": host_time_per_call(
+            lambda: scaledmm.scaled_mm(*int8.args(), OUT_DTYPE, int8.bias), calls
+        ),
+        "bare Triton launch (fp8)": host_time_per_call(
+            lambda: launch_scaled_mm(*fp8.args(), fp8.bias, out, config), calls
+        ),
+        "torch._scaled_mm (fp8)": "skipped: needs CUDA",
+        "F.linear (bf16)": host_time_per_call(lambda: F.linear(x, w), calls),
+    }
+    if device.type == "cuda":
+        results["torch._scaled_mm (fp8)"] = host_time_per_call(
+            lambda: torch._scaled_mm(*fp8.args(), bias=fp8.bias, out_dtype=OUT_DTYPE), calls
+        )
+    vendor = results["torch._scaled_mm (fp8)"]
+    ratio = results["scaledmm.scaled_mm (fp8)"] / vendor if isinstance(vendor, float) else None
+    return {
+        "shape": {"m": M, "n": N, "k": K},
+        "calls": calls,
+        "us_per_call": results,
+        "ratio_scaled_mm_to_torch_scaled_mm": ratio,
+    }

@@ -1,0 +1,186 @@
+"""The `scaledmm` command: `demo` (the quick look) and `bench` (the full benchmark)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from scaledmm.bench.shapes import DEFAULT_M, PRESETS, collect_shapes
+
+DEFAULT_MODELS = ["llama3-8b", "qwen3-4b"]
+
+
+def _comma_list(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in _comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def _add_shape_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        action="append",
+        type=_comma_list,
+        default=[],
+        help=f"model preset(s), repeatable or comma-separated: {', '.join(sorted(PRESETS))} "
+        f"(default: {','.join(DEFAULT_MODELS)} when no shape is given)",
+    )
+    parser.add_argument(
+        "--hf-config",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a local HuggingFace config.json (no download); repeatable",
+    )
+    parser.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="N,K",
+        help="a weight shape, out features N and in features K; repeatable",
+    )
+    parser.add_argument(
+        "--tp", type=int, default=1, help="tensor parallelism: divide the shapes as one rank holds them"
+    )
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _require_kernels_runnable(device: torch.device) -> None:
+    from scaledmm.api import INTERPRETER
+
+    if device.type == "cpu" and not INTERPRETER:
+        sys.exit(
+            "scaledmm: no CUDA GPU found. Set TRITON_INTERPRET=1 to run the kernels on the CPU through "
+            "Triton's interpreter (slow; for checking, not timing)."
+        )
+
+
+def cmd_bench(args: argparse.Namespace, command: str) -> int:
+    from scaledmm.bench.micro import host_overhead, run_bench
+    from scaledmm.bench.report import table, write_results
+
+    device = _device()
+    _require_kernels_runnable(device)
+    out_dir = Path(args.out or f"scaledmm-bench/{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    if device.type == "cpu":
+        print(
+            "No GPU: the kernels run in Triton's interpreter and the CUDA baselines are skipped; "
+            "the times below only show that the benchmark runs."
+        )
+    if args.host_overhead:
+        result = host_overhead(device, args.calls)
+        print(
+            f"host time per call, shape M={result['shape']['m']} N={result['shape']['n']} "
+            f"K={result['shape']['k']}, {result['calls']} calls:"
+        )
+        for name, us in result["us_per_call"].items():
+            print(f"  {name:<28} {us if isinstance(us, str) else f'{us:8.1f} us'}")
+        if result["ratio_scaled_mm_to_torch_scaled_mm"] is not None:
+            print(f"  scaled_mm / torch._scaled_mm = {result['ratio_scaled_mm_to_torch_scaled_mm']:.2f}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        from scaledmm.bench.micro import environment
+
+        result["environment"] = environment(device, command)
+        (out_dir / "host_overhead.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {out_dir / 'host_overhead.json'}")
+        return 0
+
+    models = [m for group in args.model for m in group]
+    if not (models or args.hf_config or args.shape):
+        models = DEFAULT_MODELS
+    try:
+        shapes = collect_shapes(models, args.hf_config, args.shape, args.tp)
+    except (ValueError, OSError) as err:
+        sys.exit(f"scaledmm bench: {err}")
+    result = run_bench(shapes, args.m, args.dtype, device, command=command, replays=args.replays)
+    print(table(result))
+    for path in write_results(result, out_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, command: str) -> int:
+    """A quick look: on a GPU a short benchmark of one model; without one, a correctness check of the
+    kernels through Triton's interpreter."""
+    device = _device()
+    if device.type == "cuda":
+        args.model, args.hf_config, args.shape, args.tp = [["llama3-8b"]], [], [], 1
+        args.m, args.dtype, args.replays, args.host_overhead = [1, 16, 256, 4096], ["int8", "fp8"], 20, False
+        return cmd_bench(args, command)
+
+    _require_kernels_runnable(device)
+    import scaledmm
+    from scaledmm.testing import make_operands, max_error_ratio
+
+    print(
+        "No GPU found: checking the kernels on the CPU through Triton's interpreter "
+        "(timings need a GPU; on one, `scaledmm demo` benchmarks against torch._scaled_mm)."
+    )
+    worst = 0.0
+    for dtype in (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2):
+        for M, N, K in ((1, 64, 128), (7, 33, 130), (64, 96, 257)):
+            ops = make_operands(M, N, K, dtype, device)
+            out = scaledmm.scaled_mm(*ops.args(), bias=ops.bias)
+            ratio = max_error_ratio(out, ops)
+            worst = max(worst, ratio)
+            verdict = "ok" if ratio <= 1 else "WRONG"
+            print(
+                f"  {str(dtype).removeprefix('torch.'):<14} M={M:<3} N={N:<3} K={K:<3} "
+                f"error {ratio:5.2f}x of the bound  {verdict}  config {scaledmm.select_config(M, N, K, dtype)}"
+            )
+    print("all results within the error bound" if worst <= 1 else "SOME RESULTS ARE WRONG")
+    return 0 if worst <= 1 else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scaledmm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="a quick benchmark on a GPU, or a correctness check without one")
+    demo.add_argument("--out", help="where to write results (default: scaledmm-bench/<time>)")
+
+    bench = sub.add_parser("bench", help="time scaledmm against the vendor kernels (../shared/BENCHMARKING.md)")
+    _add_shape_args(bench)
+    bench.add_argument(
+        "--m",
+        type=_int_list,
+        default=list(DEFAULT_M),
+        help=f"comma-separated M values (default: {','.join(map(str, DEFAULT_M))})",
+    )
+    bench.add_argument("--dtype", type=_comma_list, default=["int8", "fp8"], help="int8, fp8 or both (default)")
+    bench.add_argument("--replays", type=int, default=20, help="CUDA graph replays per timing (>= 20)")
+    bench.add_argument("--out", help="where to write results (default: scaledmm-bench/<time>)")
+    bench.add_argument("--host-overhead", action="store_true", help="measure CPU time per call on a tiny shape instead")
+    bench.add_argument("--calls", type=int, default=3000, help="calls per host-overhead measurement")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    command = shlex.join(["scaledmm", *argv])
+    handler = {"demo": cmd_demo, "bench": cmd_bench}[args.command]
+    return handler(args, command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
