@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite on a fresh machine: set up .venv, lint, run pytest. Without a GPU the kernels run in
+# Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1); with one, on CUDA.
+source "$(dirname "$0")/env.sh"
+ruff check src tests
+ruff format --check src tests
+python -m pytest -q "$@"
