@@ -1,8 +1,9 @@
 """Timing by ../shared/BENCHMARKING.md, shared by `scaledmm bench` and the tuner.
 
 Cold weights: R copies of every input, called in turn, so the weight comes from HBM as in a model.
-No launch gaps: the R calls are captured in one CUDA graph, replayed at least 20 times, each replay
-timed with CUDA events; per-call time = replay time / R. Without a GPU (Triton's interpreter) the
+No launch gaps: the R calls are captured in one CUDA graph, replayed for 25 ms to bring the clocks
+up, then replayed at least 20 times, each replay timed with CUDA events; per-call time = replay
+time / R. Without a GPU (Triton's interpreter) the
 calls are timed with the host clock instead; such numbers only show the code runs.
 """
 
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 import torch
 
 MIN_REPLAYS = 20
+WARMUP_MS = 25.0
+MAX_WARMUP_REPLAYS = 2000
 L2_MULTIPLE = 4  # R x weight bytes >= 4 x L2
 
 
@@ -57,8 +60,14 @@ def time_calls(fn: Callable[..., object], inputs: Sequence[Sequence[object]], re
         for args in inputs:
             fn(*args)
     torch.cuda.current_stream().wait_stream(stream)
+    # Replay for WARMUP_MS first, so an idle GPU's clocks are up before the timed replays.
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
     graph.replay()
+    end.record()
     torch.cuda.synchronize()
+    for _ in range(min(MAX_WARMUP_REPLAYS, math.ceil(WARMUP_MS / max(start.elapsed_time(end), 1e-3)))):
+        graph.replay()
 
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
