@@ -146,13 +146,12 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
         if pts:
             ax.scatter(*zip(*pts), marker=marker, s=18, label=f"{method} ({dtype})")
     if ceilings:
-        intensity = [0.5, 1e4]
         bw = ceilings["copy_gbps"] / 1e3  # TB/s: TFLOP/s per FLOP/byte
         for key, label in (("fp8_tflops", "fp8"), ("int8_tops", "int8"), ("bf16_tflops", "bf16")):
             peak = ceilings[key]
             ax.plot(
-                intensity,
-                [min(peak, bw * i) for i in intensity],
+                [0.5, peak / bw, 1e4],  # the memory slope, its knee, the compute roof
+                [bw * 0.5, peak, peak],
                 linestyle="--",
                 linewidth=1,
                 label=f"ceiling {label}: {peak:.0f} TFLOP/s, {ceilings['copy_gbps']:.0f} GB/s",
