@@ -20,7 +20,7 @@ def test_opcheck(dtype, with_bias):
         checks.remove("test_schema")
     torch.library.opcheck(
         torch.ops.scaledmm.scaled_mm.default,
-        (*ops.args(), ops.bias, torch.bfloat16, None),
+        (*ops.args(), ops.bias, torch.bfloat16, None, "auto"),
         test_utils=checks,
     )
 
@@ -30,7 +30,7 @@ def test_opcheck_with_explicit_config():
     config = scaledmm.MatmulConfig(16, 16, 32, group_m=2, num_warps=2, num_stages=2)
     torch.library.opcheck(
         torch.ops.scaledmm.scaled_mm.default,
-        (*ops.args(), ops.bias, torch.float32, config.as_list()),
+        (*ops.args(), ops.bias, torch.float32, config.as_list(), "triton"),
     )
 
 

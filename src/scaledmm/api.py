@@ -13,14 +13,17 @@ import os
 
 import torch
 
-from scaledmm.configs import MatmulConfig, select_config
+from scaledmm.configs import MatmulConfig, plan
+from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, disabled_backends
 from scaledmm.kernels.matmul import launch_scaled_mm
+from scaledmm.kernels.vendor import unsupported_reason, vendor_scaled_mm
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 OPERAND_DTYPES = (torch.int8, *FP8_DTYPES)
 SCALE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BIAS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+BACKEND_CHOICES = ("auto", "triton", "torch")
 
 # Triton's interpreter runs the kernels on CPU tensors; it is chosen when the kernels are defined.
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
@@ -74,6 +77,7 @@ def check_scaled_mm_args(
     out_dtype: object,
     bias: object,
     config: object,
+    backend: object = "auto",
 ) -> None:
     """Raise TypeError (wrong type or dtype) or ValueError (wrong shape, layout or device) naming the
     offending argument; return None for arguments `scaled_mm` can compute."""
@@ -116,6 +120,10 @@ def check_scaled_mm_args(
         )
     if config is not None and not isinstance(config, MatmulConfig):
         raise TypeError(f"config must be a scaledmm.MatmulConfig or None, got {type(config).__name__}")
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
+    if backend == "torch" and config is not None:
+        raise ValueError("config is a Triton launch config; it cannot go with backend='torch'")
 
     named = [("b", b), ("scale_a", scale_a), ("scale_b", scale_b)]
     if bias is not None:
@@ -128,6 +136,8 @@ def check_scaled_mm_args(
             f"scaled_mm runs on CUDA tensors, got tensors on {a.device}. To run the Triton kernels on the "
             "CPU (slowly, for testing), set TRITON_INTERPRET=1 before importing scaledmm."
         )
+    if backend == "torch" and (reason := unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype)):
+        raise ValueError(f"backend='torch' cannot compute this call: {reason}; use backend='auto' or 'triton'")
 
 
 @functools.cache
@@ -143,6 +153,22 @@ def _check_device_supports(device: torch.device, fp8: bool) -> None:
         )
 
 
+def _auto_backend(preferred: str, a, b, scale_a, scale_b, bias, out_dtype) -> str:
+    """The tuned file's choice unless SCALEDMM_DISABLED_BACKENDS rules it out or the vendor kernel
+    cannot serve this call; then the other backend."""
+    disabled = disabled_backends()
+    for backend in (preferred, "torch" if preferred == "triton" else "triton"):
+        if backend in disabled:
+            continue
+        if backend == "torch" and unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype):
+            continue
+        return backend
+    raise ValueError(
+        f"{DISABLED_BACKENDS_ENV}={','.join(sorted(disabled))} leaves no backend for this call "
+        f"({unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype) or 'both are disabled'})"
+    )
+
+
 @torch.library.custom_op("scaledmm::scaled_mm", mutates_args=())
 def _scaled_mm_op(
     a: torch.Tensor,
@@ -152,14 +178,23 @@ def _scaled_mm_op(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
     config: list[int] | None,
+    backend: str,
 ) -> torch.Tensor:
     M, K = a.shape
     N = b.shape[1]
-    out = torch.empty((M, N), dtype=out_dtype, device=a.device)
     if M == 0:
-        return out
+        return torch.empty((M, N), dtype=out_dtype, device=a.device)
     _check_device_supports(a.device, a.dtype != torch.int8)
-    cfg = MatmulConfig(*config) if config is not None else select_config(M, N, K, a.dtype, a.device)
+    if config is not None:
+        cfg, backend = MatmulConfig(*config), "triton"
+    else:
+        chosen = plan(M, N, K, a.dtype, a.device)
+        cfg = chosen.config
+        if backend == "auto":
+            backend = _auto_backend(chosen.backend, a, b, scale_a, scale_b, bias, out_dtype)
+    if backend == "torch":
+        return vendor_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype)
+    out = torch.empty((M, N), dtype=out_dtype, device=a.device)
     if a.is_cuda and a.device.index != torch.cuda.current_device():
         with torch.cuda.device(a.device):
             launch_scaled_mm(a, b, scale_a, scale_b, bias, out, cfg)
@@ -169,7 +204,7 @@ def _scaled_mm_op(
 
 
 @_scaled_mm_op.register_fake
-def _scaled_mm_fake(a, b, scale_a, scale_b, bias, out_dtype, config):
+def _scaled_mm_fake(a, b, scale_a, scale_b, bias, out_dtype, config, backend):
     return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
 
 
@@ -182,6 +217,7 @@ def scaled_mm(
     bias: torch.Tensor | None = None,
     *,
     config: MatmulConfig | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """(a @ b) * scale_a * scale_b + bias, accumulated exactly (int32) or in fp32, scaled in fp32.
 
@@ -193,7 +229,11 @@ def scaled_mm(
         scale_b: per-tensor or per-channel ([N], [1, N], [N, 1]); fp32, fp16 or bf16.
         out_dtype: torch.bfloat16, torch.float16 or torch.float32.
         bias: optional [N] vector, fp32, fp16 or bf16, added after scaling.
-        config: launch parameters; None asks `scaledmm.select_config`.
+        config: Triton launch parameters; None asks `scaledmm.select_config` (tuned files, else
+            the heuristic). Implies the triton backend.
+        backend: "auto" (default) runs what the tuned file found fastest at this M, our Triton
+            kernel or the vendor kernel ("torch": torch._scaled_mm for fp8, torch._int_mm plus an
+            fp32 epilogue for int8), minus SCALEDMM_DISABLED_BACKENDS; "triton" or "torch" force one.
 
     Returns:
         A new contiguous [M, N] tensor of `out_dtype` on the operands' device.
@@ -202,7 +242,7 @@ def scaled_mm(
         TypeError: an argument of the wrong type or dtype.
         ValueError: a wrong shape, layout or device.
     """
-    check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, config)
+    check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, config, backend)
     return torch.ops.scaledmm.scaled_mm.default(
-        a, b, scale_a, scale_b, bias, out_dtype, None if config is None else config.as_list()
+        a, b, scale_a, scale_b, bias, out_dtype, None if config is None else config.as_list(), backend
     )

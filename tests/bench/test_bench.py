@@ -37,7 +37,7 @@ def test_json_carries_environment_rows_and_summary(bench_dir):
     assert all(r["time_us"] > 0 and r["max_error_ratio"] <= 1 for r in ours)
     if not ON_GPU:
         skipped = [r for r in rows if r["time_us"] is None]
-        assert skipped and all(r["note"] == "needs CUDA" for r in skipped)
+        assert skipped and all(r["note"] == "the vendor kernels need CUDA tensors" for r in skipped)
     assert result["summary"]["fp8"]["scaledmm-heuristic"]["all"]["points"] == 2
 
 

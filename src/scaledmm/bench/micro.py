@@ -20,19 +20,24 @@ from scaledmm.bench.shapes import LinearShape, m_range
 from scaledmm.bench.timing import host_time_per_call, rotation_count, time_calls
 from scaledmm.configs import device_limits, heuristic_config
 from scaledmm.kernels.matmul import launch_scaled_mm
+from scaledmm.kernels.vendor import unsupported_reason, vendor_scaled_mm
 from scaledmm.testing import Operands, make_operands, max_error_ratio
 
 DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 OUT_DTYPE = torch.bfloat16
 
 SCALEDMM = "scaledmm"
+TRITON = "scaledmm-triton"
 HEURISTIC = "scaledmm-heuristic"
 TORCH_SCALED_MM = "torch._scaled_mm"
 TORCH_INT_MM = "torch._int_mm+epilogue"
 BF16 = "F.linear-bf16"
 # What scaledmm is compared with, per dtype; int8 is also set against the fp8 vendor kernel, the
 # fastest W8A8 path torch offers.
-BASELINES = {"fp8": (TORCH_SCALED_MM, HEURISTIC, BF16), "int8": (TORCH_INT_MM, TORCH_SCALED_MM, HEURISTIC, BF16)}
+BASELINES = {
+    "fp8": (TORCH_SCALED_MM, HEURISTIC, BF16),
+    "int8": (TORCH_INT_MM, TORCH_SCALED_MM, HEURISTIC, BF16),
+}
 RANGES = ("decode", "mid", "prefill", "all")
 
 
@@ -160,6 +165,8 @@ def _figures(M: int, N: int, K: int, elem_bytes: int, time_us: float, ceilings: 
 
 
 def _eight_bit_methods(shape: LinearShape, M: int, dtype: torch.dtype, device: torch.device) -> list[Method]:
+    """scaledmm as users call it (backend auto), forced to Triton, with the untuned heuristic config,
+    and the vendor kernel; all on the same R copies of the inputs."""
     copies = rotation_count(shape.n * shape.k, device)
     ops = [make_operands(M, shape.n, shape.k, dtype, device) for _ in range(copies)]
     inputs = [(*o.args(), o.bias) for o in ops]
@@ -168,34 +175,23 @@ def _eight_bit_methods(shape: LinearShape, M: int, dtype: torch.dtype, device: t
     def ours(a, b, sa, sb, bias):
         return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias)
 
+    def ours_triton(a, b, sa, sb, bias):
+        return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, backend="triton")
+
     def ours_heuristic(a, b, sa, sb, bias):
         return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, config=heuristic)
 
-    methods = [Method(SCALEDMM, ours, inputs, checked=True), Method(HEURISTIC, ours_heuristic, inputs, checked=True)]
-    cuda = device.type == "cuda"
-    if dtype == torch.int8:
+    def vendor(a, b, sa, sb, bias):
+        return vendor_scaled_mm(a, b, sa, sb, bias, OUT_DTYPE)
 
-        def int_mm(a, b, sa, sb, bias):
-            return (torch._int_mm(a, b).float() * sa * sb + bias).to(OUT_DTYPE)
-
-        if not cuda:
-            methods.append(Method(TORCH_INT_MM, None, skipped="needs CUDA"))
-        elif M <= 16 or shape.n % 8 or shape.k % 8:
-            methods.append(Method(TORCH_INT_MM, None, skipped="torch._int_mm needs M > 16 and N, K multiples of 8"))
-        else:
-            methods.append(Method(TORCH_INT_MM, int_mm, inputs))
-    else:
-
-        def vendor(a, b, sa, sb, bias):
-            return torch._scaled_mm(a, b, sa, sb, bias=bias, out_dtype=OUT_DTYPE)
-
-        if not cuda:
-            methods.append(Method(TORCH_SCALED_MM, None, skipped="needs CUDA"))
-        elif shape.n % 16 or shape.k % 16:
-            methods.append(Method(TORCH_SCALED_MM, None, skipped="torch._scaled_mm needs N, K multiples of 16"))
-        else:
-            methods.append(Method(TORCH_SCALED_MM, vendor, inputs))
-    return methods
+    vendor_name = TORCH_INT_MM if dtype == torch.int8 else TORCH_SCALED_MM
+    reason = unsupported_reason(*ops[0].args(), ops[0].bias, OUT_DTYPE)
+    return [
+        Method(SCALEDMM, ours, inputs, checked=True),
+        Method(TRITON, ours_triton, inputs, checked=True),
+        Method(HEURISTIC, ours_heuristic, inputs, checked=True),
+        Method(vendor_name, None, skipped=reason) if reason else Method(vendor_name, vendor, inputs),
+    ]
 
 
 def _bf16_method(shape: LinearShape, M: int, device: torch.device) -> Method:

@@ -1,22 +1,76 @@
-"""`select_config`: the one place where a launch config is chosen.
+"""`select_config` and the backend choice: the one place where a launch is planned.
 
-It is called on every `scaled_mm`, so it is a cached pure function: no benchmarking, no device
-synchronisation. Today it serves the heuristic; tuned files (issue 4) slot in here.
+Planning runs inside every `scaled_mm` call, so it is a cached pure function: no benchmarking, no
+device synchronisation. Sources, first match wins:
+
+1. the directory named by SCALEDMM_CONFIG_DIR (files a user tuned), then
+2. the files shipped in scaledmm/configs/data,
+
+each first for the card's exact name, then for another card of its family (H100 or H200 variants);
+then the heuristic. Within a file the bucket is the smallest tuned M >= M (the largest beyond it).
+SCALEDMM_DISABLED_BACKENDS (comma-separated: torch, triton) keeps backends out of the automatic
+choice (scaledmm.api applies it), as vLLM's VLLM_DISABLED_KERNELS does.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from scaledmm.configs.config import MatmulConfig
+from scaledmm.configs.files import (
+    BACKENDS,
+    DTYPE_NAMES,
+    ConfigFileError,
+    TunedTable,
+    device_family,
+    load_table,
+    normalize_device_name,
+    parse_file_name,
+)
 from scaledmm.configs.heuristic import heuristic_config
+
+CONFIG_DIR_ENV = "SCALEDMM_CONFIG_DIR"
+DISABLED_BACKENDS_ENV = "SCALEDMM_DISABLED_BACKENDS"
+SHIPPED_DIR = Path(__file__).parent / "data"
 
 # What the heuristic assumes where no CUDA device is queried (the interpreter, or planning off-GPU):
 # an H100 SXM, the card the project is developed on.
 _DEFAULT_NUM_SMS = 132
 _DEFAULT_SHARED_MEMORY = 227 * 1024
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one (M, N, K, dtype, device) is computed: the backend `auto` picks, and the Triton config
+    (used when the backend is triton, or when triton is forced)."""
+
+    backend: str
+    config: MatmulConfig
+    source: Path | None  # the tuned file, or None for the heuristic
+
+
+def config_dirs() -> list[Path]:
+    """Where config files are looked for, in order."""
+    user = os.environ.get(CONFIG_DIR_ENV)
+    return [Path(user), SHIPPED_DIR] if user else [SHIPPED_DIR]
+
+
+@functools.cache
+def disabled_backends() -> frozenset[str]:
+    names = {n.strip() for n in os.environ.get(DISABLED_BACKENDS_ENV, "").split(",") if n.strip()}
+    unknown = names - set(BACKENDS)
+    if unknown:
+        warnings.warn(
+            f"{DISABLED_BACKENDS_ENV} names unknown backends {sorted(unknown)}; known: {', '.join(BACKENDS)}",
+            stacklevel=2,
+        )
+    return frozenset(names & set(BACKENDS))
 
 
 @functools.cache
@@ -27,6 +81,52 @@ def device_limits(device: torch.device) -> tuple[int, int]:
     props = torch.cuda.get_device_properties(device)
     shared = getattr(props, "shared_memory_per_block_optin", _DEFAULT_SHARED_MEMORY)
     return props.multi_processor_count, shared
+
+
+@functools.cache
+def device_name(device: torch.device) -> str:
+    """The name tuned files are keyed by: the CUDA device name, or 'cpu'."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+@functools.cache
+def _file_index() -> tuple[tuple[str, int, int, str, Path], ...]:
+    """(normalized device, N, K, dtype, path) of every config file, in search order."""
+    index = []
+    for directory in config_dirs():
+        if not directory.is_dir():
+            if directory != SHIPPED_DIR:
+                warnings.warn(f"{CONFIG_DIR_ENV}={directory} is not a directory; ignored", stacklevel=2)
+            continue
+        for path in sorted(directory.glob("*.json")):
+            key = parse_file_name(path.name)
+            if key is None:
+                warnings.warn(
+                    f"{path}: not a config file name (N=..,K=..,device_name=..,dtype=int8|fp8_w8a8.json); skipped",
+                    stacklevel=2,
+                )
+                continue
+            index.append((*key, path))
+    return tuple(index)
+
+
+@functools.cache
+def tuned_table(name: str, n: int, k: int, dtype: str) -> TunedTable | None:
+    """The first valid file for this card (or its family), N, K and dtype; None if there is none."""
+    exact = normalize_device_name(name)
+    family = device_family(name)
+    matches = [p for d, fn, fk, ft, p in _file_index() if (d, fn, fk, ft) == (exact, n, k, dtype)]
+    if family is not None:
+        matches += [
+            p for d, fn, fk, ft, p in _file_index()
+            if d != exact and device_family(d) == family and (fn, fk, ft) == (n, k, dtype)
+        ]  # fmt: skip
+    for path in matches:
+        try:
+            return load_table(path)
+        except ConfigFileError as err:
+            warnings.warn(f"{err}; skipped (the next file, or the heuristic, serves)", stacklevel=2)
+    return None
 
 
 def _resolve_device(device: torch.device | str | int | None) -> torch.device:
@@ -40,17 +140,27 @@ def _resolve_device(device: torch.device | str | int | None) -> torch.device:
     return device
 
 
+@functools.lru_cache(maxsize=8192)
+def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> Plan:
+    """The cached plan for one call shape (device must be resolved: cuda with an index, or cpu)."""
+    table = tuned_table(device_name(device), N, K, DTYPE_NAMES[dtype])
+    if table is None:
+        return Plan("triton", heuristic_config(M, N, K, *device_limits(device)), None)
+    bucket = table.bucket_for(M)
+    return Plan(bucket.backend, bucket.config, table.path)
+
+
 def select_config(
     M: int, N: int, K: int, dtype: torch.dtype, device: torch.device | str | int | None = None
 ) -> MatmulConfig:
-    """The launch config for an [M, K] x [K, N] product of 8-bit operands of `dtype` on `device`.
+    """The Triton launch config for an [M, K] x [K, N] product of 8-bit operands of `dtype`.
 
     `device=None` means the current CUDA device, or the CPU (Triton's interpreter) without one.
     """
-    return _select(M, N, K, dtype, _resolve_device(device))
+    return plan(M, N, K, dtype, _resolve_device(device)).config
 
 
-@functools.lru_cache(maxsize=8192)
-def _select(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> MatmulConfig:
-    num_sms, shared_memory = device_limits(device)
-    return heuristic_config(M, N, K, num_sms, shared_memory)
+def clear_cache() -> None:
+    """Forget files, plans and environment variables read so far (after changing them at run time)."""
+    for cached in (plan, tuned_table, _file_index, disabled_backends):
+        cached.cache_clear()

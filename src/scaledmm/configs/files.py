@@ -1,0 +1,204 @@
+"""Tuned config files: their names, their format, validation, and atomic writes.
+
+One JSON file per (device, N, K, dtype), named as vLLM names its tuned files:
+
+    N=6144,K=4096,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8.json
+
+holding metadata (versions, card, date, command, scaling mode) and `buckets`: for each tuned M, the
+backend that won, the best Triton config, and the measured times of the winner and the baselines.
+Files are read with `json` only and validated field by field; a file that fails raises
+ConfigFileError, which the lookup turns into one warning and the heuristic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from scaledmm.configs.config import MatmulConfig
+
+FORMAT_VERSION = 1
+BACKENDS = ("triton", "torch")  # ours, or the vendor kernel (torch._scaled_mm / torch._int_mm + epilogue)
+DTYPE_NAMES = {torch.int8: "int8", torch.float8_e4m3fn: "fp8", torch.float8_e5m2: "fp8"}
+MAX_M = 2**31 - 1
+
+_NAME = re.compile(r"^N=(\d+),K=(\d+),device_name=([A-Za-z0-9_.\-]+),dtype=(int8|fp8)_w8a8\.json$")
+_REQUIRED = {"format_version", "device_name", "n", "k", "dtype", "buckets"}
+_OPTIONAL = {"compute_capability", "scales", "triton", "torch", "scaledmm", "date", "command"}
+_BUCKET_REQUIRED = {"backend", "config"}
+_BUCKET_OPTIONAL = {"time_us", "baselines_us", "candidates"}
+
+
+class ConfigFileError(ValueError):
+    """A tuned config file that cannot be used; the message names the file and what is wrong."""
+
+
+def normalize_device_name(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'NVIDIA_H100_80GB_HBM3' (spaces and odd characters to _)."""
+    return re.sub(r"[^A-Za-z0-9.\-]+", "_", name.strip()).strip("_")
+
+
+def device_family(name: str) -> str | None:
+    """The family whose tuned files can serve a card without its own: H100 variants (SXM, PCIe, NVL)
+    share one, H200 variants (and GH200) another. None for other cards: they need exact files."""
+    upper = name.upper()
+    for family in ("H200", "H100"):
+        if family in upper:
+            return family
+    return None
+
+
+def file_name(device_name: str, n: int, k: int, dtype: str) -> str:
+    return f"N={n},K={k},device_name={normalize_device_name(device_name)},dtype={dtype}_w8a8.json"
+
+
+def parse_file_name(name: str) -> tuple[str, int, int, str] | None:
+    """(normalized device, N, K, dtype) from a file name, or None if it is not a config file name."""
+    match = _NAME.match(name)
+    if not match:
+        return None
+    n, k, device, dtype = match.groups()
+    return device, int(n), int(k), dtype
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """What was tuned at one M: the backend to run and the best Triton config."""
+
+    m: int
+    backend: str
+    config: MatmulConfig
+    time_us: float | None = None
+
+
+@dataclass(frozen=True)
+class TunedTable:
+    """The validated content of one file, buckets sorted by M."""
+
+    path: Path
+    device_name: str
+    n: int
+    k: int
+    dtype: str
+    buckets: tuple[Bucket, ...]
+
+    def bucket_for(self, M: int) -> Bucket:
+        """The bucket of the smallest tuned M >= M, or the largest tuned M beyond the last.
+
+        A config tuned for at least as many rows keeps every SM busy at this M too, and its tiles
+        are sized for no fewer rows than there are.
+        """
+        for bucket in self.buckets:
+            if bucket.m >= M:
+                return bucket
+        return self.buckets[-1]
+
+
+def _fail(path: Path, what: str) -> ConfigFileError:
+    return ConfigFileError(f"{path}: {what}")
+
+
+def _positive_int(path: Path, name: str, value: object, high: int = MAX_M) -> int:
+    if type(value) is not int or not 1 <= value <= high:
+        raise _fail(path, f"{name} must be an integer in [1, {high}], got {value!r}")
+    return value
+
+
+def _time(path: Path, name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise _fail(path, f"{name} must be a positive number of microseconds or null, got {value!r}")
+    return float(value)
+
+
+def _check_keys(path: Path, where: str, data: dict, required: set[str], optional: set[str]) -> None:
+    missing = required - set(data)
+    unknown = set(data) - required - optional
+    if missing:
+        raise _fail(path, f"{where} lacks {sorted(missing)}")
+    if unknown:
+        raise _fail(path, f"{where} has unknown keys {sorted(unknown)}")
+
+
+def parse_table(path: Path, data: object) -> TunedTable:
+    """Validate the decoded JSON of a config file."""
+    if not isinstance(data, dict):
+        raise _fail(path, f"the top level must be an object, got {type(data).__name__}")
+    _check_keys(path, "the file", data, _REQUIRED, _OPTIONAL)
+    if data["format_version"] != FORMAT_VERSION:
+        raise _fail(path, f"format_version {data['format_version']!r} is not {FORMAT_VERSION}")
+    if not isinstance(data["device_name"], str) or not data["device_name"]:
+        raise _fail(path, f"device_name must be a non-empty string, got {data['device_name']!r}")
+    n = _positive_int(path, "n", data["n"])
+    k = _positive_int(path, "k", data["k"])
+    if data["dtype"] not in ("int8", "fp8"):
+        raise _fail(path, f"dtype must be 'int8' or 'fp8', got {data['dtype']!r}")
+    named = parse_file_name(path.name)
+    if named is not None and named[1:] != (n, k, data["dtype"]):
+        raise _fail(
+            path, f"the name says N={named[1]}, K={named[2]}, {named[3]} but the content N={n}, K={k}, {data['dtype']}"
+        )
+    buckets_in = data["buckets"]
+    if not isinstance(buckets_in, dict) or not buckets_in:
+        raise _fail(path, "buckets must be a non-empty object mapping M to a tuned entry")
+    buckets = []
+    for key, entry in buckets_in.items():
+        if not key.isdigit():
+            raise _fail(path, f"bucket key {key!r} is not a positive integer M")
+        m = _positive_int(path, "bucket M", int(key))
+        where = f"bucket {m}"
+        if not isinstance(entry, dict):
+            raise _fail(path, f"{where} must be an object")
+        _check_keys(path, where, entry, _BUCKET_REQUIRED, _BUCKET_OPTIONAL)
+        if entry["backend"] not in BACKENDS:
+            raise _fail(path, f"{where}: backend must be one of {BACKENDS}, got {entry['backend']!r}")
+        if not isinstance(entry["config"], dict):
+            raise _fail(path, f"{where}: config must be an object")
+        try:
+            config = MatmulConfig.from_dict(entry["config"])
+        except (TypeError, ValueError) as err:
+            raise _fail(path, f"{where}: {err}") from None
+        time_us = _time(path, f"{where}: time_us", entry.get("time_us"))
+        baselines = entry.get("baselines_us", {})
+        if not isinstance(baselines, dict):
+            raise _fail(path, f"{where}: baselines_us must be an object")
+        for name, value in baselines.items():
+            _time(path, f"{where}: baselines_us[{name!r}]", value)
+        if "candidates" in entry:
+            _positive_int(path, f"{where}: candidates", entry["candidates"], 10**6)
+        buckets.append(Bucket(m, entry["backend"], config, time_us))
+    buckets.sort(key=lambda b: b.m)
+    return TunedTable(path, data["device_name"], n, k, data["dtype"], tuple(buckets))
+
+
+def load_table(path: Path) -> TunedTable:
+    """Read and validate one file (json only, never pickle)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _fail(path, f"not readable JSON ({err})") from None
+    return parse_table(path, data)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write so that a reader (or a run killed mid-write) sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
