@@ -1,0 +1,175 @@
+"""Config files: names, validation of bad files (each skipped with one warning, the heuristic
+serving), the bucket rule, the search order, device families, and the cache."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from scaledmm import MatmulConfig
+from scaledmm.configs import clear_cache, heuristic_config, plan, select_config
+from scaledmm.configs.files import (
+    ConfigFileError,
+    device_family,
+    file_name,
+    load_table,
+    normalize_device_name,
+    parse_file_name,
+    write_json_atomic,
+)
+from scaledmm.configs.lookup import CONFIG_DIR_ENV
+
+CPU = torch.device("cpu")
+N, K = 96, 64
+TUNED = {1: MatmulConfig(16, 32, 64, 1, 2, 2), 16: MatmulConfig(16, 64, 64, 2, 4, 3),
+         256: MatmulConfig(64, 64, 64, 4, 4, 2)}
+
+
+def table_json(device="cpu", n=N, k=K, dtype="int8", buckets=None, backend="triton"):
+    buckets = buckets or TUNED
+    return {
+        "format_version": 1, "device_name": device, "n": n, "k": k, "dtype": dtype,
+        "triton": "3.6.0", "torch": "2.13.0", "date": "2026-11-27", "scales": "per-token x per-channel",
+        "buckets": {str(m): {"backend": backend, "config": c.to_dict(), "time_us": 10.0,
+                             "baselines_us": {"torch": 12.0, "heuristic": None}, "candidates": 3}
+                    for m, c in buckets.items()},
+    }
+
+
+def write(directory, data, name=None):
+    path = directory / (name or file_name(data["device_name"], data["n"], data["k"], data["dtype"]))
+    path.write_text(json.dumps(data) if isinstance(data, dict) else data)
+    return path
+
+
+@pytest.fixture
+def config_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
+    clear_cache()
+    yield tmp_path
+    clear_cache()
+
+
+def test_file_names():
+    name = file_name("NVIDIA H100 80GB HBM3", 6144, 4096, "fp8")
+    assert name == "N=6144,K=4096,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8.json"
+    assert parse_file_name(name) == ("NVIDIA_H100_80GB_HBM3", 6144, 4096, "fp8")
+    assert parse_file_name("notes.json") is None
+    assert normalize_device_name(" NVIDIA H100 PCIe ") == "NVIDIA_H100_PCIe"
+
+
+@pytest.mark.parametrize("name,family", [
+    ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", "H100"), ("NVIDIA_H100_NVL", "H100"),
+    ("NVIDIA H200", "H200"), ("NVIDIA GH200 480GB", "H200"), ("NVIDIA A100-SXM4-80GB", None), ("cpu", None),
+])
+def test_device_families(name, family):
+    assert device_family(name) == family
+
+
+def test_tuned_buckets_are_used_by_the_smallest_tuned_m_at_least_m(config_dir):
+    write(config_dir, table_json())
+    for M, tuned_m in [(1, 1), (2, 16), (16, 16), (17, 256), (256, 256), (257, 256), (5000, 256)]:
+        assert select_config(M, N, K, torch.int8, CPU) == TUNED[tuned_m], M
+    assert plan(3, N, K, torch.int8, CPU).source.parent == config_dir
+    # Other shapes and dtypes are not in the file: the heuristic serves them.
+    assert select_config(3, N + 1, K, torch.int8, CPU) == heuristic_config(3, N + 1, K, 132, 227 * 1024)
+    assert plan(3, N, K, torch.float8_e4m3fn, CPU).source is None
+
+
+def test_lookup_is_cached(config_dir):
+    path = write(config_dir, table_json())
+    first = plan(3, N, K, torch.int8, CPU)
+    path.unlink()
+    assert plan(3, N, K, torch.int8, CPU) is first  # no file system access once planned
+    clear_cache()
+    assert plan(3, N, K, torch.int8, CPU).source is None
+
+
+def test_user_dir_comes_before_shipped_files(config_dir, monkeypatch):
+    shipped = config_dir / "shipped"
+    shipped.mkdir()
+    write(shipped, table_json(buckets={1: MatmulConfig(16, 16, 32)}))
+    write(config_dir, table_json())
+    monkeypatch.setattr("scaledmm.configs.lookup.SHIPPED_DIR", shipped)
+    clear_cache()
+    assert select_config(1, N, K, torch.int8, CPU) == TUNED[1]
+    monkeypatch.delenv(CONFIG_DIR_ENV)
+    clear_cache()
+    assert select_config(1, N, K, torch.int8, CPU) == MatmulConfig(16, 16, 32)
+
+
+def test_a_family_member_serves_when_the_exact_card_has_no_file(config_dir, monkeypatch):
+    write(config_dir, table_json(device="NVIDIA H100 80GB HBM3"))
+    monkeypatch.setattr("scaledmm.configs.lookup.device_name", lambda device: "NVIDIA H100 PCIe")
+    clear_cache()
+    assert select_config(1, N, K, torch.int8, CPU) == TUNED[1]
+    monkeypatch.setattr("scaledmm.configs.lookup.device_name", lambda device: "NVIDIA A100-SXM4-80GB")
+    clear_cache()
+    assert plan(1, N, K, torch.int8, CPU).source is None
+
+
+def bad_files():
+    good = table_json()
+
+    def edit(fn):
+        data = json.loads(json.dumps(good))
+        fn(data)
+        return data
+
+    bucket = lambda d: d["buckets"]["1"]  # noqa: E731
+    return {
+        "truncated JSON": (json.dumps(good)[:-20], "not readable JSON"),
+        "not an object": ("[1, 2]", "top level must be an object"),
+        "unknown top-level key": (edit(lambda d: d.update(speed="fast")), "unknown keys ['speed']"),
+        "missing buckets": (edit(lambda d: d.pop("buckets")), "lacks ['buckets']"),
+        "wrong format version": (edit(lambda d: d.update(format_version=2)), "format_version"),
+        "n as a string": (edit(lambda d: d.update(n="96")), "n must be an integer"),
+        "dtype unknown": (edit(lambda d: d.update(dtype="int4")), "dtype must be"),
+        "empty buckets": (edit(lambda d: d.update(buckets={})), "non-empty object"),
+        "bucket key not M": (edit(lambda d: d["buckets"].update({"big": bucket(d)})), "bucket key 'big'"),
+        "bucket M zero": (edit(lambda d: d["buckets"].update({"0": bucket(d)})), "bucket M must be"),
+        "unknown bucket key": (edit(lambda d: bucket(d).update(note=1)), "unknown keys ['note']"),
+        "unknown backend": (edit(lambda d: bucket(d).update(backend="cutlass")), "backend must be one of"),
+        "non-power-of-two block": (edit(lambda d: bucket(d)["config"].update(block_n=48)), "power of two"),
+        "absurd block": (edit(lambda d: bucket(d)["config"].update(block_m=4096)), "block_m must be in"),
+        "float warps": (edit(lambda d: bucket(d)["config"].update(num_warps=4.0)), "must be an int"),
+        "unknown config key": (edit(lambda d: bucket(d)["config"].update(split_k=2)), "unknown MatmulConfig"),
+        "negative time": (edit(lambda d: bucket(d).update(time_us=-1)), "time_us must be a positive"),
+        "NaN time": (edit(lambda d: bucket(d)["baselines_us"].update(torch=float("nan"))), "baselines_us"),
+    }
+
+
+@pytest.mark.parametrize("case", list(bad_files()))
+def test_bad_file_is_skipped_with_one_warning_and_the_heuristic_serves(config_dir, case):
+    content, words = bad_files()[case]
+    path = write(config_dir, content, name=file_name("cpu", N, K, "int8"))
+    with pytest.raises(ConfigFileError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        load_table(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = select_config(3, N, K, torch.int8, CPU)
+        select_config(4, N, K, torch.int8, CPU)  # a second call warns no more
+    assert got == heuristic_config(3, N, K, 132, 227 * 1024)
+    assert len(caught) == 1 and path.name in str(caught[0].message)
+
+
+def test_content_must_match_the_file_name(config_dir):
+    path = write(config_dir, table_json(), name=file_name("cpu", N + 1, K, "int8"))
+    with pytest.raises(ConfigFileError, match="the name says N=97"):
+        load_table(path)
+
+
+def test_oddly_named_json_is_skipped_with_a_warning(config_dir):
+    write(config_dir, table_json(), name="my-tuning.json")
+    with pytest.warns(UserWarning, match="not a config file name"):
+        assert plan(3, N, K, torch.int8, CPU).source is None
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    path = tmp_path / "x.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})  # not serialisable: fails midway
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
