@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from scaledmm.bench.shapes import DEFAULT_M, PRESETS, collect_shapes
+from scaledmm.bench.shapes import DEFAULT_M, PRESETS, TUNE_M, collect_shapes
 
 DEFAULT_MODELS = ["llama3-8b", "qwen3-4b"]
 
@@ -104,13 +104,7 @@ def cmd_bench(args: argparse.Namespace, command: str) -> int:
         print(f"wrote {out_dir / 'host_overhead.json'}")
         return 0
 
-    models = [m for group in args.model for m in group]
-    if not (models or args.hf_config or args.shape):
-        models = DEFAULT_MODELS
-    try:
-        shapes = collect_shapes(models, args.hf_config, args.shape, args.tp)
-    except (ValueError, OSError) as err:
-        sys.exit(f"scaledmm bench: {err}")
+    shapes = _shapes_or_exit(args, "bench")
     result = run_bench(shapes, args.m, args.dtype, device, command=command, replays=args.replays)
     print(table(result))
     for path in write_results(result, out_dir):
@@ -151,6 +145,100 @@ def cmd_demo(args: argparse.Namespace, command: str) -> int:
     return 0 if worst <= 1 else 1
 
 
+def _shapes_or_exit(args: argparse.Namespace, command: str):
+    models = [m for group in args.model for m in group]
+    if not (models or args.hf_config or args.shape):
+        models = DEFAULT_MODELS
+    try:
+        return collect_shapes(models, args.hf_config, args.shape, args.tp)
+    except (ValueError, OSError) as err:
+        sys.exit(f"scaledmm {command}: {err}")
+
+
+def cmd_tune(args: argparse.Namespace, command: str) -> int:
+    import os
+
+    from scaledmm.configs.lookup import CONFIG_DIR_ENV
+    from scaledmm.tune.distributed import TuneSettings, tune_on_local_devices, tune_under_torchrun
+    from scaledmm.tune.runner import Job
+
+    shapes = _shapes_or_exit(args, "tune")
+    unknown = set(args.dtype) - {"int8", "fp8"}
+    if unknown:
+        sys.exit(f"scaledmm tune: unknown dtypes {sorted(unknown)}; choose int8, fp8")
+    out_dir = Path(args.out or os.environ.get(CONFIG_DIR_ENV) or "scaledmm-configs")
+    jobs = [Job(s.n, s.k, d, m) for s in shapes for d in args.dtype for m in args.m]
+    settings = TuneSettings(
+        jobs=jobs,
+        out_dir=out_dir,
+        command=command,
+        replays=args.replays,
+        max_candidates=args.max_candidates,
+        compile_workers=args.compile_workers,
+    )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        tune_under_torchrun(settings)
+        return 0
+    device = _device()
+    _require_kernels_runnable(device)
+    if device.type == "cpu":
+        print("No GPU: tuning on the CPU through Triton's interpreter; the times only show the tuner runs.")
+        world = 1
+    elif args.gpus == "all":
+        world = torch.cuda.device_count()
+    else:
+        world = int(args.gpus)
+        if not 1 <= world <= torch.cuda.device_count():
+            sys.exit(f"scaledmm tune: --gpus {world}, but this host has {torch.cuda.device_count()} GPUs")
+    print(
+        f"tuning {len(jobs)} points ({len(shapes)} shapes x {len(args.dtype)} dtypes x {len(args.m)} M) "
+        f"on {world} {'GPU' if device.type == 'cuda' else 'CPU process'}{'s' if world > 1 else ''} "
+        f"into {out_dir}",
+        flush=True,
+    )
+    tune_on_local_devices(settings, world, device.type)
+    return 0
+
+
+def cmd_configs(args: argparse.Namespace, command: str) -> int:
+    from scaledmm.configs.files import TunedTable
+    from scaledmm.configs.lookup import config_dirs, list_config_files
+
+    found = list_config_files()
+    valid = [(p, t) for p, t in found if isinstance(t, TunedTable)]
+    if args.json:
+        rows = []
+        for path, table in valid:
+            meta = json.loads(path.read_text())
+            rows.append(
+                {
+                    "device": table.device_name,
+                    "N": table.n,
+                    "K": table.k,
+                    "dtype": table.dtype,
+                    "m_buckets": [b.m for b in table.buckets],
+                    "path": str(path),
+                    "triton_version": meta.get("triton"),
+                }
+            )
+        print(json.dumps(rows, indent=1))
+        return 0
+    print("searched, in order: " + ", ".join(str(d) for d in config_dirs()))
+    if not found:
+        print("no config files: every call uses the heuristic (run `scaledmm tune` to make some)")
+    for path, table in found:
+        if isinstance(table, TunedTable):
+            ms = [b.m for b in table.buckets]
+            backends = sorted({b.backend for b in table.buckets})
+            print(
+                f"  {table.device_name:<24} N={table.n:<6} K={table.k:<6} {table.dtype:<5} "
+                f"{len(ms):>2} buckets (M {ms[0]}..{ms[-1]}; {'/'.join(backends)})  {path}"
+            )
+        else:
+            print(f"  INVALID, skipped: {table}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scaledmm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,6 +259,28 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="where to write results (default: scaledmm-bench/<time>)")
     bench.add_argument("--host-overhead", action="store_true", help="measure CPU time per call on a tiny shape instead")
     bench.add_argument("--calls", type=int, default=3000, help="calls per host-overhead measurement")
+
+    tune = sub.add_parser("tune", help="tune configs ahead of time for this GPU and write config files")
+    _add_shape_args(tune)
+    tune.add_argument(
+        "--m",
+        type=_int_list,
+        default=list(TUNE_M),
+        help=f"comma-separated M values (default: {','.join(map(str, TUNE_M))})",
+    )
+    tune.add_argument("--dtype", type=_comma_list, default=["int8", "fp8"], help="int8, fp8 or both (default)")
+    tune.add_argument(
+        "--out",
+        help="directory of the config files (default: $SCALEDMM_CONFIG_DIR, else "
+        "./scaledmm-configs); an interrupted run continues there",
+    )
+    tune.add_argument("--gpus", default="1", help="'all', or how many GPUs of this host to use (default 1)")
+    tune.add_argument("--max-candidates", type=int, help="time at most this many configs per point (quick runs)")
+    tune.add_argument("--compile-workers", type=int, help="compile processes per GPU (default: cores / GPUs - 1)")
+    tune.add_argument("--replays", type=int, default=20, help="CUDA graph replays per timing (>= 20)")
+
+    configs = sub.add_parser("configs", help="list the tuned config files scaledmm finds")
+    configs.add_argument("--json", action="store_true", help="a JSON list instead of a table")
     return parser
 
 
@@ -178,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     command = shlex.join(["scaledmm", *argv])
-    handler = {"demo": cmd_demo, "bench": cmd_bench}[args.command]
+    handler = {"demo": cmd_demo, "bench": cmd_bench, "tune": cmd_tune, "configs": cmd_configs}[args.command]
     return handler(args, command)
 
 

@@ -102,14 +102,25 @@ def error_bound(ops: Operands, out_dtype: torch.dtype) -> torch.Tensor:
     return ulp * exact.abs() + accumulation * magnitude + EPILOGUE_EPS * epilogue + torch.finfo(out_dtype).tiny
 
 
+class ErrorCheck:
+    """The exact result and the error bound of one set of operands, computed once, so that many
+    outputs (the tuner's candidates) are each checked with one elementwise pass."""
+
+    def __init__(self, ops: Operands, out_dtype: torch.dtype):
+        self.exact = scaled_mm_ref(*ops.args(), bias=ops.bias)
+        self.bound = error_bound(ops, out_dtype)
+
+    def ratio(self, out: torch.Tensor) -> float:
+        """max |out - exact| / bound over all elements: <= 1 for a correct kernel; inf for NaN."""
+        if out.numel() == 0:
+            return 0.0
+        ratio = ((out.to(torch.float64) - self.exact).abs() / self.bound).max().item()
+        return float("inf") if ratio != ratio else ratio
+
+
 def max_error_ratio(out: torch.Tensor, ops: Operands) -> float:
-    """max |out - exact| / bound over all elements: <= 1 for a correct kernel; inf for NaN."""
-    exact = scaled_mm_ref(*ops.args(), bias=ops.bias)
-    err = (out.to(torch.float64) - exact).abs()
-    if out.numel() == 0:
-        return 0.0
-    ratio = (err / error_bound(ops, out.dtype)).max().item()
-    return float("inf") if ratio != ratio else ratio
+    """max |out - exact| / error_bound over all elements: <= 1 for a correct kernel; inf for NaN."""
+    return ErrorCheck(ops, out.dtype).ratio(out)
 
 
 def assert_close(out: torch.Tensor, ops: Operands) -> None:

@@ -117,7 +117,7 @@ def bad_files():
         fn(data)
         return data
 
-    bucket = lambda d: d["buckets"]["1"]  # noqa: E731
+    bucket = lambda d: d["buckets"]["1"]
     return {
         "truncated JSON": (json.dumps(good)[:-20], "not readable JSON"),
         "not an object": ("[1, 2]", "top level must be an object"),

@@ -12,6 +12,10 @@ M_DECODE = (1, 2, 4, 8, 16, 32, 64)
 M_MID = (128, 256, 512)
 M_PREFILL = (1024, 2048, 4096, 8192)
 DEFAULT_M = M_DECODE + M_MID + M_PREFILL
+# The tuner's grid: the benchmark's M values and the points halfway between them (x1.5), so that the
+# bucket rule (smallest tuned M >= M) never rounds an M up by more than 1.5x.
+TUNE_M = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096,
+          6144, 8192)  # fmt: skip
 
 
 def m_range(M: int) -> str:

@@ -40,10 +40,16 @@ def rotation_count(weight_bytes: int, device: torch.device, max_copies: int = 64
     return min(max_copies, max(2, math.ceil(L2_MULTIPLE * l2 / max(weight_bytes, 1))))
 
 
-def time_calls(fn: Callable[..., object], inputs: Sequence[Sequence[object]], replays: int = MIN_REPLAYS) -> Timing:
+def time_calls(
+    fn: Callable[..., object],
+    inputs: Sequence[Sequence[object]],
+    replays: int = MIN_REPLAYS,
+    warmup_ms: float = WARMUP_MS,
+) -> Timing:
     """Time `fn(*inputs[i])` for i = 0..R-1, per the protocol; returns the per-call time.
 
-    `fn` must already be compiled for these inputs' shapes, or it is compiled in the warm-up here.
+    `fn` is compiled in a first round of calls if it is not yet. `warmup_ms` of graph replays bring
+    an idle GPU's clocks up; a caller timing many candidates back to back (the tuner) can pass less.
     """
     replays = max(replays, MIN_REPLAYS)
     first = next((x for x in inputs[0] if isinstance(x, torch.Tensor)), None)
@@ -66,7 +72,7 @@ def time_calls(fn: Callable[..., object], inputs: Sequence[Sequence[object]], re
     graph.replay()
     end.record()
     torch.cuda.synchronize()
-    for _ in range(min(MAX_WARMUP_REPLAYS, math.ceil(WARMUP_MS / max(start.elapsed_time(end), 1e-3)))):
+    for _ in range(min(MAX_WARMUP_REPLAYS, math.ceil(warmup_ms / max(start.elapsed_time(end), 1e-3)))):
         graph.replay()
 
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]

@@ -160,6 +160,17 @@ def select_config(
     return plan(M, N, K, dtype, _resolve_device(device)).config
 
 
+def list_config_files() -> list[tuple[Path, TunedTable | ConfigFileError]]:
+    """Every config file in the search directories, in search order, with its content or its error."""
+    found = []
+    for *_, path in _file_index():
+        try:
+            found.append((path, load_table(path)))
+        except ConfigFileError as err:
+            found.append((path, err))
+    return found
+
+
 def clear_cache() -> None:
     """Forget files, plans and environment variables read so far (after changing them at run time)."""
     for cached in (plan, tuned_table, _file_index, disabled_backends):

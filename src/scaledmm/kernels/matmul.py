@@ -19,15 +19,18 @@ import triton.language as tl
 from scaledmm.configs import MatmulConfig
 
 
-@triton.jit
+# GROUP_M is a run-time argument, not a constexpr, so that the tuner tries groupings without a
+# compile each; it costs one integer division per program.
+@triton.jit(do_not_specialize=["GROUP_M"])
 def _scaled_mm_kernel(
     a_ptr, b_ptr, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr,
     M, N, K,
     stride_am, stride_ak, stride_bk, stride_bn, stride_om, stride_on,
     stride_scale_a, stride_scale_b, stride_bias,
+    GROUP_M,
     A_PER_TOKEN: tl.constexpr, B_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
     ACC_DTYPE: tl.constexpr, EVEN_K: tl.constexpr, MASK_M: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(M, BLOCK_M)
@@ -93,6 +96,38 @@ def _vector_stride(scale: torch.Tensor) -> int:
     return scale.stride(0)
 
 
+def _launch_arguments(a, b, scale_a, scale_b, bias, out, config: MatmulConfig) -> tuple[tuple, tuple, dict]:
+    """(grid, positional arguments, keyword arguments) of one kernel launch."""
+    M, K = a.shape
+    N = b.shape[1]
+    a_per_token = scale_a.numel() > 1
+    b_per_channel = scale_b.numel() > 1
+    grid = (triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n),)
+    args = (
+        a, b, out, scale_a, scale_b, bias,
+        M, N, K,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+        _vector_stride(scale_a) if a_per_token else 0,
+        _vector_stride(scale_b) if b_per_channel else 0,
+        bias.stride(0) if bias is not None else 0,
+        config.group_m,
+    )  # fmt: skip
+    kwargs = dict(
+        A_PER_TOKEN=a_per_token,
+        B_PER_CHANNEL=b_per_channel,
+        HAS_BIAS=bias is not None,
+        ACC_DTYPE=tl.int32 if a.dtype == torch.int8 else tl.float32,
+        EVEN_K=K % config.block_k == 0,
+        MASK_M=M < config.block_m,
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    return grid, args, kwargs
+
+
 def launch_scaled_mm(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -106,28 +141,21 @@ def launch_scaled_mm(
 
     The inputs must already be validated (scaledmm.api does that); M must be >= 1.
     """
-    M, K = a.shape
-    N = b.shape[1]
-    a_per_token = scale_a.numel() > 1
-    b_per_channel = scale_b.numel() > 1
-    grid = (triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n),)
-    _scaled_mm_kernel[grid](
-        a, b, out, scale_a, scale_b, bias,
-        M, N, K,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
-        _vector_stride(scale_a) if a_per_token else 0,
-        _vector_stride(scale_b) if b_per_channel else 0,
-        bias.stride(0) if bias is not None else 0,
-        A_PER_TOKEN=a_per_token,
-        B_PER_CHANNEL=b_per_channel,
-        HAS_BIAS=bias is not None,
-        ACC_DTYPE=tl.int32 if a.dtype == torch.int8 else tl.float32,
-        EVEN_K=K % config.block_k == 0,
-        MASK_M=M < config.block_m,
-        BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k,
-        GROUP_M=config.group_m,
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
-    )  # fmt: skip
+    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, config)
+    _scaled_mm_kernel[grid](*args, **kwargs)
+
+
+def compile_scaled_mm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale_a: torch.Tensor,
+    scale_b: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+    config: MatmulConfig,
+) -> None:
+    """Compile the kernel for these arguments without launching it (fills Triton's on-disk cache,
+    so a later launch in another process only loads the binary). Only dtypes, pointer alignment and
+    the integer arguments matter: the tensors' contents are never read."""
+    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, config)
+    _scaled_mm_kernel.warmup(*args, grid=grid, **kwargs)

@@ -1,0 +1,250 @@
+"""Running the tuning jobs on one GPU, on every GPU of a host, or on every rank of a torchrun job.
+
+Every process tunes on one device. With several, they form a torch.distributed group (gloo: only
+small Python objects travel) and follow one protocol:
+
+1. each rank reads its own journal (results of an interrupted run) and sends it to rank 0, which
+   merges them into the config files and broadcasts which jobs are done;
+2. the remaining jobs are shared by expected cost (longest first, to the least loaded rank);
+3. each rank tunes its share, appending every result to its journal as it comes; rank 0 also writes
+   its results into the files at once;
+4. at the end all results go to rank 0, which merges them; then every rank clears its journal.
+
+So a killed run loses at most the jobs in flight, and running the same command again continues.
+With several nodes the journals of other nodes reach rank 0 in step 1 of the next run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from concurrent.futures import wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import triton
+from tqdm import tqdm
+
+import scaledmm
+from scaledmm.api import INTERPRETER
+from scaledmm.configs.lookup import device_name as name_of_device
+from scaledmm.tune.report import closing_table
+from scaledmm.tune.runner import Job, Precompiler, candidates, tune_job
+from scaledmm.tune.store import Journal, ResultStore
+
+GROUP_TIMEOUT = datetime.timedelta(hours=12)  # a rank may tune for hours before the final gather
+
+
+@dataclass
+class TuneSettings:
+    jobs: list[Job]
+    out_dir: Path
+    command: str = ""
+    replays: int = 20
+    max_candidates: int | None = None
+    compile_workers: int | None = None  # per GPU; None: the host's cores shared among its GPUs
+    progress: bool = True
+    scales: str = field(default="per-token a x per-channel b, bf16 bias, bf16 out")
+
+
+class Group:
+    """The ranks tuning together: torch.distributed when initialised, else this process alone."""
+
+    def __init__(self):
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+
+    def gather(self, obj) -> list | None:
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def broadcast(self, obj):
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+def split_jobs(jobs: list[Job], world: int) -> list[list[Job]]:
+    """Longest-processing-time first: each job, costliest first, to the rank with the least work.
+    Deterministic, so every rank computes the same split."""
+    shares: list[list[Job]] = [[] for _ in range(world)]
+    loads = [0.0] * world
+    for job in sorted(jobs, key=lambda j: (-j.cost, j)):
+        rank = loads.index(min(loads))
+        shares[rank].append(job)
+        loads[rank] += job.cost
+    return [sorted(share) for share in shares]
+
+
+def _metadata(device: torch.device, settings: TuneSettings) -> dict:
+    meta = {
+        "scales": settings.scales,
+        "triton": triton.__version__,
+        "torch": torch.__version__,
+        "scaledmm": scaledmm.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": settings.command,
+    }
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        meta["compute_capability"] = f"{major}.{minor}"
+    return meta
+
+
+def _compile_workers(settings: TuneSettings, device: torch.device) -> int:
+    if device.type != "cuda" or INTERPRETER:
+        return 0
+    if settings.compile_workers is not None:
+        return settings.compile_workers
+    gpus_here = max(1, torch.cuda.device_count())
+    return max(1, min(16, (os.cpu_count() or 2) // gpus_here - 1))
+
+
+def tune(settings: TuneSettings, device: torch.device) -> list[dict] | None:
+    """Run this rank's part of the protocol above. Rank 0 returns every result of this run (for the
+    closing table); other ranks return None."""
+    group = Group()
+    names = group.gather(name_of_device(device))
+    if group.rank == 0 and len(set(names)) > 1:
+        raise RuntimeError(f"the ranks have different GPUs ({sorted(set(names))}); tune each kind apart")
+    card = names[0] if group.rank == 0 else None
+    card = group.broadcast(card)
+    store = ResultStore(settings.out_dir, card, _metadata(device, settings))
+    journal = Journal(settings.out_dir / ".journal" / f"{socket.gethostname()}-rank{group.rank}.jsonl")
+
+    # 1. Recover interrupted results, agree on what is left.
+    recovered = group.gather(journal.read())
+    remaining = None
+    if group.rank == 0:
+        store.add([r for rs in recovered for r in rs])
+        done = store.done(settings.jobs)
+        remaining = [j for j in settings.jobs if j not in done]
+    remaining = group.broadcast(remaining)
+    group.barrier()
+    journal.clear()  # its content is in rank 0's files now
+
+    # 2-3. Tune this rank's share.
+    mine = split_jobs(remaining, group.world)[group.rank]
+    results = _tune_share(mine, settings, device, journal, store if group.rank == 0 else None, group.rank)
+
+    # 4. Merge everything on rank 0.
+    gathered = group.gather(results)
+    if group.rank == 0:
+        store.add([r for rs in gathered for r in rs])
+    group.barrier()
+    journal.clear()
+    return [r for rs in gathered for r in rs] if group.rank == 0 else None
+
+
+def _tune_share(
+    jobs: list[Job],
+    settings: TuneSettings,
+    device: torch.device,
+    journal: Journal,
+    store: ResultStore | None,
+    rank: int,
+) -> list[dict]:
+    workers = _compile_workers(settings, device)
+    precompiler = Precompiler(workers, device) if workers else None
+    plans = {job: candidates(job, device, settings.max_candidates) for job in jobs}
+    pending = {}
+    lookahead = 2  # jobs compiled ahead of the one being timed
+
+    def schedule(i: int) -> None:
+        if precompiler and i < len(jobs) and jobs[i] not in pending:
+            pending[jobs[i]] = precompiler.submit(jobs[i], plans[jobs[i]])
+
+    results = []
+    bar = tqdm(
+        jobs,
+        desc=f"tune rank {rank} ({device})",
+        unit="job",
+        position=rank,
+        disable=not settings.progress,
+        dynamic_ncols=True,
+    )
+    try:
+        for i, job in enumerate(bar):
+            for ahead in range(i, i + lookahead + 1):
+                schedule(ahead)
+            if job in pending:
+                # Compiling ahead only saves time: a config that failed there is still tried here,
+                # where its launch error (if any) rejects it.
+                wait(pending.pop(job))
+            bar.set_postfix_str(f"N={job.n} K={job.k} {job.dtype} M={job.m}: {len(plans[job])} configs")
+            result = tune_job(job, device, plans[job], settings.replays)
+            journal.append(result)
+            if store is not None:
+                store.add([result])
+            results.append(result)
+    finally:
+        bar.close()
+        if precompiler:
+            precompiler.close()
+    return results
+
+
+# ----------------------------------------------------------------------------- launching
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tune_and_report(settings: TuneSettings, device: torch.device) -> None:
+    """Tune this rank's share; rank 0 then prints the closing table of this run."""
+    results = tune(settings, device)
+    if results is not None:
+        print(closing_table(results), flush=True)
+        print(f"config files: {settings.out_dir}", flush=True)
+
+
+def _spawned(rank: int, world: int, port: int, settings: TuneSettings, device_type: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=GROUP_TIMEOUT
+    )
+    try:
+        device = torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        tune_and_report(settings, device)
+    finally:
+        dist.destroy_process_group()
+
+
+def tune_on_local_devices(settings: TuneSettings, world: int, device_type: str = "cuda") -> None:
+    """One process per device of this host (`scaledmm tune --gpus ...`), joined in a gloo group over
+    the loopback interface."""
+    if world == 1:
+        device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
+        tune_and_report(settings, device)
+        return
+    torch.multiprocessing.spawn(_spawned, args=(world, _free_port(), settings, device_type), nprocs=world, join=True)
+
+
+def tune_under_torchrun(settings: TuneSettings) -> None:
+    """Every rank of a torchrun job (one node or several) takes its share; LOCAL_RANK picks the GPU."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("gloo", timeout=GROUP_TIMEOUT)
+    try:
+        tune_and_report(settings, device)
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,31 @@
+"""The closing table of a tuning run: per shape and M, the winner and what it gains."""
+
+from __future__ import annotations
+
+
+def _ratio(base: float | None, ours: float) -> str:
+    return "-" if base is None else f"{base / ours:.2f}"
+
+
+def closing_table(results: list[dict]) -> str:
+    """One line per tuned point: winning backend and config, its time, and its speedup over the
+    vendor kernel and over the untuned heuristic (>1: the winner is faster)."""
+    if not results:
+        return "nothing left to tune: every job of this command is in the config files already"
+    lines = [
+        f"{'N':>6} {'K':>6} {'dtype':<5} {'M':>5}  {'winner':<7} {'config':<26} {'us':>8} "
+        f"{'x vendor':>9} {'x heuristic':>12}"
+    ]
+    for r in sorted(results, key=lambda r: (r["dtype"], r["n"], r["k"], r["m"])):
+        base = r["baselines_us"]
+        config = r["config"]
+        cfg = (
+            f"{config['block_m']}x{config['block_n']}x{config['block_k']} g{config['group_m']} "
+            f"w{config['num_warps']} s{config['num_stages']}"
+        )
+        lines.append(
+            f"{r['n']:>6} {r['k']:>6} {r['dtype']:<5} {r['m']:>5}  {r['backend']:<7} {cfg:<26} "
+            f"{r['time_us']:>8.1f} {_ratio(base.get('torch'), r['time_us']):>9} "
+            f"{_ratio(base.get('heuristic'), r['time_us']):>12}"
+        )
+    return "\n".join(lines)

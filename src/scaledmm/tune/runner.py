@@ -1,0 +1,170 @@
+"""Tuning one point (N, K, dtype, M) on one device: time every candidate config, each checked
+against the reference first, next to the vendor kernel and the heuristic, and keep the winner.
+
+Candidates are compiled ahead in a pool of worker processes (`Precompiler`), so the GPU times one
+point while the CPUs compile the next; the launch in this process then only loads the binary from
+Triton's cache.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+import scaledmm
+from scaledmm.bench.timing import rotation_count, time_calls
+from scaledmm.configs import MatmulConfig, device_limits, heuristic_config
+from scaledmm.kernels.matmul import compile_scaled_mm
+from scaledmm.kernels.vendor import unsupported_reason, vendor_scaled_mm
+from scaledmm.testing import ErrorCheck, make_operands
+from scaledmm.tune.space import candidate_configs, group_variants
+
+DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
+OUT_DTYPE = torch.bfloat16
+REFINED = 3  # how many of the best tiles also try other program groupings
+CANDIDATE_WARMUP_MS = 5.0  # the GPU is busy between candidates; only the first timing needs 25 ms
+
+
+@dataclass(frozen=True, order=True)
+class Job:
+    """One point of the tuning grid."""
+
+    n: int
+    k: int
+    dtype: str
+    m: int
+
+    @property
+    def cost(self) -> float:
+        """A rough relative duration, for sharing jobs evenly: the weight streams once per candidate
+        (decode), the FLOPs grow with M (prefill)."""
+        return self.n * self.k * (1 + self.m / 64)
+
+
+def candidates(job: Job, device: torch.device, max_candidates: int | None) -> list[MatmulConfig]:
+    """The configs timed for a job, nearest the heuristic first (so a capped run keeps the likeliest),
+    ending with the heuristic itself so that tuning can never lose to it."""
+    num_sms, shared_memory = device_limits(device)
+    heuristic = heuristic_config(job.m, job.n, job.k, num_sms, shared_memory)
+
+    def distance(c: MatmulConfig) -> float:
+        pairs = (
+            (c.block_m, heuristic.block_m),
+            (c.block_n, heuristic.block_n),
+            (c.block_k, heuristic.block_k),
+            (c.num_warps, heuristic.num_warps),
+        )
+        return sum(abs(math.log2(x / y)) for x, y in pairs) + abs(c.num_stages - heuristic.num_stages) / 2
+
+    space = sorted(candidate_configs(job.m, job.n, job.k, shared_memory), key=distance)
+    if max_candidates is not None:
+        space = space[:max_candidates]
+    return [c for c in space if c != heuristic] + [heuristic]
+
+
+# ----------------------------------------------------------------------------- compiling ahead
+
+
+def _init_compile_worker(device_index: int) -> None:
+    torch.cuda.set_device(device_index)
+
+
+def _compile(job: Job, config: MatmulConfig) -> str | None:
+    """Compile one candidate for the job's argument signature (meta tensors: no memory, no data);
+    the error, if it does not compile."""
+    meta = dict(device="meta")
+    dtype = DTYPES[job.dtype]
+    a = torch.empty(job.m, job.k, dtype=dtype, **meta)
+    b = torch.empty(job.n, job.k, dtype=dtype, **meta).t()
+    scale_a = torch.empty(job.m, 1, **meta)
+    scale_b = torch.empty(1, job.n, **meta)
+    bias = torch.empty(job.n, dtype=OUT_DTYPE, **meta)
+    out = torch.empty(job.m, job.n, dtype=OUT_DTYPE, **meta)
+    try:
+        compile_scaled_mm(a, b, scale_a, scale_b, bias, out, config)
+    except Exception as err:  # a candidate that does not compile is dropped, with the reason
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+class Precompiler:
+    """Worker processes that compile candidates into Triton's on-disk cache ahead of their timing."""
+
+    def __init__(self, workers: int, device: torch.device):
+        context = multiprocessing.get_context("spawn")
+        self.pool = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_compile_worker, initargs=(device.index or 0,)
+        )
+
+    def submit(self, job: Job, configs: list[MatmulConfig]) -> list[Future]:
+        return [self.pool.submit(_compile, job, c) for c in configs]
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------- timing one job
+
+
+def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replays: int = 20) -> dict:
+    """Time the vendor kernel, the heuristic and every candidate at one point; return the bucket entry
+    for the config file (with the job's coordinates), or raise if no candidate is correct."""
+    dtype = DTYPES[job.dtype]
+    copies = rotation_count(job.n * job.k, device)
+    ops = [make_operands(job.m, job.n, job.k, dtype, device) for _ in range(copies)]
+    inputs = [(*o.args(), o.bias) for o in ops]
+    check = ErrorCheck(ops[0], OUT_DTYPE)
+
+    def timed(fn, warmup_ms: float = CANDIDATE_WARMUP_MS) -> float:
+        return time_calls(fn, inputs, replays, warmup_ms=warmup_ms).median_us
+
+    vendor_us = None
+    if unsupported_reason(*ops[0].args(), ops[0].bias, OUT_DTYPE) is None:
+        vendor_us = timed(lambda a, b, sa, sb, bias: vendor_scaled_mm(a, b, sa, sb, bias, OUT_DTYPE), 25.0)
+
+    times: dict[MatmulConfig, float] = {}
+    rejected = []
+
+    def try_config(config: MatmulConfig) -> None:
+        def run(a, b, sa, sb, bias):
+            return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, config=config)
+
+        try:
+            ratio = check.ratio(run(*inputs[0]))
+        except Exception as err:  # out of resources and the like: not a candidate on this GPU
+            rejected.append(f"{config}: {type(err).__name__}")
+            return
+        if not ratio <= 1.0:
+            rejected.append(f"{config}: wrong result ({ratio:.3g}x the error bound)")
+            return
+        times[config] = timed(run)
+
+    for config in configs:
+        try_config(config)
+    heuristic = configs[-1]
+    best_tiles = sorted(times, key=times.get)[:REFINED]
+    for config in best_tiles:
+        for variant in group_variants(config, job.m):
+            try_config(variant)
+    if not times:
+        raise RuntimeError(f"{job}: no candidate config ran correctly: {rejected[:3]}")
+
+    best = min(times, key=times.get)
+    triton_us = times[best]
+    backend = "torch" if vendor_us is not None and vendor_us < triton_us else "triton"
+    return {
+        "n": job.n, "k": job.k, "dtype": job.dtype, "m": job.m,
+        "backend": backend,
+        "config": best.to_dict(),
+        "time_us": round(min(triton_us, vendor_us or math.inf), 3),
+        "baselines_us": {
+            "torch": None if vendor_us is None else round(vendor_us, 3),
+            "heuristic": None if heuristic not in times else round(times[heuristic], 3),
+            "triton": round(triton_us, 3),
+        },
+        "candidates": len(times),
+    }  # fmt: skip

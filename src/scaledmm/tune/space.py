@@ -1,0 +1,61 @@
+"""The search space: which configs are worth timing for one (M, N, K) on one GPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import triton
+
+from scaledmm.configs import MatmulConfig
+
+SHARED_MEMORY_RESERVE = 16 * 1024  # barriers and the epilogue's layout conversion
+MAX_ACCUMULATORS_PER_THREAD = 128  # 32-bit accumulators; more spills registers
+MIN_ACCUMULATORS_PER_THREAD = 4  # fewer leaves warps idle
+GROUP_M_CHOICES = (1, 4, 16)  # tried on the best few configs, which start with 8
+
+
+def _block_m_choices(M: int) -> tuple[int, ...]:
+    # Tiles of about M rows: shorter ones waste tensor-core work on padding rows, much taller ones
+    # leave SMs idle. Large M also tries 256-row tiles (compute-bound, few programs needed).
+    if M <= 16:
+        return (16,)
+    if M <= 32:
+        return (16, 32)
+    if M <= 64:
+        return (16, 32, 64)
+    if M <= 128:
+        return (32, 64, 128)
+    if M <= 512:
+        return (64, 128)
+    return (64, 128, 256)
+
+
+def candidate_configs(M: int, N: int, K: int, shared_memory: int) -> list[MatmulConfig]:
+    """Configs to time at this M, group_m fixed at 8 (see `group_variants`), pruned by what the GPU
+    can hold (shared memory for the pipeline, registers for the accumulator) and what fits the problem."""
+    # Tiles no larger than the problem: choices beyond it collapse onto the smallest that covers it.
+    n_cap = max(32, triton.next_power_of_2(N))
+    k_cap = max(32, triton.next_power_of_2(K))
+    block_n_choices = sorted({min(bn, n_cap) for bn in (32, 64, 128, 256)})
+    block_k_choices = sorted(
+        {min(bk, k_cap) for bk in ((128, 256, 512) if M <= 64 else (64, 128, 256) if M <= 512 else (64, 128))}
+    )
+    configs = []
+    for bm, bn, bk, warps, stages in itertools.product(
+        _block_m_choices(M), block_n_choices, block_k_choices, (4, 8), (2, 3, 4, 5)
+    ):
+        if stages * (bm + bn) * bk > shared_memory - SHARED_MEMORY_RESERVE:
+            continue
+        per_thread = bm * bn // (warps * 32)
+        if not MIN_ACCUMULATORS_PER_THREAD <= per_thread <= MAX_ACCUMULATORS_PER_THREAD:
+            continue
+        configs.append(MatmulConfig(bm, bn, bk, group_m=8, num_warps=warps, num_stages=stages))
+    return configs
+
+
+def group_variants(config: MatmulConfig, M: int) -> list[MatmulConfig]:
+    """The same tile with other program groupings; none where one tile row covers M (no effect)."""
+    if triton.cdiv(M, config.block_m) <= 1:
+        return []
+    return [dataclasses.replace(config, group_m=g) for g in GROUP_M_CHOICES if g != config.group_m]

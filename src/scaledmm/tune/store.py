@@ -1,0 +1,102 @@
+"""Where tuning results go: config files updated atomically as results come, and per-rank journals
+so that an interrupted run loses at most the jobs in flight."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from scaledmm.configs.files import FORMAT_VERSION, file_name, load_table, write_json_atomic
+from scaledmm.tune.runner import Job
+
+BUCKET_FIELDS = ("backend", "config", "time_us", "baselines_us", "candidates")
+
+
+def job_of(result: dict) -> Job:
+    return Job(result["n"], result["k"], result["dtype"], result["m"])
+
+
+class ResultStore:
+    """The config files of one device in one directory; `metadata` goes into every file written."""
+
+    def __init__(self, directory: Path, device_name: str, metadata: dict):
+        self.directory = directory
+        self.device_name = device_name
+        self.metadata = metadata
+
+    def _path(self, n: int, k: int, dtype: str) -> Path:
+        return self.directory / file_name(self.device_name, n, k, dtype)
+
+    def done(self, jobs: list[Job]) -> set[Job]:
+        """The jobs whose M bucket the existing files already hold (a file that does not validate
+        counts as holding nothing, and is rewritten)."""
+        held: set[Job] = set()
+        for n, k, dtype in {(j.n, j.k, j.dtype) for j in jobs}:
+            path = self._path(n, k, dtype)
+            if path.exists():
+                try:
+                    held |= {Job(n, k, dtype, b.m) for b in load_table(path).buckets}
+                except ValueError:
+                    continue
+        return held & set(jobs)
+
+    def add(self, results: list[dict]) -> None:
+        """Merge results into their files (one atomic rewrite per file touched)."""
+        by_file: dict[tuple[int, int, str], list[dict]] = {}
+        for r in results:
+            by_file.setdefault((r["n"], r["k"], r["dtype"]), []).append(r)
+        for (n, k, dtype), rows in by_file.items():
+            path = self._path(n, k, dtype)
+            buckets = {}
+            if path.exists():
+                try:
+                    load_table(path)
+                    buckets = json.loads(path.read_text())["buckets"]
+                except ValueError:
+                    buckets = {}
+            for r in rows:
+                buckets[str(r["m"])] = {f: r[f] for f in BUCKET_FIELDS}
+            data = {
+                "format_version": FORMAT_VERSION,
+                "device_name": self.device_name,
+                "n": n,
+                "k": k,
+                "dtype": dtype,
+                **self.metadata,
+                "buckets": dict(sorted(buckets.items(), key=lambda kv: int(kv[0]))),
+            }
+            write_json_atomic(path, data)
+
+
+class Journal:
+    """An append-only file of results, one JSON line each, flushed to disk per line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def append(self, result: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(result) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict]:
+        """Every complete line (a line cut by a kill is ignored)."""
+        if not self.path.exists():
+            return []
+        results = []
+        for line in self.path.read_text().splitlines():
+            try:
+                results.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return results
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()  # the journal folder goes with the last journal in it
+        except OSError:
+            pass

@@ -1,0 +1,48 @@
+"""The search space and the sharing of jobs among ranks."""
+
+import pytest
+
+from scaledmm.tune.distributed import split_jobs
+from scaledmm.tune.runner import Job
+from scaledmm.tune.space import candidate_configs, group_variants
+
+H100_SHARED = 227 * 1024
+
+
+@pytest.mark.parametrize("M", [1, 16, 24, 64, 96, 256, 1024, 8192])
+@pytest.mark.parametrize("N,K", [(6144, 4096), (4096, 14336), (40, 50)])
+def test_every_candidate_fits_the_gpu_and_the_problem(M, N, K):
+    space = candidate_configs(M, N, K, H100_SHARED)
+    assert space, "an empty space"
+    for c in space:
+        assert c.num_stages * (c.block_m + c.block_n) * c.block_k <= H100_SHARED - 16 * 1024
+        assert 4 <= c.block_m * c.block_n // (c.num_warps * 32) <= 128
+        assert c.block_n <= max(32, 2 * N) and c.block_k <= max(64, 2 * K)
+        assert c.block_m <= max(16, 2 * M) or M > 512
+    assert len(set(space)) == len(space)
+
+
+def test_small_m_is_searched_with_short_tiles_and_large_m_with_big_ones():
+    assert {c.block_m for c in candidate_configs(1, 4096, 4096, H100_SHARED)} == {16}
+    assert {c.block_m for c in candidate_configs(8192, 4096, 4096, H100_SHARED)} == {64, 128, 256}
+
+
+def test_less_shared_memory_means_a_smaller_space():
+    assert len(candidate_configs(4096, 4096, 4096, 99 * 1024)) < len(candidate_configs(4096, 4096, 4096, H100_SHARED))
+
+
+def test_group_variants_only_where_there_are_several_tile_rows():
+    config = candidate_configs(256, 4096, 4096, H100_SHARED)[0]
+    assert group_variants(config, config.block_m) == []
+    assert {v.group_m for v in group_variants(config, 4 * config.block_m)} == {1, 4, 16}
+
+
+def test_jobs_are_shared_once_each_and_evenly():
+    jobs = [Job(n, k, d, m) for n, k in [(6144, 4096), (28672, 4096)] for d in ("int8", "fp8")
+            for m in (1, 16, 256, 4096)]
+    for world in (1, 2, 3, 4):
+        shares = split_jobs(jobs, world)
+        assert sorted(j for s in shares for j in s) == sorted(jobs)
+        loads = [sum(j.cost for j in s) for s in shares]
+        assert max(loads) <= 1.5 * sum(loads) / world or world > len(jobs) // 2
+        assert shares == split_jobs(list(reversed(jobs)), world)  # the same on every rank

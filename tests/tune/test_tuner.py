@@ -1,0 +1,106 @@
+"""`scaledmm tune` end to end on tiny shapes: files written, resumed after a kill, journals
+recovered, and two gloo ranks sharing the work (Triton's interpreter on CPU; a GPU run uses CUDA)."""
+
+import json
+
+import pytest
+import torch
+from helpers import ON_GPU
+
+import scaledmm.tune.distributed as distributed
+from scaledmm.cli import main
+from scaledmm.configs import MatmulConfig, clear_cache
+from scaledmm.configs.files import file_name, load_table
+from scaledmm.configs.lookup import CONFIG_DIR_ENV, device_name, plan
+from scaledmm.tune.runner import Job
+from scaledmm.tune.store import Journal
+
+N, K = 48, 64
+DEVICE_NAME = device_name(torch.device("cuda", 0) if ON_GPU else torch.device("cpu"))
+
+
+def tune(out, ms="1,24", extra=()):
+    return main(["tune", "--shape", f"{N},{K}", "--dtype", "int8", "--m", ms, "--max-candidates", "2",
+                 "--out", str(out), *extra])
+
+
+def config_file(out):
+    return out / file_name(DEVICE_NAME, N, K, "int8")
+
+
+def test_tune_writes_a_valid_file_that_the_lookup_uses(tmp_path, monkeypatch, capsys):
+    assert tune(tmp_path) == 0
+    table = load_table(config_file(tmp_path))
+    assert [b.m for b in table.buckets] == [1, 24]
+    data = json.loads(config_file(tmp_path).read_text())
+    assert data["command"].startswith("scaledmm tune --shape 48,64")
+    assert {"triton", "torch", "date", "scales"} <= set(data)
+    for bucket in data["buckets"].values():
+        assert bucket["time_us"] > 0 and bucket["candidates"] >= 1
+        assert bucket["baselines_us"]["heuristic"] > 0  # the heuristic was timed alongside
+    assert "x heuristic" in capsys.readouterr().out  # the closing table
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
+    clear_cache()
+    try:
+        chosen = plan(20, N, K, torch.int8, torch.device("cuda", 0) if ON_GPU else torch.device("cpu"))
+        assert chosen.source == config_file(tmp_path)
+        assert chosen.config == MatmulConfig.from_dict(data["buckets"]["24"]["config"])
+    finally:
+        clear_cache()
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+    real = distributed.tune_job
+    tuned = []
+
+    def dies_on_second(job, *args, **kwargs):
+        if len(tuned) == 1:
+            raise KeyboardInterrupt  # the run is killed while the second job is in flight
+        tuned.append(job.m)
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(distributed, "tune_job", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        tune(tmp_path, ms="1,2,4")
+    assert [b.m for b in load_table(config_file(tmp_path)).buckets] == tuned == [1]
+
+    def counting(job, *args, **kwargs):
+        tuned.append(job.m)
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(distributed, "tune_job", counting)
+    assert tune(tmp_path, ms="1,2,4") == 0
+    assert tuned == [1, 2, 4]  # only the jobs left were tuned
+    assert [b.m for b in load_table(config_file(tmp_path)).buckets] == [1, 2, 4]
+    assert not (tmp_path / ".journal").exists()
+
+
+def test_journaled_results_are_recovered_without_tuning_them_again(tmp_path, monkeypatch):
+    # A rank that finished a job but died before the final merge leaves it in its journal.
+    entry = {"n": N, "k": K, "dtype": "int8", "m": 2, "backend": "triton",
+             "config": MatmulConfig(16, 16, 64).to_dict(), "time_us": 5.0,
+             "baselines_us": {"torch": None, "heuristic": 6.0, "triton": 5.0}, "candidates": 1}
+    import socket
+
+    journal = Journal(tmp_path / ".journal" / f"{socket.gethostname()}-rank0.jsonl")
+    journal.append(entry)
+    with open(journal.path, "a") as f:
+        f.write('{"n": 48, "k"')  # a line cut by the kill
+    tuned = []
+    real = distributed.tune_job
+    monkeypatch.setattr(distributed, "tune_job", lambda job, *a, **k: tuned.append(job.m) or real(job, *a, **k))
+    assert tune(tmp_path, ms="1,2") == 0
+    assert tuned == [1]
+    buckets = {b.m: b for b in load_table(config_file(tmp_path)).buckets}
+    assert set(buckets) == {1, 2} and buckets[2].time_us == 5.0
+
+
+@pytest.mark.skipif(ON_GPU, reason="the gloo test runs CPU ranks; a GPU host runs `scaledmm tune --gpus all`")
+def test_two_gloo_ranks_share_the_jobs_and_rank_0_merges(tmp_path, capfd):
+    settings = distributed.TuneSettings(
+        jobs=[Job(N, K, "int8", m) for m in (1, 2, 3, 4)], out_dir=tmp_path, command="test", max_candidates=1)
+    distributed.tune_on_local_devices(settings, world=2, device_type="cpu")
+    err = capfd.readouterr().err
+    assert "tune rank 0" in err and "tune rank 1" in err
+    assert [b.m for b in load_table(config_file(tmp_path)).buckets] == [1, 2, 3, 4]
+    assert not (tmp_path / ".journal").exists()
