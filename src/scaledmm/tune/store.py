@@ -3,6 +3,7 @@ so that an interrupted run loses at most the jobs in flight."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -96,7 +97,5 @@ class Journal:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
-        try:
-            self.path.parent.rmdir()  # the journal folder goes with the last journal in it
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # the journal folder goes with the last journal in it
+            self.path.parent.rmdir()
