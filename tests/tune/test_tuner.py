@@ -20,7 +20,7 @@ DEVICE_NAME = device_name(torch.device("cuda", 0) if ON_GPU else torch.device("c
 
 
 def tune(out, ms="1,24", extra=()):
-    return main(["tune", "--shape", f"{N},{K}", "--dtype", "int8", "--m", ms, "--max-candidates", "2",
+    return main(["tune", "--shape", f"{N},{K}", "--dtype", "int8", "--m", ms, "--max-candidates", "2", "--compile-workers", "2",
                  "--out", str(out), *extra])
 
 
