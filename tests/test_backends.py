@@ -23,8 +23,14 @@ def vendor_tuned(tmp_path, monkeypatch):
     name = device_name(torch.device(DEVICE, 0) if ON_GPU else torch.device("cpu"))
     config = {"block_m": 32, "block_n": 32, "block_k": 64, "group_m": 8, "num_warps": 4, "num_stages": 2}
     for dtype in ("int8", "fp8"):
-        data = {"format_version": 1, "device_name": name, "n": N, "k": K, "dtype": dtype,
-                "buckets": {"64": {"backend": "torch", "config": config}}}
+        data = {
+            "format_version": 1,
+            "device_name": name,
+            "n": N,
+            "k": K,
+            "dtype": dtype,
+            "buckets": {"64": {"backend": "torch", "config": config}},
+        }
         (tmp_path / file_name(name, N, K, dtype)).write_text(json.dumps(data))
     monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
     clear_cache()
@@ -88,16 +94,21 @@ def test_unknown_disabled_name_warns(monkeypatch):
 def test_vendor_limits_send_auto_to_triton(vendor_tuned, monkeypatch):
     calls = spy(monkeypatch)
     # M <= 16 is beyond torch._int_mm, and a column-major a beyond both vendor kernels.
-    for ops in (make_operands(8, N, K, torch.int8, DEVICE),
-                make_operands(M, N, K, torch.float8_e4m3fn, DEVICE, a_column_major=True)):
+    for ops in (
+        make_operands(8, N, K, torch.int8, DEVICE),
+        make_operands(M, N, K, torch.float8_e4m3fn, DEVICE, a_column_major=True),
+    ):
         assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias), ops)
     assert calls == ["triton", "triton"]
 
 
-@pytest.mark.parametrize("bad,words", [
-    (dict(backend="cutlass"), "backend must be one of"),
-    (dict(backend="torch", config=scaledmm.MatmulConfig(16, 16, 32)), "cannot go with backend='torch'"),
-])
+@pytest.mark.parametrize(
+    "bad,words",
+    [
+        (dict(backend="cutlass"), "backend must be one of"),
+        (dict(backend="torch", config=scaledmm.MatmulConfig(16, 16, 32)), "cannot go with backend='torch'"),
+    ],
+)
 def test_bad_backend_arguments(bad, words):
     ops = make_operands(M, N, K, torch.int8, DEVICE)
     with pytest.raises(ValueError, match=words):

@@ -7,6 +7,7 @@ import datetime
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -168,7 +169,9 @@ def cmd_tune(args: argparse.Namespace, command: str) -> int:
         sys.exit(f"scaledmm tune: unknown dtypes {sorted(unknown)}; choose int8, fp8")
     out_dir = Path(args.out or os.environ.get(CONFIG_DIR_ENV) or "scaledmm-configs")
     jobs = [Job(s.n, s.k, d, m) for s in shapes for d in args.dtype for m in args.m]
+    deadline = None if args.time_limit is None else time.time() + args.time_limit
     settings = TuneSettings(
+        deadline=deadline,
         jobs=jobs,
         out_dir=out_dir,
         command=command,
@@ -278,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--max-candidates", type=int, help="time at most this many configs per point (quick runs)")
     tune.add_argument("--compile-workers", type=int, help="compile processes per GPU (default: cores / GPUs - 1)")
     tune.add_argument("--replays", type=int, default=20, help="CUDA graph replays per timing (>= 20)")
+    tune.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="start no new job after this long; what is done is saved, and the same command continues",
+    )
 
     configs = sub.add_parser("configs", help="list the tuned config files scaledmm finds")
     configs.add_argument("--json", action="store_true", help="a JSON list instead of a table")

@@ -22,18 +22,35 @@ from scaledmm.configs.lookup import CONFIG_DIR_ENV
 
 CPU = torch.device("cpu")
 N, K = 96, 64
-TUNED = {1: MatmulConfig(16, 32, 64, 1, 2, 2), 16: MatmulConfig(16, 64, 64, 2, 4, 3),
-         256: MatmulConfig(64, 64, 64, 4, 4, 2)}
+TUNED = {
+    1: MatmulConfig(16, 32, 64, 1, 2, 2),
+    16: MatmulConfig(16, 64, 64, 2, 4, 3),
+    256: MatmulConfig(64, 64, 64, 4, 4, 2),
+}
 
 
 def table_json(device="cpu", n=N, k=K, dtype="int8", buckets=None, backend="triton"):
     buckets = buckets or TUNED
     return {
-        "format_version": 1, "device_name": device, "n": n, "k": k, "dtype": dtype,
-        "triton": "3.6.0", "torch": "2.13.0", "date": "2026-11-27", "scales": "per-token x per-channel",
-        "buckets": {str(m): {"backend": backend, "config": c.to_dict(), "time_us": 10.0,
-                             "baselines_us": {"torch": 12.0, "heuristic": None}, "candidates": 3}
-                    for m, c in buckets.items()},
+        "format_version": 1,
+        "device_name": device,
+        "n": n,
+        "k": k,
+        "dtype": dtype,
+        "triton": "3.6.0",
+        "torch": "2.13.0",
+        "date": "2026-11-27",
+        "scales": "per-token x per-channel",
+        "buckets": {
+            str(m): {
+                "backend": backend,
+                "config": c.to_dict(),
+                "time_us": 10.0,
+                "baselines_us": {"torch": 12.0, "heuristic": None},
+                "candidates": 3,
+            }
+            for m, c in buckets.items()
+        },
     }
 
 
@@ -59,10 +76,18 @@ def test_file_names():
     assert normalize_device_name(" NVIDIA H100 PCIe ") == "NVIDIA_H100_PCIe"
 
 
-@pytest.mark.parametrize("name,family", [
-    ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", "H100"), ("NVIDIA_H100_NVL", "H100"),
-    ("NVIDIA H200", "H200"), ("NVIDIA GH200 480GB", "H200"), ("NVIDIA A100-SXM4-80GB", None), ("cpu", None),
-])
+@pytest.mark.parametrize(
+    "name,family",
+    [
+        ("NVIDIA H100 80GB HBM3", "H100"),
+        ("NVIDIA H100 PCIe", "H100"),
+        ("NVIDIA_H100_NVL", "H100"),
+        ("NVIDIA H200", "H200"),
+        ("NVIDIA GH200 480GB", "H200"),
+        ("NVIDIA A100-SXM4-80GB", None),
+        ("cpu", None),
+    ],
+)
 def test_device_families(name, family):
     assert device_family(name) == family
 

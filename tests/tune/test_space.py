@@ -38,8 +38,9 @@ def test_group_variants_only_where_there_are_several_tile_rows():
 
 
 def test_jobs_are_shared_once_each_and_evenly():
-    jobs = [Job(n, k, d, m) for n, k in [(6144, 4096), (28672, 4096)] for d in ("int8", "fp8")
-            for m in (1, 16, 256, 4096)]
+    jobs = [
+        Job(n, k, d, m) for n, k in [(6144, 4096), (28672, 4096)] for d in ("int8", "fp8") for m in (1, 16, 256, 4096)
+    ]
     for world in (1, 2, 3, 4):
         shares = split_jobs(jobs, world)
         assert sorted(j for s in shares for j in s) == sorted(jobs)

@@ -20,8 +20,24 @@ DEVICE_NAME = device_name(torch.device("cuda", 0) if ON_GPU else torch.device("c
 
 
 def tune(out, ms="1,24", extra=()):
-    return main(["tune", "--shape", f"{N},{K}", "--dtype", "int8", "--m", ms, "--max-candidates", "2", "--compile-workers", "2",
-                 "--out", str(out), *extra])
+    return main(
+        [
+            "tune",
+            "--shape",
+            f"{N},{K}",
+            "--dtype",
+            "int8",
+            "--m",
+            ms,
+            "--max-candidates",
+            "2",
+            "--compile-workers",
+            "2",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def config_file(out):
@@ -77,9 +93,17 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch):
 
 def test_journaled_results_are_recovered_without_tuning_them_again(tmp_path, monkeypatch):
     # A rank that finished a job but died before the final merge leaves it in its journal.
-    entry = {"n": N, "k": K, "dtype": "int8", "m": 2, "backend": "triton",
-             "config": MatmulConfig(16, 16, 64).to_dict(), "time_us": 5.0,
-             "baselines_us": {"torch": None, "heuristic": 6.0, "triton": 5.0}, "candidates": 1}
+    entry = {
+        "n": N,
+        "k": K,
+        "dtype": "int8",
+        "m": 2,
+        "backend": "triton",
+        "config": MatmulConfig(16, 16, 64).to_dict(),
+        "time_us": 5.0,
+        "baselines_us": {"torch": None, "heuristic": 6.0, "triton": 5.0},
+        "candidates": 1,
+    }
     import socket
 
     journal = Journal(tmp_path / ".journal" / f"{socket.gethostname()}-rank0.jsonl")
@@ -98,9 +122,18 @@ def test_journaled_results_are_recovered_without_tuning_them_again(tmp_path, mon
 @pytest.mark.skipif(ON_GPU, reason="the gloo test runs CPU ranks; a GPU host runs `scaledmm tune --gpus all`")
 def test_two_gloo_ranks_share_the_jobs_and_rank_0_merges(tmp_path, capfd):
     settings = distributed.TuneSettings(
-        jobs=[Job(N, K, "int8", m) for m in (1, 2, 3, 4)], out_dir=tmp_path, command="test", max_candidates=1)
+        jobs=[Job(N, K, "int8", m) for m in (1, 2, 3, 4)], out_dir=tmp_path, command="test", max_candidates=1
+    )
     distributed.tune_on_local_devices(settings, world=2, device_type="cpu")
     err = capfd.readouterr().err
     assert "tune rank 0" in err and "tune rank 1" in err
     assert [b.m for b in load_table(config_file(tmp_path)).buckets] == [1, 2, 3, 4]
     assert not (tmp_path / ".journal").exists()
+
+
+def test_time_limit_stops_between_jobs_and_the_rerun_continues(tmp_path, capsys):
+    assert tune(tmp_path, ms="1,2,4", extra=("--time-limit", "0")) == 0
+    assert "3 of 3 jobs left" in capsys.readouterr().out
+    assert not config_file(tmp_path).exists()
+    assert tune(tmp_path, ms="1,2,4") == 0
+    assert [b.m for b in load_table(config_file(tmp_path)).buckets] == [1, 2, 4]

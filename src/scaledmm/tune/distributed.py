@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import time
 from concurrent.futures import wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ class TuneSettings:
     max_candidates: int | None = None
     compile_workers: int | None = None  # per GPU; None: the host's cores shared among its GPUs
     progress: bool = True
+    deadline: float | None = None  # time.time() after which no new job starts (--time-limit)
     scales: str = field(default="per-token a x per-channel b, bf16 bias, bf16 out")
 
 
@@ -141,12 +143,21 @@ def tune(settings: TuneSettings, device: torch.device) -> list[dict] | None:
     results = _tune_share(mine, settings, device, journal, store if group.rank == 0 else None, group.rank)
 
     # 4. Merge everything on rank 0.
-    gathered = group.gather(results)
+    gathered = group.gather((results, len(mine) - len(results)))
     if group.rank == 0:
-        store.add([r for rs in gathered for r in rs])
+        store.add([r for rs, _ in gathered for r in rs])
     group.barrier()
     journal.clear()
-    return [r for rs in gathered for r in rs] if group.rank == 0 else None
+    if group.rank != 0:
+        return None
+    left = sum(n for _, n in gathered)
+    if left:
+        print(
+            f"stopped at the time limit with {left} of {len(remaining)} jobs left: run the same command "
+            "again to continue",
+            flush=True,
+        )
+    return [r for rs, _ in gathered for r in rs]
 
 
 def _tune_share(
@@ -178,6 +189,8 @@ def _tune_share(
     )
     try:
         for i, job in enumerate(bar):
+            if settings.deadline is not None and time.time() > settings.deadline:
+                break
             for ahead in range(i, i + lookahead + 1):
                 schedule(ahead)
             if job in pending:

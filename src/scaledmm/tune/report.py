@@ -11,7 +11,7 @@ def closing_table(results: list[dict]) -> str:
     """One line per tuned point: winning backend and config, its time, and its speedup over the
     vendor kernel and over the untuned heuristic (>1: the winner is faster)."""
     if not results:
-        return "nothing left to tune: every job of this command is in the config files already"
+        return "no point was tuned in this run (each is in the config files already, or the time ran out)"
     lines = [
         f"{'N':>6} {'K':>6} {'dtype':<5} {'M':>5}  {'winner':<7} {'config':<26} {'us':>8} "
         f"{'x vendor':>9} {'x heuristic':>12}"
