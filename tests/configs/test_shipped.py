@@ -1,0 +1,56 @@
+"""The config files shipped in the package: every one valid, named for its content, produced by the
+tuner on the card it names, and listed by `scaledmm configs`."""
+
+import json
+
+import pytest
+
+from scaledmm.cli import main
+from scaledmm.configs import clear_cache
+from scaledmm.configs.files import load_table, parse_file_name
+from scaledmm.configs.lookup import CONFIG_DIR_ENV, SHIPPED_DIR
+
+SHIPPED = sorted(SHIPPED_DIR.glob("*.json"))
+
+
+def test_files_are_shipped():
+    assert SHIPPED, f"no config files in {SHIPPED_DIR}"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_file_is_valid_and_from_the_tuner(path):
+    table = load_table(path)  # raises on anything invalid
+    device, n, k, dtype = parse_file_name(path.name)
+    assert (n, k, dtype) == (table.n, table.k, table.dtype)
+    data = json.loads(path.read_text())
+    assert data["command"].startswith("scaledmm tune")
+    assert data["compute_capability"] and data["triton"] and data["date"]
+    for bucket in data["buckets"].values():
+        # The winner's time is the faster of the best Triton config and the vendor kernel.
+        times = [t for t in (bucket["baselines_us"]["triton"], bucket["baselines_us"]["torch"]) if t]
+        assert bucket["time_us"] == pytest.approx(min(times))
+        assert (bucket["backend"] == "torch") == (bucket["time_us"] < bucket["baselines_us"]["triton"])
+
+
+def test_configs_lists_them_as_json(capsys, monkeypatch):
+    monkeypatch.delenv(CONFIG_DIR_ENV, raising=False)
+    clear_cache()
+    assert main(["configs", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == len(SHIPPED)
+    for row in rows:
+        assert set(row) == {"device", "N", "K", "dtype", "m_buckets", "path", "triton_version"}
+        assert row["dtype"] in ("int8", "fp8") and row["m_buckets"] == sorted(row["m_buckets"])
+    clear_cache()
+
+
+def test_configs_table_names_invalid_files(tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "N=8,K=8,device_name=cpu,dtype=int8_w8a8.json"
+    bad.write_text("{")
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
+    clear_cache()
+    assert main(["configs"]) == 0
+    out = capsys.readouterr().out
+    assert f"searched, in order: {tmp_path}" in out
+    assert "INVALID, skipped" in out and bad.name in out
+    clear_cache()
