@@ -7,7 +7,7 @@ import pytest
 
 from scaledmm.cli import main
 from scaledmm.configs import clear_cache
-from scaledmm.configs.files import load_table, parse_file_name
+from scaledmm.configs.files import load_table, normalize_device_name, parse_file_name
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, SHIPPED_DIR
 
 SHIPPED = sorted(SHIPPED_DIR.glob("*.json"))
@@ -21,7 +21,7 @@ def test_files_are_shipped():
 def test_shipped_file_is_valid_and_from_the_tuner(path):
     table = load_table(path)  # raises on anything invalid
     device, n, k, dtype = parse_file_name(path.name)
-    assert (n, k, dtype) == (table.n, table.k, table.dtype)
+    assert (device, n, k, dtype) == (normalize_device_name(table.device_name), table.n, table.k, table.dtype)
     data = json.loads(path.read_text())
     assert data["command"].startswith("scaledmm tune")
     assert data["compute_capability"] and data["triton"] and data["date"]
