@@ -59,6 +59,17 @@ def _add_shape_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_grid_args(parser: argparse.ArgumentParser, default_m: tuple[int, ...]) -> None:
+    parser.add_argument(
+        "--m",
+        type=_int_list,
+        default=list(default_m),
+        help=f"comma-separated M values (default: {','.join(map(str, default_m))})",
+    )
+    parser.add_argument("--dtype", type=_comma_list, default=["int8", "fp8"], help="int8, fp8 or both (default)")
+    parser.add_argument("--replays", type=int, default=20, help="CUDA graph replays per timing (>= 20)")
+
+
 def _device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
@@ -251,27 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="time scaledmm against the vendor kernels (../shared/BENCHMARKING.md)")
     _add_shape_args(bench)
-    bench.add_argument(
-        "--m",
-        type=_int_list,
-        default=list(DEFAULT_M),
-        help=f"comma-separated M values (default: {','.join(map(str, DEFAULT_M))})",
-    )
-    bench.add_argument("--dtype", type=_comma_list, default=["int8", "fp8"], help="int8, fp8 or both (default)")
-    bench.add_argument("--replays", type=int, default=20, help="CUDA graph replays per timing (>= 20)")
+    _add_grid_args(bench, DEFAULT_M)
     bench.add_argument("--out", help="where to write results (default: scaledmm-bench/<time>)")
     bench.add_argument("--host-overhead", action="store_true", help="measure CPU time per call on a tiny shape instead")
     bench.add_argument("--calls", type=int, default=3000, help="calls per host-overhead measurement")
 
     tune = sub.add_parser("tune", help="tune configs ahead of time for this GPU and write config files")
     _add_shape_args(tune)
-    tune.add_argument(
-        "--m",
-        type=_int_list,
-        default=list(TUNE_M),
-        help=f"comma-separated M values (default: {','.join(map(str, TUNE_M))})",
-    )
-    tune.add_argument("--dtype", type=_comma_list, default=["int8", "fp8"], help="int8, fp8 or both (default)")
+    _add_grid_args(tune, TUNE_M)
     tune.add_argument(
         "--out",
         help="directory of the config files (default: $SCALEDMM_CONFIG_DIR, else "
@@ -280,7 +278,6 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--gpus", default="1", help="'all', or how many GPUs of this host to use (default 1)")
     tune.add_argument("--max-candidates", type=int, help="time at most this many configs per point (quick runs)")
     tune.add_argument("--compile-workers", type=int, help="compile processes per GPU (default: cores / GPUs - 1)")
-    tune.add_argument("--replays", type=int, default=20, help="CUDA graph replays per timing (>= 20)")
     tune.add_argument(
         "--time-limit",
         type=float,
