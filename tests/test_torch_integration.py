@@ -47,11 +47,17 @@ def test_compile_fullgraph():
     assert torch.equal(got, eager)
 
 
-def test_compile_with_dynamic_m():
-    compiled = torch.compile(scaledmm.scaled_mm, fullgraph=True, dynamic=True)
-    for M in (3, 17, 40):
+def test_compile_with_dynamic_m_traces_once():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(scaledmm.scaled_mm, fullgraph=True, dynamic=True, backend=counter)
+    for M in (3, 17, 40, 41, 100):
         ops = make_operands(M, 40, 64, torch.float8_e4m3fn, DEVICE)
         assert_close(compiled(*ops.args(), torch.bfloat16, ops.bias), ops)
+    # One graph for every M: nothing on the traced path specialises on the number of tokens.
+    assert counter.frame_count == 1
 
 
 @pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")

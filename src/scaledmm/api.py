@@ -47,7 +47,7 @@ def _check_tensor(name: str, value: object) -> torch.Tensor:
     return value
 
 
-def _check_scale(name: str, scale: object, vector_len: int, vector_shapes: str) -> None:
+def _check_scale(name: str, scale: object, vector_len: int) -> None:
     scale = _check_tensor(name, scale)
     if scale.dtype not in SCALE_DTYPES:
         raise TypeError(f"{name} must have dtype {_names(SCALE_DTYPES)}, got {scale.dtype}")
@@ -64,6 +64,12 @@ def _check_scale(name: str, scale: object, vector_len: int, vector_shapes: str) 
     else:
         vector = False
     if not (per_tensor or vector):
+        # Sizes are formatted only here, when raising: formatting a symbolic size under torch.compile
+        # would specialise the graph to it (a recompile per M).
+        n = vector_len
+        vector_shapes = f"per-token (shape [{n}] or [{n}, 1])" if name == "scale_a" else (
+            f"per-channel (shape [{n}], [1, {n}] or [{n}, 1])"
+        )
         raise ValueError(
             f"{name} must be per-tensor (shape (), [1] or [1, 1]) or {vector_shapes}, got shape {list(shape)}"
         )
@@ -106,8 +112,8 @@ def check_scaled_mm_args(
                 f"{name} must be row-major or column-major (unit stride in one dimension), got strides "
                 f"{list(t.stride())}; call .contiguous() on it first"
             )
-    _check_scale("scale_a", scale_a, M, f"per-token (shape [{M}] or [{M}, 1])")
-    _check_scale("scale_b", scale_b, N, f"per-channel (shape [{N}], [1, {N}] or [{N}, 1])")
+    _check_scale("scale_a", scale_a, M)
+    _check_scale("scale_b", scale_b, N)
     if bias is not None:
         bias = _check_tensor("bias", bias)
         if bias.dtype not in BIAS_DTYPES:
@@ -120,6 +126,8 @@ def check_scaled_mm_args(
         )
     if config is not None and not isinstance(config, MatmulConfig):
         raise TypeError(f"config must be a scaledmm.MatmulConfig or None, got {type(config).__name__}")
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
     if backend == "torch" and config is not None:
