@@ -12,7 +12,7 @@ import scaledmm
 from scaledmm.configs import clear_cache
 from scaledmm.configs.files import file_name
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, DISABLED_BACKENDS_ENV, device_name
-from scaledmm.testing import assert_close, make_operands
+from scaledmm.testing import Operands, assert_close, make_operands
 
 M, N, K = 32, 64, 128
 
@@ -113,6 +113,21 @@ def test_bad_backend_arguments(bad, words):
     ops = make_operands(M, N, K, torch.int8, DEVICE)
     with pytest.raises(ValueError, match=words):
         scaledmm.scaled_mm(*ops.args(), **bad)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="the vendor kernels need CUDA")
+def test_vendor_is_skipped_for_views_it_cannot_read(vendor_tuned, monkeypatch):
+    calls = spy(monkeypatch)
+    ops = make_operands(M, N, K, torch.float8_e4m3fn, DEVICE)
+    strided_bias = torch.randn(N, 2, device=DEVICE).to(torch.bfloat16)[:, 0]
+    offset_a = torch.empty(M * K + 1, dtype=ops.a.dtype, device=DEVICE)[1:].view(M, K)
+    offset_a.copy_(ops.a)
+    for a, bias in ((ops.a, strided_bias), (offset_a, ops.bias)):
+        case = Operands(a, ops.b, ops.scale_a, ops.scale_b, bias)
+        assert_close(scaledmm.scaled_mm(*case.args(), bias=bias), case)
+    assert calls == ["triton", "triton"]
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        scaledmm.scaled_mm(offset_a, ops.b, ops.scale_a, ops.scale_b, bias=ops.bias, backend="torch")
 
 
 def test_forcing_torch_where_it_cannot_serve_says_why():

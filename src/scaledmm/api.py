@@ -16,7 +16,7 @@ import torch
 from scaledmm.configs import MatmulConfig, plan
 from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, disabled_backends
 from scaledmm.kernels.matmul import launch_scaled_mm
-from scaledmm.kernels.vendor import unsupported_reason, vendor_scaled_mm
+from scaledmm.kernels.vendor import misaligned_pointer, unsupported_reason, vendor_scaled_mm
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 OPERAND_DTYPES = (torch.int8, *FP8_DTYPES)
@@ -67,8 +67,10 @@ def _check_scale(name: str, scale: object, vector_len: int) -> None:
         # Sizes are formatted only here, when raising: formatting a symbolic size under torch.compile
         # would specialise the graph to it (a recompile per M).
         n = vector_len
-        vector_shapes = f"per-token (shape [{n}] or [{n}, 1])" if name == "scale_a" else (
-            f"per-channel (shape [{n}], [1, {n}] or [{n}, 1])"
+        vector_shapes = (
+            f"per-token (shape [{n}] or [{n}, 1])"
+            if name == "scale_a"
+            else (f"per-channel (shape [{n}], [1, {n}] or [{n}, 1])")
         )
         raise ValueError(
             f"{name} must be per-tensor (shape (), [1] or [1, 1]) or {vector_shapes}, got shape {list(shape)}"
@@ -168,7 +170,10 @@ def _auto_backend(preferred: str, a, b, scale_a, scale_b, bias, out_dtype) -> st
     for backend in (preferred, "torch" if preferred == "triton" else "triton"):
         if backend in disabled:
             continue
-        if backend == "torch" and unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype):
+        if backend == "torch" and (
+            unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype)
+            or misaligned_pointer(a, b, scale_a, scale_b, bias)
+        ):
             continue
         return backend
     raise ValueError(
@@ -201,6 +206,11 @@ def _scaled_mm_op(
         if backend == "auto":
             backend = _auto_backend(chosen.backend, a, b, scale_a, scale_b, bias, out_dtype)
     if backend == "torch":
+        if misaligned_pointer(a, b, scale_a, scale_b, bias):
+            raise ValueError(
+                "backend='torch' cannot compute this call: the vendor kernels need 16-byte aligned "
+                "data pointers (a view at an odd offset); use backend='auto' or 'triton'"
+            )
         return vendor_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype)
     out = torch.empty((M, N), dtype=out_dtype, device=a.device)
     if a.is_cuda and a.device.index != torch.cuda.current_device():

@@ -1,4 +1,5 @@
-"""The `scaledmm` command: `demo` (the quick look) and `bench` (the full benchmark)."""
+"""The `scaledmm` command: `demo` (a quick look), `bench` (the benchmark), `tune` (ahead-of-time tuning)
+and `configs` (the tuned files found)."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import torch
 from scaledmm.reference import scaled_mm_ref
 
 FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
+OUT_DTYPE = torch.bfloat16  # the output of every benchmark and tuning measurement
 
 
 @dataclass

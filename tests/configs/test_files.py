@@ -154,6 +154,7 @@ def bad_files():
         "empty buckets": (edit(lambda d: d.update(buckets={})), "non-empty object"),
         "bucket key not M": (edit(lambda d: d["buckets"].update({"big": bucket(d)})), "bucket key 'big'"),
         "bucket M zero": (edit(lambda d: d["buckets"].update({"0": bucket(d)})), "bucket M must be"),
+        "bucket key a unicode digit": (edit(lambda d: d["buckets"].update({"\u00b2": bucket(d)})), "bucket key"),
         "unknown bucket key": (edit(lambda d: bucket(d).update(note=1)), "unknown keys ['note']"),
         "unknown backend": (edit(lambda d: bucket(d).update(backend="cutlass")), "backend must be one of"),
         "non-power-of-two block": (edit(lambda d: bucket(d)["config"].update(block_n=48)), "power of two"),
@@ -181,8 +182,16 @@ def test_bad_file_is_skipped_with_one_warning_and_the_heuristic_serves(config_di
 
 def test_content_must_match_the_file_name(config_dir):
     path = write(config_dir, table_json(), name=file_name("cpu", N + 1, K, "int8"))
-    with pytest.raises(ConfigFileError, match="the name says N=97"):
+    with pytest.raises(ConfigFileError, match=r"the name says \(device, N, K, dtype\) = \('cpu', 97"):
         load_table(path)
+    other_card = write(config_dir, table_json(device="NVIDIA H100 PCIe"), name=file_name("NVIDIA H200", N, K, "int8"))
+    with pytest.raises(ConfigFileError, match="NVIDIA_H200"):
+        load_table(other_card)
+
+
+def test_select_config_refuses_other_dtypes():
+    with pytest.raises(TypeError, match="dtype must be one of"):
+        select_config(16, N, K, torch.bfloat16, CPU)
 
 
 def test_oddly_named_json_is_skipped_with_a_warning(config_dir):

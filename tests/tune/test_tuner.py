@@ -106,7 +106,8 @@ def test_journaled_results_are_recovered_without_tuning_them_again(tmp_path, mon
     }
     import socket
 
-    journal = Journal(tmp_path / ".journal" / f"{socket.gethostname()}-rank0.jsonl")
+    # Rank 1 of a killed two-GPU run; the rerun uses one GPU and must still pick it up.
+    journal = Journal(tmp_path / ".journal" / f"{socket.gethostname()}-rank1.jsonl")
     journal.append(entry)
     with open(journal.path, "a") as f:
         f.write('{"n": 48, "k"')  # a line cut by the kill
@@ -137,3 +138,17 @@ def test_time_limit_stops_between_jobs_and_the_rerun_continues(tmp_path, capsys)
     assert not config_file(tmp_path).exists()
     assert tune(tmp_path, ms="1,2,4") == 0
     assert [b.m for b in load_table(config_file(tmp_path)).buckets] == [1, 2, 4]
+
+
+def test_a_job_without_a_correct_candidate_is_reported_and_the_rest_tuned(tmp_path, monkeypatch, capsys):
+    real = distributed.tune_job
+
+    def fails_at_m2(job, *args, **kwargs):
+        if job.m == 2:
+            raise RuntimeError("no candidate config ran correctly")
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(distributed, "tune_job", fails_at_m2)
+    assert tune(tmp_path, ms="1,2,4") == 0
+    assert "skipped Job(n=48, k=64, dtype='int8', m=2)" in capsys.readouterr().err
+    assert [b.m for b in load_table(config_file(tmp_path)).buckets] == [1, 4]

@@ -19,12 +19,10 @@ import scaledmm
 from scaledmm.bench.shapes import LinearShape, m_range
 from scaledmm.bench.timing import host_time_per_call, rotation_count, time_calls
 from scaledmm.configs import device_limits, heuristic_config
+from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.kernels.matmul import launch_scaled_mm
 from scaledmm.kernels.vendor import unsupported_reason, vendor_scaled_mm
-from scaledmm.testing import Operands, make_operands, max_error_ratio
-
-DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
-OUT_DTYPE = torch.bfloat16
+from scaledmm.testing import OUT_DTYPE, Operands, make_operands, max_error_ratio
 
 SCALEDMM = "scaledmm"
 TRITON = "scaledmm-triton"
@@ -239,9 +237,9 @@ def run_bench(
     progress: bool = True,
 ) -> dict:
     """Time every method at every (shape, M, dtype); return {"environment", "ceilings", "rows", "summary"}."""
-    unknown = set(dtypes) - set(DTYPES)
+    unknown = set(dtypes) - set(DTYPE_BY_NAME)
     if unknown:
-        raise ValueError(f"unknown dtypes {sorted(unknown)}; choose from {sorted(DTYPES)}")
+        raise ValueError(f"unknown dtypes {sorted(unknown)}; choose from {sorted(DTYPE_BY_NAME)}")
     env = environment(device, command)
     ceilings = measure_ceilings(device) if device.type == "cuda" else {}
     rows = []
@@ -249,7 +247,7 @@ def run_bench(
     for shape, M in tqdm(points, desc="scaledmm bench", unit="point", disable=not progress):
         rows.append(_measure(_bf16_method(shape, M, device), shape, M, "bf16", replays, ceilings))
         for name in dtypes:
-            for method in _eight_bit_methods(shape, M, DTYPES[name], device):
+            for method in _eight_bit_methods(shape, M, DTYPE_BY_NAME[name], device):
                 rows.append(_measure(method, shape, M, name, replays, ceilings))
     return {"environment": env, "ceilings": ceilings, "rows": rows, "summary": summarize(rows, dtypes)}
 
@@ -297,8 +295,8 @@ def host_overhead(device: torch.device, calls: int = 3000) -> dict:
     """CPU time per call on a tiny shape, no synchronisation in the loop: scaled_mm against the ops
     it replaces, and a bare Triton launch of the same kernel (the floor of any Python launch)."""
     M, N, K = 16, 256, 256
-    fp8 = make_operands(M, N, K, DTYPES["fp8"], device)
-    int8 = make_operands(M, N, K, DTYPES["int8"], device)
+    fp8 = make_operands(M, N, K, DTYPE_BY_NAME["fp8"], device)
+    int8 = make_operands(M, N, K, DTYPE_BY_NAME["int8"], device)
     out = torch.empty(M, N, dtype=OUT_DTYPE, device=device)
     config = scaledmm.select_config(M, N, K, fp8.a.dtype, device)
     x = torch.randn(M, K, device=device, dtype=torch.bfloat16)

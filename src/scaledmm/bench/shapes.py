@@ -12,8 +12,9 @@ M_DECODE = (1, 2, 4, 8, 16, 32, 64)
 M_MID = (128, 256, 512)
 M_PREFILL = (1024, 2048, 4096, 8192)
 DEFAULT_M = M_DECODE + M_MID + M_PREFILL
-# The tuner's grid: the benchmark's M values and the points halfway between them (x1.5), so that the
-# bucket rule (smallest tuned M >= M) never rounds an M up by more than 1.5x.
+# The tuner's grid: the benchmark's M values and, from 16 on, the points halfway between them, so that
+# the bucket rule (smallest tuned M >= M) rounds M up by at most 1.5x there; below 16 by less than 2x,
+# where one 16-row tile serves every M anyway.
 TUNE_M = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096,
           6144, 8192)  # fmt: skip
 

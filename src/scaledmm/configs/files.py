@@ -27,6 +27,7 @@ from scaledmm.configs.config import MatmulConfig
 FORMAT_VERSION = 1
 BACKENDS = ("triton", "torch")  # ours, or the vendor kernel (torch._scaled_mm / torch._int_mm + epilogue)
 DTYPE_NAMES = {torch.int8: "int8", torch.float8_e4m3fn: "fp8", torch.float8_e5m2: "fp8"}
+DTYPE_BY_NAME = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}  # what the tuner and the bench run
 MAX_M = 2**31 - 1
 
 _NAME = re.compile(r"^N=(\d+),K=(\d+),device_name=([A-Za-z0-9_.\-]+),dtype=(int8|fp8)_w8a8\.json$")
@@ -142,16 +143,15 @@ def parse_table(path: Path, data: object) -> TunedTable:
     if data["dtype"] not in ("int8", "fp8"):
         raise _fail(path, f"dtype must be 'int8' or 'fp8', got {data['dtype']!r}")
     named = parse_file_name(path.name)
-    if named is not None and named[1:] != (n, k, data["dtype"]):
-        raise _fail(
-            path, f"the name says N={named[1]}, K={named[2]}, {named[3]} but the content N={n}, K={k}, {data['dtype']}"
-        )
+    content = (normalize_device_name(data["device_name"]), n, k, data["dtype"])
+    if named is not None and named != content:
+        raise _fail(path, f"the name says (device, N, K, dtype) = {named} but the content {content}")
     buckets_in = data["buckets"]
     if not isinstance(buckets_in, dict) or not buckets_in:
         raise _fail(path, "buckets must be a non-empty object mapping M to a tuned entry")
     buckets = []
     for key, entry in buckets_in.items():
-        if not key.isdigit():
+        if not re.fullmatch(r"[0-9]+", key):  # not str.isdigit: it accepts '²', which int() refuses
             raise _fail(path, f"bucket key {key!r} is not a positive integer M")
         m = _positive_int(path, "bucket M", int(key))
         where = f"bucket {m}"

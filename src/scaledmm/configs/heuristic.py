@@ -8,7 +8,7 @@ from scaledmm.configs.config import MatmulConfig
 
 # Shared memory that Triton needs beyond the pipelined A and B tiles (barriers, epilogue layout
 # conversion); kept free when the pipeline depth is chosen.
-_SHARED_MEMORY_RESERVE = 16 * 1024
+SHARED_MEMORY_RESERVE = 16 * 1024
 _MIN_STAGES = 2
 
 
@@ -23,7 +23,7 @@ def heuristic_config(M: int, N: int, K: int, num_sms: int, shared_memory: int) -
         block_m, block_k, num_warps = 16, 256, 4
     elif M <= 32:
         block_m, block_k, num_warps = 32, 256, 4
-    elif M <= 64 or M <= 128:
+    elif M <= 128:
         block_m, block_k, num_warps = 64, 128, 4
     else:
         block_m, block_k, num_warps = 128, 128, 8
@@ -43,7 +43,7 @@ def heuristic_config(M: int, N: int, K: int, num_sms: int, shared_memory: int) -
 
     stage_bytes = (block_m + block_n) * block_k  # one byte per 8-bit element
     num_stages = 4
-    while num_stages > _MIN_STAGES and num_stages * stage_bytes > shared_memory - _SHARED_MEMORY_RESERVE:
+    while num_stages > _MIN_STAGES and num_stages * stage_bytes > shared_memory - SHARED_MEMORY_RESERVE:
         num_stages -= 1
 
     return MatmulConfig(

@@ -157,6 +157,8 @@ def select_config(
 
     `device=None` means the current CUDA device, or the CPU (Triton's interpreter) without one.
     """
+    if dtype not in DTYPE_NAMES:
+        raise TypeError(f"dtype must be one of {', '.join(map(str, DTYPE_NAMES))}, got {dtype}")
     return plan(M, N, K, dtype, _resolve_device(device)).config
 
 

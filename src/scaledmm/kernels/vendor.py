@@ -12,11 +12,18 @@ import torch
 
 
 def _row_major(t: torch.Tensor) -> bool:
-    return t.stride(1) == 1 and t.stride(0) % 16 == 0
+    # cuBLASLt wants distinct rows (no stride-0 or overlapping views) at 16-byte-aligned offsets.
+    return t.stride(1) == 1 and t.stride(0) >= t.shape[1] and t.stride(0) % 16 == 0
 
 
 def _column_major(t: torch.Tensor) -> bool:
-    return t.stride(0) == 1 and t.stride(1) % 16 == 0
+    return t.stride(0) == 1 and t.stride(1) >= t.shape[0] and t.stride(1) % 16 == 0
+
+
+def misaligned_pointer(*tensors: torch.Tensor | None) -> bool:
+    """Whether any data pointer is off the 16-byte alignment cuBLASLt needs (views at odd offsets).
+    Checked where the call runs, not in the traced argument checks: a pointer is not metadata."""
+    return any(t is not None and t.data_ptr() % 16 for t in tensors)
 
 
 def unsupported_reason(
@@ -51,9 +58,11 @@ def unsupported_reason(
     if not (per_tensor or rowwise):
         return "torch._scaled_mm needs both scales per-tensor or per-token x per-channel"
     if rowwise and out_dtype != torch.bfloat16:
-        return "torch._scaled_mm's row-wise scaling writes bfloat16 only"
+        return "torch._scaled_mm is used with row-wise scales for bfloat16 output only"
     if bias is not None and (bias.dtype != out_dtype or out_dtype == torch.float32):
         return "torch._scaled_mm takes a bias of the output dtype, bfloat16 or float16"
+    if bias is not None and bias.stride(0) != 1:
+        return "torch._scaled_mm reads the bias as contiguous"
     return None
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 import time
 from concurrent.futures import wait
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from scaledmm.api import INTERPRETER
 from scaledmm.configs.lookup import device_name as name_of_device
 from scaledmm.tune.report import closing_table
 from scaledmm.tune.runner import Job, Precompiler, candidates, tune_job
-from scaledmm.tune.store import Journal, ResultStore
+from scaledmm.tune.store import Journal, ResultStore, read_journals
 
 GROUP_TIMEOUT = datetime.timedelta(hours=12)  # a rank may tune for hours before the final gather
 
@@ -120,15 +121,30 @@ def tune(settings: TuneSettings, device: torch.device) -> list[dict] | None:
     closing table); other ranks return None."""
     group = Group()
     names = group.gather(name_of_device(device))
-    if group.rank == 0 and len(set(names)) > 1:
-        raise RuntimeError(f"the ranks have different GPUs ({sorted(set(names))}); tune each kind apart")
-    card = names[0] if group.rank == 0 else None
-    card = group.broadcast(card)
+    verdict = None
+    if group.rank == 0:
+        mixed = len(set(names)) > 1
+        error = f"the ranks have different GPUs ({sorted(set(names))}); tune each kind apart" if mixed else None
+        verdict = (names[0], error)
+    card, error = group.broadcast(verdict)
+    if error:
+        raise RuntimeError(error)
     store = ResultStore(settings.out_dir, card, _metadata(device, settings))
-    journal = Journal(settings.out_dir / ".journal" / f"{socket.gethostname()}-rank{group.rank}.jsonl")
+    journal_dir = settings.out_dir / ".journal"
+    journal = Journal(journal_dir / f"{socket.gethostname()}-rank{group.rank}.jsonl")
 
-    # 1. Recover interrupted results, agree on what is left.
-    recovered = group.gather(journal.read())
+    # 1. Recover what interrupted runs left in journals (of any rank: a rerun may use fewer GPUs);
+    # one rank per host reads its host's folder. Agree on what is left.
+    hosts = group.gather(socket.gethostname())
+    readers = None
+    if group.rank == 0:
+        first_rank_of = {}
+        for rank, host in enumerate(hosts):
+            first_rank_of.setdefault(host, rank)
+        readers = set(first_rank_of.values())
+    readers = group.broadcast(readers)
+    found, read_paths = read_journals(journal_dir) if group.rank in readers else ([], [])
+    recovered = group.gather(found)
     remaining = None
     if group.rank == 0:
         store.add([r for rs in recovered for r in rs])
@@ -136,14 +152,15 @@ def tune(settings: TuneSettings, device: torch.device) -> list[dict] | None:
         remaining = [j for j in settings.jobs if j not in done]
     remaining = group.broadcast(remaining)
     group.barrier()
-    journal.clear()  # its content is in rank 0's files now
+    for path in read_paths:  # their content is in rank 0's files now
+        path.unlink(missing_ok=True)
 
     # 2-3. Tune this rank's share.
     mine = split_jobs(remaining, group.world)[group.rank]
-    results = _tune_share(mine, settings, device, journal, store if group.rank == 0 else None, group.rank)
+    results, left = _tune_share(mine, settings, device, journal, store if group.rank == 0 else None, group.rank)
 
     # 4. Merge everything on rank 0.
-    gathered = group.gather((results, len(mine) - len(results)))
+    gathered = group.gather((results, left))
     if group.rank == 0:
         store.add([r for rs, _ in gathered for r in rs])
     group.barrier()
@@ -167,7 +184,8 @@ def _tune_share(
     journal: Journal,
     store: ResultStore | None,
     rank: int,
-) -> list[dict]:
+) -> tuple[list[dict], int]:
+    """Tune the jobs in order; return the results and how many jobs the deadline left unstarted."""
     workers = _compile_workers(settings, device)
     precompiler = Precompiler(workers, device) if workers else None
     plans = {job: candidates(job, device, settings.max_candidates) for job in jobs}
@@ -178,7 +196,7 @@ def _tune_share(
         if precompiler and i < len(jobs) and jobs[i] not in pending:
             pending[jobs[i]] = precompiler.submit(jobs[i], plans[jobs[i]])
 
-    results = []
+    results, left = [], 0
     bar = tqdm(
         jobs,
         desc=f"tune rank {rank} ({device})",
@@ -190,6 +208,7 @@ def _tune_share(
     try:
         for i, job in enumerate(bar):
             if settings.deadline is not None and time.time() > settings.deadline:
+                left = len(jobs) - i
                 break
             for ahead in range(i, i + lookahead + 1):
                 schedule(ahead)
@@ -198,7 +217,11 @@ def _tune_share(
                 # where its launch error (if any) rejects it.
                 wait(pending.pop(job))
             bar.set_postfix_str(f"N={job.n} K={job.k} {job.dtype} M={job.m}: {len(plans[job])} configs")
-            result = tune_job(job, device, plans[job], settings.replays)
+            try:
+                result = tune_job(job, device, plans[job], settings.replays)
+            except RuntimeError as err:  # no correct candidate: report it, tune the rest
+                tqdm.write(f"scaledmm tune: skipped {job}: {err}", file=sys.stderr)
+                continue
             journal.append(result)
             if store is not None:
                 store.add([result])
@@ -207,7 +230,7 @@ def _tune_share(
         bar.close()
         if precompiler:
             precompiler.close()
-    return results
+    return results, left
 
 
 # ----------------------------------------------------------------------------- launching

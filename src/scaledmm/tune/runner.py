@@ -18,13 +18,12 @@ import torch
 import scaledmm
 from scaledmm.bench.timing import rotation_count, time_calls
 from scaledmm.configs import MatmulConfig, device_limits, heuristic_config
+from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.kernels.matmul import compile_scaled_mm
 from scaledmm.kernels.vendor import unsupported_reason, vendor_scaled_mm
-from scaledmm.testing import ErrorCheck, make_operands
+from scaledmm.testing import OUT_DTYPE, ErrorCheck, make_operands
 from scaledmm.tune.space import candidate_configs, group_variants
 
-DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
-OUT_DTYPE = torch.bfloat16
 REFINED = 3  # how many of the best tiles also try other program groupings
 CANDIDATE_WARMUP_MS = 5.0  # the GPU is busy between candidates; only the first timing needs 25 ms
 
@@ -77,7 +76,7 @@ def _compile(job: Job, config: MatmulConfig) -> str | None:
     """Compile one candidate for the job's argument signature (meta tensors: no memory, no data);
     the error, if it does not compile."""
     meta = dict(device="meta")
-    dtype = DTYPES[job.dtype]
+    dtype = DTYPE_BY_NAME[job.dtype]
     a = torch.empty(job.m, job.k, dtype=dtype, **meta)
     b = torch.empty(job.n, job.k, dtype=dtype, **meta).t()
     scale_a = torch.empty(job.m, 1, **meta)
@@ -113,7 +112,7 @@ class Precompiler:
 def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replays: int = 20) -> dict:
     """Time the vendor kernel, the heuristic and every candidate at one point; return the bucket entry
     for the config file (with the job's coordinates), or raise if no candidate is correct."""
-    dtype = DTYPES[job.dtype]
+    dtype = DTYPE_BY_NAME[job.dtype]
     copies = rotation_count(job.n * job.k, device)
     ops = [make_operands(job.m, job.n, job.k, dtype, device) for _ in range(copies)]
     inputs = [(*o.args(), o.bias) for o in ops]

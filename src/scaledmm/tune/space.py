@@ -8,8 +8,8 @@ import itertools
 import triton
 
 from scaledmm.configs import MatmulConfig
+from scaledmm.configs.heuristic import SHARED_MEMORY_RESERVE
 
-SHARED_MEMORY_RESERVE = 16 * 1024  # barriers and the epilogue's layout conversion
 MAX_ACCUMULATORS_PER_THREAD = 128  # 32-bit accumulators; more spills registers
 MIN_ACCUMULATORS_PER_THREAD = 4  # fewer leaves warps idle
 GROUP_M_CHOICES = (1, 4, 16)  # tried on the best few configs, which start with 8

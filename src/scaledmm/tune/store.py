@@ -14,10 +14,6 @@ from scaledmm.tune.runner import Job
 BUCKET_FIELDS = ("backend", "config", "time_us", "baselines_us", "candidates")
 
 
-def job_of(result: dict) -> Job:
-    return Job(result["n"], result["k"], result["dtype"], result["m"])
-
-
 class ResultStore:
     """The config files of one device in one directory; `metadata` goes into every file written."""
 
@@ -68,6 +64,12 @@ class ResultStore:
                 "buckets": dict(sorted(buckets.items(), key=lambda kv: int(kv[0]))),
             }
             write_json_atomic(path, data)
+
+
+def read_journals(directory: Path) -> tuple[list[dict], list[Path]]:
+    """Every result in the journals of a folder (any host, any rank), and the files read."""
+    paths = sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
+    return [r for p in paths for r in Journal(p).read()], paths
 
 
 class Journal:
