@@ -1,9 +1,17 @@
 """scaledmm: Triton kernels for W8A8 (INT8 and FP8) scaled matrix multiplication, tuned ahead of time."""
 
 from scaledmm import reference
-from scaledmm.api import scaled_mm
+from scaledmm.api import quantize_per_tensor, quantize_per_token, scaled_mm
 from scaledmm.configs import MatmulConfig, select_config
 
 __version__ = "0.1.0"
 
-__all__ = ["MatmulConfig", "__version__", "reference", "scaled_mm", "select_config"]
+__all__ = [
+    "MatmulConfig",
+    "__version__",
+    "quantize_per_tensor",
+    "quantize_per_token",
+    "reference",
+    "scaled_mm",
+    "select_config",
+]

@@ -16,6 +16,7 @@ import torch
 from scaledmm.configs import MatmulConfig, plan
 from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, disabled_backends
 from scaledmm.kernels.matmul import launch_scaled_mm
+from scaledmm.kernels.quant import QMAX, launch_quantize_rows
 from scaledmm.kernels.vendor import misaligned_pointer, unsupported_reason, vendor_scaled_mm
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -24,6 +25,8 @@ SCALE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BIAS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 BACKEND_CHOICES = ("auto", "triton", "torch")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+QUANT_DTYPES = tuple(QMAX)  # int8, float8_e4m3fn
 
 # Triton's interpreter runs the kernels on CPU tensors; it is chosen when the kernels are defined.
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
@@ -141,13 +144,17 @@ def check_scaled_mm_args(
     for name, t in named:
         if t.device != a.device:
             raise ValueError(f"{name} is on {t.device} but a is on {a.device}; all tensors must share a device")
-    if a.device.type != "cuda" and not (INTERPRETER and a.device.type == "cpu"):
-        raise ValueError(
-            f"scaled_mm runs on CUDA tensors, got tensors on {a.device}. To run the Triton kernels on the "
-            "CPU (slowly, for testing), set TRITON_INTERPRET=1 before importing scaledmm."
-        )
+    _check_runnable_device(a.device, "scaled_mm")
     if backend == "torch" and (reason := unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype)):
         raise ValueError(f"backend='torch' cannot compute this call: {reason}; use backend='auto' or 'triton'")
+
+
+def _check_runnable_device(device: torch.device, what: str) -> None:
+    if device.type != "cuda" and not (INTERPRETER and device.type == "cpu"):
+        raise ValueError(
+            f"{what} runs on CUDA tensors, got tensors on {device}. To run the Triton kernels on the "
+            "CPU (slowly, for testing), set TRITON_INTERPRET=1 before importing scaledmm."
+        )
 
 
 @functools.cache
@@ -264,3 +271,77 @@ def scaled_mm(
     return torch.ops.scaledmm.scaled_mm.default(
         a, b, scale_a, scale_b, bias, out_dtype, None if config is None else config.as_list(), backend
     )
+
+
+# ----------------------------------------------------------------------------- activation quantization
+
+
+@torch.library.custom_op("scaledmm::quantize_per_token", mutates_args=())
+def _quantize_per_token_op(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    M, K = x.shape
+    q = torch.empty((M, K), dtype=dtype, device=x.device)
+    scale = torch.empty((M, 1), dtype=torch.float32, device=x.device)
+    if M:
+        _check_device_supports(x.device, dtype != torch.int8)
+        launch_quantize_rows(x, q, scale, dynamic=True)
+    return q, scale
+
+
+@_quantize_per_token_op.register_fake
+def _quantize_per_token_fake(x, dtype):
+    return x.new_empty(x.shape, dtype=dtype), x.new_empty((x.shape[0], 1), dtype=torch.float32)
+
+
+@torch.library.custom_op("scaledmm::quantize_per_tensor", mutates_args=())
+def _quantize_per_tensor_op(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    M, K = x.shape
+    q = torch.empty((M, K), dtype=dtype, device=x.device)
+    if M:
+        _check_device_supports(x.device, dtype != torch.int8)
+        launch_quantize_rows(x, q, scale, dynamic=False)
+    return q
+
+
+@_quantize_per_tensor_op.register_fake
+def _quantize_per_tensor_fake(x, scale, dtype):
+    return x.new_empty(x.shape, dtype=dtype)
+
+
+def _check_quantize_args(x: object, dtype: object) -> torch.Tensor:
+    x = _check_tensor("x", x)
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x must have dtype {_names(FLOAT_DTYPES)}, got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"x must be [..., K] with K >= 1, got shape {list(x.shape)}")
+    if not isinstance(dtype, torch.dtype) or dtype not in QUANT_DTYPES:
+        raise TypeError(f"dtype must be torch.int8 or torch.float8_e4m3fn, got {dtype!r}")
+    _check_runnable_device(x.device, "quantization")
+    return x
+
+
+def quantize_per_token(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic per-token quantization of an activation [..., K].
+
+    Returns (q, scale): q of `dtype` and x's shape, scale float32 [..., 1] with
+    x ~= q * scale; scale = max(|row|) / 127 (int8) or / 448 (fp8), floored so that zero rows stay
+    finite; values rounded to nearest even and saturated. `q.reshape(-1, K)` and
+    `scale.reshape(-1, 1)` are scaled_mm's `a` and per-token `scale_a`.
+    """
+    x = _check_quantize_args(x, dtype)
+    K = x.shape[-1]
+    q, scale = torch.ops.scaledmm.quantize_per_token.default(x.reshape(-1, K), dtype)
+    return q.reshape(x.shape), scale.reshape(*x.shape[:-1], 1)
+
+
+def quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> torch.Tensor:
+    """Static quantization of an activation [..., K] with one given scale (x ~= q * scale)."""
+    x = _check_quantize_args(x, dtype)
+    scale = _check_tensor("scale", scale)
+    if scale.dtype not in SCALE_DTYPES:
+        raise TypeError(f"scale must have dtype {_names(SCALE_DTYPES)}, got {scale.dtype}")
+    if scale.numel() != 1:
+        raise ValueError(f"scale must hold one value (per-tensor), got shape {list(scale.shape)}")
+    if scale.device != x.device:
+        raise ValueError(f"scale is on {scale.device} but x is on {x.device}")
+    K = x.shape[-1]
+    return torch.ops.scaledmm.quantize_per_tensor.default(x.reshape(-1, K), scale, dtype).reshape(x.shape)

@@ -26,3 +26,21 @@ def scaled_mm_ref(
     if bias is not None:
         out = out + bias.to(f64)
     return out.to(out_dtype)
+
+
+def quantize_ref(
+    x: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What scaledmm's activation quantization computes, in torch: per-row (dynamic) scales when
+    `scale` is None, else the one given scale. Same fp32 operations in the same order, so the GPU
+    kernel must match it exactly (Triton's interpreter miscasts a few fp32 -> fp8 values)."""
+    from scaledmm.kernels.quant import ABSMAX_FLOOR, QMAX
+
+    qmax = QMAX[dtype]
+    x32 = x.to(torch.float32)
+    if scale is None:
+        scale = x32.abs().amax(dim=-1, keepdim=True).clamp_min(ABSMAX_FLOOR) / qmax
+    values = (x32 / scale.to(torch.float32)).clamp(-qmax, qmax)
+    if dtype == torch.int8:
+        values = values.round()  # half to even
+    return values.to(dtype), scale

@@ -1,0 +1,76 @@
+"""Activation quantization kernels: float [M, K] -> int8 or fp8 [M, K] with float32 scales.
+
+Dynamic per-token: each row's scale is max(|x_row|, FLOOR) / QMAX (QMAX = 127 for int8, 448 for
+e4m3), so every row uses the whole 8-bit range; the floor keeps all-zero rows finite (they quantize
+to zeros). Static per-tensor: one given scale. Values are divided by the scale in fp32, clamped to
+[-QMAX, QMAX] (saturation), and rounded to nearest even: for int8 with the 1.5 * 2**23 trick (exact
+in fp32 for |v| <= 2**22, and the clamp keeps |v| <= 127), for fp8 by the hardware's RNE conversion.
+
+One program quantizes one row, in two passes over K: the absolute maximum, then the scaled values.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
+ABSMAX_FLOOR = 1e-10  # an all-zero row gets this absmax: a finite scale, zeros out
+MAX_BLOCK_K = 4096
+# 1.5 * 2**23: adding and subtracting it rounds an fp32 to the nearest integer, ties to even.
+_RNE_MAGIC = tl.constexpr(12582912.0)
+
+
+@triton.jit
+def _round_and_store(q_ptrs, values, mask, QMAX: tl.constexpr, IS_INT8: tl.constexpr):
+    values = tl.minimum(tl.maximum(values, -QMAX), QMAX)
+    if IS_INT8:
+        values = (values + _RNE_MAGIC) - _RNE_MAGIC
+    tl.store(q_ptrs, values.to(q_ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _quantize_rows_kernel(
+    x_ptr, q_ptr, scale_ptr, K,
+    stride_xm, stride_xk, stride_qm,
+    DYNAMIC: tl.constexpr, QMAX: tl.constexpr, IS_INT8: tl.constexpr, FLOOR: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xm
+    q_row = q_ptr + row * stride_qm
+    offs = tl.arange(0, BLOCK_K)
+    if DYNAMIC:
+        absmax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        for k in range(0, K, BLOCK_K):
+            mask = k + offs < K
+            x = tl.load(x_row + (k + offs) * stride_xk, mask=mask, other=0.0).to(tl.float32)
+            absmax = tl.maximum(absmax, tl.abs(x))
+        scale = tl.maximum(tl.max(absmax, axis=0), FLOOR) / QMAX
+        tl.store(scale_ptr + row, scale)
+    else:
+        scale = tl.load(scale_ptr).to(tl.float32)
+    for k in range(0, K, BLOCK_K):
+        mask = k + offs < K
+        x = tl.load(x_row + (k + offs) * stride_xk, mask=mask, other=0.0).to(tl.float32)
+        _round_and_store(q_row + k + offs, x / scale, mask, QMAX, IS_INT8)
+
+
+def launch_quantize_rows(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, dynamic: bool) -> None:
+    """Quantize the rows of `x` ([M, K], any strides) into `q` ([M, K], unit column stride).
+
+    dynamic: write each row's scale into `scale` ([M] or [M, 1], contiguous float32);
+    static: read the one scale in `scale`.
+    """
+    M, K = x.shape
+    _quantize_rows_kernel[(M,)](
+        x, q, scale, K,
+        x.stride(0), x.stride(1), q.stride(0),
+        DYNAMIC=dynamic,
+        QMAX=QMAX[q.dtype],
+        IS_INT8=q.dtype == torch.int8,
+        FLOOR=ABSMAX_FLOOR,
+        BLOCK_K=min(MAX_BLOCK_K, triton.next_power_of_2(K)),
+        num_warps=4 if K <= 4096 else 8,
+    )  # fmt: skip

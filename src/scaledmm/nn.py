@@ -1,0 +1,188 @@
+"""Layers and model quantization: W8A8Linear, and quantize_model that swaps a model's nn.Linear.
+
+A W8A8Linear holds its weight quantized once (int8 or fp8, per output channel) and, per forward,
+quantizes the activation (dynamic per token, or static with a calibrated scale) and calls
+scaled_mm with the bias fused into the epilogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from scaledmm.api import OUT_DTYPES, quantize_per_tensor, quantize_per_token, scaled_mm
+from scaledmm.configs.files import DTYPE_BY_NAME
+from scaledmm.kernels.quant import ABSMAX_FLOOR, QMAX
+
+ACTIVATIONS = ("dynamic", "static")
+
+
+def _dtype_of(name: str) -> torch.dtype:
+    if name not in DTYPE_BY_NAME:
+        raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPE_BY_NAME))}, got {name!r}")
+    return DTYPE_BY_NAME[name]
+
+
+def quantize_weight(
+    weight: torch.Tensor, dtype: torch.dtype, per_channel: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float [N, K] weight -> (q [N, K] of `dtype`, float32 scale [N] or 0-d), weight ~= q * scale.
+
+    Scale = max |row| (or |weight|) / 127 or / 448; values rounded to nearest even and saturated.
+    Runs once per layer, in torch, on any device.
+    """
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"weight must be a 2-D float tensor, got {weight.dtype} of shape {list(weight.shape)}")
+    qmax = QMAX[dtype]
+    w = weight.detach().to(torch.float32)
+    absmax = w.abs().amax(dim=1) if per_channel else w.abs().amax()
+    scale = absmax.clamp_min(ABSMAX_FLOOR) / qmax
+    values = (w / (scale[:, None] if per_channel else scale)).clamp(-qmax, qmax)
+    if dtype == torch.int8:
+        values = values.round()
+    return values.to(dtype), scale
+
+
+class W8A8Linear(nn.Module):
+    """y = x @ W.t() + b with W stored in 8 bits and x quantized to 8 bits on the fly.
+
+    Buffers: `weight` [N, K] (int8 or float8_e4m3fn), `weight_scale` [N] float32, `bias` [N] or None
+    (kept in the original layer's dtype), and for static activations `input_scale` (0-d float32).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: str = "fp8",
+        activation: str = "dynamic",
+        device=None,
+        out_dtype: torch.dtype = torch.bfloat16,
+    ):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be 'dynamic' or 'static', got {activation!r}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.qdtype = _dtype_of(dtype)
+        self.activation = activation
+        self.out_dtype = out_dtype if out_dtype in OUT_DTYPES else torch.bfloat16
+        self.register_buffer("weight", torch.zeros(out_features, in_features, device=device).to(self.qdtype))
+        self.register_buffer("weight_scale", torch.ones(out_features, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, device=device, dtype=self.out_dtype) if bias else None)
+        self.register_buffer("input_scale", torch.ones((), device=device) if activation == "static" else None)
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        dtype: str = "fp8",
+        activation: str = "dynamic",
+        input_scale: float | torch.Tensor | None = None,
+    ) -> W8A8Linear:
+        """Quantize an nn.Linear. Static activations need `input_scale` (x ~= q * input_scale), or a
+        `calibrate(x)` call on representative inputs before use."""
+        weight = linear.weight
+        out_dtype = weight.dtype if weight.dtype in OUT_DTYPES else torch.bfloat16
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            dtype,
+            activation,
+            device=weight.device,
+            out_dtype=out_dtype,
+        )
+        q, scale = quantize_weight(weight, layer.qdtype)
+        layer.weight.copy_(q)
+        layer.weight_scale.copy_(scale)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach())
+        if activation == "static" and input_scale is not None:
+            layer.input_scale.fill_(float(input_scale))
+        return layer
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Set the static input scale from a batch of representative inputs: max |x| / 127 or / 448."""
+        if self.activation != "static":
+            raise ValueError("calibrate() is for activation='static'; dynamic layers scale every token")
+        absmax = x.detach().abs().amax().to(torch.float32).clamp_min(ABSMAX_FLOOR)
+        self.input_scale.copy_(absmax / QMAX[self.qdtype])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead, K = x.shape[:-1], x.shape[-1]
+        x2 = x.reshape(-1, K)
+        if self.activation == "dynamic":
+            q, scale = quantize_per_token(x2, self.qdtype)
+        else:
+            q, scale = quantize_per_tensor(x2, self.input_scale, self.qdtype), self.input_scale
+        out = scaled_mm(q, self.weight.t(), scale, self.weight_scale, self.out_dtype, self.bias)
+        return out.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        dtype = "int8" if self.qdtype == torch.int8 else "fp8"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"dtype={dtype}, activation={self.activation}, out_dtype={self.out_dtype}"
+        )
+
+
+def _default_filter(name: str, linear: nn.Linear) -> bool:
+    # The output projection to the vocabulary is commonly kept in high precision: its errors go
+    # straight into the logits, and it runs once per token.
+    return name.split(".")[-1] != "lm_head"
+
+
+@dataclass
+class QuantizationReport:
+    """What quantize_model did: the names of the layers swapped, and why others were not."""
+
+    swapped: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"quantized {len(self.swapped)} linear layers, skipped {len(self.skipped)}"]
+        lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def quantize_model(
+    model: nn.Module,
+    dtype: str = "fp8",
+    activation: str = "dynamic",
+    filter: Callable[[str, nn.Linear], bool] | None = None,
+) -> QuantizationReport:
+    """Replace, in place, every nn.Linear of `model` that `filter(name, module)` accepts (default:
+    all but `lm_head`) by a W8A8Linear. Returns what was swapped and what was skipped, with reasons."""
+    qdtype = _dtype_of(dtype)
+    accept = filter or _default_filter
+    report = QuantizationReport()
+    for name, module in list(model.named_modules()):
+        if type(module) is not nn.Linear:
+            continue
+        reason = None
+        if not accept(name, module):
+            reason = (
+                "excluded by the filter" if filter else "lm_head is kept in high precision (pass filter= to include it)"
+            )
+        elif not module.weight.is_floating_point() or module.weight.device.type == "meta":
+            reason = f"weight is {module.weight.dtype} on {module.weight.device}; needs a float weight with data"
+        elif (
+            qdtype != torch.int8
+            and module.weight.is_cuda
+            and torch.cuda.get_device_capability(module.weight.device) < (8, 9)
+        ):
+            reason = "fp8 needs compute capability 8.9 or newer; use dtype='int8'"
+        if reason:
+            report.skipped[name] = reason
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, W8A8Linear.from_linear(module, dtype, activation))
+        report.swapped.append(name)
+    return report

@@ -1,0 +1,135 @@
+"""W8A8Linear and quantize_model: weight quantization, the layer against the float layer, and the
+swap of a model's linears with its report."""
+
+import pytest
+import torch
+from helpers import DEVICE
+from torch import nn
+
+import scaledmm
+from scaledmm.nn import QuantizationReport, W8A8Linear, quantize_model, quantize_weight
+from scaledmm.testing import assert_close, make_operands
+
+DTYPES = ["int8", "fp8"]
+
+
+def cosine(a, b):
+    return torch.nn.functional.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=DTYPES)
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_quantize_weight(dtype, per_channel):
+    w = torch.randn(48, 64, device=DEVICE)
+    w[3] *= 50  # a channel with a large range must not squash the others when per-channel
+    q, scale = quantize_weight(w, dtype, per_channel)
+    assert q.dtype == dtype and scale.shape == ((48,) if per_channel else ())
+    step = scale[:, None] if per_channel else scale
+    error = (q.float() * step - w).abs()
+    # Round to nearest: half an int8 step; for e4m3 half an ulp, 2**-4 relative for normal values and
+    # half the subnormal spacing (2**-9 in quantized units) below them.
+    if dtype == torch.int8:
+        assert (error <= 0.5 * step * (1 + 1e-6)).all()
+    else:
+        assert (error <= 2**-4 * w.abs() + 2**-10 * step + 1e-7).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["dynamic", "static"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_layer_matches_the_float_layer(dtype, activation, with_bias):
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 40, bias=with_bias, device=DEVICE).to(torch.bfloat16)
+    x = torch.randn(2, 5, 96, device=DEVICE, dtype=torch.bfloat16)
+    layer = W8A8Linear.from_linear(linear, dtype, activation)
+    if activation == "static":
+        layer.calibrate(x)
+    out = layer(x)
+    expected = linear(x)
+    assert out.shape == (2, 5, 40) and out.dtype == torch.bfloat16
+    assert cosine(out, expected) >= 0.99
+
+
+def test_forward_is_scaled_mm_of_the_quantized_operands():
+    linear = nn.Linear(64, 32, device=DEVICE).to(torch.bfloat16)
+    layer = W8A8Linear.from_linear(linear, "int8")
+    x = torch.randn(7, 64, device=DEVICE, dtype=torch.bfloat16)
+    q, scale = scaledmm.quantize_per_token(x, torch.int8)
+    ops = make_operands(7, 32, 64, torch.int8, DEVICE)
+    ops.a, ops.b, ops.scale_a, ops.scale_b, ops.bias = q, layer.weight.t(), scale, layer.weight_scale, layer.bias
+    assert_close(layer(x), ops)
+
+
+def test_static_layer_takes_a_given_scale():
+    linear = nn.Linear(32, 16, device=DEVICE)
+    layer = W8A8Linear.from_linear(linear, "int8", "static", input_scale=0.02)
+    assert layer.input_scale.item() == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="calibrate"):
+        W8A8Linear.from_linear(linear, "int8").calibrate(torch.randn(2, 32, device=DEVICE))
+
+
+def test_bad_layer_arguments():
+    linear = nn.Linear(32, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        W8A8Linear.from_linear(linear, "int4")
+    with pytest.raises(ValueError, match="activation must be"):
+        W8A8Linear.from_linear(linear, "int8", "per-block")
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.ModuleDict({"qkv": nn.Linear(64, 96), "o": nn.Linear(32, 64, bias=False)})
+        self.mlp = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64))
+
+    def forward(self, x):
+        q, k, v = self.attn["qkv"](x).chunk(3, dim=-1)
+        return x + self.attn["o"](q * k.sigmoid() + v) + self.mlp(x)
+
+
+class TinyModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([Block(), Block()])
+        self.lm_head = nn.Linear(64, 100, bias=False)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return self.lm_head(x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_quantize_model_swaps_linears_and_reports(dtype):
+    torch.manual_seed(0)
+    model = TinyModel().to(DEVICE, torch.bfloat16)
+    x = torch.randn(3, 64, device=DEVICE, dtype=torch.bfloat16)
+    expected = model(x)
+    report = quantize_model(model, dtype=dtype)
+    assert isinstance(report, QuantizationReport)
+    assert len(report.swapped) == 8 and "layers.0.attn.qkv" in report.swapped
+    assert list(report.skipped) == ["lm_head"] and "high precision" in report.skipped["lm_head"]
+    assert isinstance(model.layers[1].mlp[2], W8A8Linear) and type(model.lm_head) is nn.Linear
+    assert cosine(model(x), expected) >= 0.99
+    assert "quantized 8 linear layers, skipped 1" in str(report)
+
+
+def test_quantize_model_filter():
+    model = TinyModel().to(DEVICE, torch.bfloat16)
+    report = quantize_model(model, "int8", filter=lambda name, m: "mlp" in name)
+    assert sorted(report.swapped) == ["layers.0.mlp.0", "layers.0.mlp.2", "layers.1.mlp.0", "layers.1.mlp.2"]
+    assert report.skipped["layers.0.attn.qkv"] == "excluded by the filter"
+
+
+def test_quantize_model_skips_weights_without_data():
+    model = nn.Sequential(nn.Linear(16, 16, device="meta"))
+    report = quantize_model(model, "int8")
+    assert report.swapped == [] and "needs a float weight with data" in report.skipped["0"]
+
+
+def test_layer_compiles_fullgraph():
+    linear = nn.Linear(64, 32, device=DEVICE).to(torch.bfloat16)
+    layer = W8A8Linear.from_linear(linear, "fp8")
+    x = torch.randn(4, 64, device=DEVICE, dtype=torch.bfloat16)
+    compiled = torch.compile(layer, fullgraph=True)
+    assert torch.equal(compiled(x), layer(x))
