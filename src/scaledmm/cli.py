@@ -1,5 +1,5 @@
-"""The `scaledmm` command: `demo` (a quick look), `bench` (the benchmark), `tune` (ahead-of-time tuning)
-and `configs` (the tuned files found)."""
+"""The `scaledmm` command: `demo` (a quick look), `bench` (the GEMM benchmark), `bench-model` (a whole
+decoder), `tune` (ahead-of-time tuning) and `configs` (the tuned files found)."""
 
 from __future__ import annotations
 
@@ -254,6 +254,28 @@ def cmd_configs(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def cmd_bench_model(args: argparse.Namespace, command: str) -> int:
+    from scaledmm.bench.model import ARCHITECTURES, VARIANTS, ModelRun, model_table, run_model_bench
+
+    device = _device()
+    _require_kernels_runnable(device)
+    models = [m for group in args.model for m in group] or ["llama3-8b", "qwen3-4b"]
+    unknown = set(models) - set(ARCHITECTURES) or set(args.variants) - set(VARIANTS)
+    if unknown:
+        sys.exit(
+            f"scaledmm bench-model: unknown {sorted(unknown)}; models: {', '.join(ARCHITECTURES)}; "
+            f"variants: {', '.join(VARIANTS)}"
+        )
+    run = ModelRun(batches=args.batch, context=args.context, prefill=args.prefill, replays=args.replays)
+    result = run_model_bench(models, args.variants, run, device, command, layers=args.layers)
+    print(model_table(result))
+    out_dir = Path(args.out or f"scaledmm-bench/model-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "model_results.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out_dir / 'model_results.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scaledmm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -286,6 +308,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="start no new job after this long; what is done is saved, and the same command continues",
     )
 
+    model = sub.add_parser("bench-model", help="a whole decoder: bf16 against W8A8 (scaledmm, torch._scaled_mm)")
+    model.add_argument(
+        "--model", action="append", type=_comma_list, default=[], help="llama3-8b, qwen3-4b (default: both)"
+    )
+    model.add_argument(
+        "--variants",
+        type=_comma_list,
+        default=["bf16", "scaledmm-int8", "scaledmm-fp8", "torch-fp8"],
+        help="bf16, scaledmm-int8, scaledmm-fp8, torch-fp8 (default: all)",
+    )
+    model.add_argument("--batch", type=_int_list, default=[1, 8, 32, 128], help="decode batch sizes")
+    model.add_argument("--context", type=int, default=512, help="cached tokens per sequence at the decode step")
+    model.add_argument("--prefill", type=int, default=2048, help="prompt tokens of the prefill measurement")
+    model.add_argument("--layers", type=int, help="fewer decoder layers than the model has (quick runs)")
+    model.add_argument("--replays", type=int, default=20, help="CUDA graph replays per timing (>= 20)")
+    model.add_argument("--out", help="where to write model_results.json (default: scaledmm-bench/model-<time>)")
+
     configs = sub.add_parser("configs", help="list the tuned config files scaledmm finds")
     configs.add_argument("--json", action="store_true", help="a JSON list instead of a table")
     return parser
@@ -295,7 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     command = shlex.join(["scaledmm", *argv])
-    handler = {"demo": cmd_demo, "bench": cmd_bench, "tune": cmd_tune, "configs": cmd_configs}[args.command]
+    handler = {
+        "demo": cmd_demo,
+        "bench": cmd_bench,
+        "bench-model": cmd_bench_model,
+        "tune": cmd_tune,
+        "configs": cmd_configs,
+    }[args.command]
     return handler(args, command)
 
 

@@ -62,6 +62,7 @@ class W8A8Linear(nn.Module):
         activation: str = "dynamic",
         device=None,
         out_dtype: torch.dtype = torch.bfloat16,
+        backend: str = "auto",
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -70,6 +71,7 @@ class W8A8Linear(nn.Module):
         self.out_features = out_features
         self.qdtype = _dtype_of(dtype)
         self.activation = activation
+        self.backend = backend  # scaled_mm's backend: "auto", "triton", or "torch" (the vendor kernel)
         self.out_dtype = out_dtype if out_dtype in OUT_DTYPES else torch.bfloat16
         self.register_buffer("weight", torch.zeros(out_features, in_features, device=device).to(self.qdtype))
         self.register_buffer("weight_scale", torch.ones(out_features, device=device))
@@ -83,6 +85,7 @@ class W8A8Linear(nn.Module):
         dtype: str = "fp8",
         activation: str = "dynamic",
         input_scale: float | torch.Tensor | None = None,
+        backend: str = "auto",
     ) -> W8A8Linear:
         """Quantize an nn.Linear. Static activations need `input_scale` (x ~= q * input_scale), or a
         `calibrate(x)` call on representative inputs before use."""
@@ -96,6 +99,7 @@ class W8A8Linear(nn.Module):
             activation,
             device=weight.device,
             out_dtype=out_dtype,
+            backend=backend,
         )
         q, scale = quantize_weight(weight, layer.qdtype)
         layer.weight.copy_(q)
@@ -121,14 +125,14 @@ class W8A8Linear(nn.Module):
             q, scale = quantize_per_token(x2, self.qdtype)
         else:
             q, scale = quantize_per_tensor(x2, self.input_scale, self.qdtype), self.input_scale
-        out = scaled_mm(q, self.weight.t(), scale, self.weight_scale, self.out_dtype, self.bias)
+        out = scaled_mm(q, self.weight.t(), scale, self.weight_scale, self.out_dtype, self.bias, backend=self.backend)
         return out.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         dtype = "int8" if self.qdtype == torch.int8 else "fp8"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"dtype={dtype}, activation={self.activation}, out_dtype={self.out_dtype}"
+            f"dtype={dtype}, activation={self.activation}, out_dtype={self.out_dtype}, backend={self.backend}"
         )
 
 
@@ -156,9 +160,11 @@ def quantize_model(
     dtype: str = "fp8",
     activation: str = "dynamic",
     filter: Callable[[str, nn.Linear], bool] | None = None,
+    backend: str = "auto",
 ) -> QuantizationReport:
     """Replace, in place, every nn.Linear of `model` that `filter(name, module)` accepts (default:
-    all but `lm_head`) by a W8A8Linear. Returns what was swapped and what was skipped, with reasons."""
+    all but `lm_head`) by a W8A8Linear calling scaled_mm with `backend`. Returns what was swapped and
+    what was skipped, with reasons."""
     qdtype = _dtype_of(dtype)
     accept = filter or _default_filter
     report = QuantizationReport()
@@ -183,6 +189,6 @@ def quantize_model(
             continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, W8A8Linear.from_linear(module, dtype, activation))
+        setattr(parent, child, W8A8Linear.from_linear(module, dtype, activation, backend=backend))
         report.swapped.append(name)
     return report
