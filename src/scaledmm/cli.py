@@ -130,9 +130,15 @@ def cmd_demo(args: argparse.Namespace, command: str) -> int:
     kernels through Triton's interpreter."""
     device = _device()
     if device.type == "cuda":
-        args.model, args.hf_config, args.shape, args.tp = [["llama3-8b"]], [], [], 1
-        args.m, args.dtype, args.replays, args.host_overhead = [1, 16, 256, 4096], ["int8", "fp8"], 20, False
-        return cmd_bench(args, command)
+        bench_argv = [
+            "bench",
+            "--model",
+            "llama3-8b",
+            "--m",
+            "1,16,256,4096",
+            *(["--out", args.out] if args.out else []),
+        ]
+        return cmd_bench(build_parser().parse_args(bench_argv), command)
 
     _require_kernels_runnable(device)
     import scaledmm
