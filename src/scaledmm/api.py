@@ -183,9 +183,13 @@ def _auto_backend(preferred: str, a, b, scale_a, scale_b, bias, out_dtype) -> st
         ):
             continue
         return backend
+    why_not_torch = unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype) or (
+        "the vendor kernels need 16-byte aligned data pointers"
+        if misaligned_pointer(a, b, scale_a, scale_b, bias)
+        else "both are disabled"
+    )
     raise ValueError(
-        f"{DISABLED_BACKENDS_ENV}={','.join(sorted(disabled))} leaves no backend for this call "
-        f"({unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype) or 'both are disabled'})"
+        f"{DISABLED_BACKENDS_ENV}={','.join(sorted(disabled))} leaves no backend for this call ({why_not_torch})"
     )
 
 
