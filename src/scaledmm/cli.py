@@ -58,6 +58,11 @@ def _add_shape_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tp", type=int, default=1, help="tensor parallelism: divide the shapes as one rank holds them"
     )
+    parser.add_argument(
+        "--unfused",
+        action="store_true",
+        help="q, k, v and gate, up as separate shapes, as transformers' models hold them (default: fused)",
+    )
 
 
 def _add_grid_args(parser: argparse.ArgumentParser, default_m: tuple[int, ...]) -> None:
@@ -169,7 +174,7 @@ def _shapes_or_exit(args: argparse.Namespace, command: str):
     if not (models or args.hf_config or args.shape):
         models = DEFAULT_MODELS
     try:
-        return collect_shapes(models, args.hf_config, args.shape, args.tp)
+        return collect_shapes(models, args.hf_config, args.shape, args.tp, fused=not args.unfused)
     except (ValueError, OSError) as err:
         sys.exit(f"scaledmm {command}: {err}")
 

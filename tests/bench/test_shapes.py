@@ -97,3 +97,15 @@ def test_explicit_shapes_and_duplicates():
 def test_m_ranges():
     assert [m_range(m) for m in (1, 64, 128, 512, 1024)] == ["decode", "decode", "mid", "mid", "prefill"]
     assert DEFAULT_M == M_DECODE + M_MID + M_PREFILL
+
+
+def test_unfused_shapes_as_transformers_holds_them():
+    shapes = collect_shapes(["llama3-8b"], [], [], fused=False)
+    # k and v share a shape, as gate and up do: each is listed once.
+    assert [(s.name, s.n, s.k) for s in shapes] == [
+        ("llama3-8b.q", 4096, 4096),
+        ("llama3-8b.k", 1024, 4096),
+        ("llama3-8b.gate", 14336, 4096),
+        ("llama3-8b.down", 4096, 14336),
+    ]
+    assert nk(preset_shapes("qwen3-4b", 2, fused=False))["k"] == (512, 2560)

@@ -75,12 +75,13 @@ def dims_from_hf_config(path: str | Path) -> DecoderDims:
         raise ValueError(f"{path}: a decoder config needs {missing.args[0]!r}") from None
 
 
-def linear_shapes(model: str, dims: DecoderDims, tp: int = 1) -> list[LinearShape]:
-    """The four linear shapes of one layer on one of `tp` tensor-parallel ranks.
+def linear_shapes(model: str, dims: DecoderDims, tp: int = 1, fused: bool = True) -> list[LinearShape]:
+    """The linear shapes of one layer on one of `tp` tensor-parallel ranks.
 
-    qkv and gate_up are fused and column-parallel (N divided by tp); o and down are row-parallel
-    (K divided by tp). With fewer KV heads than ranks, each rank keeps one replicated KV head, as
-    vLLM and SGLang do.
+    Fused (as vLLM and SGLang run them): qkv, o, gate_up, down. Unfused (as transformers' modules
+    hold them): q, k, v, o, gate, up, down. q/k/v and gate/up are column-parallel (N divided by tp),
+    o and down row-parallel (K divided by tp). With fewer KV heads than ranks, each rank keeps one
+    replicated KV head.
     """
     if tp < 1:
         raise ValueError(f"tp must be >= 1, got {tp}")
@@ -92,6 +93,17 @@ def linear_shapes(model: str, dims: DecoderDims, tp: int = 1) -> list[LinearShap
     q_heads = dims.num_attention_heads // tp
     kv_heads = max(1, dims.num_key_value_heads // tp)
     hd = dims.head_dim
+    if not fused:
+        inter = dims.intermediate_size // tp
+        return [
+            LinearShape(f"{model}.q", q_heads * hd, dims.hidden_size),
+            LinearShape(f"{model}.k", kv_heads * hd, dims.hidden_size),
+            LinearShape(f"{model}.v", kv_heads * hd, dims.hidden_size),
+            LinearShape(f"{model}.o", dims.hidden_size, q_heads * hd),
+            LinearShape(f"{model}.gate", inter, dims.hidden_size),
+            LinearShape(f"{model}.up", inter, dims.hidden_size),
+            LinearShape(f"{model}.down", dims.hidden_size, inter),
+        ]
     return [
         LinearShape(f"{model}.qkv", (q_heads + 2 * kv_heads) * hd, dims.hidden_size),
         LinearShape(f"{model}.o", dims.hidden_size, q_heads * hd),
@@ -100,11 +112,11 @@ def linear_shapes(model: str, dims: DecoderDims, tp: int = 1) -> list[LinearShap
     ]
 
 
-def preset_shapes(model: str, tp: int = 1) -> list[LinearShape]:
+def preset_shapes(model: str, tp: int = 1, fused: bool = True) -> list[LinearShape]:
     if model not in PRESETS:
         raise ValueError(f"unknown model preset {model!r}; known: {', '.join(sorted(PRESETS))}")
     name = model if tp == 1 else f"{model}-tp{tp}"
-    return linear_shapes(name, PRESETS[model], tp)
+    return linear_shapes(name, PRESETS[model], tp, fused)
 
 
 def parse_shape(text: str) -> LinearShape:
@@ -118,14 +130,16 @@ def parse_shape(text: str) -> LinearShape:
     return LinearShape(f"{n}x{k}", n, k)
 
 
-def collect_shapes(models: list[str], hf_configs: list[str], shapes: list[str], tp: int = 1) -> list[LinearShape]:
+def collect_shapes(
+    models: list[str], hf_configs: list[str], shapes: list[str], tp: int = 1, fused: bool = True
+) -> list[LinearShape]:
     """Shapes from presets, HuggingFace configs and explicit N,K, without repeats, in order given."""
     found: list[LinearShape] = []
     for model in models:
-        found += preset_shapes(model, tp)
+        found += preset_shapes(model, tp, fused)
     for path in hf_configs:
         name = Path(path).parent.name or Path(path).stem
-        found += linear_shapes(name if tp == 1 else f"{name}-tp{tp}", dims_from_hf_config(path), tp)
+        found += linear_shapes(name if tp == 1 else f"{name}-tp{tp}", dims_from_hf_config(path), tp, fused)
     found += [parse_shape(s) for s in shapes]
     seen: set[tuple[int, int]] = set()
     unique = []
