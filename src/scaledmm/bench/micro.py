@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 import scaledmm
 from scaledmm.bench.shapes import LinearShape, m_range
-from scaledmm.bench.timing import host_time_per_call, rotation_count, time_calls
+from scaledmm.bench.timing import host_time_per_call, rotation_count, time_calls, time_interleaved
 from scaledmm.configs import device_limits, heuristic_config
 from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.kernels.matmul import launch_scaled_mm
@@ -204,24 +204,38 @@ def _bf16_method(shape: LinearShape, M: int, device: torch.device) -> Method:
     return Method(BF16, F.linear, inputs)
 
 
-def _measure(method: Method, shape: LinearShape, M: int, dtype: str, replays: int, ceilings: dict) -> dict:
-    if method.fn is None:
-        return _row(shape, M, dtype, method.name, time_us=None, note=method.skipped)
-    fields = {}
-    if method.checked:
-        a, b, sa, sb, bias = method.inputs[0]
-        ratio = max_error_ratio(method.fn(*method.inputs[0]), Operands(a, b, sa, sb, bias))
-        fields["max_error_ratio"] = ratio
-        if not ratio <= 1.0:
-            tqdm.write(f"WRONG RESULT: {method.name} {shape.name} M={M} {dtype}: error {ratio:.3g}x the bound")
-    timing = time_calls(method.fn, method.inputs, replays)
-    elem_bytes, compute_key = (2, "bf16_tflops") if dtype == "bf16" else (1, "fp8_tflops|int8_tops")
-    return _row(
-        shape, M, dtype, method.name,
-        time_us=timing.median_us, min_us=timing.min_us, max_us=timing.max_us,
-        **_figures(M, shape.n, shape.k, elem_bytes, timing.median_us, ceilings, compute_key),
-        **fields,
-    )  # fmt: skip
+def _check(method: Method, shape: LinearShape, M: int, dtype: str) -> dict:
+    """The method's output against the reference, once, before it is timed."""
+    a, b, sa, sb, bias = method.inputs[0]
+    ratio = max_error_ratio(method.fn(*method.inputs[0]), Operands(a, b, sa, sb, bias))
+    if not ratio <= 1.0:
+        tqdm.write(f"WRONG RESULT: {method.name} {shape.name} M={M} {dtype}: error {ratio:.3g}x the bound")
+    return {"max_error_ratio": ratio}
+
+
+def _measure_point(
+    methods: list[tuple[str, Method]], shape: LinearShape, M: int, replays: int, ceilings: dict
+) -> list[dict]:
+    """Check, then time every method of one point together (interleaved), and make their rows."""
+    checks = {id(m): _check(m, shape, M, dtype) for dtype, m in methods if m.fn is not None and m.checked}
+    runnable = [(dtype, m) for dtype, m in methods if m.fn is not None]
+    timings = dict(
+        zip((id(m) for _, m in runnable), time_interleaved([(m.fn, m.inputs) for _, m in runnable], replays))
+    )
+    rows = []
+    for dtype, m in methods:
+        if m.fn is None:
+            rows.append(_row(shape, M, dtype, m.name, time_us=None, note=m.skipped))
+            continue
+        timing = timings[id(m)]
+        elem_bytes, compute_key = (2, "bf16_tflops") if dtype == "bf16" else (1, "fp8_tflops|int8_tops")
+        rows.append(_row(
+            shape, M, dtype, m.name,
+            time_us=timing.median_us, min_us=timing.min_us, max_us=timing.max_us,
+            **_figures(M, shape.n, shape.k, elem_bytes, timing.median_us, ceilings, compute_key),
+            **checks.get(id(m), {}),
+        ))  # fmt: skip
+    return rows
 
 
 # ----------------------------------------------------------------------------- the run
@@ -245,10 +259,9 @@ def run_bench(
     rows = []
     points = [(shape, M) for shape in shapes for M in ms]
     for shape, M in tqdm(points, desc="scaledmm bench", unit="point", disable=not progress):
-        rows.append(_measure(_bf16_method(shape, M, device), shape, M, "bf16", replays, ceilings))
-        for name in dtypes:
-            for method in _eight_bit_methods(shape, M, DTYPE_BY_NAME[name], device):
-                rows.append(_measure(method, shape, M, name, replays, ceilings))
+        methods = [("bf16", _bf16_method(shape, M, device))]
+        methods += [(name, m) for name in dtypes for m in _eight_bit_methods(shape, M, DTYPE_BY_NAME[name], device)]
+        rows += _measure_point(methods, shape, M, replays, ceilings)
     return {"environment": env, "ceilings": ceilings, "rows": rows, "summary": summarize(rows, dtypes)}
 
 

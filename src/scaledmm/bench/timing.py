@@ -3,8 +3,9 @@
 Cold weights: R copies of every input, called in turn, so the weight comes from HBM as in a model.
 No launch gaps: the R calls are captured in one CUDA graph, replayed for 25 ms to bring the clocks
 up, then replayed at least 20 times, each replay timed with CUDA events; per-call time = replay
-time / R. Without a GPU (Triton's interpreter) the
-calls are timed with the host clock instead; such numbers only show the code runs.
+time / R. Methods compared at one point are timed together (`time_interleaved`): their graphs
+replay in turn, so that clock drift falls on all of them alike. Without a GPU (Triton's
+interpreter) the calls are timed with the host clock instead; such numbers only show the code runs.
 """
 
 from __future__ import annotations
@@ -51,12 +52,57 @@ def time_calls(
     `fn` is compiled in a first round of calls if it is not yet. `warmup_ms` of graph replays bring
     an idle GPU's clocks up; a caller timing many candidates back to back (the tuner) can pass less.
     """
-    replays = max(replays, MIN_REPLAYS)
-    first = next((x for x in inputs[0] if isinstance(x, torch.Tensor)), None)
-    if first is None or first.device.type != "cuda":
-        return _time_on_host(fn, inputs, replays)
+    return time_interleaved([(fn, inputs)], replays, warmup_ms)[0]
 
-    for args in inputs:  # warm-up: compile, autotune caches, cuBLAS handles
+
+def time_interleaved(
+    jobs: Sequence[tuple[Callable[..., object], Sequence[Sequence[object]]]],
+    replays: int = MIN_REPLAYS,
+    warmup_ms: float = WARMUP_MS,
+) -> list[Timing]:
+    """Time several `(fn, inputs)` in one go: each is captured in its own CUDA graph, and the graphs
+    are replayed in turn, round after round (round r starting with job r mod n), so that a slow
+    drift of the clock (power limit, heat) falls on every job alike instead of on whichever ran
+    last. Methods compared at one point should be timed together like this."""
+    replays = max(replays, MIN_REPLAYS)
+    tensors = [next((x for x in inputs[0] if isinstance(x, torch.Tensor)), None) for _, inputs in jobs]
+    if any(t is None or t.device.type != "cuda" for t in tensors):
+        return [_time_on_host(fn, inputs) for fn, inputs in jobs]
+
+    graphs = [_capture(fn, inputs) for fn, inputs in jobs]
+    # Replay for warmup_ms first, so an idle GPU's clocks are up before the timed replays.
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for graph in graphs:
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    for _ in range(min(MAX_WARMUP_REPLAYS, math.ceil(warmup_ms / max(start.elapsed_time(end), 1e-3)))):
+        for graph in graphs:
+            graph.replay()
+
+    n = len(graphs)
+    starts = [[torch.cuda.Event(enable_timing=True) for _ in range(replays)] for _ in range(n)]
+    ends = [[torch.cuda.Event(enable_timing=True) for _ in range(replays)] for _ in range(n)]
+    for r in range(replays):
+        for i in range(n):
+            j = (r + i) % n
+            starts[j][r].record()
+            graphs[j].replay()
+            ends[j][r].record()
+    torch.cuda.synchronize()
+    timings = []
+    for j, (_, inputs) in enumerate(jobs):
+        per_call = [s.elapsed_time(e) * 1000.0 / len(inputs) for s, e in zip(starts[j], ends[j])]
+        timings.append(Timing(statistics.median(per_call), min(per_call), max(per_call)))
+    del graphs
+    return timings
+
+
+def _capture(fn: Callable[..., object], inputs: Sequence[Sequence[object]]) -> torch.cuda.CUDAGraph:
+    """The R calls of `fn` in one CUDA graph, after a first round outside it (compiles, cuBLAS
+    handles, lazily allocated state)."""
+    for args in inputs:
         fn(*args)
     torch.cuda.synchronize()
     stream = torch.cuda.Stream()
@@ -66,31 +112,13 @@ def time_calls(
         for args in inputs:
             fn(*args)
     torch.cuda.current_stream().wait_stream(stream)
-    # Replay for WARMUP_MS first, so an idle GPU's clocks are up before the timed replays.
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    for _ in range(min(MAX_WARMUP_REPLAYS, math.ceil(warmup_ms / max(start.elapsed_time(end), 1e-3)))):
-        graph.replay()
-
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
-    for start, end in zip(starts, ends):
-        start.record()
-        graph.replay()
-        end.record()
-    torch.cuda.synchronize()
-    per_call = [s.elapsed_time(e) * 1000.0 / len(inputs) for s, e in zip(starts, ends)]
-    del graph
-    return Timing(statistics.median(per_call), min(per_call), max(per_call))
+    return graph
 
 
 HOST_ROUNDS = 3  # without a GPU the times only show the code runs: a few rounds do
 
 
-def _time_on_host(fn, inputs, replays) -> Timing:
+def _time_on_host(fn, inputs) -> Timing:
     for args in inputs:
         fn(*args)
     per_call = []

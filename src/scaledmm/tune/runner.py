@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 import scaledmm
-from scaledmm.bench.timing import rotation_count, time_calls
+from scaledmm.bench.timing import rotation_count, time_calls, time_interleaved
 from scaledmm.configs import MatmulConfig, device_limits, heuristic_config
 from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.kernels.matmul import compile_scaled_mm
@@ -110,28 +110,27 @@ class Precompiler:
 
 
 def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replays: int = 20) -> dict:
-    """Time the vendor kernel, the heuristic and every candidate at one point; return the bucket entry
-    for the config file (with the job's coordinates), or raise if no candidate is correct."""
+    """Time every candidate at one point, then the best few, the heuristic and the vendor kernel
+    together; return the bucket entry for the config file (with the job's coordinates), or raise if
+    no candidate is correct."""
     dtype = DTYPE_BY_NAME[job.dtype]
     copies = rotation_count(job.n * job.k, device)
     ops = [make_operands(job.m, job.n, job.k, dtype, device) for _ in range(copies)]
     inputs = [(*o.args(), o.bias) for o in ops]
     check = ErrorCheck(ops[0], OUT_DTYPE)
 
-    def timed(fn, warmup_ms: float = CANDIDATE_WARMUP_MS) -> float:
-        return time_calls(fn, inputs, replays, warmup_ms=warmup_ms).median_us
-
-    vendor_us = None
-    if unsupported_reason(*ops[0].args(), ops[0].bias, OUT_DTYPE) is None:
-        vendor_us = timed(lambda a, b, sa, sb, bias: vendor_scaled_mm(a, b, sa, sb, bias, OUT_DTYPE), 25.0)
-
-    times: dict[MatmulConfig, float] = {}
-    rejected = []
-
-    def try_config(config: MatmulConfig) -> None:
+    def runner(config: MatmulConfig):
         def run(a, b, sa, sb, bias):
             return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, config=config)
 
+        return run
+
+    # 1. Every candidate alone, each checked against the reference before it is timed.
+    times: dict[MatmulConfig, float] = {}
+    rejected = []
+
+    def try_config(config: MatmulConfig, warmup_ms: float = CANDIDATE_WARMUP_MS) -> None:
+        run = runner(config)
         try:
             ratio = check.ratio(run(*inputs[0]))
         except Exception as err:  # out of resources and the like: not a candidate on this GPU
@@ -140,20 +139,32 @@ def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replay
         if not ratio <= 1.0:
             rejected.append(f"{config}: wrong result ({ratio:.3g}x the error bound)")
             return
-        times[config] = timed(run)
+        times[config] = time_calls(run, inputs, replays, warmup_ms=warmup_ms).median_us
 
-    for config in configs:
-        try_config(config)
-    heuristic = configs[-1]
-    best_tiles = sorted(times, key=times.get)[:REFINED]
-    for config in best_tiles:
+    for i, config in enumerate(configs):
+        try_config(config, warmup_ms=25.0 if i == 0 else CANDIDATE_WARMUP_MS)  # the first finds the GPU idle
+    for config in sorted(times, key=times.get)[:REFINED]:
         for variant in group_variants(config, job.m):
             try_config(variant)
     if not times:
         raise RuntimeError(f"{job}: no candidate config ran correctly: {rejected[:3]}")
 
-    best = min(times, key=times.get)
-    triton_us = times[best]
+    # 2. The finalists, the heuristic and the vendor kernel timed together (interleaved), so that
+    # the winner and the backend are chosen on times that clock drift has not set apart.
+    heuristic = configs[-1]
+    finalists = sorted(times, key=times.get)[:REFINED]
+    if heuristic in times and heuristic not in finalists:
+        finalists.append(heuristic)
+    contenders = [(runner(c), inputs) for c in finalists]
+    vendor = unsupported_reason(*ops[0].args(), ops[0].bias, OUT_DTYPE) is None
+    if vendor:
+        contenders.append((lambda a, b, sa, sb, bias: vendor_scaled_mm(a, b, sa, sb, bias, OUT_DTYPE), inputs))
+    final = [t.median_us for t in time_interleaved(contenders, replays, warmup_ms=CANDIDATE_WARMUP_MS)]
+    final_times = dict(zip(finalists, final))
+    vendor_us = final[-1] if vendor else None
+
+    best = min(final_times, key=final_times.get)
+    triton_us = final_times[best]
     backend = "torch" if vendor_us is not None and vendor_us < triton_us else "triton"
     return {
         "n": job.n, "k": job.k, "dtype": job.dtype, "m": job.m,
@@ -162,7 +173,7 @@ def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replay
         "time_us": round(min(triton_us, vendor_us or math.inf), 3),
         "baselines_us": {
             "torch": None if vendor_us is None else round(vendor_us, 3),
-            "heuristic": None if heuristic not in times else round(times[heuristic], 3),
+            "heuristic": round(final_times[heuristic], 3) if heuristic in final_times else None,
             "triton": round(triton_us, 3),
         },
         "candidates": len(times),

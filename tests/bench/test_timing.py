@@ -1,0 +1,29 @@
+"""The timing module's bookkeeping (its numbers are checked on the GPU by the benchmark, not here)."""
+
+import torch
+from helpers import DEVICE
+
+from scaledmm.bench.timing import MIN_REPLAYS, Timing, rotation_count, time_calls, time_interleaved
+
+
+def test_one_timing_per_job_in_order():
+    calls = {"a": 0, "b": 0}
+
+    def make(name):
+        def fn(x):
+            calls[name] += 1
+            return x * 2
+
+        return fn
+
+    inputs = [(torch.ones(8, device=DEVICE),), (torch.ones(8, device=DEVICE),)]
+    timings = time_interleaved([(make("a"), inputs), (make("b"), inputs)])
+    assert len(timings) == 2 and all(isinstance(t, Timing) for t in timings)
+    assert all(0 < t.min_us <= t.median_us <= t.max_us for t in timings)
+    assert calls["a"] == calls["b"] >= len(inputs)  # both ran, as often as each other
+    assert isinstance(time_calls(make("a"), inputs, replays=MIN_REPLAYS), Timing)
+
+
+def test_rotation_keeps_at_least_two_copies():
+    assert rotation_count(10**12, torch.device(DEVICE)) == 2
+    assert rotation_count(1, torch.device(DEVICE)) >= 2
