@@ -186,6 +186,8 @@ def _tune_share(
     rank: int,
 ) -> tuple[list[dict], int]:
     """Tune the jobs in order; return the results and how many jobs the deadline left unstarted."""
+    if not jobs:
+        return [], 0
     workers = _compile_workers(settings, device)
     precompiler = Precompiler(workers, device) if workers else None
     plans = {job: candidates(job, device, settings.max_candidates) for job in jobs}
