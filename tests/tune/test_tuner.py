@@ -12,6 +12,7 @@ from scaledmm.cli import main
 from scaledmm.configs import MatmulConfig, clear_cache
 from scaledmm.configs.files import file_name, load_table
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, device_name, plan
+from scaledmm.kernels.matmul import KERNEL_REVISION
 from scaledmm.tune.runner import Job
 from scaledmm.tune.store import Journal
 
@@ -103,6 +104,7 @@ def test_journaled_results_are_recovered_without_tuning_them_again(tmp_path, mon
         "time_us": 5.0,
         "baselines_us": {"torch": None, "heuristic": 6.0, "triton": 5.0},
         "candidates": 1,
+        "kernel": KERNEL_REVISION,
     }
     import socket
 
@@ -152,3 +154,18 @@ def test_a_job_without_a_correct_candidate_is_reported_and_the_rest_tuned(tmp_pa
     assert tune(tmp_path, ms="1,2,4") == 0
     assert "skipped Job(n=48, k=64, dtype='int8', m=2)" in capsys.readouterr().err
     assert [b.m for b in load_table(config_file(tmp_path)).buckets] == [1, 4]
+
+
+def test_buckets_of_another_kernel_revision_are_tuned_again(tmp_path, monkeypatch):
+    assert tune(tmp_path, ms="1,2") == 0
+    path = config_file(tmp_path)
+    data = json.loads(path.read_text())
+    assert {b["kernel"] for b in data["buckets"].values()} == {KERNEL_REVISION}
+    data["buckets"]["2"]["kernel"] = "0123456789ab"  # as if the kernel had changed since
+    path.write_text(json.dumps(data))
+    tuned = []
+    real = distributed.tune_job
+    monkeypatch.setattr(distributed, "tune_job", lambda job, *a, **k: tuned.append(job.m) or real(job, *a, **k))
+    assert tune(tmp_path, ms="1,2") == 0
+    assert tuned == [2]
+    assert json.loads(path.read_text())["buckets"]["2"]["kernel"] == KERNEL_REVISION

@@ -34,7 +34,7 @@ _NAME = re.compile(r"^N=(\d+),K=(\d+),device_name=([A-Za-z0-9_.\-]+),dtype=(int8
 _REQUIRED = {"format_version", "device_name", "n", "k", "dtype", "buckets"}
 _OPTIONAL = {"compute_capability", "scales", "triton", "torch", "scaledmm", "date", "command"}
 _BUCKET_REQUIRED = {"backend", "config"}
-_BUCKET_OPTIONAL = {"time_us", "baselines_us", "candidates"}
+_BUCKET_OPTIONAL = {"time_us", "baselines_us", "candidates", "kernel"}
 
 
 class ConfigFileError(ValueError):
@@ -77,6 +77,7 @@ class Bucket:
     backend: str
     config: MatmulConfig
     time_us: float | None = None
+    kernel: str | None = None  # the kernel revision it was tuned with (kernels.matmul.KERNEL_REVISION)
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,10 @@ def parse_table(path: Path, data: object) -> TunedTable:
             _time(path, f"{where}: baselines_us[{name!r}]", value)
         if "candidates" in entry:
             _positive_int(path, f"{where}: candidates", entry["candidates"], 10**6)
-        buckets.append(Bucket(m, entry["backend"], config, time_us))
+        kernel = entry.get("kernel")
+        if kernel is not None and not (isinstance(kernel, str) and re.fullmatch(r"[0-9a-f]{1,64}", kernel)):
+            raise _fail(path, f"{where}: kernel must be a hexadecimal revision, got {kernel!r}")
+        buckets.append(Bucket(m, entry["backend"], config, time_us, kernel))
     buckets.sort(key=lambda b: b.m)
     return TunedTable(path, data["device_name"], n, k, data["dtype"], tuple(buckets))
 

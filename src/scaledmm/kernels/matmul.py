@@ -12,6 +12,9 @@ masking is 1.0-1.45x faster at M = 1 and even at M = 4; wrapping is up to 1.18x 
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+
 import torch
 import triton
 import triton.language as tl
@@ -87,6 +90,11 @@ def _scaled_mm_kernel(
     out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :].to(tl.int64) * stride_on
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     tl.store(out_ptrs, result.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# The kernel's revision: a hash of its source. Tuned buckets record it, so that `scaledmm tune` knows
+# which results an edit of the kernel has made stale (configs stay valid; only their times change).
+KERNEL_REVISION = hashlib.sha1(inspect.getsource(_scaled_mm_kernel.fn).encode()).hexdigest()[:12]
 
 
 def _vector_stride(scale: torch.Tensor) -> int:

@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 
 from scaledmm.configs.files import FORMAT_VERSION, file_name, load_table, write_json_atomic
+from scaledmm.kernels.matmul import KERNEL_REVISION
 from scaledmm.tune.runner import Job
 
-BUCKET_FIELDS = ("backend", "config", "time_us", "baselines_us", "candidates")
+BUCKET_FIELDS = ("backend", "config", "time_us", "baselines_us", "candidates", "kernel")
 
 
 class ResultStore:
@@ -26,16 +27,18 @@ class ResultStore:
         return self.directory / file_name(self.device_name, n, k, dtype)
 
     def done(self, jobs: list[Job]) -> set[Job]:
-        """The jobs whose M bucket the existing files already hold (a file that does not validate
-        counts as holding nothing, and is rewritten)."""
+        """The jobs whose M bucket the existing files hold, tuned with the kernel as it is now. A
+        bucket of another kernel revision is stale and tuned again; a file that does not validate
+        counts as holding nothing, and is rewritten."""
         held: set[Job] = set()
         for n, k, dtype in {(j.n, j.k, j.dtype) for j in jobs}:
             path = self._path(n, k, dtype)
             if path.exists():
                 try:
-                    held |= {Job(n, k, dtype, b.m) for b in load_table(path).buckets}
+                    buckets = load_table(path).buckets
                 except ValueError:
                     continue
+                held |= {Job(n, k, dtype, b.m) for b in buckets if b.kernel == KERNEL_REVISION}
         return held & set(jobs)
 
     def add(self, results: list[dict]) -> None:
@@ -53,7 +56,7 @@ class ResultStore:
                 except ValueError:
                     buckets = {}
             for r in rows:
-                buckets[str(r["m"])] = {f: r[f] for f in BUCKET_FIELDS}
+                buckets[str(r["m"])] = {f: r[f] for f in BUCKET_FIELDS if f in r}
             data = {
                 "format_version": FORMAT_VERSION,
                 "device_name": self.device_name,
