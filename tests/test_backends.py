@@ -42,9 +42,9 @@ def spy(monkeypatch):
     calls = []
     import scaledmm.api as api
 
-    real_vendor, real_triton = api.vendor_scaled_mm, api.launch_scaled_mm
+    real_vendor, real_triton = api.vendor_scaled_mm, api.bind_scaled_mm
     monkeypatch.setattr(api, "vendor_scaled_mm", lambda *a: calls.append("torch") or real_vendor(*a))
-    monkeypatch.setattr(api, "launch_scaled_mm", lambda *a: calls.append("triton") or real_triton(*a))
+    monkeypatch.setattr(api, "bind_scaled_mm", lambda *a: calls.append("triton") or real_triton(*a))
     return calls
 
 

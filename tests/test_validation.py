@@ -82,7 +82,7 @@ def test_bad_input_raises_before_launch(case, monkeypatch):
     args = good_args()
     args[name] = make_bad(args[name])
     launched = []
-    monkeypatch.setattr("scaledmm.api.launch_scaled_mm", lambda *a, **k: launched.append(1))
+    monkeypatch.setattr("scaledmm.api.bind_scaled_mm", lambda *a, **k: launched.append(1))
     with pytest.raises(error, match=words.replace("[", r"\[").replace("]", r"\]")):
         scaledmm.scaled_mm(**args)
     assert not launched

@@ -8,15 +8,18 @@ its fake implementation gives torch.compile the output's shape and dtype.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import os
+from collections.abc import Callable
 
 import torch
 
 from scaledmm.configs import MatmulConfig, plan
-from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, disabled_backends
-from scaledmm.kernels.matmul import launch_scaled_mm
-from scaledmm.kernels.quant import QMAX, launch_quantize_rows
+from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, clear_cache_hooks, disabled_backends
+from scaledmm.kernels.matmul import bind_scaled_mm
+from scaledmm.kernels.quant import QMAX, bind_quantize_rows
 from scaledmm.kernels.vendor import misaligned_pointer, unsupported_reason, vendor_scaled_mm
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -193,6 +196,116 @@ def _auto_backend(preferred: str, a, b, scale_a, scale_b, bias, out_dtype) -> st
     )
 
 
+# ----------------------------------------------------------------------------- prepared calls
+#
+# The per-call path. Everything a call needs beyond its tensors' data (validation, the plan, the
+# backend, the kernel's launch arguments) depends only on the signature below, so it is worked out
+# at the first call of each signature and kept as a function of the tensors: later calls cost a
+# tuple, a dictionary lookup and a launch (docs/design.md, "Host overhead").
+
+_prepared: dict[tuple, Callable] = {}
+PREPARED_LIMIT = 4096  # signatures kept; the cache starts over beyond it (many distinct M in prefill)
+
+
+def _tensor_signature(t: torch.Tensor) -> tuple:
+    # The 16-byte alignment of the data pointer is part of it: Triton compiles aligned pointers
+    # differently, and the vendor kernels refuse misaligned ones.
+    return (t.dtype, t.shape, t.stride(), t.device, t.data_ptr() & 15)
+
+
+def _remember(key: tuple, launch: Callable) -> None:
+    if len(_prepared) >= PREPARED_LIMIT:
+        _prepared.clear()
+    _prepared[key] = launch
+
+
+clear_cache_hooks.append(_prepared.clear)  # a plan or a disabled backend may change what a signature runs
+
+
+def _eager() -> bool:
+    """Whether a call may bypass the torch.library dispatcher: not while torch.compile traces, and not
+    under a Python dispatch or function mode (FakeTensorMode, make_fx, a torch.device context), which
+    must see the op."""
+    return not (
+        torch.compiler.is_compiling()
+        or torch._C._len_torch_dispatch_stack()
+        or torch._C._is_torch_function_mode_enabled()
+    )
+
+
+def _device_guard(device: torch.device):
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _scaled_mm_signature(a, b, scale_a, scale_b, bias, out_dtype, config, backend) -> tuple:
+    return (
+        "scaled_mm",
+        _tensor_signature(a),
+        _tensor_signature(b),
+        _tensor_signature(scale_a),
+        _tensor_signature(scale_b),
+        None if bias is None else _tensor_signature(bias),
+        out_dtype,
+        config,
+        backend,
+    )
+
+
+def _prepare_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype, config, backend) -> tuple[torch.Tensor, Callable]:
+    """Plan a validated call, compute it, and return the result with a function that computes the
+    same for new tensors of the same signature."""
+    M, K = a.shape
+    N = b.shape[1]
+    device = a.device
+    if M == 0:
+
+        def empty(a, b, scale_a, scale_b, bias):
+            return torch.empty((0, N), dtype=out_dtype, device=device)
+
+        return empty(a, b, scale_a, scale_b, bias), empty
+    _check_device_supports(device, a.dtype != torch.int8)
+    if config is not None:
+        backend = "triton"
+    else:
+        chosen = plan(M, N, K, a.dtype, device)
+        config = chosen.config
+        if backend == "auto":
+            backend = _auto_backend(chosen.backend, a, b, scale_a, scale_b, bias, out_dtype)
+    if backend == "torch":
+        if misaligned_pointer(a, b, scale_a, scale_b, bias):
+            raise ValueError(
+                "backend='torch' cannot compute this call: the vendor kernels need 16-byte aligned "
+                "data pointers (a view at an odd offset); use backend='auto' or 'triton'"
+            )
+
+        def vendor(a, b, scale_a, scale_b, bias):
+            return vendor_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype)
+
+        return vendor(a, b, scale_a, scale_b, bias), vendor
+
+    with _device_guard(device):
+        out = torch.empty((M, N), dtype=out_dtype, device=device)
+    bound = bind_scaled_mm(a, b, scale_a, scale_b, bias, out, config)
+
+    def triton_launch(a, b, scale_a, scale_b, bias):
+        out = torch.empty((M, N), dtype=out_dtype, device=device)
+        bound(a, b, out, scale_a, scale_b, bias)
+        return out
+
+    return out, triton_launch
+
+
+def _run_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype, config, backend) -> torch.Tensor:
+    """A validated call, through its prepared function (prepared now if this is its first call)."""
+    key = _scaled_mm_signature(a, b, scale_a, scale_b, bias, out_dtype, config, backend)
+    launch = _prepared.get(key)
+    if launch is not None:
+        return launch(a, b, scale_a, scale_b, bias)
+    out, launch = _prepare_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype, config, backend)
+    _remember(key, launch)
+    return out
+
+
 @torch.library.custom_op("scaledmm::scaled_mm", mutates_args=())
 def _scaled_mm_op(
     a: torch.Tensor,
@@ -204,32 +317,8 @@ def _scaled_mm_op(
     config: list[int] | None,
     backend: str,
 ) -> torch.Tensor:
-    M, K = a.shape
-    N = b.shape[1]
-    if M == 0:
-        return torch.empty((M, N), dtype=out_dtype, device=a.device)
-    _check_device_supports(a.device, a.dtype != torch.int8)
-    if config is not None:
-        cfg, backend = MatmulConfig(*config), "triton"
-    else:
-        chosen = plan(M, N, K, a.dtype, a.device)
-        cfg = chosen.config
-        if backend == "auto":
-            backend = _auto_backend(chosen.backend, a, b, scale_a, scale_b, bias, out_dtype)
-    if backend == "torch":
-        if misaligned_pointer(a, b, scale_a, scale_b, bias):
-            raise ValueError(
-                "backend='torch' cannot compute this call: the vendor kernels need 16-byte aligned "
-                "data pointers (a view at an odd offset); use backend='auto' or 'triton'"
-            )
-        return vendor_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype)
-    out = torch.empty((M, N), dtype=out_dtype, device=a.device)
-    if a.is_cuda and a.device.index != torch.cuda.current_device():
-        with torch.cuda.device(a.device):
-            launch_scaled_mm(a, b, scale_a, scale_b, bias, out, cfg)
-    else:
-        launch_scaled_mm(a, b, scale_a, scale_b, bias, out, cfg)
-    return out
+    config = None if config is None else MatmulConfig(*config)
+    return _run_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype, config, backend)
 
 
 @_scaled_mm_op.register_fake
@@ -271,6 +360,18 @@ def scaled_mm(
         TypeError: an argument of the wrong type or dtype.
         ValueError: a wrong shape, layout or device.
     """
+    if _eager():
+        # A signature seen before was validated then: its prepared function runs at once. Arguments
+        # that are not even tensors fail to make a key and get the checks' message below.
+        try:
+            key = _scaled_mm_signature(a, b, scale_a, scale_b, bias, out_dtype, config, backend)
+            launch = _prepared.get(key)
+        except (AttributeError, TypeError):
+            launch = None
+        if launch is not None:
+            return launch(a, b, scale_a, scale_b, bias)
+        check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, config, backend)
+        return _run_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype, config, backend)
     check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, config, backend)
     return torch.ops.scaledmm.scaled_mm.default(
         a, b, scale_a, scale_b, bias, out_dtype, None if config is None else config.as_list(), backend
@@ -280,15 +381,73 @@ def scaled_mm(
 # ----------------------------------------------------------------------------- activation quantization
 
 
+def _prepare_quantize(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> tuple[object, Callable]:
+    """Quantize a validated x [..., K] (dynamic per token when `scale` is None, else with the given
+    per-tensor scale) and return the result with a function that does the same for new tensors of the
+    same signature."""
+    shape = x.shape
+    K = shape[-1]
+    lead = shape[:-1]
+    M = math.prod(lead)
+    device = x.device
+    dynamic = scale is None
+
+    def allocate(scale):
+        q = torch.empty(shape, dtype=dtype, device=device)
+        if dynamic:
+            scale = torch.empty((*lead, 1), dtype=torch.float32, device=device)
+        return q, scale
+
+    def result(q, scale):
+        return (q, scale) if dynamic else q
+
+    if M == 0:
+
+        def empty(x, scale):
+            return result(*allocate(scale))
+
+        return empty(x, scale), empty
+    _check_device_supports(device, dtype != torch.int8)
+    with _device_guard(device):
+        q, scale = allocate(scale)
+    bound = bind_quantize_rows(x.reshape(M, K), q.view(M, K), scale, dynamic)
+
+    def quantize(x, scale):
+        q, scale = allocate(scale)
+        bound(x.reshape(M, K), q.view(M, K), scale)
+        return result(q, scale)
+
+    return result(q, scale), quantize
+
+
+def _run_quantize(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype):
+    """A validated quantization, through its prepared function (prepared now if this is its first call)."""
+    key = _quantize_signature(x, scale, dtype)
+    launch = _prepared.get(key)
+    if launch is not None:
+        return launch(x, scale)
+    out, launch = _prepare_quantize(x, scale, dtype)
+    _remember(key, launch)
+    return out
+
+
+def _quantize_signature(x, scale, dtype) -> tuple:
+    return ("quantize", _tensor_signature(x), None if scale is None else _tensor_signature(scale), dtype)
+
+
+def _prepared_quantize(x: object, scale: object, dtype: object) -> Callable | None:
+    """The prepared function of an eager call seen before, else None."""
+    if not _eager():
+        return None
+    try:
+        return _prepared.get(_quantize_signature(x, scale, dtype))
+    except (AttributeError, TypeError):
+        return None
+
+
 @torch.library.custom_op("scaledmm::quantize_per_token", mutates_args=())
 def _quantize_per_token_op(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    M, K = x.shape
-    q = torch.empty((M, K), dtype=dtype, device=x.device)
-    scale = torch.empty((M, 1), dtype=torch.float32, device=x.device)
-    if M:
-        _check_device_supports(x.device, dtype != torch.int8)
-        launch_quantize_rows(x, q, scale, dynamic=True)
-    return q, scale
+    return _run_quantize(x, None, dtype)
 
 
 @_quantize_per_token_op.register_fake
@@ -298,12 +457,7 @@ def _quantize_per_token_fake(x, dtype):
 
 @torch.library.custom_op("scaledmm::quantize_per_tensor", mutates_args=())
 def _quantize_per_tensor_op(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    M, K = x.shape
-    q = torch.empty((M, K), dtype=dtype, device=x.device)
-    if M:
-        _check_device_supports(x.device, dtype != torch.int8)
-        launch_quantize_rows(x, q, scale, dynamic=False)
-    return q
+    return _run_quantize(x, scale, dtype)
 
 
 @_quantize_per_tensor_op.register_fake
@@ -331,7 +485,11 @@ def quantize_per_token(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn
     finite; values rounded to nearest even and saturated. `q.reshape(-1, K)` and
     `scale.reshape(-1, 1)` are scaled_mm's `a` and per-token `scale_a`.
     """
+    if (launch := _prepared_quantize(x, None, dtype)) is not None:
+        return launch(x, None)
     x = _check_quantize_args(x, dtype)
+    if _eager():
+        return _run_quantize(x, None, dtype)
     K = x.shape[-1]
     q, scale = torch.ops.scaledmm.quantize_per_token.default(x.reshape(-1, K), dtype)
     return q.reshape(x.shape), scale.reshape(*x.shape[:-1], 1)
@@ -339,6 +497,8 @@ def quantize_per_token(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn
 
 def quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> torch.Tensor:
     """Static quantization of an activation [..., K] with one given scale (x ~= q * scale)."""
+    if (launch := _prepared_quantize(x, scale, dtype)) is not None:
+        return launch(x, scale)
     x = _check_quantize_args(x, dtype)
     scale = _check_tensor("scale", scale)
     if scale.dtype not in SCALE_DTYPES:
@@ -347,5 +507,7 @@ def quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
         raise ValueError(f"scale must hold one value (per-tensor), got shape {list(scale.shape)}")
     if scale.device != x.device:
         raise ValueError(f"scale is on {scale.device} but x is on {x.device}")
+    if _eager():
+        return _run_quantize(x, scale, dtype)
     K = x.shape[-1]
     return torch.ops.scaledmm.quantize_per_tensor.default(x.reshape(-1, K), scale, dtype).reshape(x.shape)

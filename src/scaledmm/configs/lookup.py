@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,7 +174,13 @@ def list_config_files() -> list[tuple[Path, TunedTable | ConfigFileError]]:
     return found
 
 
+# Caches built on the plans elsewhere (scaledmm.api's prepared calls), cleared with them.
+clear_cache_hooks: list[Callable[[], None]] = []
+
+
 def clear_cache() -> None:
     """Forget files, plans and environment variables read so far (after changing them at run time)."""
     for cached in (plan, tuned_table, _file_index, disabled_backends):
         cached.cache_clear()
+    for hook in clear_cache_hooks:
+        hook()

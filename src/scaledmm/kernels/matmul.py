@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from scaledmm.configs import MatmulConfig
+from scaledmm.kernels.launch import BoundLaunch, bind_launch
 
 
 # GROUP_M is a run-time argument, not a constexpr, so that the tuner tries groupings without a
@@ -151,6 +152,21 @@ def launch_scaled_mm(
     """
     grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, config)
     _scaled_mm_kernel[grid](*args, **kwargs)
+
+
+def bind_scaled_mm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale_a: torch.Tensor,
+    scale_b: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+    config: MatmulConfig,
+) -> BoundLaunch:
+    """`launch_scaled_mm` now, and a BoundLaunch that repeats it for new (a, b, out, scale_a, scale_b,
+    bias) with the dtypes, shapes, strides and pointer alignment of these."""
+    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, config)
+    return bind_launch(_scaled_mm_kernel, grid, args, kwargs, leading=6, device=a.device)
 
 
 def compile_scaled_mm(

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from scaledmm.kernels.launch import BoundLaunch, bind_launch
+
 QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
 ABSMAX_FLOOR = 1e-10  # an all-zero row gets this absmax: a finite scale, zeros out
 MAX_BLOCK_K = 4096
@@ -57,20 +59,21 @@ def _quantize_rows_kernel(
         _round_and_store(q_row + k + offs, x / scale, mask, QMAX, IS_INT8)
 
 
-def launch_quantize_rows(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, dynamic: bool) -> None:
-    """Quantize the rows of `x` ([M, K], any strides) into `q` ([M, K], unit column stride).
+def bind_quantize_rows(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, dynamic: bool) -> BoundLaunch:
+    """Quantize the rows of `x` ([M, K], any strides) into `q` ([M, K], unit column stride) now, and
+    return a BoundLaunch that repeats it for new (x, q, scale) of the same signature.
 
     dynamic: write each row's scale into `scale` ([M] or [M, 1], contiguous float32);
     static: read the one scale in `scale`.
     """
     M, K = x.shape
-    _quantize_rows_kernel[(M,)](
-        x, q, scale, K,
-        x.stride(0), x.stride(1), q.stride(0),
+    args = (x, q, scale, K, x.stride(0), x.stride(1), q.stride(0))
+    kwargs = dict(
         DYNAMIC=dynamic,
         QMAX=QMAX[q.dtype],
         IS_INT8=q.dtype == torch.int8,
         FLOOR=ABSMAX_FLOOR,
         BLOCK_K=min(MAX_BLOCK_K, triton.next_power_of_2(K)),
         num_warps=4 if K <= 4096 else 8,
-    )  # fmt: skip
+    )
+    return bind_launch(_quantize_rows_kernel, (M,), args, kwargs, leading=3, device=x.device)

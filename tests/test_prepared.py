@@ -1,0 +1,132 @@
+"""Prepared calls: the second call of a signature skips the checks and the plan, and still computes
+its own tensors; anything that changes what the first call checked or compiled makes a new signature."""
+
+import pytest
+import torch
+from helpers import DEVICE, ON_GPU
+
+import scaledmm
+import scaledmm.api as api
+from scaledmm.configs import clear_cache
+from scaledmm.reference import quantize_ref
+from scaledmm.testing import assert_close, make_operands
+
+M, N, K = 24, 48, 96
+
+
+@pytest.fixture
+def binds(monkeypatch):
+    """Counts the kernel bindings (first calls of a signature) of scaled_mm."""
+    clear_cache()
+    calls = []
+    real = api.bind_scaled_mm
+    monkeypatch.setattr(api, "bind_scaled_mm", lambda *a: calls.append(a) or real(*a))
+    yield calls
+    clear_cache()
+
+
+def call(ops, **kwargs):
+    return scaledmm.scaled_mm(*ops.args(), bias=ops.bias, **kwargs)
+
+
+def test_second_call_reuses_the_binding_with_its_own_tensors(binds):
+    first, second = (make_operands(M, N, K, torch.int8, DEVICE, gen=torch.Generator().manual_seed(s)) for s in (1, 2))
+    assert_close(call(first), first)
+    assert_close(call(second), second)
+    assert len(binds) == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["M", "dtype", "a column-major", "per-tensor scale_a", "no bias", "out_dtype", "backend", "config"],
+)
+def test_a_changed_signature_binds_again(binds, change):
+    ops = make_operands(M, N, K, torch.int8, DEVICE)
+    assert_close(call(ops), ops)
+    kwargs = {}
+    if change == "M":
+        ops = make_operands(M + 1, N, K, torch.int8, DEVICE)
+    elif change == "dtype":
+        ops = make_operands(M, N, K, torch.float8_e4m3fn, DEVICE)
+    elif change == "a column-major":
+        ops = make_operands(M, N, K, torch.int8, DEVICE, a_column_major=True)
+    elif change == "per-tensor scale_a":
+        ops = make_operands(M, N, K, torch.int8, DEVICE, per_token=False)
+    elif change == "no bias":
+        ops = make_operands(M, N, K, torch.int8, DEVICE, bias_dtype=None)
+    elif change == "out_dtype":
+        kwargs["out_dtype"] = torch.float32
+    elif change == "backend":
+        kwargs["backend"] = "triton"
+    else:
+        kwargs["config"] = scaledmm.MatmulConfig(16, 16, 32)
+    assert_close(call(ops, **kwargs), ops)
+    assert len(binds) == 2
+
+
+def test_alignment_is_part_of_the_signature(binds):
+    """A view one element into a padded buffer has the aligned view's shape and strides, but Triton
+    compiles unaligned pointers differently: it must not reuse the aligned binding."""
+    ops = make_operands(M, N, K, torch.int8, DEVICE)
+    assert_close(call(ops), ops)
+    padded = torch.zeros(M * K + 1, dtype=torch.int8, device=DEVICE)
+    shifted = padded[1:].view(M, K)
+    shifted.copy_(ops.a)
+    assert shifted.data_ptr() % 16 != ops.a.data_ptr() % 16
+    assert_close(scaledmm.scaled_mm(shifted, ops.b, ops.scale_a, ops.scale_b, bias=ops.bias), ops)
+    assert len(binds) == 2
+
+
+def test_invalid_call_after_a_valid_one_still_raises(binds):
+    ops = make_operands(M, N, K, torch.int8, DEVICE)
+    call(ops)
+    with pytest.raises(ValueError, match="scale_b is on meta"):
+        scaledmm.scaled_mm(ops.a, ops.b, ops.scale_a, ops.scale_b.to("meta"), bias=ops.bias)
+    with pytest.raises(TypeError, match=r"a must be a torch\.Tensor"):
+        scaledmm.scaled_mm(ops.a.tolist(), ops.b, ops.scale_a, ops.scale_b)
+    assert len(binds) == 1
+
+
+def test_changed_plan_is_seen_after_clear_cache(binds, monkeypatch):
+    ops = make_operands(M, N, K, torch.int8, DEVICE)
+    call(ops)
+    clear_cache()
+    call(ops)
+    assert len(binds) == 2
+
+
+def test_cache_starts_over_beyond_its_limit(binds, monkeypatch):
+    monkeypatch.setattr(api, "PREPARED_LIMIT", 2)
+    for m in (1, 2, 3):
+        call(make_operands(m, N, K, torch.int8, DEVICE))
+    assert len(api._prepared) == 1
+    call(make_operands(1, N, K, torch.int8, DEVICE))
+    assert len(binds) == 4
+
+
+def test_empty_m_is_prepared_too():
+    ops = make_operands(0, N, K, torch.int8, DEVICE)
+    for _ in range(2):
+        out = call(ops)
+        assert out.shape == (0, N) and out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "fp8"])
+def test_static_quantization_reads_each_calls_scale(dtype):
+    """The second call of a signature uses its own scale tensor, not the first call's."""
+    x = torch.randn(4, 3, 64, device=DEVICE)
+    for value in (0.05, 0.2):
+        scale = torch.tensor([value], device=DEVICE)
+        q = scaledmm.quantize_per_tensor(x, scale, dtype)
+        expected, _ = quantize_ref(x, dtype, scale)
+        torch.testing.assert_close(q.float(), expected.float(), atol=0 if dtype == torch.int8 or ON_GPU else 32, rtol=0)
+
+
+def test_dynamic_quantization_of_new_data():
+    for seed in (1, 2):
+        x = torch.randn(5, 2, 80, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+        q, scale = scaledmm.quantize_per_token(x, torch.int8)
+        expected, expected_scale = quantize_ref(x, torch.int8)
+        assert q.shape == x.shape and scale.shape == (5, 2, 1)
+        torch.testing.assert_close(scale, expected_scale)
+        torch.testing.assert_close(q, expected, atol=0, rtol=0)
