@@ -284,15 +284,7 @@ def _prepare_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype, config, backend)
         return vendor(a, b, scale_a, scale_b, bias), vendor
 
     with _device_guard(device):
-        out = torch.empty((M, N), dtype=out_dtype, device=device)
-    bound = bind_scaled_mm(a, b, scale_a, scale_b, bias, out, config)
-
-    def triton_launch(a, b, scale_a, scale_b, bias):
-        out = torch.empty((M, N), dtype=out_dtype, device=device)
-        bound(a, b, out, scale_a, scale_b, bias)
-        return out
-
-    return out, triton_launch
+        return bind_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype, config)
 
 
 def _run_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype, config, backend) -> torch.Tensor:

@@ -112,8 +112,9 @@ def cmd_bench(args: argparse.Namespace, command: str) -> int:
         )
         for name, us in result["us_per_call"].items():
             print(f"  {name:<28} {us if isinstance(us, str) else f'{us:8.1f} us'}")
-        if result["ratio_scaled_mm_to_torch_scaled_mm"] is not None:
-            print(f"  scaled_mm / torch._scaled_mm = {result['ratio_scaled_mm_to_torch_scaled_mm']:.2f}")
+        for name, ratio in result["ratios"].items():
+            if ratio is not None:
+                print(f"  {name} = {ratio:.2f}")
         out_dir.mkdir(parents=True, exist_ok=True)
         from scaledmm.bench.micro import environment
 

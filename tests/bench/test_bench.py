@@ -82,6 +82,8 @@ def test_host_overhead(tmp_path):
     assert main(["bench", "--host-overhead", "--calls", "3", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "host_overhead.json").read_text())
     assert result["us_per_call"]["scaledmm.scaled_mm (fp8)"] > 0
+    assert result["us_per_call"]["W8A8Linear forward (int8)"] > 0
+    assert result["ratios"]["W8A8Linear (fp8) / nn.Linear"] > 0
     assert result["environment"]["command"] == f"scaledmm bench --host-overhead --calls 3 --out {tmp_path}"
 
 

@@ -160,7 +160,7 @@ def bad_files():
         "non-power-of-two block": (edit(lambda d: bucket(d)["config"].update(block_n=48)), "power of two"),
         "absurd block": (edit(lambda d: bucket(d)["config"].update(block_m=4096)), "block_m must be in"),
         "float warps": (edit(lambda d: bucket(d)["config"].update(num_warps=4.0)), "must be an int"),
-        "unknown config key": (edit(lambda d: bucket(d)["config"].update(split_k=2)), "unknown MatmulConfig"),
+        "unknown config key": (edit(lambda d: bucket(d)["config"].update(split_m=2)), "unknown MatmulConfig"),
         "negative time": (edit(lambda d: bucket(d).update(time_us=-1)), "time_us must be a positive"),
         "NaN time": (edit(lambda d: bucket(d)["baselines_us"].update(torch=float("nan"))), "baselines_us"),
     }

@@ -40,6 +40,7 @@ def padded_view(src: torch.Tensor, fill) -> tuple[torch.Tensor, torch.Tensor]:
     [
         (33, 130, 257, None),  # the heuristic's config for this shape
         (37, 45, 70, MatmulConfig(16, 32, 32, group_m=2, num_warps=2, num_stages=2)),
+        (37, 45, 70, MatmulConfig(16, 32, 32, group_m=2, num_warps=2, num_stages=2, split_k=2)),
     ],
 )
 def test_writes_whole_output_and_nothing_outside(dtype, a_col, b_col, out_dtype, M, N, K, config):
@@ -77,3 +78,21 @@ def test_offsets_beyond_int32(dtype):
     launch_scaled_mm(a, small.b, small.scale_a, small.scale_b, small.bias, out, MatmulConfig(16, 16, 32))
 
     assert_close(out, Operands(a, small.b, small.scale_a, small.scale_b, small.bias))
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "e4m3"])
+@pytest.mark.parametrize(
+    "split_k,K",
+    [(2, 256), (3, 257), (8, 96)],
+    ids=["even", "ragged-K", "idle-splits"],  # 96 is 3 K steps of 32: five of the eight splits get none
+)
+def test_split_k_is_correct_and_repeats_bitwise(dtype, split_k, K):
+    M, N = 20, 70
+    ops = make_operands(M, N, K, dtype, DEVICE)
+    config = MatmulConfig(16, 32, 32, split_k=split_k)
+    outs = []
+    for _ in range(2):
+        outs.append(torch.empty(M, N, dtype=torch.bfloat16, device=DEVICE))
+        launch_scaled_mm(*ops.args(), ops.bias, outs[-1], config)
+    assert_close(outs[0], ops)
+    torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)

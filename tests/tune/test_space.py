@@ -7,12 +7,13 @@ from scaledmm.tune.runner import Job
 from scaledmm.tune.space import candidate_configs, group_variants
 
 H100_SHARED = 227 * 1024
+H100_SMS = 132
 
 
 @pytest.mark.parametrize("M", [1, 16, 24, 64, 96, 256, 1024, 8192])
 @pytest.mark.parametrize("N,K", [(6144, 4096), (4096, 14336), (40, 50)])
 def test_every_candidate_fits_the_gpu_and_the_problem(M, N, K):
-    space = candidate_configs(M, N, K, H100_SHARED)
+    space = candidate_configs(M, N, K, H100_SHARED, H100_SMS)
     assert space, "an empty space"
     for c in space:
         assert c.num_stages * (c.block_m + c.block_n) * c.block_k <= H100_SHARED - 16 * 1024
@@ -23,16 +24,29 @@ def test_every_candidate_fits_the_gpu_and_the_problem(M, N, K):
 
 
 def test_small_m_is_searched_with_short_tiles_and_large_m_with_big_ones():
-    assert {c.block_m for c in candidate_configs(1, 4096, 4096, H100_SHARED)} == {16}
-    assert {c.block_m for c in candidate_configs(8192, 4096, 4096, H100_SHARED)} == {64, 128, 256}
+    assert {c.block_m for c in candidate_configs(1, 4096, 4096, H100_SHARED, H100_SMS)} == {16}
+    assert {c.block_m for c in candidate_configs(8192, 4096, 4096, H100_SHARED, H100_SMS)} == {64, 128, 256}
 
 
 def test_less_shared_memory_means_a_smaller_space():
-    assert len(candidate_configs(4096, 4096, 4096, 99 * 1024)) < len(candidate_configs(4096, 4096, 4096, H100_SHARED))
+    assert len(candidate_configs(4096, 4096, 4096, 99 * 1024, H100_SMS)) < len(candidate_configs(4096, 4096, 4096, H100_SHARED, H100_SMS))
+
+
+def test_split_k_only_where_the_tiles_leave_sms_idle():
+    import triton
+
+    for M, N, K in [(1, 4096, 14336), (16, 2560, 9728), (4096, 4096, 4096), (64, 40, 50)]:
+        for c in candidate_configs(M, N, K, H100_SHARED, H100_SMS):
+            tiles = triton.cdiv(M, c.block_m) * triton.cdiv(N, c.block_n)
+            if c.split_k > 1:
+                assert tiles < H100_SMS and tiles * c.split_k <= 2 * H100_SMS
+                assert triton.cdiv(K, c.block_k) >= 2 * c.split_k
+    assert any(c.split_k > 1 for c in candidate_configs(1, 2560, 9728, H100_SHARED, H100_SMS))
+    assert all(c.split_k == 1 for c in candidate_configs(4096, 4096, 4096, H100_SHARED, H100_SMS))
 
 
 def test_group_variants_only_where_there_are_several_tile_rows():
-    config = candidate_configs(256, 4096, 4096, H100_SHARED)[0]
+    config = candidate_configs(256, 4096, 4096, H100_SHARED, H100_SMS)[0]
     assert group_variants(config, config.block_m) == []
     assert {v.group_m for v in group_variants(config, 4 * config.block_m)} == {1, 4, 16}
 

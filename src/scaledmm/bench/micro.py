@@ -305,15 +305,19 @@ def summarize(rows: list[dict], dtypes: Sequence[str]) -> dict:
 
 
 def host_overhead(device: torch.device, calls: int = 3000) -> dict:
-    """CPU time per call on a tiny shape, no synchronisation in the loop: scaled_mm against the ops
-    it replaces, and a bare Triton launch of the same kernel (the floor of any Python launch)."""
+    """CPU time per call on a tiny shape, no synchronisation in the loop: scaled_mm against the op it
+    replaces, a W8A8Linear forward (quantize + matmul) against the bf16 nn.Linear forward, and a bare
+    Triton launch of the same kernel (what a call costs without scaledmm's prepared launches)."""
+    from scaledmm.nn import W8A8Linear
+
     M, N, K = 16, 256, 256
     fp8 = make_operands(M, N, K, DTYPE_BY_NAME["fp8"], device)
     int8 = make_operands(M, N, K, DTYPE_BY_NAME["int8"], device)
     out = torch.empty(M, N, dtype=OUT_DTYPE, device=device)
     config = scaledmm.select_config(M, N, K, fp8.a.dtype, device)
-    x = torch.randn(M, K, device=device, dtype=torch.bfloat16)
-    w = torch.randn(N, K, device=device, dtype=torch.bfloat16)
+    x = torch.randn(M, K, device=device, dtype=OUT_DTYPE)
+    linear = torch.nn.Linear(K, N, device=device, dtype=OUT_DTYPE)
+    layers = {dtype: W8A8Linear.from_linear(linear, dtype) for dtype in ("fp8", "int8")}
     results: dict[str, float | str] = {
         "scaledmm.scaled_mm (fp8)": host_time_per_call(
             lambda: scaledmm.scaled_mm(*fp8.args(), OUT_DTYPE, fp8.bias), calls
@@ -321,21 +325,24 @@ def host_overhead(device: torch.device, calls: int = 3000) -> dict:
         "scaledmm.scaled_mm (int8)": host_time_per_call(
             lambda: scaledmm.scaled_mm(*int8.args(), OUT_DTYPE, int8.bias), calls
         ),
+        "torch._scaled_mm (fp8)": "skipped: needs CUDA",
         "bare Triton launch (fp8)": host_time_per_call(
             lambda: launch_scaled_mm(*fp8.args(), fp8.bias, out, config), calls
         ),
-        "torch._scaled_mm (fp8)": "skipped: needs CUDA",
-        "F.linear (bf16)": host_time_per_call(lambda: F.linear(x, w), calls),
+        "W8A8Linear forward (fp8)": host_time_per_call(lambda: layers["fp8"](x), calls),
+        "W8A8Linear forward (int8)": host_time_per_call(lambda: layers["int8"](x), calls),
+        "nn.Linear forward (bf16)": host_time_per_call(lambda: linear(x), calls),
     }
     if device.type == "cuda":
         results["torch._scaled_mm (fp8)"] = host_time_per_call(
             lambda: torch._scaled_mm(*fp8.args(), bias=fp8.bias, out_dtype=OUT_DTYPE), calls
         )
     vendor = results["torch._scaled_mm (fp8)"]
-    ratio = results["scaledmm.scaled_mm (fp8)"] / vendor if isinstance(vendor, float) else None
-    return {
-        "shape": {"m": M, "n": N, "k": K},
-        "calls": calls,
-        "us_per_call": results,
-        "ratio_scaled_mm_to_torch_scaled_mm": ratio,
+    ratios = {
+        "scaled_mm (fp8) / torch._scaled_mm": (
+            results["scaledmm.scaled_mm (fp8)"] / vendor if isinstance(vendor, float) else None
+        ),
+        "W8A8Linear (fp8) / nn.Linear": results["W8A8Linear forward (fp8)"] / results["nn.Linear forward (bf16)"],
+        "W8A8Linear (int8) / nn.Linear": results["W8A8Linear forward (int8)"] / results["nn.Linear forward (bf16)"],
     }
+    return {"shape": {"m": M, "n": N, "k": K}, "calls": calls, "us_per_call": results, "ratios": ratios}

@@ -132,7 +132,7 @@ def _time_on_host(fn, inputs) -> Timing:
 
 def host_time_per_call(fn: Callable[[], object], calls: int = 3000, warmup: int = 100) -> float:
     """CPU time per call in microseconds, over `calls` calls with no synchronisation in the loop."""
-    for _ in range(warmup):
+    for _ in range(min(warmup, calls)):
         fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -14,6 +14,7 @@ _FIELD_RULES: tuple[tuple[str, int, int, bool], ...] = (
     ("group_m", 1, 64, False),
     ("num_warps", 1, 16, True),
     ("num_stages", 1, 8, False),
+    ("split_k", 1, 16, False),
 )
 
 
@@ -24,6 +25,9 @@ class MatmulConfig:
     block_m/block_n/block_k: the output tile and the K step of one program.
     group_m: how many tile rows share a column sweep in the grouped (L2-friendly) program order.
     num_warps/num_stages: warps per program and software-pipeline depth, passed to Triton.
+    split_k: how many programs share the K loop of one output tile (1: one program does it all).
+        More programs stream a small-M weight with more SMs; their partial sums are added in a fixed
+        order, so results repeat bitwise, but they differ from split_k=1 by fp32 rounding (fp8).
     """
 
     block_m: int
@@ -32,6 +36,7 @@ class MatmulConfig:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 3
+    split_k: int = 1
 
     def __post_init__(self) -> None:
         for name, low, high, power_of_two in _FIELD_RULES:
@@ -59,4 +64,5 @@ class MatmulConfig:
         return cls(**values)
 
     def __str__(self) -> str:
-        return f"{self.block_m}x{self.block_n}x{self.block_k} g{self.group_m} w{self.num_warps} s{self.num_stages}"
+        text = f"{self.block_m}x{self.block_n}x{self.block_k} g{self.group_m} w{self.num_warps} s{self.num_stages}"
+        return text if self.split_k == 1 else f"{text} k{self.split_k}"

@@ -14,67 +14,23 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from collections.abc import Callable
 
 import torch
 import triton
 import triton.language as tl
 
 from scaledmm.configs import MatmulConfig
-from scaledmm.kernels.launch import BoundLaunch, bind_launch
+from scaledmm.kernels.launch import bind_launch
 
 
-# GROUP_M is a run-time argument, not a constexpr, so that the tuner tries groupings without a
-# compile each; it costs one integer division per program.
-@triton.jit(do_not_specialize=["GROUP_M"])
-def _scaled_mm_kernel(
-    a_ptr, b_ptr, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr,
-    M, N, K,
-    stride_am, stride_ak, stride_bk, stride_bn, stride_om, stride_on,
-    stride_scale_a, stride_scale_b, stride_bias,
-    GROUP_M,
+@triton.jit
+def _scale_and_store(
+    acc, offs_m, offs_n, rows, cols, M, N,
+    out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr,
+    stride_om, stride_on, stride_scale_a, stride_scale_b, stride_bias,
     A_PER_TOKEN: tl.constexpr, B_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, EVEN_K: tl.constexpr, MASK_M: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    programs_per_group = GROUP_M * tiles_n
-    first_tile_m = (pid // programs_per_group) * GROUP_M
-    group_rows = min(tiles_m - first_tile_m, GROUP_M)
-    tile_m = first_tile_m + (pid % programs_per_group) % group_rows
-    tile_n = (pid % programs_per_group) // group_rows
-
-    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # int64 before any stride multiply, so operands of more than 2**31 elements address correctly.
-    rows = (offs_m % M).to(tl.int64)
-    cols = (offs_n % N).to(tl.int64)
-    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
-
-    a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
-    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn
-    a_step = tl.full((), BLOCK_K, tl.int64) * stride_ak
-    b_step = tl.full((), BLOCK_K, tl.int64) * stride_bk
-
-    # All-true where rows wrap; with MASK_M the rows past M load nothing.
-    a_rows = (offs_m[:, None] < M) if MASK_M else tl.full((BLOCK_M, 1), 1, tl.int1)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
-        if EVEN_K:
-            if MASK_M:
-                a = tl.load(a_ptrs, mask=a_rows, other=0.0)
-            else:
-                a = tl.load(a_ptrs)
-            b = tl.load(b_ptrs)
-        else:
-            k_left = K - k * BLOCK_K
-            a = tl.load(a_ptrs, mask=a_rows & (offs_k[None, :] < k_left), other=0.0)
-            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
-        acc = tl.dot(a, b, acc, out_dtype=ACC_DTYPE)
-        a_ptrs += a_step
-        b_ptrs += b_step
-
     # Epilogue in fp32, in the order of the definition: ((a @ b) * scale_a) * scale_b + bias.
     result = acc.to(tl.float32)
     if A_PER_TOKEN:
@@ -93,9 +49,102 @@ def _scaled_mm_kernel(
     tl.store(out_ptrs, result.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+# GROUP_M is a run-time argument, not a constexpr, so that the tuner tries groupings without a
+# compile each; it costs one integer division per program.
+@triton.jit(do_not_specialize=["GROUP_M"])
+def _scaled_mm_kernel(
+    a_ptr, b_ptr, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr, partials_ptr, arrivals_ptr,
+    M, N, K,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_om, stride_on,
+    stride_scale_a, stride_scale_b, stride_bias,
+    GROUP_M,
+    A_PER_TOKEN: tl.constexpr, B_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, EVEN_K: tl.constexpr, MASK_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    programs_per_group = GROUP_M * tiles_n
+    first_tile_m = (pid // programs_per_group) * GROUP_M
+    group_rows = min(tiles_m - first_tile_m, GROUP_M)
+    tile_m = first_tile_m + (pid % programs_per_group) % group_rows
+    tile_n = (pid % programs_per_group) // group_rows
+
+    # With SPLIT_K > 1 the K steps are shared out among SPLIT_K programs per tile (program_id(1)).
+    k_steps = tl.cdiv(K, BLOCK_K)
+    if SPLIT_K == 1:
+        k_first = 0
+        k_last = k_steps
+    else:
+        steps_per_split = tl.cdiv(k_steps, SPLIT_K)
+        k_first = tl.program_id(1) * steps_per_split
+        k_last = min(k_first + steps_per_split, k_steps)
+
+    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # int64 before any stride multiply, so operands of more than 2**31 elements address correctly.
+    rows = (offs_m % M).to(tl.int64)
+    cols = (offs_n % N).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
+
+    a_step = tl.full((), BLOCK_K, tl.int64) * stride_ak
+    b_step = tl.full((), BLOCK_K, tl.int64) * stride_bk
+    a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :] * stride_ak + k_first * a_step
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn + k_first * b_step
+
+    # All-true where rows wrap; with MASK_M the rows past M load nothing.
+    a_rows = (offs_m[:, None] < M) if MASK_M else tl.full((BLOCK_M, 1), 1, tl.int1)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for k in range(k_first, k_last):
+        if EVEN_K:
+            if MASK_M:
+                a = tl.load(a_ptrs, mask=a_rows, other=0.0)
+            else:
+                a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            k_left = K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=a_rows & (offs_k[None, :] < k_left), other=0.0)
+            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        acc = tl.dot(a, b, acc, out_dtype=ACC_DTYPE)
+        a_ptrs += a_step
+        b_ptrs += b_step
+
+    if SPLIT_K == 1:
+        _scale_and_store(
+            acc, offs_m, offs_n, rows, cols, M, N, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr,
+            stride_om, stride_on, stride_scale_a, stride_scale_b, stride_bias,
+            A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS,
+        )  # fmt: skip
+    else:
+        # Each program leaves its partial sum in `partials` ([SPLIT_K, tiles, BLOCK_M * BLOCK_N]) and
+        # counts itself in `arrivals[tile]`; the last to arrive adds the partials up in split order
+        # (the same order whichever program is last, so results repeat bitwise) and writes the tile.
+        tiles = tiles_m * tiles_n
+        offs_tile = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        tile_partials = partials_ptr + pid.to(tl.int64) * (BLOCK_M * BLOCK_N) + offs_tile
+        split_stride = tiles.to(tl.int64) * (BLOCK_M * BLOCK_N)
+        tl.store(tile_partials + tl.program_id(1) * split_stride, acc)
+        tl.debug_barrier()  # every thread's partial is written before the arrival is counted
+        arrived = tl.atomic_add(arrivals_ptr + pid, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+            for split in range(SPLIT_K):
+                # .cg reads L2, where the other programs' stores are, never a stale L1 line.
+                total += tl.load(tile_partials + split * split_stride, cache_modifier=".cg")
+            _scale_and_store(
+                total, offs_m, offs_n, rows, cols, M, N, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr,
+                stride_om, stride_on, stride_scale_a, stride_scale_b, stride_bias,
+                A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS,
+            )  # fmt: skip
+
+
 # The kernel's revision: a hash of its source. Tuned buckets record it, so that `scaledmm tune` knows
 # which results an edit of the kernel has made stale (configs stay valid; only their times change).
-KERNEL_REVISION = hashlib.sha1(inspect.getsource(_scaled_mm_kernel.fn).encode()).hexdigest()[:12]
+KERNEL_REVISION = hashlib.sha1(
+    (inspect.getsource(_scale_and_store.fn) + inspect.getsource(_scaled_mm_kernel.fn)).encode()
+).hexdigest()[:12]
 
 
 def _vector_stride(scale: torch.Tensor) -> int:
@@ -105,15 +154,34 @@ def _vector_stride(scale: torch.Tensor) -> int:
     return scale.stride(0)
 
 
-def _launch_arguments(a, b, scale_a, scale_b, bias, out, config: MatmulConfig) -> tuple[tuple, tuple, dict]:
+def _tiles(M: int, N: int, config: MatmulConfig) -> int:
+    return (-(-M // config.block_m)) * (-(-N // config.block_n))  # ceil divisions, cheaper than triton.cdiv
+
+
+def split_k_buffers(
+    M: int, N: int, config: MatmulConfig, operand_dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The split-K kernel's scratch: every program's partial sums (int32 for int8 operands, else
+    float32) and a zeroed arrival count per output tile; (None, None) without split-K."""
+    if config.split_k == 1:
+        return None, None
+    tiles = _tiles(M, N, config)
+    acc_dtype = torch.int32 if operand_dtype == torch.int8 else torch.float32
+    partials = torch.empty((config.split_k, tiles, config.block_m * config.block_n), dtype=acc_dtype, device=device)
+    return partials, torch.zeros(tiles, dtype=torch.int32, device=device)
+
+
+def _launch_arguments(
+    a, b, scale_a, scale_b, bias, out, partials, arrivals, config: MatmulConfig
+) -> tuple[tuple, tuple, dict]:
     """(grid, positional arguments, keyword arguments) of one kernel launch."""
     M, K = a.shape
     N = b.shape[1]
     a_per_token = scale_a.numel() > 1
     b_per_channel = scale_b.numel() > 1
-    grid = ((-(-M // config.block_m)) * (-(-N // config.block_n)),)  # ceil divisions, cheaper than triton.cdiv
+    grid = (_tiles(M, N, config), config.split_k)
     args = (
-        a, b, out, scale_a, scale_b, bias,
+        a, b, out, scale_a, scale_b, bias, partials, arrivals,
         M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
         _vector_stride(scale_a) if a_per_token else 0,
@@ -131,6 +199,7 @@ def _launch_arguments(a, b, scale_a, scale_b, bias, out, config: MatmulConfig) -
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
         BLOCK_K=config.block_k,
+        SPLIT_K=config.split_k,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
@@ -150,7 +219,8 @@ def launch_scaled_mm(
 
     The inputs must already be validated (scaledmm.api does that); M must be >= 1.
     """
-    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, config)
+    partials, arrivals = split_k_buffers(a.shape[0], b.shape[1], config, a.dtype, a.device)
+    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, partials, arrivals, config)
     _scaled_mm_kernel[grid](*args, **kwargs)
 
 
@@ -160,13 +230,29 @@ def bind_scaled_mm(
     scale_a: torch.Tensor,
     scale_b: torch.Tensor,
     bias: torch.Tensor | None,
-    out: torch.Tensor,
+    out_dtype: torch.dtype,
     config: MatmulConfig,
-) -> BoundLaunch:
-    """`launch_scaled_mm` now, and a BoundLaunch that repeats it for new (a, b, out, scale_a, scale_b,
-    bias) with the dtypes, shapes, strides and pointer alignment of these."""
-    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, config)
-    return bind_launch(_scaled_mm_kernel, grid, args, kwargs, leading=6, device=a.device)
+) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
+    """Compute scaled_mm now; return the result and a function of (a, b, scale_a, scale_b, bias) that
+    computes it for new tensors with the dtypes, shapes, strides and pointer alignment of these."""
+    M, K = a.shape
+    N = b.shape[1]
+    device = a.device
+    dtype = a.dtype
+
+    def outputs():
+        return torch.empty((M, N), dtype=out_dtype, device=device), *split_k_buffers(M, N, config, dtype, device)
+
+    out, partials, arrivals = outputs()
+    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, partials, arrivals, config)
+    bound = bind_launch(_scaled_mm_kernel, grid, args, kwargs, leading=8, device=device)
+
+    def launch(a, b, scale_a, scale_b, bias):
+        out, partials, arrivals = outputs()
+        bound(a, b, out, scale_a, scale_b, bias, partials, arrivals)
+        return out
+
+    return out, launch
 
 
 def compile_scaled_mm(
@@ -181,5 +267,6 @@ def compile_scaled_mm(
     """Compile the kernel for these arguments without launching it (fills Triton's on-disk cache,
     so a later launch in another process only loads the binary). Only dtypes, pointer alignment and
     the integer arguments matter: the tensors' contents are never read."""
-    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, config)
+    partials, arrivals = split_k_buffers(a.shape[0], b.shape[1], config, a.dtype, a.device)
+    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, partials, arrivals, config)
     _scaled_mm_kernel.warmup(*args, grid=grid, **kwargs)

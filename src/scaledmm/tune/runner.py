@@ -57,9 +57,13 @@ def candidates(job: Job, device: torch.device, max_candidates: int | None) -> li
             (c.block_k, heuristic.block_k),
             (c.num_warps, heuristic.num_warps),
         )
-        return sum(abs(math.log2(x / y)) for x, y in pairs) + abs(c.num_stages - heuristic.num_stages) / 2
+        return (
+            sum(abs(math.log2(x / y)) for x, y in pairs)
+            + abs(c.num_stages - heuristic.num_stages) / 2
+            + math.log2(c.split_k)
+        )
 
-    space = sorted(candidate_configs(job.m, job.n, job.k, shared_memory), key=distance)
+    space = sorted(candidate_configs(job.m, job.n, job.k, shared_memory, num_sms), key=distance)
     if max_candidates is not None:
         space = space[:max_candidates]
     return [c for c in space if c != heuristic] + [heuristic]

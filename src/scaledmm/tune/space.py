@@ -13,6 +13,8 @@ from scaledmm.configs.heuristic import SHARED_MEMORY_RESERVE
 MAX_ACCUMULATORS_PER_THREAD = 128  # 32-bit accumulators; more spills registers
 MIN_ACCUMULATORS_PER_THREAD = 4  # fewer leaves warps idle
 GROUP_M_CHOICES = (1, 4, 16)  # tried on the best few configs, which start with 8
+SPLIT_K_CHOICES = (2, 4, 8, 16)
+MIN_K_STEPS_PER_SPLIT = 2  # fewer leaves a program too little to stream for its fixed costs
 
 
 def _block_m_choices(M: int) -> tuple[int, ...]:
@@ -31,9 +33,22 @@ def _block_m_choices(M: int) -> tuple[int, ...]:
     return (64, 128, 256)
 
 
-def candidate_configs(M: int, N: int, K: int, shared_memory: int) -> list[MatmulConfig]:
+def _split_k_choices(M: int, N: int, K: int, config: MatmulConfig, num_sms: int) -> list[int]:
+    """Split-K exists for tile grids that leave SMs idle (small M, small N): split until there are
+    at most two programs per SM, keeping a few K steps per program."""
+    tiles = triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n)
+    k_steps = triton.cdiv(K, config.block_k)
+    # Split programs stream: the shortest tile covering M, four warps and a deep pipeline are what
+    # wins there (tuning runs without split-K); the other shapes of the space are left unsplit.
+    if tiles >= num_sms or config.block_m != _block_m_choices(M)[0] or config.num_warps != 4 or config.num_stages < 3:
+        return [1]
+    return [1] + [s for s in SPLIT_K_CHOICES if tiles * s <= 2 * num_sms and k_steps >= MIN_K_STEPS_PER_SPLIT * s]
+
+
+def candidate_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int) -> list[MatmulConfig]:
     """Configs to time at this M, group_m fixed at 8 (see `group_variants`), pruned by what the GPU
-    can hold (shared memory for the pipeline, registers for the accumulator) and what fits the problem."""
+    can hold (shared memory for the pipeline, registers for the accumulator) and what fits the problem;
+    split-K variants where the tile grid leaves SMs idle."""
     # Tiles no larger than the problem: choices beyond it collapse onto the smallest that covers it.
     n_cap = max(32, triton.next_power_of_2(N))
     k_cap = max(32, triton.next_power_of_2(K))
@@ -50,7 +65,8 @@ def candidate_configs(M: int, N: int, K: int, shared_memory: int) -> list[Matmul
         per_thread = bm * bn // (warps * 32)
         if not MIN_ACCUMULATORS_PER_THREAD <= per_thread <= MAX_ACCUMULATORS_PER_THREAD:
             continue
-        configs.append(MatmulConfig(bm, bn, bk, group_m=8, num_warps=warps, num_stages=stages))
+        config = MatmulConfig(bm, bn, bk, group_m=8, num_warps=warps, num_stages=stages)
+        configs += [dataclasses.replace(config, split_k=s) for s in _split_k_choices(M, N, K, config, num_sms)]
     return configs
 
 
