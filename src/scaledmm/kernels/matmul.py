@@ -235,7 +235,7 @@ def bind_scaled_mm(
 ) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
     """Compute scaled_mm now; return the result and a function of (a, b, scale_a, scale_b, bias) that
     computes it for new tensors with the dtypes, shapes, strides and pointer alignment of these."""
-    M, K = a.shape
+    M = a.shape[0]
     N = b.shape[1]
     device = a.device
     dtype = a.dtype
