@@ -30,7 +30,9 @@ def call(ops, **kwargs):
 
 
 def test_second_call_reuses_the_binding_with_its_own_tensors(binds):
-    first, second = (make_operands(M, N, K, torch.int8, DEVICE, gen=torch.Generator().manual_seed(s)) for s in (1, 2))
+    first, second = (
+        make_operands(M, N, K, torch.int8, DEVICE, gen=torch.Generator(DEVICE).manual_seed(s)) for s in (1, 2)
+    )
     assert_close(call(first), first)
     assert_close(call(second), second)
     assert len(binds) == 1

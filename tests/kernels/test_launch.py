@@ -86,7 +86,9 @@ def test_profiler_hooks_see_every_launch():
 def test_bound_scaled_mm_equals_a_fresh_launch(split_k):
     M, N_, K = 40, 72, 160
     config = MatmulConfig(16, 32, 32, num_warps=4, num_stages=2, split_k=split_k)
-    first, second = (make_operands(M, N_, K, torch.int8, DEVICE, gen=torch.Generator().manual_seed(s)) for s in (1, 2))
+    first, second = (
+        make_operands(M, N_, K, torch.int8, DEVICE, gen=torch.Generator(DEVICE).manual_seed(s)) for s in (1, 2)
+    )
     _, launch = bind_scaled_mm(*first.args(), first.bias, torch.bfloat16, config)
     fresh = torch.empty(M, N_, dtype=torch.bfloat16, device=DEVICE)
     launch_scaled_mm(*second.args(), second.bias, fresh, config)

@@ -120,7 +120,8 @@ def _scaled_mm_kernel(
     else:
         # Each program leaves its partial sum in `partials` ([SPLIT_K, tiles, BLOCK_M * BLOCK_N]) and
         # counts itself in `arrivals[tile]`; the last to arrive adds the partials up in split order
-        # (the same order whichever program is last, so results repeat bitwise) and writes the tile.
+        # (the same order whichever program is last, so results repeat bitwise), writes the tile and
+        # resets the count.
         tiles = tiles_m * tiles_n
         offs_tile = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
         tile_partials = partials_ptr + pid.to(tl.int64) * (BLOCK_M * BLOCK_N) + offs_tile
@@ -138,6 +139,7 @@ def _scaled_mm_kernel(
                 stride_om, stride_on, stride_scale_a, stride_scale_b, stride_bias,
                 A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS,
             )  # fmt: skip
+            tl.store(arrivals_ptr + pid, 0)  # leaves the counts zeroed for the next launch
 
 
 # The kernel's revision: a hash of its source. Tuned buckets record it, so that `scaledmm tune` knows
