@@ -114,6 +114,64 @@ def test_quantize_model_swaps_linears_and_reports(dtype):
     assert "quantized 8 linear layers, skipped 1" in str(report)
 
 
+class Siblings(nn.Module):
+    """Two projections of one input, as q/k/v or gate/up are."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 32), nn.Linear(64, 48)
+
+    def forward(self, x, modify_between=False):
+        first = self.a(x)
+        if modify_between:
+            x.mul_(2)
+        return first, self.b(x)
+
+
+@pytest.fixture
+def quantize_calls(monkeypatch):
+    import scaledmm.nn as snn
+
+    calls = []
+    real = snn.quantize_per_token
+    monkeypatch.setattr(snn, "quantize_per_token", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_siblings_quantize_their_shared_input_once(quantize_calls):
+    torch.manual_seed(0)
+    model = Siblings().to(DEVICE, torch.bfloat16)
+    x = torch.randn(5, 64, device=DEVICE, dtype=torch.bfloat16)
+    unshared = [W8A8Linear.from_linear(m, "int8") for m in (model.a, model.b)]
+    quantize_model(model, "int8")
+    with torch.no_grad():
+        outs = model(x)
+        assert len(quantize_calls) == 1
+        for out, layer in zip(outs, unshared):
+            torch.testing.assert_close(out, layer(x), atol=0, rtol=0)
+        model(x.clone())  # another tensor: quantized again
+    assert len(quantize_calls) == 2 + 2  # the two unshared layers count too
+
+
+def test_shared_input_modified_in_place_is_quantized_again(quantize_calls):
+    model = Siblings().to(DEVICE, torch.bfloat16)
+    unshared_b = W8A8Linear.from_linear(model.b, "int8")
+    quantize_model(model, "int8")
+    x = torch.randn(5, 64, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        _, second = model(x, modify_between=True)  # x doubled in place between a and b
+        torch.testing.assert_close(second, unshared_b(x), atol=0, rtol=0)
+    assert len(quantize_calls) == 3  # a, b again after the change, and unshared_b
+
+
+def test_inference_tensors_are_not_shared(quantize_calls):
+    model = Siblings().to(DEVICE, torch.bfloat16)
+    quantize_model(model, "int8")
+    with torch.inference_mode():
+        model(torch.randn(5, 64, device=DEVICE, dtype=torch.bfloat16))
+    assert len(quantize_calls) == 2
+
+
 def test_quantize_model_filter():
     model = TinyModel().to(DEVICE, torch.bfloat16)
     report = quantize_model(model, "int8", filter=lambda name, m: "mlp" in name)

@@ -46,12 +46,45 @@ def quantize_weight(
     return values.to(dtype), scale
 
 
+class SharedActivation:
+    """Dynamic per-token quantization shared by the layers of one model that read the same input
+    (q, k and v of an attention block; gate and up of an MLP): a layer given the tensor that the
+    previous layer quantized reuses that result instead of launching the quantization again.
+
+    A result is reused only for the very tensor object it came from, unmodified since (same version
+    counter), so a stale result is never served. Inference tensors (torch.inference_mode) have no
+    version counter and are always quantized afresh, as is everything under torch.compile.
+    """
+
+    def __init__(self) -> None:
+        self._source: torch.Tensor | None = None
+        self._version = -1
+        self._result: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def quantize(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling() or x.is_inference():
+            return quantize_per_token(x, dtype)
+        if x is self._source and x._version == self._version and self._result[0].dtype == dtype:
+            return self._result
+        self._result = quantize_per_token(x, dtype)
+        self._source, self._version = x, x._version
+        return self._result
+
+    def clear(self) -> None:
+        """Drop the references to the last input and its quantization."""
+        self._source, self._version, self._result = None, -1, None
+
+
 class W8A8Linear(nn.Module):
     """y = x @ W.t() + b with W stored in 8 bits and x quantized to 8 bits on the fly.
 
     Buffers: `weight` [N, K] (int8 or float8_e4m3fn), `weight_scale` [N] float32, `bias` [N] or None
     (kept in the original layer's dtype), and for static activations `input_scale` (0-d float32).
+    `shared_activation`: a SharedActivation that dynamic layers reading the same input share
+    (quantize_model sets one per model); None quantizes every input.
     """
+
+    shared_activation: SharedActivation | None = None
 
     def __init__(
         self,
@@ -120,11 +153,15 @@ class W8A8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead, K = x.shape[:-1], x.shape[-1]
-        x2 = x.reshape(-1, K)
-        if self.activation == "dynamic":
-            q, scale = quantize_per_token(x2, self.qdtype)
+        if self.activation == "static":
+            q, scale = quantize_per_tensor(x, self.input_scale, self.qdtype), self.input_scale
+        elif self.shared_activation is not None:
+            q, scale = self.shared_activation.quantize(x, self.qdtype)
+            scale = scale.reshape(-1, 1)
         else:
-            q, scale = quantize_per_tensor(x2, self.input_scale, self.qdtype), self.input_scale
+            q, scale = quantize_per_token(x, self.qdtype)
+            scale = scale.reshape(-1, 1)
+        q = q.reshape(-1, K)
         out = scaled_mm(q, self.weight.t(), scale, self.weight_scale, self.out_dtype, self.bias, backend=self.backend)
         return out.reshape(*lead, self.out_features)
 
@@ -164,8 +201,10 @@ def quantize_model(
 ) -> QuantizationReport:
     """Replace, in place, every nn.Linear of `model` that `filter(name, module)` accepts (default:
     all but `lm_head`) by a W8A8Linear calling scaled_mm with `backend`. Returns what was swapped and
-    what was skipped, with reasons."""
+    what was skipped, with reasons. Dynamic layers share one SharedActivation, so that layers
+    reading the same input (q, k, v; gate, up) quantize it once."""
     qdtype = _dtype_of(dtype)
+    shared = SharedActivation() if activation == "dynamic" else None
     accept = filter or _default_filter
     report = QuantizationReport()
     for name, module in list(model.named_modules()):
@@ -189,6 +228,8 @@ def quantize_model(
             continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, W8A8Linear.from_linear(module, dtype, activation, backend=backend))
+        layer = W8A8Linear.from_linear(module, dtype, activation, backend=backend)
+        layer.shared_activation = shared
+        setattr(parent, child, layer)
         report.swapped.append(name)
     return report
