@@ -1,9 +1,10 @@
 """The public functions and their torch.library registration.
 
 `scaled_mm` checks its arguments in plain Python (tensor metadata only, so torch.compile traces it
-into guards and nothing of it runs in a compiled graph), then calls the custom op
-`torch.ops.scaledmm.scaled_mm`. The op chooses the config (a cached lookup) and launches the kernel;
-its fake implementation gives torch.compile the output's shape and dtype.
+into guards and nothing of it runs in a compiled graph) and computes the call through the custom op
+`torch.ops.scaledmm.scaled_mm`, whose fake implementation gives torch.compile the output's shape
+and dtype. Eager calls outside any dispatch mode skip the dispatcher, and a call whose signature was
+seen before skips the checks too: both run the same prepared call (see "prepared calls" below).
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ def _auto_backend(preferred: str, a, b, scale_a, scale_b, bias, out_dtype) -> st
 # The per-call path. Everything a call needs beyond its tensors' data (validation, the plan, the
 # backend, the kernel's launch arguments) depends only on the signature below, so it is worked out
 # at the first call of each signature and kept as a function of the tensors: later calls cost a
-# tuple, a dictionary lookup and a launch (docs/design.md, "Host overhead").
+# tuple, a dictionary lookup and a launch (docs/design.md, "One call, from Python to the GPU").
 
 _prepared: dict[tuple, Callable] = {}
 PREPARED_LIMIT = 4096  # signatures kept; the cache starts over beyond it (many distinct M in prefill)
