@@ -1,7 +1,8 @@
-"""A/B of split-K at decode, in one run: unsplit tiles against split ones, the split ones both as
-`scaled_mm` runs them (arrival counts zeroed by a torch.zeros launch per call) and with one
-persistent count buffer that the kernel leaves zeroed (no extra launch). The measurement in
-benchmarks/results/h100-2026-11-27-shipped/split_k_ab.log can be repeated on any card:
+"""A/B of split-K at decode, in one run: unsplit tiles against split ones, the split ones both with
+their arrival counts zeroed by a torch.zeros launch per call ("zeros") and with the persistent
+count buffer that the kernel leaves zeroed ("persistent", what scaled_mm does since). The
+measurement in benchmarks/results/h100-2026-11-27-shipped/split_k_ab.log (taken when scaled_mm
+still zeroed per call) can be repeated on any card:
 
     PYTHONPATH=src python3 benchmarks/ab/split_k_arrivals.py
 """
@@ -25,12 +26,13 @@ def through_scaled_mm(config):
     return lambda a, b, sa, sb, bias: scaledmm.scaled_mm(a, b, sa, sb, torch.bfloat16, bias, config=config)
 
 
-def with_persistent_counts(config, M, N, device):
+def with_counts_zeroed_per_call(config, M, N, device):
     out = torch.empty(M, N, dtype=torch.bfloat16, device=device)
     partials, arrivals = matmul.split_k_buffers(M, N, config, FP8, device)
 
     def run(a, b, sa, sb, bias):
-        grid, args, kwargs = matmul._launch_arguments(a, b, sa, sb, bias, out, partials, arrivals, config)
+        counts = torch.zeros_like(arrivals)
+        grid, args, kwargs = matmul._launch_arguments(a, b, sa, sb, bias, out, partials, counts, config)
         matmul._scaled_mm_kernel[grid](*args, **kwargs)
         return out
 
@@ -53,11 +55,11 @@ def main():
                     if split > 1 and tiles * split > 2 * sms:
                         continue
                     config = dataclasses.replace(base, split_k=split)
-                    names.append(f"{config} zeros")
+                    names.append(f"{config} persistent" if split > 1 else str(config))
                     jobs.append((through_scaled_mm(config), inputs))
                     if split > 1:
-                        names.append(f"{config} persistent")
-                        jobs.append((with_persistent_counts(config, M, N, device), inputs))
+                        names.append(f"{config} zeros")
+                        jobs.append((with_counts_zeroed_per_call(config, M, N, device), inputs))
             times = [t.median_us for t in time_interleaved(jobs, 20)]
             print(f"N={N} K={K} M={M}  GB/s at best: {N * K / 1e3 / min(times):.0f}")
             for name, us in zip(names, times):

@@ -3,7 +3,7 @@ its operands, and addresses tensors of more than 2**31 elements."""
 
 import pytest
 import torch
-from helpers import DEVICE
+from helpers import DEVICE, ON_GPU
 
 from scaledmm import MatmulConfig, select_config
 from scaledmm.kernels.matmul import launch_scaled_mm
@@ -96,3 +96,39 @@ def test_split_k_is_correct_and_repeats_bitwise(dtype, split_k, K):
         launch_scaled_mm(*ops.args(), ops.bias, outs[-1], config)
     assert_close(outs[0], ops)
     torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
+
+
+def test_split_k_leaves_its_arrival_counts_zeroed():
+    """The counts are shared by every split-K launch on a stream: each launch must hand them back at zero."""
+    from scaledmm.kernels.matmul import _arrivals
+
+    ops = make_operands(40, 100, 256, torch.int8, DEVICE)
+    for split_k in (2, 4):
+        out = torch.empty(40, 100, dtype=torch.bfloat16, device=DEVICE)
+        launch_scaled_mm(*ops.args(), ops.bias, out, MatmulConfig(16, 32, 32, split_k=split_k))
+        assert_close(out, ops)
+    assert not _arrivals(ops.a.device, 1).any()
+
+
+@pytest.mark.skipif(not ON_GPU, reason="streams and CUDA graphs are CUDA's")
+def test_split_k_on_other_streams_and_in_cuda_graphs():
+    from scaledmm.kernels.matmul import _arrivals
+
+    config = MatmulConfig(16, 32, 64, split_k=4)
+    ops = make_operands(16, 256, 1024, torch.float8_e4m3fn, DEVICE)
+    out = torch.empty(16, 256, dtype=torch.bfloat16, device=DEVICE)
+    launch_scaled_mm(*ops.args(), ops.bias, out, config)
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        side_counts = _arrivals(ops.a.device, 1)
+    assert side_counts.data_ptr() != _arrivals(ops.a.device, 1).data_ptr()
+
+    graph_out = torch.empty_like(out)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        launch_scaled_mm(*ops.args(), ops.bias, graph_out, config)
+    for _ in range(3):  # every replay finds the counts zeroed by the one before
+        graph_out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(graph_out, out, atol=0, rtol=0)

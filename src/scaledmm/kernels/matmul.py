@@ -160,17 +160,37 @@ def _tiles(M: int, N: int, config: MatmulConfig) -> int:
     return (-(-M // config.block_m)) * (-(-N // config.block_n))  # ceil divisions, cheaper than triton.cdiv
 
 
+# Split-K arrival counts, one buffer per (device, stream). The kernel leaves every count it used at
+# zero, so a buffer is zeroed once, when it is made, and launches on one stream (which run one after
+# another) share it without a memset per call: that memset cost about 1.1 us, most of what split-K
+# gains at decode (docs/performance.md). Launches on other streams, which may run at the same time,
+# get their own buffer. The one case left to the user: CUDA graphs captured on one stream and then
+# replayed concurrently on several streams share that capture stream's counts.
+_arrival_counts: dict[tuple[torch.device, int], torch.Tensor] = {}
+_MIN_ARRIVAL_SLOTS = 4096
+
+
+def _arrivals(device: torch.device, tiles: int) -> torch.Tensor:
+    stream = torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
+    counts = _arrival_counts.get((device, stream))
+    if counts is None or counts.numel() < tiles:
+        counts = torch.zeros(max(tiles, _MIN_ARRIVAL_SLOTS), dtype=torch.int32, device=device)
+        _arrival_counts[(device, stream)] = counts
+    return counts
+
+
 def split_k_buffers(
     M: int, N: int, config: MatmulConfig, operand_dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The split-K kernel's scratch: every program's partial sums (int32 for int8 operands, else
-    float32) and a zeroed arrival count per output tile; (None, None) without split-K."""
+    float32), new per call, and the arrival counts of this device and stream (zero between launches);
+    (None, None) without split-K."""
     if config.split_k == 1:
         return None, None
     tiles = _tiles(M, N, config)
     acc_dtype = torch.int32 if operand_dtype == torch.int8 else torch.float32
     partials = torch.empty((config.split_k, tiles, config.block_m * config.block_n), dtype=acc_dtype, device=device)
-    return partials, torch.zeros(tiles, dtype=torch.int32, device=device)
+    return partials, _arrivals(device, tiles)
 
 
 def _launch_arguments(
