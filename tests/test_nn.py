@@ -111,7 +111,7 @@ def test_quantize_model_swaps_linears_and_reports(dtype):
     assert list(report.skipped) == ["lm_head"] and "high precision" in report.skipped["lm_head"]
     assert isinstance(model.layers[1].mlp[2], W8A8Linear) and type(model.lm_head) is nn.Linear
     assert cosine(model(x), expected) >= 0.99
-    assert "quantized 8 linear layers, skipped 1" in str(report)
+    assert "quantized 8 linear layers, skipped 1; 0 groups of siblings run fused" in str(report)
 
 
 class Siblings(nn.Module):
@@ -172,6 +172,88 @@ def test_inference_tensors_are_not_shared(quantize_calls):
     assert len(quantize_calls) == 2
 
 
+class Projections(nn.Module):
+    """q/k/v and gate/up named as in transformers' decoders; `memory` feeds k and v from another
+    tensor, as cross-attention does."""
+
+    def __init__(self, bias=False):
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj = (
+            nn.Linear(64, 64, bias),
+            nn.Linear(64, 32, bias),
+            nn.Linear(64, 32, bias),
+        )
+        self.gate_proj, self.up_proj = nn.Linear(64, 96, bias), nn.Linear(64, 96, bias)
+
+    def forward(self, x, memory=None):
+        kv = x if memory is None else memory
+        return self.q_proj(x), self.k_proj(kv), self.v_proj(kv), self.gate_proj(x) * self.up_proj(x)
+
+
+@pytest.fixture
+def matmul_calls(monkeypatch):
+    import scaledmm.nn as snn
+
+    calls = []
+    real = snn.scaled_mm
+    monkeypatch.setattr(snn, "scaled_mm", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    return calls
+
+
+def fused_and_alone(dtype, bias=False):
+    torch.manual_seed(0)
+    fused = Projections(bias).to(DEVICE, torch.bfloat16)
+    alone = Projections(bias).to(DEVICE, torch.bfloat16)
+    alone.load_state_dict(fused.state_dict())
+    report = quantize_model(fused, dtype)
+    quantize_model(alone, dtype, fuse=False)
+    return fused, alone, report
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+def test_fused_siblings_run_one_matmul_and_match_the_layers_alone(matmul_calls, bias):
+    fused, alone, report = fused_and_alone("int8", bias)
+    assert report.fused == [["q_proj", "k_proj", "v_proj"], ["gate_proj", "up_proj"]]
+    assert fused.k_proj.weight.untyped_storage().data_ptr() == fused.q_proj.weight.untyped_storage().data_ptr()
+    x = torch.randn(2, 3, 64, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        outs = fused(x)
+        assert [tuple(w) for w in matmul_calls] == [(64, 128), (64, 192)]  # [K, N] of qkv, gate_up
+        for got, expected in zip(outs, alone(x)):
+            assert got.shape == expected.shape
+            torch.testing.assert_close(got, expected, atol=0, rtol=0)  # int8 sums are exact either way
+
+
+def test_siblings_on_different_inputs_stop_fusing(matmul_calls):
+    fused, alone, _ = fused_and_alone("int8")
+    x, memory = (torch.randn(5, 64, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+    with torch.no_grad():
+        for _ in range(2):
+            for got, expected in zip(fused(x, memory), alone(x, memory)):
+                torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    assert not fused.q_proj.fused.enabled and fused.gate_proj.fused.enabled
+
+
+def test_fused_weights_are_joined_again_after_they_moved():
+    fused, alone, _ = fused_and_alone("fp8")
+    for name in ("q_proj", "k_proj", "v_proj"):  # what .to(another device) does to each buffer
+        layer = getattr(fused, name)
+        layer.weight = layer.weight.clone()
+    x = torch.randn(4, 64, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        got, expected = fused(x)[1], alone(x)[1]
+    assert fused.k_proj.weight.untyped_storage().data_ptr() == fused.q_proj.fused.weight.untyped_storage().data_ptr()
+    assert cosine(got, expected) > 0.999
+
+
+def test_fused_model_compiles_fullgraph():
+    fused, alone, _ = fused_and_alone("int8")
+    x = torch.randn(4, 64, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        for got, expected in zip(torch.compile(fused, fullgraph=True)(x), alone(x)):
+            torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
 def test_quantize_model_filter():
     model = TinyModel().to(DEVICE, torch.bfloat16)
     report = quantize_model(model, "int8", filter=lambda name, m: "mlp" in name)
@@ -211,3 +293,21 @@ def test_forward_captures_in_a_cuda_graph(dtype, activation):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(static_out, layer(fresh))
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
+def test_fused_siblings_capture_in_a_cuda_graph():
+    fused, _, _ = fused_and_alone("fp8")
+    static_x = torch.randn(8, 64, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        fused(static_x)  # compile outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_outs = fused(static_x)
+        for _ in range(2):
+            fresh = torch.randn(8, 64, device=DEVICE, dtype=torch.bfloat16)
+            static_x.copy_(fresh)
+            graph.replay()
+            torch.cuda.synchronize()
+            for got, expected in zip(static_outs, fused(fresh)):
+                assert torch.equal(got, expected)

@@ -81,10 +81,12 @@ class W8A8Linear(nn.Module):
     Buffers: `weight` [N, K] (int8 or float8_e4m3fn), `weight_scale` [N] float32, `bias` [N] or None
     (kept in the original layer's dtype), and for static activations `input_scale` (0-d float32).
     `shared_activation`: a SharedActivation that dynamic layers reading the same input share
-    (quantize_model sets one per model); None quantizes every input.
+    (quantize_model sets one per model); None quantizes every input. `fused`: the FusedSiblings
+    group the layer belongs to (quantize_model groups q/k/v and gate/up), or None.
     """
 
     shared_activation: SharedActivation | None = None
+    fused: FusedSiblings | None = None
 
     def __init__(
         self,
@@ -153,6 +155,8 @@ class W8A8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead, K = x.shape[:-1], x.shape[-1]
+        if self.fused is not None and (out := self.fused.output_for(self, x)) is not None:
+            return out.reshape(*lead, self.out_features)
         if self.activation == "static":
             q, scale = quantize_per_tensor(x, self.input_scale, self.qdtype), self.input_scale
         elif self.shared_activation is not None:
@@ -173,6 +177,114 @@ class W8A8Linear(nn.Module):
         )
 
 
+class FusedSiblings:
+    """One scaled_mm for sibling layers that read the same input (q, k, v; gate, up): the first of
+    them to see an input computes the product with the concatenated weight, and each takes its
+    columns. The fused product is a shape the shipped files tune (llama3-8b's qkv is 6144 x 4096),
+    and one launch replaces two or three small ones.
+
+    The members' weights, scales and biases are views into the concatenated tensors, so no memory
+    is added; after a `.to()` moved them apart, the first forward concatenates them again.
+    A result is shared only for the same input tensor object, unmodified since (as SharedActivation);
+    if a fused product served just one member (siblings reading different inputs, as in
+    cross-attention), the group stops fusing for good and every member runs alone. Traced code and
+    inference tensors always run alone.
+    """
+
+    def __init__(self, members: list[W8A8Linear]):
+        self.members = members
+        first = members[0]
+        self.qdtype, self.out_dtype, self.backend = first.qdtype, first.out_dtype, first.backend
+        self.activation = first.shared_activation
+        self.spans: dict[int, tuple[int, int]] = {}
+        start = 0
+        for member in members:
+            self.spans[id(member)] = (start, start + member.out_features)
+            start += member.out_features
+        self.enabled = True
+        self._concatenate()
+        self._forget()
+
+    def _member_storage(self) -> tuple[int, ...]:
+        return tuple(m.weight.data_ptr() for m in self.members)
+
+    def _concatenate(self) -> None:
+        """Concatenate the members' tensors and make each member's tensors views into them."""
+        members = self.members
+        self.weight = torch.cat([m.weight for m in members])
+        self.weight_scale = torch.cat([m.weight_scale for m in members])
+        self.bias = None if members[0].bias is None else torch.cat([m.bias for m in members])
+        for member in members:
+            start, end = self.spans[id(member)]
+            member.weight = self.weight[start:end]
+            member.weight_scale = self.weight_scale[start:end]
+            if self.bias is not None:
+                member.bias = self.bias[start:end]
+        self._storage = self._member_storage()
+
+    def _forget(self) -> None:
+        self._source: torch.Tensor | None = None
+        self._version = -1
+        self._out: torch.Tensor | None = None
+        self._served = 0
+
+    def output_for(self, member: W8A8Linear, x: torch.Tensor) -> torch.Tensor | None:
+        """The member's columns of the fused product for x ([M, out_features], M = x's rows), or
+        None where the member must run alone."""
+        if not self.enabled or torch.compiler.is_compiling() or x.is_inference():
+            return None
+        if x is not self._source or x._version != self._version:
+            if self._source is not None and self._served < 2:
+                self.enabled = False  # the last product served one member: siblings read different inputs
+                self._forget()
+                return None
+            if self._member_storage() != self._storage:
+                self._concatenate()
+            K = x.shape[-1]
+            q, scale = self.activation.quantize(x, self.qdtype)
+            self._out = scaled_mm(
+                q.reshape(-1, K), self.weight.t(), scale.reshape(-1, 1), self.weight_scale, self.out_dtype,
+                self.bias, backend=self.backend,
+            )  # fmt: skip
+            self._source, self._version, self._served = x, x._version, 0
+        self._served += 1
+        start, end = self.spans[id(member)]
+        return self._out[:, start:end]
+
+
+# Leaf names of linear layers that read one input in transformers' decoders (Llama, Qwen, Mistral...).
+SIBLING_NAMES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def _fuse_siblings(model: nn.Module) -> list[list[str]]:
+    """Group swapped dynamic layers named as SIBLING_NAMES under one parent into FusedSiblings."""
+    groups = []
+    for parent_name, parent in model.named_modules():
+        for names in SIBLING_NAMES:
+            members = [getattr(parent, n, None) for n in names]
+            if not all(isinstance(m, W8A8Linear) and m.activation == "dynamic" for m in members):
+                continue
+            first = members[0]
+            if any(
+                (m.in_features, m.qdtype, m.out_dtype, m.backend, m.bias is None, m.weight.device)
+                != (
+                    first.in_features,
+                    first.qdtype,
+                    first.out_dtype,
+                    first.backend,
+                    first.bias is None,
+                    first.weight.device,
+                )
+                for m in members
+            ):
+                continue
+            group = FusedSiblings(members)
+            for member in members:
+                member.fused = group
+            groups.append([f"{parent_name}.{n}" if parent_name else n for n in names])
+    return groups
+
+
 def _default_filter(name: str, linear: nn.Linear) -> bool:
     # The output projection to the vocabulary is commonly kept in high precision: its errors go
     # straight into the logits, and it runs once per token.
@@ -181,13 +293,18 @@ def _default_filter(name: str, linear: nn.Linear) -> bool:
 
 @dataclass
 class QuantizationReport:
-    """What quantize_model did: the names of the layers swapped, and why others were not."""
+    """What quantize_model did: the names of the layers swapped, why others were not, and the
+    groups of siblings that run as one scaled_mm."""
 
     swapped: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    fused: list[list[str]] = field(default_factory=list)
 
     def __str__(self) -> str:
-        lines = [f"quantized {len(self.swapped)} linear layers, skipped {len(self.skipped)}"]
+        lines = [
+            f"quantized {len(self.swapped)} linear layers, skipped {len(self.skipped)}; "
+            f"{len(self.fused)} groups of siblings run fused"
+        ]
         lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped.items()]
         return "\n".join(lines)
 
@@ -198,11 +315,13 @@ def quantize_model(
     activation: str = "dynamic",
     filter: Callable[[str, nn.Linear], bool] | None = None,
     backend: str = "auto",
+    fuse: bool = True,
 ) -> QuantizationReport:
     """Replace, in place, every nn.Linear of `model` that `filter(name, module)` accepts (default:
     all but `lm_head`) by a W8A8Linear calling scaled_mm with `backend`. Returns what was swapped and
     what was skipped, with reasons. Dynamic layers share one SharedActivation, so that layers
-    reading the same input (q, k, v; gate, up) quantize it once."""
+    reading the same input quantize it once, and with `fuse` the siblings named in SIBLING_NAMES
+    (q/k/v, gate/up) run as one scaled_mm (FusedSiblings)."""
     qdtype = _dtype_of(dtype)
     shared = SharedActivation() if activation == "dynamic" else None
     accept = filter or _default_filter
@@ -232,4 +351,6 @@ def quantize_model(
         layer.shared_activation = shared
         setattr(parent, child, layer)
         report.swapped.append(name)
+    if fuse:
+        report.fused = _fuse_siblings(model)
     return report
