@@ -327,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--variants",
         type=_comma_list,
-        default=["bf16", "scaledmm-int8", "scaledmm-fp8", "torch-fp8"],
-        help="bf16, scaledmm-int8, scaledmm-fp8, torch-fp8 (default: all)",
+        default=["bf16", "scaledmm-int8", "scaledmm-fp8", "scaledmm-fp8-unfused", "torch-fp8"],
+        help="bf16, scaledmm-int8, scaledmm-fp8, scaledmm-fp8-unfused, torch-fp8 (default: all)",
     )
     model.add_argument("--batch", type=_int_list, default=[1, 8, 32, 128], help="decode batch sizes")
     model.add_argument("--context", type=int, default=512, help="cached tokens per sequence at the decode step")

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 TINY = DecoderDims(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 # The vendor kernel (torch-fp8) needs CUDA.
-VARIANTS = ["bf16", "scaledmm-int8", "scaledmm-fp8"] + (["torch-fp8"] if ON_GPU else [])
+VARIANTS = ["bf16", "scaledmm-int8", "scaledmm-fp8", "scaledmm-fp8-unfused"] + (["torch-fp8"] if ON_GPU else [])
 
 
 @pytest.mark.parametrize("name,variants", [("llama3-8b", VARIANTS), ("qwen3-4b", ["bf16", "scaledmm-fp8"])])
@@ -59,3 +59,6 @@ def test_variants_swap_every_linear_but_lm_head():
     kinds = {type(m).__name__ for n, m in model.named_modules() if "layers.0" in n and n.endswith("_proj")}
     assert kinds == {"W8A8Linear"} and type(model.lm_head) is torch.nn.Linear
     assert all(type(m) is not W8A8Linear for m in base.modules())  # the base model is left as it was
+    assert model.model.layers[0].self_attn.k_proj.fused is not None
+    unfused = make_variant(base, "scaledmm-fp8-unfused")
+    assert unfused.model.layers[0].self_attn.k_proj.fused is None

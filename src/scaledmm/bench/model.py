@@ -5,8 +5,11 @@ random weights (nothing is downloaded), then copied and quantized per variant:
 
 - bf16: the model as built;
 - scaledmm-int8 / scaledmm-fp8: every linear but lm_head a W8A8Linear (dynamic per-token
-  activations, per-channel weights), scaled_mm with backend "auto";
-- torch-fp8: the same layers calling the vendor kernel (torch._scaled_mm) through backend "torch".
+  activations, per-channel weights), scaled_mm with backend "auto", q/k/v and gate/up fused
+  (quantize_model's default);
+- scaledmm-fp8-unfused: the same without fusing the siblings (seven products per layer);
+- torch-fp8: the same layers as scaledmm-fp8 (fused) calling the vendor kernel (torch._scaled_mm)
+  through backend "torch".
 
 Measured per variant: a decode step (batch B, one new token, a static KV cache of `context` tokens),
 captured in a CUDA graph and timed by the benchmark protocol; the prefill of `prefill` tokens; and
@@ -32,7 +35,7 @@ ARCHITECTURES = {
     "llama3-8b": dict(family="llama", layers=32, vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=False),
     "qwen3-4b": dict(family="qwen3", layers=36, vocab_size=151936, rope_theta=1000000.0, tie_word_embeddings=True),
 }
-VARIANTS = ("bf16", "scaledmm-int8", "scaledmm-fp8", "torch-fp8")
+VARIANTS = ("bf16", "scaledmm-int8", "scaledmm-fp8", "scaledmm-fp8-unfused", "torch-fp8")
 
 
 def build_decoder(
@@ -69,8 +72,8 @@ def make_variant(base: torch.nn.Module, variant: str) -> torch.nn.Module:
     if variant == "bf16":
         return base
     model = copy.deepcopy(base)
-    library, dtype = variant.split("-")
-    quantize_model(model, dtype=dtype, backend="auto" if library == "scaledmm" else "torch")
+    library, dtype, *unfused = variant.split("-")
+    quantize_model(model, dtype=dtype, backend="auto" if library == "scaledmm" else "torch", fuse=not unfused)
     return model
 
 
@@ -168,13 +171,13 @@ def model_table(result: dict) -> str:
         batches = [int(k[len("decode_b") : -len("_us")]) for k in next(iter(rows.values())) if k.startswith("decode_b")]
         lines.append(f"== {name} ({next(iter(rows.values()))['layers']} layers), context {result['context']}")
         lines.append(
-            f"{'variant':<15}"
+            f"{'variant':<22}"
             + "".join(f"{'decode b' + str(b) + ' tok/s':>20}" for b in batches)
             + f"{'prefill ms':>12}{'cosine':>9}"
         )
         for variant, r in rows.items():
             cells = "".join(f"{b * 1e6 / r[f'decode_b{b}_us']:>20.0f}" for b in batches)
-            lines.append(f"{variant:<15}{cells}{r['prefill_us'] / 1e3:>12.2f}{r['logits_cosine']:>9.4f}")
+            lines.append(f"{variant:<22}{cells}{r['prefill_us'] / 1e3:>12.2f}{r['logits_cosine']:>9.4f}")
         for variant, r in rows.items():
             for base in ("bf16", "torch-fp8"):
                 if variant == base or base not in rows or not variant.startswith("scaledmm"):
