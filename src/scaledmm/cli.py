@@ -202,6 +202,7 @@ def cmd_tune(args: argparse.Namespace, command: str) -> int:
         replays=args.replays,
         max_candidates=args.max_candidates,
         compile_workers=args.compile_workers,
+        retune=args.retune,
     )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         tune_under_torchrun(settings)
@@ -318,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECONDS",
         help="start no new job after this long; what is done is saved, and the same command continues",
+    )
+    tune.add_argument(
+        "--retune",
+        action="store_true",
+        help="tune again the buckets the folder already holds (after a change the kernel revision does not "
+        "see: the search space, the launch path); an interrupted --retune run starts over when run again",
     )
 
     model = sub.add_parser("bench-model", help="a whole decoder: bf16 against W8A8 (scaledmm, torch._scaled_mm)")

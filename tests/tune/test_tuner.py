@@ -169,3 +169,14 @@ def test_buckets_of_another_kernel_revision_are_tuned_again(tmp_path, monkeypatc
     assert tune(tmp_path, ms="1,2") == 0
     assert tuned == [2]
     assert json.loads(path.read_text())["buckets"]["2"]["kernel"] == KERNEL_REVISION
+
+
+def test_retune_tunes_current_buckets_again(tmp_path, monkeypatch):
+    assert tune(tmp_path, ms="1,2") == 0
+    tuned = []
+    real = distributed.tune_job
+    monkeypatch.setattr(distributed, "tune_job", lambda job, *a, **k: tuned.append(job.m) or real(job, *a, **k))
+    assert tune(tmp_path, ms="1,2") == 0
+    assert tuned == []
+    assert tune(tmp_path, ms="1,2", extra=["--retune"]) == 0
+    assert sorted(tuned) == [1, 2]

@@ -50,6 +50,7 @@ class TuneSettings:
     compile_workers: int | None = None  # per GPU; None: the host's cores shared among its GPUs
     progress: bool = True
     deadline: float | None = None  # time.time() after which no new job starts (--time-limit)
+    retune: bool = False  # tune the buckets the files already hold for this kernel revision too
     scales: str = field(default="per-token a x per-channel b, bf16 bias, bf16 out")
 
 
@@ -148,7 +149,7 @@ def tune(settings: TuneSettings, device: torch.device) -> list[dict] | None:
     remaining = None
     if group.rank == 0:
         store.add([r for rs in recovered for r in rs])
-        done = store.done(settings.jobs)
+        done = set() if settings.retune else store.done(settings.jobs)
         remaining = [j for j in settings.jobs if j not in done]
     remaining = group.broadcast(remaining)
     group.barrier()
