@@ -114,64 +114,6 @@ def test_quantize_model_swaps_linears_and_reports(dtype):
     assert "quantized 8 linear layers, skipped 1; 0 groups of siblings run fused" in str(report)
 
 
-class Siblings(nn.Module):
-    """Two projections of one input, as q/k/v or gate/up are."""
-
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = nn.Linear(64, 32), nn.Linear(64, 48)
-
-    def forward(self, x, modify_between=False):
-        first = self.a(x)
-        if modify_between:
-            x.mul_(2)
-        return first, self.b(x)
-
-
-@pytest.fixture
-def quantize_calls(monkeypatch):
-    import scaledmm.nn as snn
-
-    calls = []
-    real = snn.quantize_per_token
-    monkeypatch.setattr(snn, "quantize_per_token", lambda *a: calls.append(1) or real(*a))
-    return calls
-
-
-def test_siblings_quantize_their_shared_input_once(quantize_calls):
-    torch.manual_seed(0)
-    model = Siblings().to(DEVICE, torch.bfloat16)
-    x = torch.randn(5, 64, device=DEVICE, dtype=torch.bfloat16)
-    unshared = [W8A8Linear.from_linear(m, "int8") for m in (model.a, model.b)]
-    quantize_model(model, "int8")
-    with torch.no_grad():
-        outs = model(x)
-        assert len(quantize_calls) == 1
-        for out, layer in zip(outs, unshared):
-            torch.testing.assert_close(out, layer(x), atol=0, rtol=0)
-        model(x.clone())  # another tensor: quantized again
-    assert len(quantize_calls) == 2 + 2  # the two unshared layers count too
-
-
-def test_shared_input_modified_in_place_is_quantized_again(quantize_calls):
-    model = Siblings().to(DEVICE, torch.bfloat16)
-    unshared_b = W8A8Linear.from_linear(model.b, "int8")
-    quantize_model(model, "int8")
-    x = torch.randn(5, 64, device=DEVICE, dtype=torch.bfloat16)
-    with torch.no_grad():
-        _, second = model(x, modify_between=True)  # x doubled in place between a and b
-        torch.testing.assert_close(second, unshared_b(x), atol=0, rtol=0)
-    assert len(quantize_calls) == 3  # a, b again after the change, and unshared_b
-
-
-def test_inference_tensors_are_not_shared(quantize_calls):
-    model = Siblings().to(DEVICE, torch.bfloat16)
-    quantize_model(model, "int8")
-    with torch.inference_mode():
-        model(torch.randn(5, 64, device=DEVICE, dtype=torch.bfloat16))
-    assert len(quantize_calls) == 2
-
-
 class Projections(nn.Module):
     """q/k/v and gate/up named as in transformers' decoders; `memory` feeds k and v from another
     tensor, as cross-attention does."""
@@ -185,9 +127,12 @@ class Projections(nn.Module):
         )
         self.gate_proj, self.up_proj = nn.Linear(64, 96, bias), nn.Linear(64, 96, bias)
 
-    def forward(self, x, memory=None):
+    def forward(self, x, memory=None, modify_between=False):
+        q = self.q_proj(x)
+        if modify_between:
+            x.mul_(2)
         kv = x if memory is None else memory
-        return self.q_proj(x), self.k_proj(kv), self.v_proj(kv), self.gate_proj(x) * self.up_proj(x)
+        return q, self.k_proj(kv), self.v_proj(kv), self.gate_proj(x) * self.up_proj(x)
 
 
 @pytest.fixture
@@ -232,6 +177,34 @@ def test_siblings_on_different_inputs_stop_fusing(matmul_calls):
             for got, expected in zip(fused(x, memory), alone(x, memory)):
                 torch.testing.assert_close(got, expected, atol=0, rtol=0)
     assert not fused.q_proj.fused.enabled and fused.gate_proj.fused.enabled
+
+
+def test_input_modified_in_place_between_siblings_is_not_served_stale(matmul_calls):
+    fused, alone, _ = fused_and_alone("int8")
+    x = torch.randn(5, 64, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        got = fused(x.clone(), modify_between=True)
+        expected = alone(x.clone(), modify_between=True)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=0, rtol=0)
+
+
+def test_members_called_outside_their_parent_run_alone(matmul_calls):
+    fused, alone, _ = fused_and_alone("int8")
+    x = torch.randn(5, 64, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        for name in ("q_proj", "k_proj"):
+            got, expected = getattr(fused, name)(x), getattr(alone, name)(x)
+            torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    assert [tuple(w) for w in matmul_calls] == [(64, 64), (64, 64), (64, 32), (64, 32)]  # each its own weight
+    assert fused.q_proj.fused.enabled
+
+
+def test_inference_tensors_run_alone(matmul_calls):
+    fused, _, _ = fused_and_alone("int8")
+    with torch.inference_mode():
+        fused(torch.randn(5, 64, device=DEVICE, dtype=torch.bfloat16))
+    assert len(matmul_calls) == 5
 
 
 def test_fused_weights_are_joined_again_after_they_moved():

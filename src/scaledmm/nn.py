@@ -46,46 +46,15 @@ def quantize_weight(
     return values.to(dtype), scale
 
 
-class SharedActivation:
-    """Dynamic per-token quantization shared by the layers of one model that read the same input
-    (q, k and v of an attention block; gate and up of an MLP): a layer given the tensor that the
-    previous layer quantized reuses that result instead of launching the quantization again.
-
-    A result is reused only for the very tensor object it came from, unmodified since (same version
-    counter), so a stale result is never served. Inference tensors (torch.inference_mode) have no
-    version counter and are always quantized afresh, as is everything under torch.compile.
-    """
-
-    def __init__(self) -> None:
-        self._source: torch.Tensor | None = None
-        self._version = -1
-        self._result: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def quantize(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        if torch.compiler.is_compiling() or x.is_inference():
-            return quantize_per_token(x, dtype)
-        if x is self._source and x._version == self._version and self._result[0].dtype == dtype:
-            return self._result
-        self._result = quantize_per_token(x, dtype)
-        self._source, self._version = x, x._version
-        return self._result
-
-    def clear(self) -> None:
-        """Drop the references to the last input and its quantization."""
-        self._source, self._version, self._result = None, -1, None
-
-
 class W8A8Linear(nn.Module):
     """y = x @ W.t() + b with W stored in 8 bits and x quantized to 8 bits on the fly.
 
     Buffers: `weight` [N, K] (int8 or float8_e4m3fn), `weight_scale` [N] float32, `bias` [N] or None
     (kept in the original layer's dtype), and for static activations `input_scale` (0-d float32).
-    `shared_activation`: a SharedActivation that dynamic layers reading the same input share
-    (quantize_model sets one per model); None quantizes every input. `fused`: the FusedSiblings
-    group the layer belongs to (quantize_model groups q/k/v and gate/up), or None.
+    `fused`: the FusedSiblings group the layer belongs to (quantize_model groups q/k/v and
+    gate/up), or None.
     """
 
-    shared_activation: SharedActivation | None = None
     fused: FusedSiblings | None = None
 
     def __init__(
@@ -159,9 +128,6 @@ class W8A8Linear(nn.Module):
             return out.reshape(*lead, self.out_features)
         if self.activation == "static":
             q, scale = quantize_per_tensor(x, self.input_scale, self.qdtype), self.input_scale
-        elif self.shared_activation is not None:
-            q, scale = self.shared_activation.quantize(x, self.qdtype)
-            scale = scale.reshape(-1, 1)
         else:
             q, scale = quantize_per_token(x, self.qdtype)
             scale = scale.reshape(-1, 1)
@@ -179,29 +145,32 @@ class W8A8Linear(nn.Module):
 
 class FusedSiblings:
     """One scaled_mm for sibling layers that read the same input (q, k, v; gate, up): the first of
-    them to see an input computes the product with the concatenated weight, and each takes its
-    columns. The fused product is a shape the shipped files tune (llama3-8b's qkv is 6144 x 4096),
-    and one launch replaces two or three small ones.
+    them to see an input computes the product with the concatenated weight (one quantization, one
+    launch instead of two or three, and a shape the shipped files tune: llama3-8b's qkv is
+    6144 x 4096), and each takes its columns.
+
+    A product is shared only within one forward of the module that holds the siblings (hooks set
+    `active` around it), and only for the same input tensor object, unmodified since (its version
+    counter). So a CUDA graph captured around that forward records the product, and nothing outlives
+    the forward. If a product served just one member (siblings reading different inputs, as in
+    cross-attention), the group stops fusing for good. Traced code and inference tensors (which have
+    no version counter) run each member alone, as do calls of a member outside its parent's forward.
 
     The members' weights, scales and biases are views into the concatenated tensors, so no memory
     is added; after a `.to()` moved them apart, the first forward concatenates them again.
-    A result is shared only for the same input tensor object, unmodified since (as SharedActivation);
-    if a fused product served just one member (siblings reading different inputs, as in
-    cross-attention), the group stops fusing for good and every member runs alone. Traced code and
-    inference tensors always run alone.
     """
 
     def __init__(self, members: list[W8A8Linear]):
         self.members = members
         first = members[0]
         self.qdtype, self.out_dtype, self.backend = first.qdtype, first.out_dtype, first.backend
-        self.activation = first.shared_activation
         self.spans: dict[int, tuple[int, int]] = {}
         start = 0
         for member in members:
             self.spans[id(member)] = (start, start + member.out_features)
             start += member.out_features
         self.enabled = True
+        self.active = False
         self._concatenate()
         self._forget()
 
@@ -228,10 +197,22 @@ class FusedSiblings:
         self._out: torch.Tensor | None = None
         self._served = 0
 
+    def begin(self, *_) -> None:
+        """Forward pre-hook of the siblings' parent: products may be shared until `end`."""
+        self._forget()
+        self.active = True
+
+    def end(self, *_) -> None:
+        """Forward hook of the siblings' parent (also on an exception): drop the product."""
+        if self._source is not None and self._served < 2:
+            self.enabled = False  # the last product served one member: siblings read different inputs
+        self.active = False
+        self._forget()
+
     def output_for(self, member: W8A8Linear, x: torch.Tensor) -> torch.Tensor | None:
         """The member's columns of the fused product for x ([M, out_features], M = x's rows), or
         None where the member must run alone."""
-        if not self.enabled or torch.compiler.is_compiling() or x.is_inference():
+        if not (self.enabled and self.active) or torch.compiler.is_compiling() or x.is_inference():
             return None
         if x is not self._source or x._version != self._version:
             if self._source is not None and self._served < 2:
@@ -241,7 +222,7 @@ class FusedSiblings:
             if self._member_storage() != self._storage:
                 self._concatenate()
             K = x.shape[-1]
-            q, scale = self.activation.quantize(x, self.qdtype)
+            q, scale = quantize_per_token(x, self.qdtype)
             self._out = scaled_mm(
                 q.reshape(-1, K), self.weight.t(), scale.reshape(-1, 1), self.weight_scale, self.out_dtype,
                 self.bias, backend=self.backend,
@@ -281,6 +262,8 @@ def _fuse_siblings(model: nn.Module) -> list[list[str]]:
             group = FusedSiblings(members)
             for member in members:
                 member.fused = group
+            parent.register_forward_pre_hook(group.begin)
+            parent.register_forward_hook(group.end, always_call=True)
             groups.append([f"{parent_name}.{n}" if parent_name else n for n in names])
     return groups
 
@@ -319,11 +302,9 @@ def quantize_model(
 ) -> QuantizationReport:
     """Replace, in place, every nn.Linear of `model` that `filter(name, module)` accepts (default:
     all but `lm_head`) by a W8A8Linear calling scaled_mm with `backend`. Returns what was swapped and
-    what was skipped, with reasons. Dynamic layers share one SharedActivation, so that layers
-    reading the same input quantize it once, and with `fuse` the siblings named in SIBLING_NAMES
-    (q/k/v, gate/up) run as one scaled_mm (FusedSiblings)."""
+    what was skipped, with reasons. With `fuse`, dynamic siblings named as in SIBLING_NAMES (q/k/v,
+    gate/up) under one parent run as one scaled_mm within each forward of the parent (FusedSiblings)."""
     qdtype = _dtype_of(dtype)
-    shared = SharedActivation() if activation == "dynamic" else None
     accept = filter or _default_filter
     report = QuantizationReport()
     for name, module in list(model.named_modules()):
@@ -347,9 +328,7 @@ def quantize_model(
             continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        layer = W8A8Linear.from_linear(module, dtype, activation, backend=backend)
-        layer.shared_activation = shared
-        setattr(parent, child, layer)
+        setattr(parent, child, W8A8Linear.from_linear(module, dtype, activation, backend=backend))
         report.swapped.append(name)
     if fuse:
         report.fused = _fuse_siblings(model)
