@@ -40,7 +40,7 @@ def with_counts_zeroed_per_call(config, M, N, device):
 
 
 def main():
-    device = torch.device("cuda")
+    device = torch.device("cuda", torch.cuda.current_device())
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     for N, K in SHAPES:
         for M in (1, 16):

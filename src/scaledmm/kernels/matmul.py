@@ -171,6 +171,8 @@ _MIN_ARRIVAL_SLOTS = 4096
 
 
 def _arrivals(device: torch.device, tiles: int) -> torch.Tensor:
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     stream = torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
     counts = _arrival_counts.get((device, stream))
     if counts is None or counts.numel() < tiles:
