@@ -2,6 +2,7 @@
 
 import pytest
 
+from scaledmm.configs import MatmulConfig
 from scaledmm.tune.distributed import split_jobs
 from scaledmm.tune.runner import Job
 from scaledmm.tune.space import candidate_configs, group_variants
@@ -62,3 +63,12 @@ def test_jobs_are_shared_once_each_and_evenly():
         loads = [sum(j.cost for j in s) for s in shares]
         assert max(loads) <= 1.5 * sum(loads) / world or world > len(jobs) // 2
         assert shares == split_jobs(list(reversed(jobs)), world)  # the same on every rank
+
+
+def test_closing_table_names_the_whole_config():
+    from scaledmm.tune.report import closing_table
+
+    config = MatmulConfig(16, 64, 256, num_warps=4, num_stages=4, split_k=4).to_dict()
+    result = dict(n=2560, k=9728, dtype="fp8", m=1, backend="triton", config=config, time_us=13.6,
+                  baselines_us={"torch": 26.0, "heuristic": 17.3})  # fmt: skip
+    assert "16x64x256 g8 w4 s4 k4" in closing_table([result]) and "1.91" in closing_table([result])
