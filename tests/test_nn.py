@@ -284,3 +284,19 @@ def test_fused_siblings_capture_in_a_cuda_graph():
             torch.cuda.synchronize()
             for got, expected in zip(static_outs, fused(fresh)):
                 assert torch.equal(got, expected)
+
+
+def test_fused_group_follows_a_changed_scale():
+    fused, alone, _ = fused_and_alone("int8")
+    for model in (fused, alone):
+        model.q_proj.weight_scale = model.q_proj.weight_scale * 2  # a new tensor, as load_state_dict(assign=True) makes
+    x = torch.randn(5, 64, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        for got, expected in zip(fused(x), alone(x)):
+            torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+def test_quantize_model_twice_fuses_once():
+    fused, _, report = fused_and_alone("int8")
+    assert quantize_model(fused, "int8").fused == [] and len(report.fused) == 2
+    assert len(fused._forward_pre_hooks) == 2

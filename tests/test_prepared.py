@@ -132,3 +132,36 @@ def test_dynamic_quantization_of_new_data():
         assert q.shape == x.shape and scale.shape == (5, 2, 1)
         torch.testing.assert_close(scale, expected_scale)
         torch.testing.assert_close(q, expected, atol=0, rtol=0)
+
+
+class Subclass(torch.Tensor):
+    pass
+
+
+def test_tensor_subclasses_go_through_the_op(binds):
+    ops = make_operands(M, N, K, torch.int8, DEVICE)
+    a = ops.a.as_subclass(Subclass)
+    assert not api._eager(a, ops.b)
+    assert_close(scaledmm.scaled_mm(a, ops.b, ops.scale_a, ops.scale_b, bias=ops.bias).as_subclass(torch.Tensor), ops)
+
+
+def test_calls_that_record_autograd_go_through_the_op():
+    ops = make_operands(M, N, K, torch.int8, DEVICE)
+    bias = ops.bias.float().requires_grad_()
+    assert not api._eager(ops.a, bias)
+    with torch.no_grad():
+        assert api._eager(ops.a, bias)
+
+
+def test_jit_trace_records_the_op():
+    ops = make_operands(M, N, K, torch.int8, DEVICE)
+    traced = torch.jit.trace(lambda a, b, sa, sb: scaledmm.scaled_mm(a, b, sa, sb), ops.args(), check_trace=False)
+    other = make_operands(M, N, K, torch.int8, DEVICE, bias_dtype=None)
+    assert_close(traced(*other.args()), other)
+
+
+def test_split_k_scratch_beyond_the_limit_is_refused(monkeypatch):
+    monkeypatch.setattr(api, "SPLIT_K_SCRATCH_LIMIT", 1024)
+    ops = make_operands(M, N, K, torch.int8, DEVICE)
+    with pytest.raises(ValueError, match="split_k=4 needs"):
+        call(ops, config=scaledmm.MatmulConfig(16, 16, 32, split_k=4))

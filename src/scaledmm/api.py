@@ -31,6 +31,7 @@ OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 BACKEND_CHOICES = ("auto", "triton", "torch")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 QUANT_DTYPES = tuple(QMAX)  # int8, float8_e4m3fn
+SPLIT_K_SCRATCH_LIMIT = 256 * 2**20  # bytes of split-K partial sums one call may allocate
 
 # Triton's interpreter runs the kernels on CPU tensors; it is chosen when the kernels are defined.
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
@@ -141,6 +142,15 @@ def check_scaled_mm_args(
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
     if backend == "torch" and config is not None:
         raise ValueError("config is a Triton launch config; it cannot go with backend='torch'")
+    if config is not None and config.split_k > 1:
+        tiles = -(-M // config.block_m) * -(-N // config.block_n)
+        scratch = config.split_k * tiles * config.block_m * config.block_n * 4
+        if scratch > SPLIT_K_SCRATCH_LIMIT:
+            raise ValueError(
+                f"config.split_k={config.split_k} needs {scratch / 2**20:.0f} MiB of partial sums for this "
+                f"{M}x{N} output (limit {SPLIT_K_SCRATCH_LIMIT // 2**20} MiB); split-K is for grids with fewer "
+                "tiles than the GPU has SMs: use split_k=1 or larger tiles"
+            )
 
     named = [("b", b), ("scale_a", scale_a), ("scale_b", scale_b)]
     if bias is not None:
@@ -223,15 +233,27 @@ def _remember(key: tuple, launch: Callable) -> None:
 clear_cache_hooks.append(_prepared.clear)  # a plan or a disabled backend may change what a signature runs
 
 
-def _eager() -> bool:
-    """Whether a call may bypass the torch.library dispatcher: not while torch.compile traces, and not
-    under a Python dispatch or function mode (FakeTensorMode, make_fx, a torch.device context), which
-    must see the op."""
-    return not (
+# Tensor types the direct path serves; subclasses (DTensor, FakeTensor, wrappers) may override
+# dispatch and go through the op.
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def _eager(*tensors: object) -> bool:
+    """Whether a call may bypass the torch.library dispatcher: plain tensors (None allowed) with no
+    autograd to record, not while torch.compile or torch.jit traces, and not under a Python dispatch
+    or function mode (FakeTensorMode, make_fx, a torch.device context), all of which must see the op."""
+    if (
         torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
         or torch._C._len_torch_dispatch_stack()
         or torch._C._is_torch_function_mode_enabled()
-    )
+    ):
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is not None and (type(t) not in _PLAIN_TENSOR_TYPES or (grad and t.requires_grad)):
+            return False
+    return True
 
 
 def _device_guard(device: torch.device):
@@ -353,13 +375,12 @@ def scaled_mm(
         TypeError: an argument of the wrong type or dtype.
         ValueError: a wrong shape, layout or device.
     """
-    if _eager():
-        # A signature seen before was validated then: its prepared function runs at once. Arguments
-        # that are not even tensors fail to make a key and get the checks' message below.
+    if _eager(a, b, scale_a, scale_b, bias):
+        # A signature seen before was validated then: its prepared function runs at once. An
+        # unhashable config fails to make a key and gets the checks' message below.
         try:
-            key = _scaled_mm_signature(a, b, scale_a, scale_b, bias, out_dtype, config, backend)
-            launch = _prepared.get(key)
-        except (AttributeError, TypeError):
+            launch = _prepared.get(_scaled_mm_signature(a, b, scale_a, scale_b, bias, out_dtype, config, backend))
+        except TypeError:
             launch = None
         if launch is not None:
             return launch(a, b, scale_a, scale_b, bias)
@@ -430,11 +451,11 @@ def _quantize_signature(x, scale, dtype) -> tuple:
 
 def _prepared_quantize(x: object, scale: object, dtype: object) -> Callable | None:
     """The prepared function of an eager call seen before, else None."""
-    if not _eager():
+    if not _eager(x, scale):
         return None
     try:
         return _prepared.get(_quantize_signature(x, scale, dtype))
-    except (AttributeError, TypeError):
+    except TypeError:  # an unhashable dtype argument; the checks name it
         return None
 
 
@@ -481,7 +502,7 @@ def quantize_per_token(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn
     if (launch := _prepared_quantize(x, None, dtype)) is not None:
         return launch(x, None)
     x = _check_quantize_args(x, dtype)
-    if _eager():
+    if _eager(x):
         return _run_quantize(x, None, dtype)
     K = x.shape[-1]
     q, scale = torch.ops.scaledmm.quantize_per_token.default(x.reshape(-1, K), dtype)
@@ -500,7 +521,7 @@ def quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
         raise ValueError(f"scale must hold one value (per-tensor), got shape {list(scale.shape)}")
     if scale.device != x.device:
         raise ValueError(f"scale is on {scale.device} but x is on {x.device}")
-    if _eager():
+    if _eager(x, scale):
         return _run_quantize(x, scale, dtype)
     K = x.shape[-1]
     return torch.ops.scaledmm.quantize_per_tensor.default(x.reshape(-1, K), scale, dtype).reshape(x.shape)

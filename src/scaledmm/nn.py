@@ -162,8 +162,6 @@ class FusedSiblings:
 
     def __init__(self, members: list[W8A8Linear]):
         self.members = members
-        first = members[0]
-        self.qdtype, self.out_dtype, self.backend = first.qdtype, first.out_dtype, first.backend
         self.spans: dict[int, tuple[int, int]] = {}
         start = 0
         for member in members:
@@ -174,8 +172,17 @@ class FusedSiblings:
         self._concatenate()
         self._forget()
 
-    def _member_storage(self) -> tuple[int, ...]:
-        return tuple(m.weight.data_ptr() for m in self.members)
+    def _member_storage(self) -> tuple:
+        """What the concatenation was made from: every member tensor's storage and dtype, and the
+        settings the fused call takes from the first member. Any change (a `.to()`, a new buffer
+        assigned, a changed backend) makes the next forward concatenate again."""
+        first = self.members[0]
+        tensors = [t for m in self.members for t in (m.weight, m.weight_scale, m.bias) if t is not None]
+        return (
+            tuple((t.data_ptr(), t.dtype) for t in tensors),
+            tuple((m.qdtype, m.out_dtype, m.backend) for m in self.members),
+            first.bias is None,
+        )
 
     def _concatenate(self) -> None:
         """Concatenate the members' tensors and make each member's tensors views into them."""
@@ -219,13 +226,19 @@ class FusedSiblings:
                 self.enabled = False  # the last product served one member: siblings read different inputs
                 self._forget()
                 return None
-            if self._member_storage() != self._storage:
+            current = self._member_storage()
+            if current != self._storage:
+                if len(set(current[1])) > 1 or len({m.bias is None for m in self.members}) > 1:
+                    self.enabled = False  # the members no longer agree on how to run
+                    self._forget()
+                    return None
                 self._concatenate()
+            first = self.members[0]
             K = x.shape[-1]
-            q, scale = quantize_per_token(x, self.qdtype)
+            q, scale = quantize_per_token(x, first.qdtype)
             self._out = scaled_mm(
-                q.reshape(-1, K), self.weight.t(), scale.reshape(-1, 1), self.weight_scale, self.out_dtype,
-                self.bias, backend=self.backend,
+                q.reshape(-1, K), self.weight.t(), scale.reshape(-1, 1), self.weight_scale, first.out_dtype,
+                self.bias, backend=first.backend,
             )  # fmt: skip
             self._source, self._version, self._served = x, x._version, 0
         self._served += 1
@@ -243,7 +256,7 @@ def _fuse_siblings(model: nn.Module) -> list[list[str]]:
     for parent_name, parent in model.named_modules():
         for names in SIBLING_NAMES:
             members = [getattr(parent, n, None) for n in names]
-            if not all(isinstance(m, W8A8Linear) and m.activation == "dynamic" for m in members):
+            if not all(isinstance(m, W8A8Linear) and m.activation == "dynamic" and m.fused is None for m in members):
                 continue
             first = members[0]
             if any(
@@ -303,7 +316,10 @@ def quantize_model(
     """Replace, in place, every nn.Linear of `model` that `filter(name, module)` accepts (default:
     all but `lm_head`) by a W8A8Linear calling scaled_mm with `backend`. Returns what was swapped and
     what was skipped, with reasons. With `fuse`, dynamic siblings named as in SIBLING_NAMES (q/k/v,
-    gate/up) under one parent run as one scaled_mm within each forward of the parent (FusedSiblings)."""
+    gate/up) under one parent run as one scaled_mm within each forward of the parent (FusedSiblings):
+    their outputs are then column views of one tensor (not contiguous), and their weight buffers
+    views of one concatenated tensor (safetensors refuses shared storage: save with `torch.save`,
+    or quantize with `fuse=False`)."""
     qdtype = _dtype_of(dtype)
     accept = filter or _default_filter
     report = QuantizationReport()

@@ -111,24 +111,49 @@ def test_split_k_leaves_its_arrival_counts_zeroed():
 
 
 @pytest.mark.skipif(not ON_GPU, reason="streams and CUDA graphs are CUDA's")
-def test_split_k_on_other_streams_and_in_cuda_graphs():
-    from scaledmm.kernels.matmul import _arrivals
+def test_split_k_on_other_streams_and_in_cuda_graphs(monkeypatch):
+    from scaledmm.kernels import matmul
 
+    monkeypatch.setattr(matmul, "_MIN_ARRIVAL_SLOTS", 64)
     config = MatmulConfig(16, 32, 64, split_k=4)
     ops = make_operands(16, 256, 1024, torch.float8_e4m3fn, DEVICE)
     out = torch.empty(16, 256, dtype=torch.bfloat16, device=DEVICE)
     launch_scaled_mm(*ops.args(), ops.bias, out, config)
-    side = torch.cuda.Stream()
-    with torch.cuda.stream(side):
-        side_counts = _arrivals(ops.a.device, 1)
-    assert side_counts.data_ptr() != _arrivals(ops.a.device, 1).data_ptr()
+    device = ops.a.device
 
-    graph_out = torch.empty_like(out)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        graph_out = torch.empty_like(out)
+        launch_scaled_mm(*ops.args(), ops.bias, graph_out, config)  # warm-up: makes this stream's counts
+        counts = matmul._arrivals(device, 1)
+    torch.cuda.synchronize()
+    assert counts.data_ptr() != matmul._arrivals(device, 1).data_ptr()  # each stream its own
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=stream):
         launch_scaled_mm(*ops.args(), ops.bias, graph_out, config)
-    for _ in range(3):  # every replay finds the counts zeroed by the one before
+    with torch.cuda.stream(stream):  # grows this stream's buffer: the graph keeps the old one
+        big = make_operands(16, 64 * 32 + 1, 1024, torch.float8_e4m3fn, DEVICE)
+        big_out = torch.empty(16, 64 * 32 + 1, dtype=torch.bfloat16, device=DEVICE)
+        launch_scaled_mm(*big.args(), big.bias, big_out, config)
+    torch.cuda.synchronize()
+    assert_close(big_out, big)
+    for _ in range(3):  # every replay must find the counts zeroed by the one before: no memset was captured
         graph_out.fill_(float("nan"))
         graph.replay()
         torch.cuda.synchronize()
         torch.testing.assert_close(graph_out, out, atol=0, rtol=0)
+        assert not counts.any()
+
+
+def test_a_grown_arrival_buffer_keeps_the_old_one(monkeypatch):
+    """Captured graphs hold the old buffer's address: growing must not free it."""
+    from scaledmm.kernels import matmul
+
+    monkeypatch.setattr(matmul, "_MIN_ARRIVAL_SLOTS", 1)
+    monkeypatch.setattr(matmul, "_arrival_counts", {})
+    monkeypatch.setattr(matmul, "_retired_counts", [])
+    small = matmul._arrivals(torch.device(DEVICE), 2)
+    grown = matmul._arrivals(torch.device(DEVICE), 5)
+    assert grown.numel() == 5 and matmul._retired_counts == [small]
+    assert matmul._arrivals(torch.device(DEVICE), 3) is grown

@@ -101,12 +101,14 @@ def time_interleaved(
 
 def _capture(fn: Callable[..., object], inputs: Sequence[Sequence[object]]) -> torch.cuda.CUDAGraph:
     """The R calls of `fn` in one CUDA graph, after a first round outside it (compiles, cuBLAS
-    handles, lazily allocated state)."""
-    for args in inputs:
-        fn(*args)
-    torch.cuda.synchronize()
+    handles, lazily allocated state), run on the capture stream as PyTorch's CUDA-graph docs do:
+    state kept per stream (scaledmm's split-K arrival counts) then exists before the capture."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for args in inputs:
+            fn(*args)
+    torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
         for args in inputs:

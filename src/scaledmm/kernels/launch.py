@@ -12,7 +12,10 @@ kernel's launcher.
 The direct call uses Triton internals (`CompiledKernel.run`, `.function`, `.packed_metadata`),
 which we have checked on the Triton versions in `DIRECT_LAUNCH_VERSIONS`. On any other version, in
 the interpreter, and while a profiler has launch hooks installed, a `BoundLaunch` goes through
-`kernel[grid](...)` instead: slower on the host, the same kernel and the same result.
+`kernel[grid](...)` instead: slower on the host, the same kernel and the same result. The direct call
+also skips what Triton checks per launch beyond the arguments (globals the kernel reads changing,
+`knobs.runtime.debug` switched on later): our kernels read no mutable globals, and a changed debug
+setting applies to signatures prepared after it.
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ _DIRECT_VERSION = triton.__version__.startswith(DIRECT_LAUNCH_VERSIONS)
 
 def _launch_hooks_active() -> bool:
     """Whether a profiler (proton, for instance) asked Triton to report launches."""
-    hook = triton.knobs.runtime.launch_enter_hook
-    return hook is not None and bool(getattr(hook, "calls", True))
+    runtime = triton.knobs.runtime
+    return any(
+        hook is not None and bool(getattr(hook, "calls", True))
+        for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook)
+    )
 
 
 class BoundLaunch:

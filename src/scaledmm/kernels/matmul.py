@@ -164,20 +164,33 @@ def _tiles(M: int, N: int, config: MatmulConfig) -> int:
 # zero, so a buffer is zeroed once, when it is made, and launches on one stream (which run one after
 # another) share it without a memset per call: that memset cost about 1.1 us, most of what split-K
 # gains at decode (docs/performance.md). Launches on other streams, which may run at the same time,
-# get their own buffer. The one case left to the user: CUDA graphs captured on one stream and then
-# replayed concurrently on several streams share that capture stream's counts.
+# get their own buffer. Buffers are made only outside CUDA-graph capture and are never freed (a
+# captured graph keeps their address), so a buffer that grows leaves the old one to the graphs that
+# use it. A capture on a stream without a large enough buffer zeroes counts of its own per call
+# (the memset is then part of the graph); warming up on the capture stream before capturing, as
+# PyTorch's CUDA-graph docs do, makes the buffer first. One hazard is left to the user: graphs
+# captured on one stream and then replayed concurrently on several streams share its counts.
 _arrival_counts: dict[tuple[torch.device, int], torch.Tensor] = {}
+_retired_counts: list[torch.Tensor] = []
 _MIN_ARRIVAL_SLOTS = 4096
 
 
 def _arrivals(device: torch.device, tiles: int) -> torch.Tensor:
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    stream = torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
-    counts = _arrival_counts.get((device, stream))
-    if counts is None or counts.numel() < tiles:
-        counts = torch.zeros(max(tiles, _MIN_ARRIVAL_SLOTS), dtype=torch.int32, device=device)
-        _arrival_counts[(device, stream)] = counts
+    if device.type != "cuda":
+        key = (device, 0)
+    else:
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        key = (device, torch._C._cuda_getCurrentRawStream(device.index))
+    counts = _arrival_counts.get(key)
+    if counts is not None and counts.numel() >= tiles:
+        return counts
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return torch.zeros(tiles, dtype=torch.int32, device=device)
+    if counts is not None:
+        _retired_counts.append(counts)
+    counts = torch.zeros(max(tiles, _MIN_ARRIVAL_SLOTS), dtype=torch.int32, device=device)
+    _arrival_counts[key] = counts
     return counts
 
 

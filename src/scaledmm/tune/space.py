@@ -38,8 +38,8 @@ def _split_k_choices(M: int, N: int, K: int, config: MatmulConfig, num_sms: int)
     at most two programs per SM, keeping a few K steps per program."""
     tiles = triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n)
     k_steps = triton.cdiv(K, config.block_k)
-    # Split programs stream: the shortest tile covering M, four warps and a deep pipeline are what
-    # wins there (tuning runs without split-K); the other shapes of the space are left unsplit.
+    # Split programs stream the weight: the smallest block_m of the space, four warps and a pipeline
+    # of 3+ stages are what won at small M in tuning runs without split-K; other configs stay unsplit.
     if tiles >= num_sms or config.block_m != _block_m_choices(M)[0] or config.num_warps != 4 or config.num_stages < 3:
         return [1]
     return [1] + [s for s in SPLIT_K_CHOICES if tiles * s <= 2 * num_sms and k_steps >= MIN_K_STEPS_PER_SPLIT * s]
