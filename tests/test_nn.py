@@ -300,3 +300,30 @@ def test_quantize_model_twice_fuses_once():
     fused, _, report = fused_and_alone("int8")
     assert quantize_model(fused, "int8").fused == [] and len(report.fused) == 2
     assert len(fused._forward_pre_hooks) == 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cast", ["half", "float", "to-bf16"])
+def test_dtype_casts_keep_the_8_bit_weight_and_float32_scales(dtype, cast):
+    layer = W8A8Linear.from_linear(nn.Linear(64, 32, device=DEVICE).to(torch.bfloat16), dtype)
+    weight, scale = layer.weight.clone(), layer.weight_scale.clone()
+    x = torch.randn(4, 64, device=DEVICE)
+    expected = layer(x.to(torch.bfloat16)).float()
+    target = {"half": torch.float16, "float": torch.float32, "to-bf16": torch.bfloat16}[cast]
+    layer = layer.half() if cast == "half" else layer.float() if cast == "float" else layer.to(torch.bfloat16)
+    assert torch.equal(layer.weight, weight) and layer.weight.dtype == weight.dtype
+    assert torch.equal(layer.weight_scale, scale) and layer.weight_scale.dtype == torch.float32
+    assert layer.out_dtype == target and layer.bias.dtype == target
+    out = layer(x.to(target))
+    assert out.dtype == target
+    assert cosine(out, expected) > 0.999
+
+
+def test_fused_model_cast_to_half_still_matches():
+    fused, alone, _ = fused_and_alone("int8")
+    fused, alone = fused.half(), alone.half()
+    x = torch.randn(5, 64, device=DEVICE, dtype=torch.float16)
+    with torch.no_grad():
+        for got, expected in zip(fused(x), alone(x)):
+            assert got.dtype == torch.float16
+            torch.testing.assert_close(got, expected, atol=0, rtol=0)

@@ -114,6 +114,24 @@ class W8A8Linear(nn.Module):
             layer.input_scale.fill_(float(input_scale))
         return layer
 
+    def _apply(self, fn, recurse=True):
+        """`.to()`, `.half()`, `.cuda()` and the like move the layer, but a dtype cast must not turn
+        the 8-bit weight or the float32 scales into another format: the weight is cast back (exact,
+        since every 8-bit value is representable in fp16, bf16 and fp32), the scales keep float32,
+        and the output dtype follows the cast."""
+        scales = {name: getattr(self, name) for name in ("weight_scale", "input_scale")}
+        super()._apply(fn, recurse)
+        if self.weight.dtype != self.qdtype:
+            self.weight = self.weight.to(self.qdtype)
+        for name, before in scales.items():
+            after = getattr(self, name)
+            if before is not None and after.dtype != before.dtype:
+                setattr(self, name, before.to(after.device))  # the float32 original, moved: no rounding
+        out_dtype = fn(torch.empty(0, dtype=self.out_dtype)).dtype
+        if out_dtype in OUT_DTYPES:
+            self.out_dtype = out_dtype
+        return self
+
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor) -> None:
         """Set the static input scale from a batch of representative inputs: max |x| / 127 or / 448."""
