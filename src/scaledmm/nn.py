@@ -192,14 +192,12 @@ class FusedSiblings:
 
     def _member_storage(self) -> tuple:
         """What the concatenation was made from: every member tensor's storage and dtype, and the
-        settings the fused call takes from the first member. Any change (a `.to()`, a new buffer
-        assigned, a changed backend) makes the next forward concatenate again."""
-        first = self.members[0]
+        settings of every member. Any change (a `.to()`, a new buffer assigned, a changed backend)
+        makes the next forward concatenate again."""
         tensors = [t for m in self.members for t in (m.weight, m.weight_scale, m.bias) if t is not None]
         return (
             tuple((t.data_ptr(), t.dtype) for t in tensors),
             tuple((m.qdtype, m.out_dtype, m.backend) for m in self.members),
-            first.bias is None,
         )
 
     def _concatenate(self) -> None:
@@ -276,19 +274,10 @@ def _fuse_siblings(model: nn.Module) -> list[list[str]]:
             members = [getattr(parent, n, None) for n in names]
             if not all(isinstance(m, W8A8Linear) and m.activation == "dynamic" and m.fused is None for m in members):
                 continue
-            first = members[0]
-            if any(
-                (m.in_features, m.qdtype, m.out_dtype, m.backend, m.bias is None, m.weight.device)
-                != (
-                    first.in_features,
-                    first.qdtype,
-                    first.out_dtype,
-                    first.backend,
-                    first.bias is None,
-                    first.weight.device,
-                )
-                for m in members
-            ):
+            settings = {
+                (m.in_features, m.qdtype, m.out_dtype, m.backend, m.bias is None, m.weight.device) for m in members
+            }
+            if len(settings) > 1:
                 continue
             group = FusedSiblings(members)
             for member in members:
