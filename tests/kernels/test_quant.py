@@ -109,3 +109,21 @@ def test_opcheck_and_compile():
     q, scale = compiled(x, torch.int8)
     ref_q, ref_scale = quantize_ref(x, torch.int8)
     assert torch.equal(q, ref_q) and torch.equal(scale, ref_scale)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="the direct launch is taken on CUDA only")
+@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "static"])
+def test_quantize_launch_is_direct_on_known_triton_versions(dynamic):
+    import triton
+
+    from scaledmm.kernels.launch import DIRECT_LAUNCH_VERSIONS
+    from scaledmm.kernels.quant import bind_quantize_rows
+
+    x = torch.randn(16, 256, device=DEVICE, dtype=torch.bfloat16)
+    q = torch.empty(16, 256, device=DEVICE, dtype=torch.int8)
+    scale = torch.empty(16, 1, device=DEVICE) if dynamic else torch.tensor(0.05, device=DEVICE)
+    bound = bind_quantize_rows(x, q, scale, dynamic)
+    assert (bound.compiled is not None) == triton.__version__.startswith(DIRECT_LAUNCH_VERSIONS)
+    again = torch.empty_like(q)
+    bound(x, again, scale)
+    assert torch.equal(again, q)
