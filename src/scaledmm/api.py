@@ -19,7 +19,7 @@ import torch
 
 from scaledmm.configs import MatmulConfig, plan
 from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, clear_cache_hooks, disabled_backends
-from scaledmm.kernels.matmul import bind_scaled_mm
+from scaledmm.kernels.matmul import bind_scaled_mm, split_k_scratch_bytes
 from scaledmm.kernels.quant import QMAX, bind_quantize_rows
 from scaledmm.kernels.vendor import misaligned_pointer, unsupported_reason, vendor_scaled_mm
 
@@ -143,8 +143,7 @@ def check_scaled_mm_args(
     if backend == "torch" and config is not None:
         raise ValueError("config is a Triton launch config; it cannot go with backend='torch'")
     if config is not None and config.split_k > 1:
-        tiles = -(-M // config.block_m) * -(-N // config.block_n)
-        scratch = config.split_k * tiles * config.block_m * config.block_n * 4
+        scratch = split_k_scratch_bytes(M, N, config)
         if scratch > SPLIT_K_SCRATCH_LIMIT:
             raise ValueError(
                 f"config.split_k={config.split_k} needs {scratch / 2**20:.0f} MiB of partial sums for this "

@@ -194,6 +194,11 @@ def _arrivals(device: torch.device, tiles: int) -> torch.Tensor:
     return counts
 
 
+def split_k_scratch_bytes(M: int, N: int, config: MatmulConfig) -> int:
+    """Bytes of partial sums a split-K launch allocates (4-byte int32 or float32 accumulators)."""
+    return config.split_k * _tiles(M, N, config) * config.block_m * config.block_n * 4
+
+
 def split_k_buffers(
     M: int, N: int, config: MatmulConfig, operand_dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
