@@ -5,7 +5,9 @@ import pytest
 import torch
 from helpers import DEVICE, ON_GPU
 
+import scaledmm
 from scaledmm import MatmulConfig, select_config
+from scaledmm.kernels import matmul_tma
 from scaledmm.kernels.matmul import launch_scaled_mm
 from scaledmm.testing import Operands, assert_close, make_operands
 
@@ -157,3 +159,85 @@ def test_a_grown_arrival_buffer_keeps_the_old_one(monkeypatch):
     grown = matmul._arrivals(torch.device(DEVICE), 5)
     assert grown.numel() == 5 and matmul._retired_counts == [small]
     assert matmul._arrivals(torch.device(DEVICE), 3) is grown
+
+
+# ----------------------------------------------------------------------------- the TMA kernel
+
+ALIGNED_PAD = 16  # elements: keeps a padded view's data pointer and row stride 16-byte aligned
+
+
+def aligned_padded_view(src: torch.Tensor, fill) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like padded_view, with the padding TMA needs: 16-byte aligned data pointer and row stride."""
+    column_major = src.stride(0) == 1 and src.shape[1] > 1
+    rows, cols = src.shape if not column_major else src.shape[::-1]
+    buf = torch.full((rows + 2 * ALIGNED_PAD, cols + 2 * ALIGNED_PAD), fill, dtype=torch.float32, device=DEVICE)
+    buf = buf.to(src.dtype)
+    view = buf[ALIGNED_PAD : ALIGNED_PAD + rows, ALIGNED_PAD : ALIGNED_PAD + cols]
+    view = view.t() if column_major else view
+    view.copy_(src)
+    return buf, view
+
+
+@pytest.fixture
+def tma_launches(monkeypatch):
+    """Counts the launches that take the TMA kernel."""
+    count = []
+    arguments = matmul_tma.launch_arguments
+
+    def counted(*args, **kwargs):
+        count.append(1)
+        return arguments(*args, **kwargs)
+
+    monkeypatch.setattr(matmul_tma, "launch_arguments", counted)
+    return count
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "e4m3"])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(
+    "M,N,K,config",
+    [
+        (37, 72, 80, MatmulConfig(32, 32, 32, group_m=2, num_warps=4, num_stages=2, tma=1)),  # ragged M, N, K
+        (130, 48, 64, MatmulConfig(64, 32, 32, group_m=8, num_warps=4, num_stages=3, tma=1)),
+        (8, 40, 48, MatmulConfig(16, 16, 32, group_m=1, num_warps=4, num_stages=2, tma=1)),
+    ],
+)
+def test_tma_kernel_writes_whole_output_and_nothing_outside(tma_launches, dtype, out_dtype, M, N, K, config):
+    ops = make_operands(M, N, K, dtype, DEVICE)
+    _, a = aligned_padded_view(ops.a, poison_value(dtype))
+    _, b = aligned_padded_view(ops.b, poison_value(dtype))
+    out_buf, out = aligned_padded_view(torch.empty(M, N, dtype=out_dtype, device=DEVICE), float("nan"))
+    assert matmul_tma.tma_eligible(a, b, out) == (not ON_GPU or torch.cuda.get_device_capability() >= (9, 0))
+
+    launch_scaled_mm(a, b, ops.scale_a, ops.scale_b, ops.bias, out, config)
+
+    assert len(tma_launches) == int(matmul_tma.tma_eligible(a, b, out))
+    assert not out.isnan().any(), "some output elements were not written"
+    assert_close(out, Operands(a, b, ops.scale_a, ops.scale_b, ops.bias))
+    outside = torch.ones_like(out_buf, dtype=torch.bool)
+    outside[ALIGNED_PAD : ALIGNED_PAD + M, ALIGNED_PAD : ALIGNED_PAD + N] = False
+    assert out_buf[outside].isnan().all(), "the kernel wrote outside its output"
+
+
+@pytest.mark.parametrize(
+    "per_token,per_channel,bias_dtype",
+    [(False, False, None), (True, False, torch.float32), (False, True, torch.float16)],
+)
+def test_tma_kernel_scale_and_bias_modes(tma_launches, per_token, per_channel, bias_dtype):
+    ops = make_operands(
+        50, 64, 96, torch.float8_e4m3fn, DEVICE, per_token=per_token, per_channel=per_channel, bias_dtype=bias_dtype
+    )
+    out = scaledmm.scaled_mm(*ops.args(), torch.bfloat16, ops.bias, config=MatmulConfig(32, 32, 32, tma=1))
+    assert_close(out, ops)
+    assert len(tma_launches) == int(not ON_GPU or torch.cuda.get_device_capability() >= (9, 0))
+
+
+@pytest.mark.parametrize(
+    "why,K,b_col",
+    [("row-major b", 64, False), ("K of 40 bytes", 40, True)],
+)
+def test_tma_config_runs_the_pointer_kernel_where_tma_cannot(tma_launches, why, K, b_col):
+    ops = make_operands(24, 32, K, torch.int8, DEVICE, b_column_major=b_col)
+    out = scaledmm.scaled_mm(*ops.args(), torch.bfloat16, ops.bias, config=MatmulConfig(16, 32, 32, tma=1))
+    assert_close(out, ops)
+    assert tma_launches == [], why

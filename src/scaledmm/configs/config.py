@@ -15,6 +15,7 @@ _FIELD_RULES: tuple[tuple[str, int, int, bool], ...] = (
     ("num_warps", 1, 16, True),
     ("num_stages", 1, 8, False),
     ("split_k", 1, 16, False),
+    ("tma", 0, 1, False),
 )
 
 
@@ -28,6 +29,9 @@ class MatmulConfig:
     split_k: how many programs share the K loop of one output tile (1: one program does it all).
         More programs stream a small-M weight with more SMs; their partial sums are added in a fixed
         order, so results repeat bitwise, but they differ from split_k=1 by fp32 rounding (fp8).
+    tma: 1 runs the persistent TMA kernel (kernels/matmul_tma.py), for compute-bound shapes on Hopper
+        and newer; calls it cannot serve (GPUs without TMA, misaligned strides) run the pointer
+        kernel with the same tiles. 0 always runs the pointer kernel.
     """
 
     block_m: int
@@ -37,6 +41,7 @@ class MatmulConfig:
     num_warps: int = 4
     num_stages: int = 3
     split_k: int = 1
+    tma: int = 0
 
     def __post_init__(self) -> None:
         for name, low, high, power_of_two in _FIELD_RULES:
@@ -47,6 +52,8 @@ class MatmulConfig:
                 raise ValueError(f"MatmulConfig.{name} must be in [{low}, {high}], got {value}")
             if power_of_two and value & (value - 1):
                 raise ValueError(f"MatmulConfig.{name} must be a power of two, got {value}")
+        if self.tma and self.split_k > 1:
+            raise ValueError("MatmulConfig.split_k must be 1 with tma=1: the TMA kernel does not split K")
 
     def as_list(self) -> list[int]:
         """The fields in declaration order: how the config crosses the torch.library op boundary."""
@@ -65,4 +72,6 @@ class MatmulConfig:
 
     def __str__(self) -> str:
         text = f"{self.block_m}x{self.block_n}x{self.block_k} g{self.group_m} w{self.num_warps} s{self.num_stages}"
-        return text if self.split_k == 1 else f"{text} k{self.split_k}"
+        if self.split_k > 1:
+            text += f" k{self.split_k}"
+        return text + " tma" if self.tma else text

@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from scaledmm.configs import MatmulConfig
+from scaledmm.configs import MatmulConfig, device_limits
+from scaledmm.kernels import matmul_tma
 from scaledmm.kernels.launch import bind_launch
 
 
@@ -142,11 +143,20 @@ def _scaled_mm_kernel(
             tl.store(arrivals_ptr + pid, 0)  # leaves the counts zeroed for the next launch
 
 
-# The kernel's revision: a hash of its source. Tuned buckets record it, so that `scaledmm tune` knows
-# which results an edit of the kernel has made stale (configs stay valid; only their times change).
-KERNEL_REVISION = hashlib.sha1(
-    (inspect.getsource(_scale_and_store.fn) + inspect.getsource(_scaled_mm_kernel.fn)).encode()
-).hexdigest()[:12]
+def _source_revision(*functions: triton.JITFunction) -> str:
+    return hashlib.sha1("".join(inspect.getsource(f.fn) for f in functions).encode()).hexdigest()[:12]
+
+
+# The kernels' revisions: hashes of their source. A tuned bucket records the revision of the kernel its
+# config runs, so that `scaledmm tune` knows which results an edit has made stale (configs stay valid;
+# only their times change).
+KERNEL_REVISION = _source_revision(_scale_and_store, _scaled_mm_kernel)
+TMA_KERNEL_REVISION = _source_revision(matmul_tma.scale_columns_and_store, matmul_tma.scaled_mm_tma_kernel)
+
+
+def kernel_revision(config: MatmulConfig) -> str:
+    """The revision of the kernel that runs `config`."""
+    return TMA_KERNEL_REVISION if config.tma else KERNEL_REVISION
 
 
 def _vector_stride(scale: torch.Tensor) -> int:
@@ -216,7 +226,8 @@ def split_k_buffers(
 def _launch_arguments(
     a, b, scale_a, scale_b, bias, out, partials, arrivals, config: MatmulConfig
 ) -> tuple[tuple, tuple, dict]:
-    """(grid, positional arguments, keyword arguments) of one kernel launch."""
+    """(grid, positional arguments, keyword arguments) of one launch of the pointer kernel; the first
+    eight positional arguments are the tensors that change per call."""
     M, K = a.shape
     N = b.shape[1]
     a_per_token = scale_a.numel() > 1
@@ -248,6 +259,23 @@ def _launch_arguments(
     return grid, args, kwargs
 
 
+def _kernel_and_arguments(
+    a, b, scale_a, scale_b, bias, out, config: MatmulConfig
+) -> tuple[triton.JITFunction, tuple, tuple, dict, int]:
+    """The kernel that computes this call under `config`, its grid, positional and keyword arguments,
+    and how many leading positional arguments change per call. A TMA config runs the TMA kernel where
+    the operands allow it (matmul_tma.tma_eligible), else the pointer kernel with the same tiles."""
+    if config.tma and matmul_tma.tma_eligible(a, b, out):
+        num_sms = device_limits(a.device)[0]
+        grid, args, kwargs = matmul_tma.launch_arguments(
+            a, b, scale_a, scale_b, bias, out, config, num_sms, _vector_stride
+        )
+        return matmul_tma.scaled_mm_tma_kernel, grid, args, kwargs, 6
+    partials, arrivals = split_k_buffers(a.shape[0], b.shape[1], config, a.dtype, a.device)
+    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, partials, arrivals, config)
+    return _scaled_mm_kernel, grid, args, kwargs, 8
+
+
 def launch_scaled_mm(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -261,9 +289,8 @@ def launch_scaled_mm(
 
     The inputs must already be validated (scaledmm.api does that); M must be >= 1.
     """
-    partials, arrivals = split_k_buffers(a.shape[0], b.shape[1], config, a.dtype, a.device)
-    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, partials, arrivals, config)
-    _scaled_mm_kernel[grid](*args, **kwargs)
+    kernel, grid, args, kwargs, _ = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config)
+    kernel[grid](*args, **kwargs)
 
 
 def bind_scaled_mm(
@@ -282,17 +309,26 @@ def bind_scaled_mm(
     device = a.device
     dtype = a.dtype
 
-    def outputs():
-        return torch.empty((M, N), dtype=out_dtype, device=device), *split_k_buffers(M, N, config, dtype, device)
+    def allocate() -> torch.Tensor:
+        return torch.empty((M, N), dtype=out_dtype, device=device)
 
-    out, partials, arrivals = outputs()
-    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, partials, arrivals, config)
-    bound = bind_launch(_scaled_mm_kernel, grid, args, kwargs, leading=8, device=device)
+    out = allocate()
+    kernel, grid, args, kwargs, leading = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config)
+    bound = bind_launch(kernel, grid, args, kwargs, leading=leading, device=device)
 
-    def launch(a, b, scale_a, scale_b, bias):
-        out, partials, arrivals = outputs()
-        bound(a, b, out, scale_a, scale_b, bias, partials, arrivals)
-        return out
+    if kernel is matmul_tma.scaled_mm_tma_kernel:
+
+        def launch(a, b, scale_a, scale_b, bias):
+            out = allocate()
+            bound(*matmul_tma.descriptors(a, b, out, config), scale_a, scale_b, bias)
+            return out
+
+    else:
+
+        def launch(a, b, scale_a, scale_b, bias):
+            out = allocate()
+            bound(a, b, out, scale_a, scale_b, bias, *split_k_buffers(M, N, config, dtype, device))
+            return out
 
     return out, launch
 
@@ -309,6 +345,5 @@ def compile_scaled_mm(
     """Compile the kernel for these arguments without launching it (fills Triton's on-disk cache,
     so a later launch in another process only loads the binary). Only dtypes, pointer alignment and
     the integer arguments matter: the tensors' contents are never read."""
-    partials, arrivals = split_k_buffers(a.shape[0], b.shape[1], config, a.dtype, a.device)
-    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, partials, arrivals, config)
-    _scaled_mm_kernel.warmup(*args, grid=grid, **kwargs)
+    kernel, grid, args, kwargs, _ = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config)
+    kernel.warmup(*args, grid=grid, **kwargs)

@@ -19,7 +19,7 @@ import scaledmm
 from scaledmm.bench.timing import rotation_count, time_calls, time_interleaved
 from scaledmm.configs import MatmulConfig, device_limits, heuristic_config
 from scaledmm.configs.files import DTYPE_BY_NAME
-from scaledmm.kernels.matmul import KERNEL_REVISION, compile_scaled_mm
+from scaledmm.kernels.matmul import compile_scaled_mm, kernel_revision
 from scaledmm.kernels.vendor import unsupported_reason, vendor_scaled_mm
 from scaledmm.testing import OUT_DTYPE, ErrorCheck, make_operands
 from scaledmm.tune.space import candidate_configs, group_variants
@@ -181,5 +181,5 @@ def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replay
             "triton": round(triton_us, 3),
         },
         "candidates": len(times),
-        "kernel": KERNEL_REVISION,
+        "kernel": kernel_revision(best),
     }  # fmt: skip

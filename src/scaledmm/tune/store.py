@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from scaledmm.configs.files import FORMAT_VERSION, file_name, load_table, write_json_atomic
-from scaledmm.kernels.matmul import KERNEL_REVISION
+from scaledmm.kernels.matmul import kernel_revision
 from scaledmm.tune.runner import Job
 
 BUCKET_FIELDS = ("backend", "config", "time_us", "baselines_us", "candidates", "kernel")
@@ -27,7 +27,7 @@ class ResultStore:
         return self.directory / file_name(self.device_name, n, k, dtype)
 
     def done(self, jobs: list[Job]) -> set[Job]:
-        """The jobs whose M bucket the existing files hold, tuned with the kernel as it is now. A
+        """The jobs whose M bucket the existing files hold, tuned with the kernel their config runs as it is now. A
         bucket of another kernel revision is stale and tuned again; a file that does not validate
         counts as holding nothing, and is rewritten."""
         held: set[Job] = set()
@@ -38,7 +38,7 @@ class ResultStore:
                     buckets = load_table(path).buckets
                 except ValueError:
                     continue
-                held |= {Job(n, k, dtype, b.m) for b in buckets if b.kernel == KERNEL_REVISION}
+                held |= {Job(n, k, dtype, b.m) for b in buckets if b.kernel == kernel_revision(b.config)}
         return held & set(jobs)
 
     def add(self, results: list[dict]) -> None:

@@ -1,0 +1,171 @@
+"""The persistent TMA variant of the scaled matmul, for compute-bound (prefill) shapes on Hopper and newer.
+
+The same product as `matmul._scaled_mm_kernel`, computed differently:
+- A, B and the output move through tensor descriptors: Hopper's copy engine (TMA) loads whole tiles
+  into shared memory and stores the output tile, with no address arithmetic in the program. Tiles past
+  M, N or K load zeros and store nothing, so there are neither wrapped offsets nor masks.
+- The grid is persistent: one program per SM, each taking every NUM_PROGRAMS-th tile in grouped
+  order (GROUP_M tile rows per column sweep). With `flatten`, Triton pipelines the tile loop and the K
+  loop as one, so the loads of the next tile overlap the epilogue of this one.
+- The epilogue runs in two halves along N: each half is scaled, biased and stored on its own, which
+  halves the shared memory the output store stages through.
+
+What TMA needs (`tma_eligible`): A row-major and B K-major (B = weight.t() of a row-major [N, K]
+weight, as every linear layer passes it), row strides and data pointers 16-byte aligned, and an
+output row of a multiple of 16 bytes. Other calls, and GPUs before Hopper, run the pointer kernel with
+the same tile config (`matmul.py` chooses).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from scaledmm.configs import MatmulConfig
+
+_TMA_ALIGNMENT = 16  # bytes: data pointers and every stride but the last
+
+
+@triton.jit
+def scale_columns_and_store(
+    half, first_row, first_col, M, N, out_desc, scale_b_ptr, bias_ptr, stride_scale_b, stride_bias,
+    B_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, HALF_N: tl.constexpr,
+):  # fmt: skip
+    cols = first_col + tl.arange(0, HALF_N)
+    in_n = cols < N
+    if B_PER_CHANNEL:
+        half = half * tl.load(scale_b_ptr + cols * stride_scale_b, mask=in_n, other=0.0).to(tl.float32)[None, :]
+    else:
+        half = half * tl.load(scale_b_ptr).to(tl.float32)
+    if HAS_BIAS:
+        half = half + tl.load(bias_ptr + cols * stride_bias, mask=in_n, other=0.0).to(tl.float32)[None, :]
+    out_desc.store([first_row, first_col], half.to(out_desc.dtype))
+
+
+# GROUP_M and NUM_PROGRAMS are run-time arguments (no compile per grouping or per GPU model).
+@triton.jit(do_not_specialize=["GROUP_M", "NUM_PROGRAMS"])
+def scaled_mm_tma_kernel(
+    a_desc, b_desc, out_desc, scale_a_ptr, scale_b_ptr, bias_ptr,
+    M, N, K, stride_scale_a, stride_scale_b, stride_bias,
+    GROUP_M, NUM_PROGRAMS,
+    A_PER_TOKEN: tl.constexpr, B_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    FLATTEN: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+):  # fmt: skip
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    k_steps = tl.cdiv(K, BLOCK_K)
+    programs_per_group = GROUP_M * tiles_n
+    for tile in tl.range(
+        tl.program_id(0), tiles_m * tiles_n, NUM_PROGRAMS, flatten=FLATTEN, warp_specialize=WARP_SPECIALIZE
+    ):
+        first_tile_m = (tile // programs_per_group) * GROUP_M
+        group_rows = min(tiles_m - first_tile_m, GROUP_M)
+        first_row = (first_tile_m + (tile % programs_per_group) % group_rows) * BLOCK_M
+        first_col = ((tile % programs_per_group) // group_rows) * BLOCK_N
+
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+        for k in range(k_steps):
+            a = a_desc.load([first_row, k * BLOCK_K])
+            b = b_desc.load([first_col, k * BLOCK_K])  # [BLOCK_N, BLOCK_K]: B is K-major
+            acc = tl.dot(a, b.T, acc, out_dtype=ACC_DTYPE)
+
+        # Epilogue in fp32, in the order of the definition: ((a @ b) * scale_a) * scale_b + bias.
+        result = acc.to(tl.float32)
+        if A_PER_TOKEN:
+            rows = first_row + tl.arange(0, BLOCK_M)
+            scale_a = tl.load(scale_a_ptr + rows * stride_scale_a, mask=rows < M, other=0.0)
+            result = result * scale_a.to(tl.float32)[:, None]
+        else:
+            result = result * tl.load(scale_a_ptr).to(tl.float32)
+        left, right = tl.split(tl.permute(tl.reshape(result, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        scale_columns_and_store(
+            left, first_row, first_col, M, N, out_desc, scale_b_ptr, bias_ptr, stride_scale_b, stride_bias,
+            B_PER_CHANNEL, HAS_BIAS, BLOCK_N // 2,
+        )  # fmt: skip
+        scale_columns_and_store(
+            right, first_row, first_col + BLOCK_N // 2, M, N, out_desc, scale_b_ptr, bias_ptr,
+            stride_scale_b, stride_bias, B_PER_CHANNEL, HAS_BIAS, BLOCK_N // 2,
+        )  # fmt: skip
+
+
+@functools.cache
+def _device_has_tma(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return device.type == "cpu"  # the interpreter emulates descriptors
+    return torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+def _aligned(t: torch.Tensor) -> bool:
+    return t.data_ptr() % _TMA_ALIGNMENT == 0
+
+
+def tma_eligible(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether the TMA kernel can compute this call (see the module docstring)."""
+    return (
+        _device_has_tma(a.device)
+        and a.stride(1) == 1
+        and b.stride(0) == 1
+        and out.stride(1) == 1
+        and all(
+            (t.stride(major) * t.element_size()) % _TMA_ALIGNMENT == 0 and _aligned(t)
+            for t, major in ((a, 0), (b, 1), (out, 0))
+        )
+    )
+
+
+def descriptors(
+    a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, config: MatmulConfig
+) -> tuple[TensorDescriptor, TensorDescriptor, TensorDescriptor]:
+    """The tensor descriptors of A [M, K], B as [N, K] (K-major) and the output [M, N]."""
+    M, K = a.shape
+    N = b.shape[1]
+    return (
+        TensorDescriptor(a, [M, K], [a.stride(0), 1], [config.block_m, config.block_k]),
+        TensorDescriptor(b.t(), [N, K], [b.stride(1), 1], [config.block_n, config.block_k]),
+        TensorDescriptor(out, [M, N], [out.stride(0), 1], [config.block_m, config.block_n // 2]),
+    )
+
+
+def programs(M: int, N: int, config: MatmulConfig, num_sms: int) -> int:
+    """The persistent grid: one program per SM, or one per tile where there are fewer tiles."""
+    tiles = (-(-M // config.block_m)) * (-(-N // config.block_n))
+    return min(tiles, num_sms)
+
+
+def launch_arguments(
+    a, b, scale_a, scale_b, bias, out, config: MatmulConfig, num_sms: int, vector_stride
+) -> tuple[tuple, tuple, dict]:
+    """(grid, positional arguments, keyword arguments) of one launch; the first six positional
+    arguments change per call (three descriptors, the scales and the bias)."""
+    M, K = a.shape
+    N = b.shape[1]
+    a_per_token = scale_a.numel() > 1
+    b_per_channel = scale_b.numel() > 1
+    grid_size = programs(M, N, config, num_sms)
+    args = (
+        *descriptors(a, b, out, config), scale_a, scale_b, bias,
+        M, N, K,
+        vector_stride(scale_a) if a_per_token else 0,
+        vector_stride(scale_b) if b_per_channel else 0,
+        bias.stride(0) if bias is not None else 0,
+        config.group_m, grid_size,
+    )  # fmt: skip
+    kwargs = dict(
+        A_PER_TOKEN=a_per_token,
+        B_PER_CHANNEL=b_per_channel,
+        HAS_BIAS=bias is not None,
+        ACC_DTYPE=tl.int32 if a.dtype == torch.int8 else tl.float32,
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k,
+        FLATTEN=True,
+        WARP_SPECIALIZE=False,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    return (grid_size,), args, kwargs
