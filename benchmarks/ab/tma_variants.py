@@ -1,9 +1,13 @@
 """A/B of the persistent TMA kernel at prefill, in one run on one card: the vendor kernel, our pointer
-kernel with the config scaled_mm picks now, and TMA configs with the software pipeline flattened
-across tiles or not, and with Triton's warp specialisation asked for. Also counts the matrix
-instructions in each TMA kernel's SASS (wgmma shows as QGMMA for fp8, IGMMA for int8).
+kernel with the config scaled_mm picks now, and TMA tile configs. Also counts the matrix instructions
+in each TMA kernel's SASS (wgmma shows as QGMMA for fp8, IGMMA for int8).
 
     PYTHONPATH=src python3 benchmarks/ab/tma_variants.py [--quick]
+
+The log in benchmarks/results/h100-2026-11-27-tma/tma_variants_ab.log was taken at commit 1579834, when
+the kernel still had FLATTEN and WARP_SPECIALIZE switches and this script compared "flat" (the
+software pipeline flattened across tiles), "nested" and "ws" (Triton's warp specialisation). Flat
+won; the switches are gone.
 """
 
 import argparse
@@ -31,17 +35,15 @@ TMA_CONFIGS = [
     MatmulConfig(128, 256, 64, num_warps=8, num_stages=4, tma=1),
     MatmulConfig(128, 128, 64, num_warps=4, num_stages=5, tma=1),
 ]
-VARIANTS = {"flat": dict(FLATTEN=True), "nested": dict(FLATTEN=False), "ws": dict(FLATTEN=False, WARP_SPECIALIZE=True)}
 
 
-def tma_runner(config, overrides, M, N, device):
+def tma_runner(config, M, N, device):
     num_sms = device_limits(device)[0]
     state = {}
 
     def run(a, b, sa, sb, bias):
         out = torch.empty(M, N, dtype=torch.bfloat16, device=device)
         grid, args, kwargs = matmul_tma.launch_arguments(a, b, sa, sb, bias, out, config, num_sms, _vector_stride)
-        kwargs.update(overrides)
         state["compiled"] = matmul_tma.scaled_mm_tma_kernel[grid](*args, **kwargs)
         return out
 
@@ -78,19 +80,18 @@ def main():
                 labels.append(f"shipped {scaledmm.select_config(M, N, K, dtype, device)}")
                 compiled = {}
                 for config in TMA_CONFIGS[: 3 if opts.quick else None]:
-                    for variant, overrides in VARIANTS.items():
-                        run, state = tma_runner(config, overrides, M, N, device)
-                        try:
-                            ratio = check.ratio(run(*inputs[0]))
-                        except Exception as err:
-                            print(f"  {name} M={M} {config} {variant}: {type(err).__name__}: {str(err)[:200]}")
-                            continue
-                        if not ratio <= 1.0:
-                            print(f"  {name} M={M} {config} {variant}: WRONG ({ratio:.3g}x bound)")
-                            continue
-                        jobs.append(run)
-                        labels.append(f"{config} {variant}")
-                        compiled[labels[-1]] = state["compiled"]
+                    run, state = tma_runner(config, M, N, device)
+                    try:
+                        ratio = check.ratio(run(*inputs[0]))
+                    except Exception as err:
+                        print(f"  {name} M={M} {config}: {type(err).__name__}: {str(err)[:200]}")
+                        continue
+                    if not ratio <= 1.0:
+                        print(f"  {name} M={M} {config}: WRONG ({ratio:.3g}x bound)")
+                        continue
+                    jobs.append(run)
+                    labels.append(str(config))
+                    compiled[labels[-1]] = state["compiled"]
                 times = time_interleaved([(j, inputs) for j in jobs], 20)
                 vendor = times[0].median_us
                 flops = 2 * M * N * K

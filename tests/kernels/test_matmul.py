@@ -8,7 +8,7 @@ from helpers import DEVICE, ON_GPU
 import scaledmm
 from scaledmm import MatmulConfig, select_config
 from scaledmm.kernels import matmul_tma
-from scaledmm.kernels.matmul import launch_scaled_mm
+from scaledmm.kernels.matmul import compile_scaled_mm, launch_scaled_mm
 from scaledmm.testing import Operands, assert_close, make_operands
 
 PAD = 5  # elements of padding on every side of every view
@@ -207,11 +207,11 @@ def test_tma_kernel_writes_whole_output_and_nothing_outside(tma_launches, dtype,
     _, a = aligned_padded_view(ops.a, poison_value(dtype))
     _, b = aligned_padded_view(ops.b, poison_value(dtype))
     out_buf, out = aligned_padded_view(torch.empty(M, N, dtype=out_dtype, device=DEVICE), float("nan"))
-    assert matmul_tma.tma_eligible(a, b, out) == (not ON_GPU or torch.cuda.get_device_capability() >= (9, 0))
+    assert matmul_tma.tma_eligible(a, b, out, a.device) == (not ON_GPU or torch.cuda.get_device_capability() >= (9, 0))
 
     launch_scaled_mm(a, b, ops.scale_a, ops.scale_b, ops.bias, out, config)
 
-    assert len(tma_launches) == int(matmul_tma.tma_eligible(a, b, out))
+    assert len(tma_launches) == int(matmul_tma.tma_eligible(a, b, out, a.device))
     assert not out.isnan().any(), "some output elements were not written"
     assert_close(out, Operands(a, b, ops.scale_a, ops.scale_b, ops.bias))
     outside = torch.ones_like(out_buf, dtype=torch.bool)
@@ -241,3 +241,33 @@ def test_tma_config_runs_the_pointer_kernel_where_tma_cannot(tma_launches, why, 
     out = scaledmm.scaled_mm(*ops.args(), torch.bfloat16, ops.bias, config=MatmulConfig(16, 32, 32, tma=1))
     assert_close(out, ops)
     assert tma_launches == [], why
+
+
+@pytest.mark.skipif(not ON_GPU, reason="compiles for the GPU's shared memory")
+def test_every_tma_candidate_runs_with_fp32_outputs(tma_launches):
+    # The tuner times TMA candidates with bf16 outputs; a tuned one must also fit a call asking for
+    # fp32, whose staged output tile is twice as large.
+    from scaledmm.configs import device_limits
+    from scaledmm.tune.space import candidate_configs
+
+    M, N, K = 300, 512, 256
+    num_sms, shared = device_limits(torch.device(DEVICE))
+    ops = make_operands(M, N, K, torch.float8_e4m3fn, DEVICE)
+    configs = [c for c in candidate_configs(4096, N, K, shared, num_sms) if c.tma]
+    assert configs
+    for config in configs:
+        out = torch.empty(M, N, dtype=torch.float32, device=DEVICE)
+        launch_scaled_mm(*ops.args(), ops.bias, out, config)
+        assert_close(out, ops)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="compiles for a CUDA device")
+def test_tma_kernel_compiles_ahead_from_meta_tensors(tma_launches):
+    # The tuner's compile workers hold no data: meta tensors must take the TMA kernel as the GPU would.
+    meta = dict(device="meta")
+    a = torch.empty(256, 512, dtype=torch.float8_e4m3fn, **meta)
+    b = torch.empty(384, 512, dtype=torch.float8_e4m3fn, **meta).t()
+    out = torch.empty(256, 384, dtype=torch.bfloat16, **meta)
+    scale_a, scale_b = torch.empty(256, 1, **meta), torch.empty(1, 384, **meta)
+    compile_scaled_mm(a, b, scale_a, scale_b, None, out, MatmulConfig(128, 128, 128, num_warps=4, num_stages=3, tma=1))
+    assert len(tma_launches) == int(torch.cuda.get_device_capability() >= (9, 0))

@@ -72,3 +72,14 @@ def test_closing_table_names_the_whole_config():
     result = dict(n=2560, k=9728, dtype="fp8", m=1, backend="triton", config=config, time_us=13.6,
                   baselines_us={"torch": 26.0, "heuristic": 17.3})  # fmt: skip
     assert "16x64x256 g8 w4 s4 k4" in closing_table([result]) and "1.91" in closing_table([result])
+
+
+def test_tma_candidates_only_at_compute_bound_m_and_sized_for_fp32_outputs():
+    assert not any(c.tma for c in candidate_configs(64, 4096, 4096, H100_SHARED, H100_SMS))
+    assert not any(c.tma for c in candidate_configs(4096, 40, 50, H100_SHARED, H100_SMS))
+    tma = [c for c in candidate_configs(4096, 4096, 4096, H100_SHARED, H100_SMS) if c.tma]
+    assert {(c.block_m, c.block_n) for c in tma} == {(64, 128), (64, 256), (128, 128), (128, 256), (256, 128)}
+    for c in tma:
+        assert c.split_k == 1
+        # the pipeline and half an fp32 output tile, staged for its TMA store
+        assert c.num_stages * (c.block_m + c.block_n) * c.block_k + c.block_m * c.block_n * 2 <= H100_SHARED - 16 * 1024

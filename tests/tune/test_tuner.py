@@ -180,3 +180,28 @@ def test_retune_tunes_current_buckets_again(tmp_path, monkeypatch):
     assert tuned == []
     assert tune(tmp_path, ms="1,2", extra=["--retune"]) == 0
     assert sorted(tuned) == [1, 2]
+
+
+def test_a_retune_stopped_at_the_time_limit_continues_when_run_again(tmp_path, monkeypatch, capsys):
+    assert tune(tmp_path, ms="1,2,4") == 0
+    clock = [0.0]
+    monkeypatch.setattr(distributed.time, "time", lambda: clock[0])
+    tuned = []
+    real = distributed.tune_job
+
+    def passes_the_limit(job, *args, **kwargs):
+        tuned.append(job.m)
+        clock[0] = 1e9  # the time limit passes during this job
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(distributed, "tune_job", passes_the_limit)
+    assert tune(tmp_path, ms="1,2,4", extra=["--retune", "--time-limit", "100"]) == 0
+    assert len(tuned) == 1 and "2 of 3 jobs left" in capsys.readouterr().out
+    assert (tmp_path / ".journal").exists()
+
+    clock[0] = 0.0
+    assert tune(tmp_path, ms="1,2,4", extra=["--retune"]) == 0
+    assert sorted(tuned) == [1, 2, 4]  # the rerun tuned only what the first left
+    assert not (tmp_path / ".journal").exists()
+    assert tune(tmp_path, ms="1,2,4", extra=["--retune"]) == 0
+    assert len(tuned) == 6  # a finished retune is forgotten: the next one tunes everything again

@@ -260,13 +260,14 @@ def _launch_arguments(
 
 
 def _kernel_and_arguments(
-    a, b, scale_a, scale_b, bias, out, config: MatmulConfig
+    a, b, scale_a, scale_b, bias, out, config: MatmulConfig, device: torch.device
 ) -> tuple[triton.JITFunction, tuple, tuple, dict, int]:
-    """The kernel that computes this call under `config`, its grid, positional and keyword arguments,
-    and how many leading positional arguments change per call. A TMA config runs the TMA kernel where
-    the operands allow it (matmul_tma.tma_eligible), else the pointer kernel with the same tiles."""
-    if config.tma and matmul_tma.tma_eligible(a, b, out):
-        num_sms = device_limits(a.device)[0]
+    """The kernel that computes this call on `device` under `config`, its grid, positional and keyword
+    arguments, and how many leading positional arguments change per call. A TMA config runs the TMA
+    kernel where the operands and the device allow it (matmul_tma.tma_eligible), else the pointer
+    kernel with the same tiles."""
+    if config.tma and matmul_tma.tma_eligible(a, b, out, device):
+        num_sms = device_limits(device)[0]
         grid, args, kwargs = matmul_tma.launch_arguments(
             a, b, scale_a, scale_b, bias, out, config, num_sms, _vector_stride
         )
@@ -289,7 +290,7 @@ def launch_scaled_mm(
 
     The inputs must already be validated (scaledmm.api does that); M must be >= 1.
     """
-    kernel, grid, args, kwargs, _ = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config)
+    kernel, grid, args, kwargs, _ = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config, a.device)
     kernel[grid](*args, **kwargs)
 
 
@@ -313,7 +314,7 @@ def bind_scaled_mm(
         return torch.empty((M, N), dtype=out_dtype, device=device)
 
     out = allocate()
-    kernel, grid, args, kwargs, leading = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config)
+    kernel, grid, args, kwargs, leading = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config, device)
     bound = bind_launch(kernel, grid, args, kwargs, leading=leading, device=device)
 
     if kernel is matmul_tma.scaled_mm_tma_kernel:
@@ -344,6 +345,8 @@ def compile_scaled_mm(
 ) -> None:
     """Compile the kernel for these arguments without launching it (fills Triton's on-disk cache,
     so a later launch in another process only loads the binary). Only dtypes, pointer alignment and
-    the integer arguments matter: the tensors' contents are never read."""
-    kernel, grid, args, kwargs, _ = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config)
+    the integer arguments matter: the tensors' contents are never read, and they may be meta tensors,
+    compiled then for the current CUDA device."""
+    device = torch.device("cuda", torch.cuda.current_device()) if a.device.type == "meta" else a.device
+    kernel, grid, args, kwargs, _ = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config, device)
     kernel.warmup(*args, grid=grid, **kwargs)

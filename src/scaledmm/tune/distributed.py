@@ -11,6 +11,8 @@ small Python objects travel) and follow one protocol:
 4. at the end all results go to rank 0, which merges them; then every rank clears its journal.
 
 So a killed run loses at most the jobs in flight, and running the same command again continues.
+A `--retune` run (which tunes buckets the files already hold) knows what it has done only from its
+journals: it keeps them when it stops at the time limit, and clears them when it has finished.
 With several nodes the journals of other nodes reach rank 0 in step 1 of the next run.
 """
 
@@ -148,24 +150,35 @@ def tune(settings: TuneSettings, device: torch.device) -> list[dict] | None:
     recovered = group.gather(found)
     remaining = None
     if group.rank == 0:
-        store.add([r for rs in recovered for r in rs])
-        done = set() if settings.retune else store.done(settings.jobs)
+        recovered = [r for rs in recovered for r in rs]
+        store.add(recovered)
+        if settings.retune:
+            # The files hold every job already; what an interrupted --retune did is what its journal says.
+            done = {Job(r["n"], r["k"], r["dtype"], r["m"]) for r in recovered if r.get("retune")}
+        else:
+            done = store.done(settings.jobs)
         remaining = [j for j in settings.jobs if j not in done]
     remaining = group.broadcast(remaining)
     group.barrier()
-    for path in read_paths:  # their content is in rank 0's files now
-        path.unlink(missing_ok=True)
+    if not settings.retune:
+        for path in read_paths:  # their content is in rank 0's files now
+            path.unlink(missing_ok=True)
 
     # 2-3. Tune this rank's share.
     mine = split_jobs(remaining, group.world)[group.rank]
     results, left = _tune_share(mine, settings, device, journal, store if group.rank == 0 else None, group.rank)
 
-    # 4. Merge everything on rank 0.
+    # 4. Merge everything on rank 0. A --retune run that stopped with jobs left keeps its journals
+    # (they are how the same command continues); a finished one, or any other run, clears them.
     gathered = group.gather((results, left))
     if group.rank == 0:
         store.add([r for rs, _ in gathered for r in rs])
+    finished = group.broadcast(None if group.rank else all(n == 0 for _, n in gathered))
     group.barrier()
-    journal.clear()
+    if finished or not settings.retune:
+        journal.clear()
+        for path in read_paths:
+            path.unlink(missing_ok=True)
     if group.rank != 0:
         return None
     left = sum(n for _, n in gathered)
@@ -225,7 +238,7 @@ def _tune_share(
             except RuntimeError as err:  # no correct candidate: report it, tune the rest
                 tqdm.write(f"scaledmm tune: skipped {job}: {err}", file=sys.stderr)
                 continue
-            journal.append(result)
+            journal.append({**result, "retune": settings.retune})
             if store is not None:
                 store.add([result])
             results.append(result)

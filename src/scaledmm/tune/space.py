@@ -15,6 +15,12 @@ MIN_ACCUMULATORS_PER_THREAD = 4  # fewer leaves warps idle
 GROUP_M_CHOICES = (1, 4, 16)  # tried on the best few configs, which start with 8
 SPLIT_K_CHOICES = (2, 4, 8, 16)
 MIN_K_STEPS_PER_SPLIT = 2  # fewer leaves a program too little to stream for its fixed costs
+# The TMA kernel's tiles (block_m, block_n), all with K steps of 128: K steps of 64 lost on every
+# shape of the first H100 A/B (benchmarks/results/h100-2026-11-27-tma/tma_variants_ab.log).
+TMA_TILES = ((64, 128), (64, 256), (128, 128), (128, 256), (256, 128))
+TMA_BLOCK_K = 128
+TMA_MIN_M = 128  # below, the weight streams (memory-bound) and the pointer kernel's small tiles win
+OUT_BYTES_BUDGETED = 4  # the TMA kernel stages half an output tile in shared memory: fp32, the widest
 
 
 def _block_m_choices(M: int) -> tuple[int, ...]:
@@ -48,7 +54,8 @@ def _split_k_choices(M: int, N: int, K: int, config: MatmulConfig, num_sms: int)
 def candidate_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int) -> list[MatmulConfig]:
     """Configs to time at this M, group_m fixed at 8 (see `group_variants`), pruned by what the GPU
     can hold (shared memory for the pipeline, registers for the accumulator) and what fits the problem;
-    split-K variants where the tile grid leaves SMs idle."""
+    split-K variants where the tile grid leaves SMs idle; the TMA kernel's tiles at compute-bound M
+    (where the GPU has no TMA they run the pointer kernel and are timed as such)."""
     # Tiles no larger than the problem: choices beyond it collapse onto the smallest that covers it.
     n_cap = max(32, triton.next_power_of_2(N))
     k_cap = max(32, triton.next_power_of_2(K))
@@ -67,6 +74,26 @@ def candidate_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int) 
             continue
         config = MatmulConfig(bm, bn, bk, group_m=8, num_warps=warps, num_stages=stages)
         configs += [dataclasses.replace(config, split_k=s) for s in _split_k_choices(M, N, K, config, num_sms)]
+    return configs + _tma_configs(M, N, K, shared_memory)
+
+
+def _tma_configs(M: int, N: int, K: int, shared_memory: int) -> list[MatmulConfig]:
+    """The persistent TMA kernel's candidates (compute-bound M only, tiles no larger than the problem).
+    Their shared memory is budgeted for an fp32 output, so that a config tuned with bf16 outputs also
+    fits calls that ask for fp32."""
+    if M < TMA_MIN_M or TMA_BLOCK_K > max(32, triton.next_power_of_2(K)):
+        return []
+    configs = []
+    for (bm, bn), warps, stages in itertools.product(TMA_TILES, (4, 8), (3, 4, 5)):
+        if bm not in _block_m_choices(M) or bn > max(32, triton.next_power_of_2(N)):
+            continue
+        pipeline = stages * (bm + bn) * TMA_BLOCK_K
+        epilogue = bm * bn // 2 * OUT_BYTES_BUDGETED
+        if pipeline + epilogue > shared_memory - SHARED_MEMORY_RESERVE:
+            continue
+        if not MIN_ACCUMULATORS_PER_THREAD <= bm * bn // (warps * 32) <= MAX_ACCUMULATORS_PER_THREAD:
+            continue
+        configs.append(MatmulConfig(bm, bn, TMA_BLOCK_K, group_m=8, num_warps=warps, num_stages=stages, tma=1))
     return configs
 
 
