@@ -7,7 +7,7 @@ from helpers import DEVICE, ON_GPU
 
 import scaledmm
 from scaledmm import MatmulConfig, select_config
-from scaledmm.kernels import matmul_tma
+from scaledmm.kernels import matmul, matmul_tma
 from scaledmm.kernels.matmul import compile_scaled_mm, launch_scaled_mm
 from scaledmm.testing import Operands, assert_close, make_operands
 
@@ -180,15 +180,17 @@ def aligned_padded_view(src: torch.Tensor, fill) -> tuple[torch.Tensor, torch.Te
 
 @pytest.fixture
 def tma_launches(monkeypatch):
-    """Counts the launches that take the TMA kernel."""
+    """Counts the launches (and compilations ahead) that take the TMA kernel."""
     count = []
-    arguments = matmul_tma.launch_arguments
+    choose = matmul._kernel_and_arguments
 
     def counted(*args, **kwargs):
-        count.append(1)
-        return arguments(*args, **kwargs)
+        chosen = choose(*args, **kwargs)
+        if chosen[0] is matmul_tma.scaled_mm_tma_kernel:
+            count.append(1)
+        return chosen
 
-    monkeypatch.setattr(matmul_tma, "launch_arguments", counted)
+    monkeypatch.setattr(matmul, "_kernel_and_arguments", counted)
     return count
 
 
@@ -244,9 +246,11 @@ def test_tma_config_runs_the_pointer_kernel_where_tma_cannot(tma_launches, why, 
 
 
 @pytest.mark.skipif(not ON_GPU, reason="compiles for the GPU's shared memory")
-def test_every_tma_candidate_runs_with_fp32_outputs(tma_launches):
-    # The tuner times TMA candidates with bf16 outputs; a tuned one must also fit a call asking for
-    # fp32, whose staged output tile is twice as large.
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_every_tma_candidate_runs_correctly(tma_launches, out_dtype):
+    # The tuner times TMA candidates with bf16 outputs: there each must run the TMA kernel. An fp32
+    # output stages twice the bytes in shared memory; a config that then does not fit runs the pointer
+    # kernel, and the result is right either way.
     from scaledmm.configs import device_limits
     from scaledmm.tune.space import candidate_configs
 
@@ -256,9 +260,11 @@ def test_every_tma_candidate_runs_with_fp32_outputs(tma_launches):
     configs = [c for c in candidate_configs(4096, N, K, shared, num_sms) if c.tma]
     assert configs
     for config in configs:
-        out = torch.empty(M, N, dtype=torch.float32, device=DEVICE)
+        out = torch.empty(M, N, dtype=out_dtype, device=DEVICE)
         launch_scaled_mm(*ops.args(), ops.bias, out, config)
         assert_close(out, ops)
+    if out_dtype == torch.bfloat16 and torch.cuda.get_device_capability() >= (9, 0):
+        assert len(tma_launches) == len(configs)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="compiles for a CUDA device")

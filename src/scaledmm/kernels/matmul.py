@@ -264,14 +264,15 @@ def _kernel_and_arguments(
 ) -> tuple[triton.JITFunction, tuple, tuple, dict, int]:
     """The kernel that computes this call on `device` under `config`, its grid, positional and keyword
     arguments, and how many leading positional arguments change per call. A TMA config runs the TMA
-    kernel where the operands and the device allow it (matmul_tma.tma_eligible), else the pointer
-    kernel with the same tiles."""
+    kernel where the operands and the device allow it (matmul_tma.tma_eligible) and its compiled form
+    fits the device's shared memory, else the pointer kernel with the same tiles."""
     if config.tma and matmul_tma.tma_eligible(a, b, out, device):
-        num_sms = device_limits(device)[0]
+        num_sms, shared_memory = device_limits(device)
         grid, args, kwargs = matmul_tma.launch_arguments(
             a, b, scale_a, scale_b, bias, out, config, num_sms, _vector_stride
         )
-        return matmul_tma.scaled_mm_tma_kernel, grid, args, kwargs, 6
+        if matmul_tma.fits_in_shared_memory(grid, args, kwargs, device, shared_memory):
+            return matmul_tma.scaled_mm_tma_kernel, grid, args, kwargs, 6
     partials, arrivals = split_k_buffers(a.shape[0], b.shape[1], config, a.dtype, a.device)
     grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, partials, arrivals, config)
     return _scaled_mm_kernel, grid, args, kwargs, 8

@@ -117,6 +117,16 @@ def tma_eligible(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, device: to
     )
 
 
+def fits_in_shared_memory(grid: tuple, args: tuple, kwargs: dict, device: torch.device, shared_memory: int) -> bool:
+    """Whether the kernel compiled for these arguments fits the device's shared memory. The tuner
+    times bf16 outputs; an fp32 output stages twice the bytes, which the largest tiles may not hold
+    (such calls then run the pointer kernel). Compiles on the first call of a signature, after that
+    a lookup in Triton's cache."""
+    if device.type != "cuda":
+        return True
+    return scaled_mm_tma_kernel.warmup(*args, grid=grid, **kwargs).metadata.shared <= shared_memory
+
+
 def descriptors(
     a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, config: MatmulConfig
 ) -> tuple[TensorDescriptor, TensorDescriptor, TensorDescriptor]:
