@@ -79,8 +79,9 @@ def candidate_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int) 
 
 def _tma_configs(M: int, N: int, K: int, shared_memory: int) -> list[MatmulConfig]:
     """The persistent TMA kernel's candidates (compute-bound M only, tiles no larger than the problem).
-    Their shared memory is budgeted for an fp32 output, so that a config tuned with bf16 outputs also
-    fits calls that ask for fp32."""
+    Their shared memory is estimated with half an fp32 output tile staged for the store, so that a
+    config tuned with bf16 outputs mostly fits calls asking for fp32 too; where the compiled kernel
+    still needs more, such calls run the pointer kernel (matmul_tma.fits_in_shared_memory)."""
     if M < TMA_MIN_M or TMA_BLOCK_K > max(32, triton.next_power_of_2(K)):
         return []
     configs = []
