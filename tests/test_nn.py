@@ -140,9 +140,18 @@ class Projections(nn.Module):
 def matmul_calls(monkeypatch):
     import scaledmm.nn as snn
 
+    # The weight of every product: through scaled_mm, or through a layer's prepared forward.
     calls = []
     real = snn.scaled_mm
     monkeypatch.setattr(snn, "scaled_mm", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    real_prepare = snn.prepare_quantized_linear
+
+    def prepare(x, weight_t, *args):
+        out, forward = real_prepare(x, weight_t, *args)
+        calls.append(weight_t.shape)
+        return out, lambda x: calls.append(weight_t.shape) or forward(x)
+
+    monkeypatch.setattr(snn, "prepare_quantized_linear", prepare)
     return calls
 
 

@@ -165,3 +165,89 @@ def test_split_k_scratch_beyond_the_limit_is_refused(monkeypatch):
     ops = make_operands(M, N, K, torch.int8, DEVICE)
     with pytest.raises(ValueError, match="split_k=4 needs"):
         call(ops, config=scaledmm.MatmulConfig(16, 16, 32, split_k=4))
+
+
+# ----------------------------------------------------------------------------- W8A8Linear's prepared forward
+
+
+def quantized_layer(dtype="int8", activation="dynamic", bias=True, seed=0):
+    from scaledmm.nn import W8A8Linear
+
+    torch.manual_seed(seed)
+    linear = torch.nn.Linear(K, N, bias=bias).to(DEVICE, torch.bfloat16)
+    layer = W8A8Linear.from_linear(linear, dtype, activation, input_scale=0.05 if activation == "static" else None)
+    return layer
+
+
+def checked_forward(layer, x):
+    """The layer's forward spelt out with the public functions (every call checked)."""
+    x2 = x.reshape(-1, K)
+    if layer.activation == "static":
+        q, scale = scaledmm.quantize_per_tensor(x2, layer.input_scale, layer.qdtype), layer.input_scale
+    else:
+        q, scale = scaledmm.quantize_per_token(x2, layer.qdtype)
+    out = scaledmm.scaled_mm(q, layer.weight.t(), scale, layer.weight_scale, layer.out_dtype, layer.bias)
+    return out.reshape(*x.shape[:-1], N)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "fp8"])
+@pytest.mark.parametrize("activation,bias", [("dynamic", True), ("static", False)])
+@pytest.mark.parametrize("lead", [(M,), (2, 5)], ids=["2-D", "3-D"])
+def test_layer_forward_is_prepared_and_equals_the_checked_path(monkeypatch, dtype, activation, bias, lead):
+    layer = quantized_layer(dtype, activation, bias)
+    xs = [torch.randn(*lead, K, device=DEVICE, dtype=torch.bfloat16) for _ in range(2)]
+    with torch.no_grad():
+        first = layer(xs[0])
+        assert len(layer._forwards) == 1
+
+        def no_checks(*args, **kwargs):
+            raise AssertionError("a prepared forward ran a check")
+
+        monkeypatch.setattr(api, "check_scaled_mm_args", no_checks)
+        monkeypatch.setattr(api, "_check_quantize_args", no_checks)
+        second = layer(xs[1])
+        monkeypatch.undo()
+        for x, got in zip(xs, (first, second)):
+            torch.testing.assert_close(got, checked_forward(layer, x), atol=0, rtol=0)
+            assert got.shape == (*lead, N)
+
+
+def test_layer_forgets_its_prepared_forwards_when_its_state_changes():
+    layer = quantized_layer("int8")
+    other = quantized_layer("int8", seed=1)
+    x = torch.randn(M, K, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        layer(x)
+        layer.weight = other.weight.clone()  # new tensors
+        layer.weight_scale = other.weight_scale.clone()
+        layer.bias = other.bias.clone()
+        torch.testing.assert_close(layer(x), other(x), atol=0, rtol=0)
+        layer.out_dtype = torch.float32
+        assert layer(x).dtype == torch.float32
+        layer.to(torch.float16)  # out_dtype follows the cast
+        assert layer(x).dtype == torch.float16
+        layer.weight.copy_(quantized_layer("int8", seed=2).weight)  # in place: the prepared forward sees it
+        torch.testing.assert_close(layer(x), checked_forward(layer, x), atol=0, rtol=0)
+
+
+def test_layer_forward_with_autograd_inputs_goes_through_the_ops():
+    layer = quantized_layer("int8")
+    x = torch.randn(M, K, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+    layer(x)
+    assert layer._forwards == {}
+
+
+def test_a_copied_or_saved_layer_prepares_its_own_forwards(tmp_path):
+    import copy
+
+    layer = quantized_layer("int8")
+    x = torch.randn(M, K, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        layer(x)
+        twin = copy.deepcopy(layer)
+        assert twin._forwards == {}
+        twin.weight.copy_(quantized_layer("int8", seed=1).weight)
+        torch.testing.assert_close(twin(x), checked_forward(twin, x), atol=0, rtol=0)
+        torch.save(layer, tmp_path / "layer.pt")
+        loaded = torch.load(tmp_path / "layer.pt", weights_only=False)
+        torch.testing.assert_close(loaded(x), layer(x), atol=0, rtol=0)

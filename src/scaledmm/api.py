@@ -490,6 +490,17 @@ def _check_quantize_args(x: object, dtype: object) -> torch.Tensor:
     return x
 
 
+def _check_static_scale(scale: object, x: torch.Tensor) -> torch.Tensor:
+    scale = _check_tensor("scale", scale)
+    if scale.dtype not in SCALE_DTYPES:
+        raise TypeError(f"scale must have dtype {_names(SCALE_DTYPES)}, got {scale.dtype}")
+    if scale.numel() != 1:
+        raise ValueError(f"scale must hold one value (per-tensor), got shape {list(scale.shape)}")
+    if scale.device != x.device:
+        raise ValueError(f"scale is on {scale.device} but x is on {x.device}")
+    return scale
+
+
 def quantize_per_token(x: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic per-token quantization of an activation [..., K].
 
@@ -513,14 +524,53 @@ def quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
     if (launch := _prepared_quantize(x, scale, dtype)) is not None:
         return launch(x, scale)
     x = _check_quantize_args(x, dtype)
-    scale = _check_tensor("scale", scale)
-    if scale.dtype not in SCALE_DTYPES:
-        raise TypeError(f"scale must have dtype {_names(SCALE_DTYPES)}, got {scale.dtype}")
-    if scale.numel() != 1:
-        raise ValueError(f"scale must hold one value (per-tensor), got shape {list(scale.shape)}")
-    if scale.device != x.device:
-        raise ValueError(f"scale is on {scale.device} but x is on {x.device}")
+    scale = _check_static_scale(scale, x)
     if _eager(x, scale):
         return _run_quantize(x, scale, dtype)
     K = x.shape[-1]
     return torch.ops.scaledmm.quantize_per_tensor.default(x.reshape(-1, K), scale, dtype).reshape(x.shape)
+
+
+# ----------------------------------------------------------------------------- a quantized linear layer
+
+
+def prepare_quantized_linear(
+    x: torch.Tensor,
+    weight_t: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    dtype: torch.dtype,
+    input_scale: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    backend: str,
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """y = quantize(x) @ weight_t, scaled, plus bias, for an eager x [..., K] (checked as
+    quantize_per_token or quantize_per_tensor and scaled_mm check theirs); return y [..., N] and a
+    function of x that computes the same for a new x of the same signature (dtype, shape, strides,
+    device, alignment) with these weights: the two prepared launches, without checks or signature
+    lookups (W8A8Linear's per-call path). Dynamic per-token activations where `input_scale` is None.
+    The weights must stay these tensors (their contents may change in place)."""
+    x = _check_quantize_args(x, dtype)
+    if input_scale is not None:
+        input_scale = _check_static_scale(input_scale, x)
+    lead, K = x.shape[:-1], x.shape[-1]
+    flat = x.dim() != 2
+    x2 = x.reshape(-1, K) if flat else x
+    quantized, quantize = _prepare_quantize(x2, input_scale, dtype)
+    q, scale = quantized if input_scale is None else (quantized, input_scale)
+    check_scaled_mm_args(q, weight_t, scale, weight_scale, out_dtype, bias, None, backend)
+    out, matmul = _prepare_scaled_mm(q, weight_t, scale, weight_scale, bias, out_dtype, None, backend)
+    M, N = out.shape
+    out_shape = (*lead, N)
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        if flat:
+            x = x.reshape(M, K)
+        if input_scale is None:
+            q, scale = quantize(x, None)
+        else:
+            q, scale = quantize(x, input_scale), input_scale
+        out = matmul(q, weight_t, scale, weight_scale, bias)
+        return out.view(out_shape) if flat else out
+
+    return (out.view(out_shape) if flat else out), linear

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from scaledmm.api import OUT_DTYPES, quantize_per_tensor, quantize_per_token, scaled_mm
+from scaledmm.api import (
+    OUT_DTYPES,
+    _eager,
+    _tensor_signature,
+    prepare_quantized_linear,
+    quantize_per_tensor,
+    quantize_per_token,
+    scaled_mm,
+)
 from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.kernels.quant import ABSMAX_FLOOR, QMAX
 
@@ -53,9 +61,18 @@ class W8A8Linear(nn.Module):
     (kept in the original layer's dtype), and for static activations `input_scale` (0-d float32).
     `fused`: the FusedSiblings group the layer belongs to (quantize_model groups q/k/v and
     gate/up), or None.
+
+    Eager forwards keep, per input signature (dtype, shape, strides, device, alignment), the two
+    prepared launches that compute them (api.prepare_quantized_linear): a repeated input shape costs
+    two allocations and two launches of host time. Assigning any of the attributes in `_STATE`, or
+    `.to()` and the like, forgets them; in-place changes of the buffers need nothing.
     """
 
     fused: FusedSiblings | None = None
+    _STATE = frozenset(
+        ("weight", "weight_scale", "bias", "input_scale", "qdtype", "activation", "backend", "out_dtype", "fused")
+    )
+    PREPARED_FORWARDS_LIMIT = 64  # input signatures kept per layer; the cache starts over beyond it
 
     def __init__(
         self,
@@ -81,6 +98,16 @@ class W8A8Linear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(out_features, device=device))
         self.register_buffer("bias", torch.zeros(out_features, device=device, dtype=self.out_dtype) if bias else None)
         self.register_buffer("input_scale", torch.ones((), device=device) if activation == "static" else None)
+        self._forwards: dict[tuple, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+    def __getstate__(self) -> dict:
+        # Prepared forwards are closures over this layer's tensors: never pickled, never shared by a copy.
+        return {**self.__dict__, "_forwards": {}}
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name in self._STATE and "_forwards" in self.__dict__:
+            self._forwards.clear()
 
     @classmethod
     def from_linear(
@@ -130,6 +157,7 @@ class W8A8Linear(nn.Module):
         out_dtype = fn(torch.empty(0, dtype=self.out_dtype)).dtype
         if out_dtype in OUT_DTYPES:
             self.out_dtype = out_dtype
+        self._forwards.clear()  # the buffers may be new tensors
         return self
 
     @torch.no_grad()
@@ -141,6 +169,12 @@ class W8A8Linear(nn.Module):
         self.input_scale.copy_(absmax / QMAX[self.qdtype])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is None and _eager(x):
+            forward = self._forwards.get(_tensor_signature(x))
+            if forward is not None:
+                return forward(x)
+            if _eager(self.weight, self.weight_scale, self.bias, self.input_scale):
+                return self._prepare_forward(x)
         lead, K = x.shape[:-1], x.shape[-1]
         if self.fused is not None and (out := self.fused.output_for(self, x)) is not None:
             return out.reshape(*lead, self.out_features)
@@ -152,6 +186,22 @@ class W8A8Linear(nn.Module):
         q = q.reshape(-1, K)
         out = scaled_mm(q, self.weight.t(), scale, self.weight_scale, self.out_dtype, self.bias, backend=self.backend)
         return out.reshape(*lead, self.out_features)
+
+    def _prepare_forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, forward = prepare_quantized_linear(
+            x,
+            self.weight.t(),
+            self.weight_scale,
+            self.bias,
+            self.qdtype,
+            self.input_scale if self.activation == "static" else None,
+            self.out_dtype,
+            self.backend,
+        )
+        if len(self._forwards) >= self.PREPARED_FORWARDS_LIMIT:
+            self._forwards.clear()
+        self._forwards[_tensor_signature(x)] = forward
+        return out
 
     def extra_repr(self) -> str:
         dtype = "int8" if self.qdtype == torch.int8 else "fp8"
