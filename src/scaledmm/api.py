@@ -10,6 +10,7 @@ seen before skips the checks too: both run the same prepared call (see "prepared
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -19,6 +20,7 @@ import torch
 
 from scaledmm.configs import MatmulConfig, plan
 from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, clear_cache_hooks, disabled_backends
+from scaledmm.kernels.linear import FUSED_QUANTIZE_MAX_M, bind_quantized_linear
 from scaledmm.kernels.matmul import bind_scaled_mm, split_k_scratch_bytes
 from scaledmm.kernels.quant import QMAX, bind_quantize_rows
 from scaledmm.kernels.vendor import misaligned_pointer, unsupported_reason, vendor_scaled_mm
@@ -556,12 +558,24 @@ def prepare_quantized_linear(
     lead, K = x.shape[:-1], x.shape[-1]
     flat = x.dim() != 2
     x2 = x.reshape(-1, K) if flat else x
+    M, N = x2.shape[0], weight_t.shape[1]
+    out_shape = (*lead, N)
     quantized, quantize = _prepare_quantize(x2, input_scale, dtype)
     q, scale = quantized if input_scale is None else (quantized, input_scale)
     check_scaled_mm_args(q, weight_t, scale, weight_scale, out_dtype, bias, None, backend)
+    config = _fused_linear_config(q, weight_t, scale, weight_scale, bias, out_dtype, backend)
+    if config is not None:
+        # Few rows: quantize inside the matmul, one launch (kernels/linear.py).
+        with _device_guard(x.device):
+            out, fused = bind_quantized_linear(x2, weight_t, input_scale, weight_scale, bias, out_dtype, config)
+
+        def linear(x: torch.Tensor) -> torch.Tensor:
+            out = fused(x.reshape(M, K) if flat else x)
+            return out.view(out_shape) if flat else out
+
+        return (out.view(out_shape) if flat else out), linear
+
     out, matmul = _prepare_scaled_mm(q, weight_t, scale, weight_scale, bias, out_dtype, None, backend)
-    M, N = out.shape
-    out_shape = (*lead, N)
 
     def linear(x: torch.Tensor) -> torch.Tensor:
         if flat:
@@ -574,3 +588,16 @@ def prepare_quantized_linear(
         return out.view(out_shape) if flat else out
 
     return (out.view(out_shape) if flat else out), linear
+
+
+def _fused_linear_config(q, weight_t, scale, weight_scale, bias, out_dtype, backend) -> MatmulConfig | None:
+    """The config of the one-launch quantized linear, for at most FUSED_QUANTIZE_MAX_M rows where
+    scaled_mm would run our kernel for these operands (the tuned bucket's tiles, unsplit); else None."""
+    M, K = q.shape
+    N = weight_t.shape[1]
+    if not 1 <= M <= FUSED_QUANTIZE_MAX_M or backend == "torch":
+        return None
+    chosen = plan(M, N, K, q.dtype, q.device)
+    if backend == "auto":
+        backend = _auto_backend(chosen.backend, q, weight_t, scale, weight_scale, bias, out_dtype)
+    return dataclasses.replace(chosen.config, split_k=1, tma=0) if backend == "triton" else None

@@ -159,7 +159,7 @@ def kernel_revision(config: MatmulConfig) -> str:
     return TMA_KERNEL_REVISION if config.tma else KERNEL_REVISION
 
 
-def _vector_stride(scale: torch.Tensor) -> int:
+def vector_stride(scale: torch.Tensor) -> int:
     """Stride between consecutive elements of a per-token [M]/[M, 1] or per-channel [N]/[1, N]/[N, 1] scale."""
     if scale.dim() == 2 and scale.shape[0] == 1:
         return scale.stride(1)
@@ -237,8 +237,8 @@ def _launch_arguments(
         a, b, out, scale_a, scale_b, bias, partials, arrivals,
         M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
-        _vector_stride(scale_a) if a_per_token else 0,
-        _vector_stride(scale_b) if b_per_channel else 0,
+        vector_stride(scale_a) if a_per_token else 0,
+        vector_stride(scale_b) if b_per_channel else 0,
         bias.stride(0) if bias is not None else 0,
         config.group_m,
     )  # fmt: skip
@@ -269,7 +269,7 @@ def _kernel_and_arguments(
     if config.tma and matmul_tma.tma_eligible(a, b, out, device):
         num_sms, shared_memory = device_limits(device)
         grid, args, kwargs = matmul_tma.launch_arguments(
-            a, b, scale_a, scale_b, bias, out, config, num_sms, _vector_stride
+            a, b, scale_a, scale_b, bias, out, config, num_sms, vector_stride
         )
         if matmul_tma.fits_in_shared_memory(grid, args, kwargs, device, shared_memory):
             return matmul_tma.scaled_mm_tma_kernel, grid, args, kwargs, 6

@@ -25,11 +25,19 @@ _RNE_MAGIC = tl.constexpr(12582912.0)
 
 
 @triton.jit
-def _round_and_store(q_ptrs, values, mask, QMAX: tl.constexpr, IS_INT8: tl.constexpr):
+def saturate_and_round(values, QMAX: tl.constexpr, IS_INT8: tl.constexpr):
+    """fp32 values already divided by their scale -> the values of the 8-bit format (still fp32 for
+    int8, which the cast then takes exactly; fp8's cast rounds to nearest even itself)."""
     values = tl.minimum(tl.maximum(values, -QMAX), QMAX)
     if IS_INT8:
         values = (values + _RNE_MAGIC) - _RNE_MAGIC
-    tl.store(q_ptrs, values.to(q_ptrs.dtype.element_ty), mask=mask)
+    return values
+
+
+@triton.jit
+def row_scale(absmax, QMAX: tl.constexpr, FLOOR: tl.constexpr):
+    """A row's dynamic scale from its absolute maximum (fp32)."""
+    return tl.maximum(absmax, FLOOR) / QMAX
 
 
 @triton.jit
@@ -49,14 +57,15 @@ def _quantize_rows_kernel(
             mask = k + offs < K
             x = tl.load(x_row + (k + offs) * stride_xk, mask=mask, other=0.0).to(tl.float32)
             absmax = tl.maximum(absmax, tl.abs(x))
-        scale = tl.maximum(tl.max(absmax, axis=0), FLOOR) / QMAX
+        scale = row_scale(tl.max(absmax, axis=0), QMAX, FLOOR)
         tl.store(scale_ptr + row, scale)
     else:
         scale = tl.load(scale_ptr).to(tl.float32)
     for k in range(0, K, BLOCK_K):
         mask = k + offs < K
         x = tl.load(x_row + (k + offs) * stride_xk, mask=mask, other=0.0).to(tl.float32)
-        _round_and_store(q_row + k + offs, x / scale, mask, QMAX, IS_INT8)
+        q = saturate_and_round(x / scale, QMAX, IS_INT8)
+        tl.store(q_row + k + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
 
 
 def bind_quantize_rows(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, dynamic: bool) -> BoundLaunch:

@@ -1,0 +1,155 @@
+"""The quantized linear kernel: quantize a float activation and multiply it by an 8-bit weight in one launch.
+
+out = (quantize(x) @ w) * scale_x * scale_w + bias, where quantize(x) is exactly what
+`quant._quantize_rows_kernel` computes (dynamic per-token scales, or one static scale), so the result
+equals quantize_per_token (or quantize_per_tensor) followed by scaled_mm with the same config, bit
+for bit.
+
+It exists for host time, not GPU time: a W8A8Linear forward at small M is one allocation and one
+launch instead of three and two (docs/performance.md, "Host overhead"). The price is on the GPU:
+every program reads its rows of x twice (once for their absolute maxima, once to quantize them),
+where the two-launch path reads x once and the 8-bit activation once per program. With a few rows
+that is little next to the weight tile each program streams, so W8A8Linear uses it for
+M <= FUSED_QUANTIZE_MAX_M only.
+
+The tiles, grouping, masking of rows past M (M < BLOCK_M) or wrapping of them, and the epilogue
+follow `matmul._scaled_mm_kernel`; there is no split-K.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import triton
+import triton.language as tl
+
+from scaledmm.configs import MatmulConfig
+from scaledmm.kernels.launch import bind_launch
+from scaledmm.kernels.matmul import vector_stride
+from scaledmm.kernels.quant import ABSMAX_FLOOR, QMAX, row_scale, saturate_and_round
+
+FUSED_QUANTIZE_MAX_M = 16  # rows up to which W8A8Linear quantizes inside the matmul
+
+
+@triton.jit(do_not_specialize=["GROUP_M"])
+def _quantized_linear_kernel(
+    x_ptr, w_ptr, out_ptr, x_scale_ptr, w_scale_ptr, bias_ptr,
+    M, N, K,
+    stride_xm, stride_xk, stride_wk, stride_wn, stride_om, stride_on, stride_w_scale, stride_bias,
+    GROUP_M,
+    DYNAMIC: tl.constexpr, QMAX: tl.constexpr, IS_INT8: tl.constexpr, FLOOR: tl.constexpr,
+    W_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    EVEN_K: tl.constexpr, MASK_M: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    programs_per_group = GROUP_M * tiles_n
+    first_tile_m = (pid // programs_per_group) * GROUP_M
+    group_rows = min(tiles_m - first_tile_m, GROUP_M)
+    tile_m = first_tile_m + (pid % programs_per_group) % group_rows
+    tile_n = (pid % programs_per_group) // group_rows
+
+    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = (offs_m % M).to(tl.int64)
+    cols = (offs_n % N).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
+    x_rows = x_ptr + rows[:, None] * stride_xm
+    w_ptrs = w_ptr + offs_k[:, None] * stride_wk + cols[None, :] * stride_wn
+    x_mask = (offs_m[:, None] < M) if MASK_M else tl.full((BLOCK_M, 1), 1, tl.int1)
+    k_steps = tl.cdiv(K, BLOCK_K)
+
+    # The scales of x: one per row (a first pass over K), or the given one.
+    if DYNAMIC:
+        absmax = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+        for k in range(k_steps):
+            k_mask = (offs_k[None, :] < K - k * BLOCK_K) if not EVEN_K else tl.full((1, BLOCK_K), 1, tl.int1)
+            x = tl.load(x_rows + (k * BLOCK_K + offs_k[None, :]) * stride_xk, mask=x_mask & k_mask, other=0.0)
+            absmax = tl.maximum(absmax, tl.abs(x.to(tl.float32)))
+        x_scale = row_scale(tl.max(absmax, axis=1), QMAX, FLOOR)[:, None]
+    else:
+        x_scale = tl.load(x_scale_ptr).to(tl.float32)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    for k in range(k_steps):
+        if EVEN_K:
+            x = tl.load(x_rows + (k * BLOCK_K + offs_k[None, :]) * stride_xk, mask=x_mask, other=0.0)
+            w = tl.load(w_ptrs)
+        else:
+            k_left = K - k * BLOCK_K
+            x_ptrs = x_rows + (k * BLOCK_K + offs_k[None, :]) * stride_xk
+            x = tl.load(x_ptrs, mask=x_mask & (offs_k[None, :] < k_left), other=0.0)
+            w = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        q = saturate_and_round(x.to(tl.float32) / x_scale, QMAX, IS_INT8).to(w_ptr.dtype.element_ty)
+        acc = tl.dot(q, w, acc, out_dtype=ACC_DTYPE)
+        w_ptrs += BLOCK_K * stride_wk
+
+    # Epilogue in fp32, in the order of scaled_mm's: ((q @ w) * scale_x) * scale_w + bias.
+    result = acc.to(tl.float32) * x_scale
+    if W_PER_CHANNEL:
+        result = result * tl.load(w_scale_ptr + cols * stride_w_scale).to(tl.float32)[None, :]
+    else:
+        result = result * tl.load(w_scale_ptr).to(tl.float32)
+    if HAS_BIAS:
+        result = result + tl.load(bias_ptr + cols * stride_bias).to(tl.float32)[None, :]
+    out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :].to(tl.int64) * stride_on
+    tl.store(out_ptrs, result.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+def bind_quantized_linear(
+    x: torch.Tensor,
+    weight_t: torch.Tensor,
+    input_scale: torch.Tensor | None,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    config: MatmulConfig,
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """Compute the quantized linear of a float x [M, K] now (dynamic per-token scales where
+    `input_scale` is None, else that per-tensor scale) with the 8-bit weight_t [K, N] and its
+    per-channel or per-tensor scale; return the [M, N] result and a function of a new x with this
+    one's signature that computes it again. The inputs must be validated; config.split_k is ignored."""
+    M, K = x.shape
+    N = weight_t.shape[1]
+    device = x.device
+
+    def allocate() -> torch.Tensor:
+        return torch.empty((M, N), dtype=out_dtype, device=device)
+
+    out = allocate()
+    w_per_channel = weight_scale.numel() > 1
+    args = (
+        x, weight_t, out, input_scale, weight_scale, bias,
+        M, N, K,
+        x.stride(0), x.stride(1), weight_t.stride(0), weight_t.stride(1), out.stride(0), out.stride(1),
+        vector_stride(weight_scale) if w_per_channel else 0, bias.stride(0) if bias is not None else 0,
+        config.group_m,
+    )  # fmt: skip
+    kwargs = dict(
+        DYNAMIC=input_scale is None,
+        QMAX=QMAX[weight_t.dtype],
+        IS_INT8=weight_t.dtype == torch.int8,
+        FLOOR=ABSMAX_FLOOR,
+        W_PER_CHANNEL=w_per_channel,
+        HAS_BIAS=bias is not None,
+        ACC_DTYPE=tl.int32 if weight_t.dtype == torch.int8 else tl.float32,
+        EVEN_K=K % config.block_k == 0,
+        MASK_M=M < config.block_m,
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    grid = (triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n),)
+    bound = bind_launch(_quantized_linear_kernel, grid, args, kwargs, leading=6, device=device)
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        out = allocate()
+        bound(x, weight_t, out, input_scale, weight_scale, bias)
+        return out
+
+    return out, linear
