@@ -10,7 +10,6 @@ seen before skips the checks too: both run the same prepared call (see "prepared
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import math
 import os
@@ -549,9 +548,10 @@ def prepare_quantized_linear(
     """y = quantize(x) @ weight_t, scaled, plus bias, for an eager x [..., K] (checked as
     quantize_per_token or quantize_per_tensor and scaled_mm check theirs); return y [..., N] and a
     function of x that computes the same for a new x of the same signature (dtype, shape, strides,
-    device, alignment) with these weights: the two prepared launches, without checks or signature
-    lookups (W8A8Linear's per-call path). Dynamic per-token activations where `input_scale` is None.
-    The weights must stay these tensors (their contents may change in place)."""
+    device, alignment) with these weights, without checks or signature lookups (W8A8Linear's
+    per-call path): the prepared quantize and scaled_mm launches, or for a few rows outside CUDA-graph
+    capture one launch of the quantized linear kernel. Dynamic per-token activations where
+    `input_scale` is None. The weights must stay these tensors (their contents may change in place)."""
     x = _check_quantize_args(x, dtype)
     if input_scale is not None:
         input_scale = _check_static_scale(input_scale, x)
@@ -563,36 +563,39 @@ def prepare_quantized_linear(
     quantized, quantize = _prepare_quantize(x2, input_scale, dtype)
     q, scale = quantized if input_scale is None else (quantized, input_scale)
     check_scaled_mm_args(q, weight_t, scale, weight_scale, out_dtype, bias, None, backend)
-    config = _fused_linear_config(q, weight_t, scale, weight_scale, bias, out_dtype, backend)
-    if config is not None:
-        # Few rows: quantize inside the matmul, one launch (kernels/linear.py).
-        with _device_guard(x.device):
-            out, fused = bind_quantized_linear(x2, weight_t, input_scale, weight_scale, bias, out_dtype, config)
-
-        def linear(x: torch.Tensor) -> torch.Tensor:
-            out = fused(x.reshape(M, K) if flat else x)
-            return out.view(out_shape) if flat else out
-
-        return (out.view(out_shape) if flat else out), linear
-
     out, matmul = _prepare_scaled_mm(q, weight_t, scale, weight_scale, bias, out_dtype, None, backend)
 
-    def linear(x: torch.Tensor) -> torch.Tensor:
-        if flat:
-            x = x.reshape(M, K)
+    def two_launches(x: torch.Tensor) -> torch.Tensor:
         if input_scale is None:
             q, scale = quantize(x, None)
         else:
             q, scale = quantize(x, input_scale), input_scale
-        out = matmul(q, weight_t, scale, weight_scale, bias)
+        return matmul(q, weight_t, scale, weight_scale, bias)
+
+    run = two_launches
+    config = _fused_linear_config(q, weight_t, scale, weight_scale, bias, out_dtype, backend)
+    if config is not None:
+        # Few rows, eager: one launch that quantizes inside the matmul (kernels/linear.py), the same
+        # bits. It saves more host time than it costs GPU time there; a CUDA graph being captured,
+        # where host time is gone, records the two tuned launches instead.
+        with _device_guard(x.device):
+            _, one_launch = bind_quantized_linear(x2, weight_t, input_scale, weight_scale, bias, out_dtype, config)
+        capturing = torch.cuda.is_current_stream_capturing if x.device.type == "cuda" else lambda: False
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            return two_launches(x) if capturing() else one_launch(x)
+
+    def linear(x: torch.Tensor) -> torch.Tensor:
+        out = run(x.reshape(M, K) if flat else x)
         return out.view(out_shape) if flat else out
 
     return (out.view(out_shape) if flat else out), linear
 
 
 def _fused_linear_config(q, weight_t, scale, weight_scale, bias, out_dtype, backend) -> MatmulConfig | None:
-    """The config of the one-launch quantized linear, for at most FUSED_QUANTIZE_MAX_M rows where
-    scaled_mm would run our kernel for these operands (the tuned bucket's tiles, unsplit); else None."""
+    """The config of the one-launch quantized linear: for at most FUSED_QUANTIZE_MAX_M rows, where
+    scaled_mm would run the pointer kernel unsplit (so both compute the same bits), its config; else
+    None."""
     M, K = q.shape
     N = weight_t.shape[1]
     if not 1 <= M <= FUSED_QUANTIZE_MAX_M or backend == "torch":
@@ -600,4 +603,5 @@ def _fused_linear_config(q, weight_t, scale, weight_scale, bias, out_dtype, back
     chosen = plan(M, N, K, q.dtype, q.device)
     if backend == "auto":
         backend = _auto_backend(chosen.backend, q, weight_t, scale, weight_scale, bias, out_dtype)
-    return dataclasses.replace(chosen.config, split_k=1, tma=0) if backend == "triton" else None
+    config = chosen.config
+    return config if backend == "triton" and config.split_k == 1 and not config.tma else None

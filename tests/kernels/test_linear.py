@@ -3,7 +3,7 @@ quantize_per_token (or quantize_per_tensor) followed by scaled_mm with the same 
 
 import pytest
 import torch
-from helpers import DEVICE
+from helpers import DEVICE, ON_GPU
 
 import scaledmm
 from scaledmm import MatmulConfig
@@ -98,3 +98,39 @@ def test_w8a8linear_quantizes_inside_the_matmul_for_few_rows(monkeypatch, M, fus
     q, scale = scaledmm.quantize_per_token(x, torch.int8)
     expected = scaledmm.scaled_mm(q, layer.weight.t(), scale, layer.weight_scale, torch.bfloat16, layer.bias)
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("dtype", ["int8", "fp8"])
+def test_a_captured_layer_records_the_two_launches_with_the_same_bits(monkeypatch, dtype):
+    import scaledmm.api as api
+    from scaledmm.nn import W8A8Linear
+
+    one_launches = []
+    real = api.bind_quantized_linear
+
+    def counted(*args):
+        out, launch = real(*args)
+        return out, lambda x: one_launches.append(1) or launch(x)
+
+    monkeypatch.setattr(api, "bind_quantized_linear", counted)
+    layer = W8A8Linear.from_linear(torch.nn.Linear(256, 512).to(DEVICE, torch.bfloat16), dtype)
+    x = torch.randn(4, 256, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        layer(x)  # prepares
+        eager = layer(x)
+        assert len(one_launches) == 1
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            layer(x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = layer(x)
+        assert len(one_launches) == 2  # the warm-up on the side stream, not the capture
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(captured, layer(x), atol=0, rtol=0)
+        assert not torch.equal(captured, eager)

@@ -6,11 +6,12 @@ equals quantize_per_token (or quantize_per_tensor) followed by scaled_mm with th
 for bit.
 
 It exists for host time, not GPU time: a W8A8Linear forward at small M is one allocation and one
-launch instead of three and two (docs/performance.md, "Host overhead"). The price is on the GPU:
-every program reads its rows of x twice (once for their absolute maxima, once to quantize them),
-where the two-launch path reads x once and the 8-bit activation once per program. With a few rows
-that is little next to the weight tile each program streams, so W8A8Linear uses it for
-M <= FUSED_QUANTIZE_MAX_M only.
+launch instead of three and two. The price is on the GPU: every program reads its rows of x twice
+(once for their absolute maxima, once to quantize them) and divides, rounds and converts them
+before its dot, where the two-launch path does that once per row. Measured on an H100
+(docs/performance.md, "Host overhead"): 25 us of host time instead of 61, but 1.3-2.8x the GPU time
+of the two launches. So W8A8Linear uses it for M <= FUSED_QUANTIZE_MAX_M and outside CUDA-graph
+capture only, where the host time it saves is what the caller waits for.
 
 The tiles, grouping, masking of rows past M (M < BLOCK_M) or wrapping of them, and the epilogue
 follow `matmul._scaled_mm_kernel`; there is no split-K.
