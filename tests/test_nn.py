@@ -337,3 +337,19 @@ def test_fused_model_cast_to_half_still_matches():
         for got, expected in zip(fused(x), alone(x)):
             assert got.dtype == torch.float16
             torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+def test_a_fused_model_saves_and_copies_after_forwards(tmp_path, matmul_calls):
+    import copy
+
+    fused, _, _ = fused_and_alone("int8")
+    x = torch.randn(5, 64, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = fused(x)
+        expected = fused(x)  # the second forward runs the prepared products
+        torch.save(fused, tmp_path / "model.pt")
+        twin = copy.deepcopy(fused)
+        for model in (torch.load(tmp_path / "model.pt", weights_only=False), twin):
+            for got, want in zip(model(x), expected):
+                torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert [tuple(w) for w in matmul_calls[:4]] == [(64, 128), (64, 192)] * 2  # two products per forward

@@ -230,10 +230,10 @@ class FusedSiblings:
 
     def __init__(self, members: list[W8A8Linear]):
         self.members = members
-        self.spans: dict[int, tuple[int, int]] = {}
+        self.spans: list[tuple[int, int]] = []  # each member's columns, in the order of `members`
         start = 0
         for member in members:
-            self.spans[id(member)] = (start, start + member.out_features)
+            self.spans.append((start, start + member.out_features))
             start += member.out_features
         self.enabled = True
         self.active = False
@@ -257,12 +257,40 @@ class FusedSiblings:
         self.weight_scale = torch.cat([m.weight_scale for m in members])
         self.bias = None if members[0].bias is None else torch.cat([m.bias for m in members])
         for member in members:
-            start, end = self.spans[id(member)]
+            start, end = self._span(member)
             member.weight = self.weight[start:end]
             member.weight_scale = self.weight_scale[start:end]
             if self.bias is not None:
                 member.bias = self.bias[start:end]
         self._storage = self._member_storage()
+        self._forwards: dict[tuple, Callable[[torch.Tensor], torch.Tensor]] = {}  # hold the tensors above
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_forwards": {}}  # closures: never pickled, never shared by a copy
+
+    def _span(self, member: W8A8Linear) -> tuple[int, int]:
+        # By identity, not id(): a copied or loaded model has new member objects.
+        return next(span for m, span in zip(self.members, self.spans) if m is member)
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        """The product of a 2-D x with the concatenated weight: eager, through a prepared forward per
+        input signature, as W8A8Linear does; else through the functions."""
+        first = self.members[0]
+        if not _eager(x):
+            q, scale = quantize_per_token(x, first.qdtype)
+            weight_t, out_dtype, backend = self.weight.t(), first.out_dtype, first.backend
+            return scaled_mm(q, weight_t, scale, self.weight_scale, out_dtype, self.bias, backend=backend)
+        key = _tensor_signature(x)
+        forward = self._forwards.get(key)
+        if forward is not None:
+            return forward(x)
+        out, forward = prepare_quantized_linear(
+            x, self.weight.t(), self.weight_scale, self.bias, first.qdtype, None, first.out_dtype, first.backend
+        )
+        if len(self._forwards) >= W8A8Linear.PREPARED_FORWARDS_LIMIT:
+            self._forwards.clear()
+        self._forwards[key] = forward
+        return out
 
     def _forget(self) -> None:
         self._source: torch.Tensor | None = None
@@ -299,16 +327,10 @@ class FusedSiblings:
                     self._forget()
                     return None
                 self._concatenate()
-            first = self.members[0]
-            K = x.shape[-1]
-            q, scale = quantize_per_token(x, first.qdtype)
-            self._out = scaled_mm(
-                q.reshape(-1, K), self.weight.t(), scale.reshape(-1, 1), self.weight_scale, first.out_dtype,
-                self.bias, backend=first.backend,
-            )  # fmt: skip
+            self._out = self._product(x.reshape(-1, x.shape[-1]))
             self._source, self._version, self._served = x, x._version, 0
         self._served += 1
-        start, end = self.spans[id(member)]
+        start, end = self._span(member)
         return self._out[:, start:end]
 
 
