@@ -108,10 +108,14 @@ def cmd_bench(args: argparse.Namespace, command: str) -> int:
         result = host_overhead(device, args.calls)
         print(
             f"host time per call, shape M={result['shape']['m']} N={result['shape']['n']} "
-            f"K={result['shape']['k']}, {result['calls']} calls:"
+            f"K={result['shape']['k']}, {result['calls']} calls a round, median round (min-max):"
         )
         for name, us in result["us_per_call"].items():
-            print(f"  {name:<28} {us if isinstance(us, str) else f'{us:8.1f} us'}")
+            if isinstance(us, str):
+                print(f"  {name:<28} {us}")
+            else:
+                spread = result["rounds_us"][name]
+                print(f"  {name:<28} {us:8.1f} us ({spread['min']:.1f}-{spread['max']:.1f})")
         for name, ratio in result["ratios"].items():
             if ratio is not None:
                 print(f"  {name} = {ratio:.2f}")
