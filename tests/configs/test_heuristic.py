@@ -38,3 +38,10 @@ def test_select_config_is_cached_and_pure():
     first = select_config(7, 4096, 4096, torch.int8, "cpu")
     assert select_config(7, 4096, 4096, torch.int8, "cpu") is first
     assert first == heuristic_config(7, 4096, 4096, num_sms=132, shared_memory=227 * 1024)
+
+
+def test_large_m_takes_the_tma_tile_where_shared_memory_holds_it():
+    assert heuristic_config(4096, 4096, 4096, **H100).tma == 1
+    assert heuristic_config(1024, 4096, 4096, **H100).tma == 0
+    assert heuristic_config(4096, 4096, 4096, **ADA).tma == 0
+    assert heuristic_config(4096, 128, 4096, **H100).tma == 0  # N below the tile: the pointer kernel's tiles

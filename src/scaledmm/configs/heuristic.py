@@ -10,6 +10,18 @@ from scaledmm.configs.config import MatmulConfig
 # conversion); kept free when the pipeline depth is chosen.
 SHARED_MEMORY_RESERVE = 16 * 1024
 _MIN_STAGES = 2
+# Large M on Hopper and newer: the persistent TMA kernel's tile that won at M >= 4096 on every
+# llama3-8b shape of the first H100 A/B in fp8, and came within 5% of the best in int8
+# (benchmarks/results/h100-2026-11-27-tma/tma_variants_ab.log; at M = 1024 it lost on qkv).
+_TMA_TILE = MatmulConfig(128, 256, 128, group_m=8, num_warps=8, num_stages=3, tma=1)
+_TMA_MIN_M = 2048
+# Its pipeline plus half an fp32 output tile staged for the store: only Hopper-class GPUs (227 KB
+# per block) have that much shared memory; a GPU with that much but no TMA runs the pointer kernel.
+_TMA_TILE_SHARED_MEMORY = (
+    _TMA_TILE.num_stages * (_TMA_TILE.block_m + _TMA_TILE.block_n) * _TMA_TILE.block_k
+    + _TMA_TILE.block_m * _TMA_TILE.block_n // 2 * 4
+    + SHARED_MEMORY_RESERVE
+)
 
 
 def heuristic_config(M: int, N: int, K: int, num_sms: int, shared_memory: int) -> MatmulConfig:
@@ -17,8 +29,12 @@ def heuristic_config(M: int, N: int, K: int, num_sms: int, shared_memory: int) -
 
     Small M is memory-bound (the weight streams once), so tiles are short in M and long in K, and the
     N tile is the widest that still gives every SM a program. Large M is compute-bound and takes the
-    classic 128x128 tile. The pipeline is as deep as shared memory allows, up to 4 stages.
+    classic 128x128 tile, or from M = 2048 on, where shared memory allows it (Hopper and newer), the
+    TMA kernel's 128x256 tile. The pipeline is as deep as shared memory allows, up to 4 stages.
     """
+    big = M >= _TMA_MIN_M and N >= _TMA_TILE.block_n and K >= _TMA_TILE.block_k
+    if big and shared_memory >= _TMA_TILE_SHARED_MEMORY:
+        return _TMA_TILE
     if M <= 16:
         block_m, block_k, num_warps = 16, 256, 4
     elif M <= 32:
