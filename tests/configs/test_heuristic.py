@@ -44,4 +44,5 @@ def test_large_m_takes_the_tma_tile_where_shared_memory_holds_it():
     assert heuristic_config(4096, 4096, 4096, **H100).tma == 1
     assert heuristic_config(1024, 4096, 4096, **H100).tma == 0
     assert heuristic_config(4096, 4096, 4096, **ADA).tma == 0
-    assert heuristic_config(4096, 128, 4096, **H100).tma == 0  # N below the tile: the pointer kernel's tiles
+    assert heuristic_config(4096, 2560, 8192, **H100).tma == 0  # 320 tiles, under 3 per SM
+    assert heuristic_config(8192, 2560, 8192, **H100).tma == 1

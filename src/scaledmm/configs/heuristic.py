@@ -12,9 +12,13 @@ SHARED_MEMORY_RESERVE = 16 * 1024
 _MIN_STAGES = 2
 # Large M on Hopper and newer: the persistent TMA kernel's tile that won at M >= 4096 on every
 # llama3-8b shape of the first H100 A/B in fp8, and came within 5% of the best in int8
-# (benchmarks/results/h100-2026-11-27-tma/tma_variants_ab.log; at M = 1024 it lost on qkv).
+# (benchmarks/results/h100-2026-11-27-tma/tma_variants_ab.log; at M = 1024 it lost on qkv). Taken
+# from M = 2048 on where it makes at least 3 tiles per SM: with fewer, the last round of the
+# persistent grid leaves SMs idle, and on llama3-70b's qkv at tp 4 (N = 2560) it lost to the
+# 128x128 tile at M = 2048 and 4096 (heuristic_tma_ab.log, from which this rule was read).
 _TMA_TILE = MatmulConfig(128, 256, 128, group_m=8, num_warps=8, num_stages=3, tma=1)
 _TMA_MIN_M = 2048
+_TMA_MIN_TILES_PER_SM = 3
 # Its pipeline plus half an fp32 output tile staged for the store: only Hopper-class GPUs (227 KB
 # per block) have that much shared memory; a GPU with that much but no TMA runs the pointer kernel.
 _TMA_TILE_SHARED_MEMORY = (
@@ -29,10 +33,12 @@ def heuristic_config(M: int, N: int, K: int, num_sms: int, shared_memory: int) -
 
     Small M is memory-bound (the weight streams once), so tiles are short in M and long in K, and the
     N tile is the widest that still gives every SM a program. Large M is compute-bound and takes the
-    classic 128x128 tile, or from M = 2048 on, where shared memory allows it (Hopper and newer), the
-    TMA kernel's 128x256 tile. The pipeline is as deep as shared memory allows, up to 4 stages.
+    classic 128x128 tile, or from M = 2048 on, where it makes 3 tiles per SM and shared memory allows
+    it (Hopper and newer), the TMA kernel's 128x256 tile. The pipeline is as deep as shared memory
+    allows, up to 4 stages.
     """
-    big = M >= _TMA_MIN_M and N >= _TMA_TILE.block_n and K >= _TMA_TILE.block_k
+    tiles = triton.cdiv(M, _TMA_TILE.block_m) * triton.cdiv(N, _TMA_TILE.block_n)
+    big = M >= _TMA_MIN_M and K >= _TMA_TILE.block_k and tiles >= _TMA_MIN_TILES_PER_SM * num_sms
     if big and shared_memory >= _TMA_TILE_SHARED_MEMORY:
         return _TMA_TILE
     if M <= 16:
