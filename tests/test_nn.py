@@ -7,7 +7,7 @@ from helpers import DEVICE
 from torch import nn
 
 import scaledmm
-from scaledmm.nn import QuantizationReport, W8A8Linear, quantize_model, quantize_weight
+from scaledmm.nn import FusedSiblings, QuantizationReport, W8A8Linear, quantize_model, quantize_weight
 from scaledmm.testing import assert_close, make_operands
 
 DTYPES = ["int8", "fp8"]
@@ -353,3 +353,21 @@ def test_a_fused_model_saves_and_copies_after_forwards(tmp_path, matmul_calls):
             for got, want in zip(model(x), expected):
                 torch.testing.assert_close(got, want, atol=0, rtol=0)
     assert [tuple(w) for w in matmul_calls[:4]] == [(64, 128), (64, 192)] * 2  # two products per forward
+
+
+def test_layers_pickled_by_an_earlier_version_still_run(matmul_calls):
+    # Before prepared forwards a W8A8Linear had no `_forwards`, and FusedSiblings keyed spans by id().
+    fused, alone, _ = fused_and_alone("int8")
+    x = torch.randn(5, 64, device=DEVICE, dtype=torch.bfloat16)
+    group = fused.q_proj.fused
+    old_group = {k: v for k, v in group.__getstate__().items() if k != "_forwards"}
+    old_group["spans"] = {id(m): span for m, span in zip(group.members, group.spans)}
+    restored = FusedSiblings.__new__(FusedSiblings)
+    restored.__setstate__(old_group)
+    assert restored.spans == group.spans
+    layer = alone.q_proj
+    old_layer = {k: v for k, v in layer.__getstate__().items() if k != "_forwards"}
+    twin = W8A8Linear.__new__(W8A8Linear)
+    twin.__setstate__(old_layer)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), layer(x), atol=0, rtol=0)

@@ -251,3 +251,42 @@ def test_a_copied_or_saved_layer_prepares_its_own_forwards(tmp_path):
         torch.save(layer, tmp_path / "layer.pt")
         loaded = torch.load(tmp_path / "layer.pt", weights_only=False)
         torch.testing.assert_close(loaded(x), layer(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("change", [".data", "functional_call", "register_buffer", "bias .data dtype"])
+def test_layer_forward_follows_state_changed_behind_its_back(change):
+    layer = quantized_layer("int8")
+    other = quantized_layer("int8", seed=1)
+    x = torch.randn(M, K, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        layer(x)
+        if change == ".data":
+            layer.weight.data = other.weight.clone()
+            expected = checked_forward(layer, x)
+            got = layer(x)
+        elif change == "functional_call":
+            state = {"weight": other.weight, "weight_scale": other.weight_scale, "bias": other.bias}
+            got = torch.func.functional_call(layer, state, (x,))
+            expected = other(x)
+        elif change == "register_buffer":
+            layer.register_buffer("weight", other.weight.clone())
+            expected = checked_forward(layer, x)
+            got = layer(x)
+        else:
+            layer.bias.data = layer.bias.data.float()
+            expected = checked_forward(layer, x)
+            got = layer(x)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+def test_layer_forward_follows_clear_cache(monkeypatch):
+    layer = quantized_layer("int8")
+    x = torch.randn(M, K, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        layer(x)
+        monkeypatch.setenv("SCALEDMM_DISABLED_BACKENDS", "triton,torch")
+        clear_cache()
+        with pytest.raises(ValueError, match="leaves no backend"):
+            layer(x)
+    monkeypatch.delenv("SCALEDMM_DISABLED_BACKENDS")
+    clear_cache()

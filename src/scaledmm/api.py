@@ -232,6 +232,16 @@ def _remember(key: tuple, launch: Callable) -> None:
 
 clear_cache_hooks.append(_prepared.clear)  # a plan or a disabled backend may change what a signature runs
 
+# Bumped by configs.clear_cache(): prepared forwards that layers keep (nn.py) from before are stale.
+prepared_generation = [0]
+
+
+def _next_generation() -> None:
+    prepared_generation[0] += 1
+
+
+clear_cache_hooks.append(_next_generation)
+
 
 # Tensor types the direct path serves; subclasses (DTensor, FakeTensor, wrappers) may override
 # dispatch and go through the op.
@@ -577,13 +587,20 @@ def prepare_quantized_linear(
     if config is not None:
         # Few rows, eager: one launch that quantizes inside the matmul (kernels/linear.py), the same
         # bits. It saves more host time than it costs GPU time there; a CUDA graph being captured,
-        # where host time is gone, records the two tuned launches instead.
-        with _device_guard(x.device):
-            _, one_launch = bind_quantized_linear(x2, weight_t, input_scale, weight_scale, bias, out_dtype, config)
+        # where host time is gone, records the two tuned launches instead. Bound at its first eager
+        # call (binding launches once, which a capture would record for nothing).
         capturing = torch.cuda.is_current_stream_capturing if x.device.type == "cuda" else lambda: False
+        one_launch: list[Callable[[torch.Tensor], torch.Tensor]] = []
 
         def run(x: torch.Tensor) -> torch.Tensor:
-            return two_launches(x) if capturing() else one_launch(x)
+            if capturing():
+                return two_launches(x)
+            if one_launch:
+                return one_launch[0](x)
+            with _device_guard(x.device):
+                out, launch = bind_quantized_linear(x, weight_t, input_scale, weight_scale, bias, out_dtype, config)
+            one_launch.append(launch)
+            return out
 
     def linear(x: torch.Tensor) -> torch.Tensor:
         out = run(x.reshape(M, K) if flat else x)
@@ -598,7 +615,7 @@ def _fused_linear_config(q, weight_t, scale, weight_scale, bias, out_dtype, back
     None."""
     M, K = q.shape
     N = weight_t.shape[1]
-    if not 1 <= M <= FUSED_QUANTIZE_MAX_M or backend == "torch":
+    if not 1 <= M <= FUSED_QUANTIZE_MAX_M or backend == "torch" or q.dtype != weight_t.dtype:
         return None
     chosen = plan(M, N, K, q.dtype, q.device)
     if backend == "auto":

@@ -18,6 +18,7 @@ from scaledmm.api import (
     _eager,
     _tensor_signature,
     prepare_quantized_linear,
+    prepared_generation,
     quantize_per_tensor,
     quantize_per_token,
     scaled_mm,
@@ -62,16 +63,15 @@ class W8A8Linear(nn.Module):
     `fused`: the FusedSiblings group the layer belongs to (quantize_model groups q/k/v and
     gate/up), or None.
 
-    Eager forwards keep, per input signature (dtype, shape, strides, device, alignment), the two
+    Eager forwards keep, per input signature (dtype, shape, strides, device, alignment), the
     prepared launches that compute them (api.prepare_quantized_linear): a repeated input shape costs
-    two allocations and two launches of host time. Assigning any of the attributes in `_STATE`, or
-    `.to()` and the like, forgets them; in-place changes of the buffers need nothing.
+    two allocations and two launches of host time, or one of each for a few rows. Each is kept with
+    the layer's state it was made from (`_state_key`) and used only while that state holds, however
+    the state changed (assignment, `.to()`, `.data`, torch.func.functional_call, clear_cache());
+    in-place changes of the buffers' values need nothing.
     """
 
     fused: FusedSiblings | None = None
-    _STATE = frozenset(
-        ("weight", "weight_scale", "bias", "input_scale", "qdtype", "activation", "backend", "out_dtype", "fused")
-    )
     PREPARED_FORWARDS_LIMIT = 64  # input signatures kept per layer; the cache starts over beyond it
 
     def __init__(
@@ -98,16 +98,28 @@ class W8A8Linear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(out_features, device=device))
         self.register_buffer("bias", torch.zeros(out_features, device=device, dtype=self.out_dtype) if bias else None)
         self.register_buffer("input_scale", torch.ones((), device=device) if activation == "static" else None)
-        self._forwards: dict[tuple, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._forwards: dict[tuple, tuple[tuple, Callable[[torch.Tensor], torch.Tensor]]] = {}
 
     def __getstate__(self) -> dict:
         # Prepared forwards are closures over this layer's tensors: never pickled, never shared by a copy.
         return {**self.__dict__, "_forwards": {}}
 
-    def __setattr__(self, name: str, value) -> None:
-        super().__setattr__(name, value)
-        if name in self._STATE and "_forwards" in self.__dict__:
-            self._forwards.clear()
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_forwards", {})  # pickled by a version without prepared forwards
+
+    def _state_key(self) -> tuple:
+        """What a prepared forward depends on besides its input: the state tensors (the objects and
+        their data) and settings, and the generation of scaledmm's caches."""
+        tensors = (self.weight, self.weight_scale, self.bias, self.input_scale)
+        return (
+            prepared_generation[0],
+            self.qdtype,
+            self.activation,
+            self.out_dtype,
+            self.backend,
+            *(None if t is None else (id(t), t.data_ptr(), t.dtype, t.shape) for t in tensors),
+        )
 
     @classmethod
     def from_linear(
@@ -157,7 +169,6 @@ class W8A8Linear(nn.Module):
         out_dtype = fn(torch.empty(0, dtype=self.out_dtype)).dtype
         if out_dtype in OUT_DTYPES:
             self.out_dtype = out_dtype
-        self._forwards.clear()  # the buffers may be new tensors
         return self
 
     @torch.no_grad()
@@ -170,11 +181,12 @@ class W8A8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused is None and _eager(x):
-            forward = self._forwards.get(_tensor_signature(x))
-            if forward is not None:
-                return forward(x)
+            state = self._state_key()
+            prepared = self._forwards.get(_tensor_signature(x))
+            if prepared is not None and prepared[0] == state:
+                return prepared[1](x)
             if _eager(self.weight, self.weight_scale, self.bias, self.input_scale):
-                return self._prepare_forward(x)
+                return self._prepare_forward(x, state)
         lead, K = x.shape[:-1], x.shape[-1]
         if self.fused is not None and (out := self.fused.output_for(self, x)) is not None:
             return out.reshape(*lead, self.out_features)
@@ -187,7 +199,7 @@ class W8A8Linear(nn.Module):
         out = scaled_mm(q, self.weight.t(), scale, self.weight_scale, self.out_dtype, self.bias, backend=self.backend)
         return out.reshape(*lead, self.out_features)
 
-    def _prepare_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _prepare_forward(self, x: torch.Tensor, state: tuple) -> torch.Tensor:
         out, forward = prepare_quantized_linear(
             x,
             self.weight.t(),
@@ -200,7 +212,7 @@ class W8A8Linear(nn.Module):
         )
         if len(self._forwards) >= self.PREPARED_FORWARDS_LIMIT:
             self._forwards.clear()
-        self._forwards[_tensor_signature(x)] = forward
+        self._forwards[_tensor_signature(x)] = (state, forward)
         return out
 
     def extra_repr(self) -> str:
@@ -263,10 +275,17 @@ class FusedSiblings:
             if self.bias is not None:
                 member.bias = self.bias[start:end]
         self._storage = self._member_storage()
-        self._forwards: dict[tuple, Callable[[torch.Tensor], torch.Tensor]] = {}  # hold the tensors above
+        # Prepared products by (input signature, cache generation); they hold the tensors above.
+        self._forwards: dict[tuple, Callable[[torch.Tensor], torch.Tensor]] = {}
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_forwards": {}}  # closures: never pickled, never shared by a copy
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_forwards", {})  # pickled by an earlier version
+        if isinstance(self.spans, dict):  # keyed by id() then: in the members' order
+            self.spans = list(self.spans.values())
 
     def _span(self, member: W8A8Linear) -> tuple[int, int]:
         # By identity, not id(): a copied or loaded model has new member objects.
@@ -280,7 +299,7 @@ class FusedSiblings:
             q, scale = quantize_per_token(x, first.qdtype)
             weight_t, out_dtype, backend = self.weight.t(), first.out_dtype, first.backend
             return scaled_mm(q, weight_t, scale, self.weight_scale, out_dtype, self.bias, backend=backend)
-        key = _tensor_signature(x)
+        key = (_tensor_signature(x), prepared_generation[0])
         forward = self._forwards.get(key)
         if forward is not None:
             return forward(x)

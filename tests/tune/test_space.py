@@ -83,3 +83,7 @@ def test_tma_candidates_only_at_compute_bound_m_and_sized_for_fp32_outputs():
         assert c.split_k == 1
         # the pipeline and half an fp32 output tile, staged for its TMA store
         assert c.num_stages * (c.block_m + c.block_n) * c.block_k + c.block_m * c.block_n * 2 <= H100_SHARED - 16 * 1024
+
+
+def test_no_tma_candidates_for_a_gpu_without_tma():
+    assert not any(c.tma for c in candidate_configs(4096, 4096, 4096, H100_SHARED, H100_SMS, tma=False))

@@ -205,3 +205,28 @@ def test_a_retune_stopped_at_the_time_limit_continues_when_run_again(tmp_path, m
     assert not (tmp_path / ".journal").exists()
     assert tune(tmp_path, ms="1,2,4", extra=["--retune"]) == 0
     assert len(tuned) == 6  # a finished retune is forgotten: the next one tunes everything again
+
+
+def test_journals_merge_oldest_first_so_a_retune_result_wins(tmp_path, monkeypatch):
+    # A killed plain run left an old result for M = 2 in rank 1's journal; an interrupted retune then
+    # wrote a newer one in rank 0's. Rerunning the retune must keep the newer one, and count M = 2 done.
+    import socket
+
+    def entry(time_us, retune, at):
+        return {
+            "n": N, "k": K, "dtype": "int8", "m": 2, "backend": "triton",
+            "config": MatmulConfig(16, 16, 64).to_dict(), "time_us": time_us,
+            "baselines_us": {"torch": None, "heuristic": 9.0, "triton": time_us},
+            "candidates": 1, "kernel": KERNEL_REVISION, "retune": retune, "at": at,
+        }  # fmt: skip
+
+    journals = tmp_path / ".journal"
+    Journal(journals / f"{socket.gethostname()}-rank0.jsonl").append(entry(5.0, True, 2.0))
+    Journal(journals / f"{socket.gethostname()}-rank1.jsonl").append(entry(999.0, False, 1.0))
+    tuned = []
+    real = distributed.tune_job
+    monkeypatch.setattr(distributed, "tune_job", lambda job, *a, **k: tuned.append(job.m) or real(job, *a, **k))
+    assert tune(tmp_path, ms="1,2", extra=["--retune"]) == 0
+    assert tuned == [1]
+    assert {b.m: b.time_us for b in load_table(config_file(tmp_path)).buckets}[2] == 5.0
+    assert not journals.exists()

@@ -38,7 +38,8 @@ def heuristic_config(M: int, N: int, K: int, num_sms: int, shared_memory: int) -
     allows, up to 4 stages.
     """
     tiles = triton.cdiv(M, _TMA_TILE.block_m) * triton.cdiv(N, _TMA_TILE.block_n)
-    big = M >= _TMA_MIN_M and K >= _TMA_TILE.block_k and tiles >= _TMA_MIN_TILES_PER_SM * num_sms
+    big = M >= _TMA_MIN_M and N >= _TMA_TILE.block_n and K >= _TMA_TILE.block_k
+    big = big and tiles >= _TMA_MIN_TILES_PER_SM * num_sms
     if big and shared_memory >= _TMA_TILE_SHARED_MEMORY:
         return _TMA_TILE
     if M <= 16:

@@ -93,7 +93,8 @@ def scaled_mm_tma_kernel(
 
 
 @functools.cache
-def _device_has_tma(device: torch.device) -> bool:
+def device_has_tma(device: torch.device) -> bool:
+    """Compute capability 9.0 or newer, or Triton's interpreter (CPU tensors), which emulates TMA."""
     if device.type != "cuda":
         return device.type == "cpu"  # the interpreter emulates descriptors
     return torch.cuda.get_device_capability(device) >= (9, 0)
@@ -104,15 +105,18 @@ def _aligned(t: torch.Tensor) -> bool:
 
 
 def tma_eligible(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, device: torch.device) -> bool:
-    """Whether the TMA kernel can compute this call on `device` (see the module docstring)."""
+    """Whether the TMA kernel can compute this call on `device` (see the module docstring): unit
+    stride along each row (K for A and B, N for the output), rows that do not overlap (a row stride
+    at least the row length: no broadcast or overlapping views), 16-byte alignment."""
+    K, N = b.shape
     return (
-        _device_has_tma(device)
+        device_has_tma(device)
         and a.stride(1) == 1
         and b.stride(0) == 1
         and out.stride(1) == 1
         and all(
-            (t.stride(major) * t.element_size()) % _TMA_ALIGNMENT == 0 and _aligned(t)
-            for t, major in ((a, 0), (b, 1), (out, 0))
+            t.stride(major) >= row and (t.stride(major) * t.element_size()) % _TMA_ALIGNMENT == 0 and _aligned(t)
+            for t, major, row in ((a, 0, K), (b, 1, K), (out, 0, N))
         )
     )
 

@@ -12,7 +12,8 @@ small Python objects travel) and follow one protocol:
 
 So a killed run loses at most the jobs in flight, and running the same command again continues.
 A `--retune` run (which tunes buckets the files already hold) knows what it has done only from its
-journals: it keeps them when it stops at the time limit, and clears them when it has finished.
+journals: it keeps them when it stops at the time limit, and clears them when it has finished; run
+again with `--retune` it continues (a run without it merges the journals and forgets them).
 With several nodes the journals of other nodes reach rank 0 in step 1 of the next run.
 """
 
@@ -150,7 +151,9 @@ def tune(settings: TuneSettings, device: torch.device) -> list[dict] | None:
     recovered = group.gather(found)
     remaining = None
     if group.rank == 0:
-        recovered = [r for rs in recovered for r in rs]
+        # Oldest first, so that where journals hold a job twice (a killed run, then a retune), the
+        # newest result is the one the files keep.
+        recovered = sorted((r for rs in recovered for r in rs), key=lambda r: r.get("at", 0.0))
         store.add(recovered)
         if settings.retune:
             # The files hold every job already; what an interrupted --retune did is what its journal says.
@@ -176,9 +179,9 @@ def tune(settings: TuneSettings, device: torch.device) -> list[dict] | None:
     finished = group.broadcast(None if group.rank else all(n == 0 for _, n in gathered))
     group.barrier()
     if finished or not settings.retune:
-        journal.clear()
         for path in read_paths:
             path.unlink(missing_ok=True)
+        journal.clear()  # last: it also removes the journal folder once empty
     if group.rank != 0:
         return None
     left = sum(n for _, n in gathered)
@@ -238,7 +241,7 @@ def _tune_share(
             except RuntimeError as err:  # no correct candidate: report it, tune the rest
                 tqdm.write(f"scaledmm tune: skipped {job}: {err}", file=sys.stderr)
                 continue
-            journal.append({**result, "retune": settings.retune})
+            journal.append({**result, "retune": settings.retune, "at": time.time()})
             if store is not None:
                 store.add([result])
             results.append(result)

@@ -20,6 +20,7 @@ from scaledmm.bench.timing import rotation_count, time_calls, time_interleaved
 from scaledmm.configs import MatmulConfig, device_limits, heuristic_config
 from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.kernels.matmul import compile_scaled_mm, kernel_revision
+from scaledmm.kernels.matmul_tma import device_has_tma
 from scaledmm.kernels.vendor import unsupported_reason, vendor_scaled_mm
 from scaledmm.testing import OUT_DTYPE, ErrorCheck, make_operands
 from scaledmm.tune.space import candidate_configs, group_variants
@@ -63,7 +64,8 @@ def candidates(job: Job, device: torch.device, max_candidates: int | None) -> li
             + math.log2(c.split_k)
         )
 
-    space = sorted(candidate_configs(job.m, job.n, job.k, shared_memory, num_sms), key=distance)
+    space = candidate_configs(job.m, job.n, job.k, shared_memory, num_sms, tma=device_has_tma(device))
+    space = sorted(space, key=distance)
     if max_candidates is not None:
         space = space[:max_candidates]
     return [c for c in space if c != heuristic] + [heuristic]

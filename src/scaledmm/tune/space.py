@@ -51,11 +51,11 @@ def _split_k_choices(M: int, N: int, K: int, config: MatmulConfig, num_sms: int)
     return [1] + [s for s in SPLIT_K_CHOICES if tiles * s <= 2 * num_sms and k_steps >= MIN_K_STEPS_PER_SPLIT * s]
 
 
-def candidate_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int) -> list[MatmulConfig]:
+def candidate_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int, tma: bool = True) -> list[MatmulConfig]:
     """Configs to time at this M, group_m fixed at 8 (see `group_variants`), pruned by what the GPU
     can hold (shared memory for the pipeline, registers for the accumulator) and what fits the problem;
-    split-K variants where the tile grid leaves SMs idle; the TMA kernel's tiles at compute-bound M
-    (where the GPU has no TMA they run the pointer kernel and are timed as such)."""
+    split-K variants where the tile grid leaves SMs idle; with `tma` (a GPU that has it), the TMA
+    kernel's tiles at compute-bound M."""
     # Tiles no larger than the problem: choices beyond it collapse onto the smallest that covers it.
     n_cap = max(32, triton.next_power_of_2(N))
     k_cap = max(32, triton.next_power_of_2(K))
@@ -74,7 +74,7 @@ def candidate_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int) 
             continue
         config = MatmulConfig(bm, bn, bk, group_m=8, num_warps=warps, num_stages=stages)
         configs += [dataclasses.replace(config, split_k=s) for s in _split_k_choices(M, N, K, config, num_sms)]
-    return configs + _tma_configs(M, N, K, shared_memory)
+    return configs + (_tma_configs(M, N, K, shared_memory) if tma else [])
 
 
 def _tma_configs(M: int, N: int, K: int, shared_memory: int) -> list[MatmulConfig]:
