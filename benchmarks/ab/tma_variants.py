@@ -22,7 +22,6 @@ from scaledmm import MatmulConfig
 from scaledmm.bench.timing import rotation_count, time_interleaved
 from scaledmm.configs import device_limits
 from scaledmm.kernels import matmul_tma
-from scaledmm.kernels.matmul import vector_stride
 from scaledmm.kernels.vendor import vendor_scaled_mm
 from scaledmm.testing import ErrorCheck, make_operands
 
@@ -43,7 +42,7 @@ def tma_runner(config, M, N, device):
 
     def run(a, b, sa, sb, bias):
         out = torch.empty(M, N, dtype=torch.bfloat16, device=device)
-        grid, args, kwargs = matmul_tma.launch_arguments(a, b, sa, sb, bias, out, config, num_sms, vector_stride)
+        grid, args, kwargs = matmul_tma.launch_arguments(a, b, sa, sb, bias, out, config, num_sms)
         state["compiled"] = matmul_tma.scaled_mm_tma_kernel[grid](*args, **kwargs)
         return out
 

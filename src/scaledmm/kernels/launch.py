@@ -16,6 +16,8 @@ the interpreter, and while a profiler has launch hooks installed, a `BoundLaunch
 also skips what Triton checks per launch beyond the arguments (globals the kernel reads changing,
 `knobs.runtime.debug` switched on later): our kernels read no mutable globals, and a changed debug
 setting applies to signatures prepared after it.
+
+Also the launch arguments that the matmul kernels (pointer, TMA, quantized linear) share.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from collections.abc import Sequence
 
 import torch
 import triton
+
+from scaledmm.configs import MatmulConfig
 
 # Triton versions whose CompiledKernel.run takes (grid x, y, z, stream, function, packed metadata,
 # launch metadata, enter hook, exit hook, *every argument including constexprs).
@@ -107,3 +111,24 @@ def bind_launch(
     bound = BoundLaunch(kernel, grid, args, kwargs, leading, device)
     bound.first_launch(*args[:leading])
     return bound
+
+
+# ----------------------------------------------------------------------------- arguments the matmul kernels share
+
+
+def vector_stride(scale: torch.Tensor) -> int:
+    """Stride between consecutive elements of a per-token [M]/[M, 1] or per-channel [N]/[1, N]/[N, 1] scale."""
+    if scale.dim() == 2 and scale.shape[0] == 1:
+        return scale.stride(1)
+    return scale.stride(0)
+
+
+def tile_kwargs(config: MatmulConfig) -> dict:
+    """The tile constexprs and launch options of `config`, named as every matmul kernel takes them."""
+    return dict(
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )

@@ -26,8 +26,7 @@ import triton
 import triton.language as tl
 
 from scaledmm.configs import MatmulConfig
-from scaledmm.kernels.launch import bind_launch
-from scaledmm.kernels.matmul import vector_stride
+from scaledmm.kernels.launch import bind_launch, tile_kwargs, vector_stride
 from scaledmm.kernels.quant import ABSMAX_FLOOR, QMAX, row_scale, saturate_and_round
 
 FUSED_QUANTIZE_MAX_M = 16  # rows up to which W8A8Linear quantizes inside the matmul
@@ -139,11 +138,7 @@ def bind_quantized_linear(
         ACC_DTYPE=tl.int32 if weight_t.dtype == torch.int8 else tl.float32,
         EVEN_K=K % config.block_k == 0,
         MASK_M=M < config.block_m,
-        BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k,
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
+        **tile_kwargs(config),
     )
     grid = (triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n),)
     bound = bind_launch(_quantized_linear_kernel, grid, args, kwargs, leading=6, device=device)

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from scaledmm.configs import MatmulConfig, device_limits
 from scaledmm.kernels import matmul_tma
-from scaledmm.kernels.launch import bind_launch
+from scaledmm.kernels.launch import bind_launch, tile_kwargs, vector_stride
 
 
 @triton.jit
@@ -159,13 +159,6 @@ def kernel_revision(config: MatmulConfig) -> str:
     return TMA_KERNEL_REVISION if config.tma else KERNEL_REVISION
 
 
-def vector_stride(scale: torch.Tensor) -> int:
-    """Stride between consecutive elements of a per-token [M]/[M, 1] or per-channel [N]/[1, N]/[N, 1] scale."""
-    if scale.dim() == 2 and scale.shape[0] == 1:
-        return scale.stride(1)
-    return scale.stride(0)
-
-
 def _tiles(M: int, N: int, config: MatmulConfig) -> int:
     return (-(-M // config.block_m)) * (-(-N // config.block_n))  # ceil divisions, cheaper than triton.cdiv
 
@@ -249,12 +242,8 @@ def _launch_arguments(
         ACC_DTYPE=tl.int32 if a.dtype == torch.int8 else tl.float32,
         EVEN_K=K % config.block_k == 0,
         MASK_M=M < config.block_m,
-        BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k,
         SPLIT_K=config.split_k,
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
+        **tile_kwargs(config),
     )
     return grid, args, kwargs
 
@@ -268,9 +257,7 @@ def _kernel_and_arguments(
     fits the device's shared memory, else the pointer kernel with the same tiles."""
     if config.tma and matmul_tma.tma_eligible(a, b, out, device):
         num_sms, shared_memory = device_limits(device)
-        grid, args, kwargs = matmul_tma.launch_arguments(
-            a, b, scale_a, scale_b, bias, out, config, num_sms, vector_stride
-        )
+        grid, args, kwargs = matmul_tma.launch_arguments(a, b, scale_a, scale_b, bias, out, config, num_sms)
         if matmul_tma.fits_in_shared_memory(grid, args, kwargs, device, shared_memory):
             return matmul_tma.scaled_mm_tma_kernel, grid, args, kwargs, 6
     partials, arrivals = split_k_buffers(a.shape[0], b.shape[1], config, a.dtype, a.device)

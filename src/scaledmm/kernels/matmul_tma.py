@@ -26,6 +26,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from scaledmm.configs import MatmulConfig
+from scaledmm.kernels.launch import tile_kwargs, vector_stride
 
 _TMA_ALIGNMENT = 16  # bytes: data pointers and every stride but the last
 
@@ -151,7 +152,7 @@ def programs(M: int, N: int, config: MatmulConfig, num_sms: int) -> int:
 
 
 def launch_arguments(
-    a, b, scale_a, scale_b, bias, out, config: MatmulConfig, num_sms: int, vector_stride
+    a, b, scale_a, scale_b, bias, out, config: MatmulConfig, num_sms: int
 ) -> tuple[tuple, tuple, dict]:
     """(grid, positional arguments, keyword arguments) of one launch; the first six positional
     arguments change per call (three descriptors, the scales and the bias)."""
@@ -173,10 +174,6 @@ def launch_arguments(
         B_PER_CHANNEL=b_per_channel,
         HAS_BIAS=bias is not None,
         ACC_DTYPE=tl.int32 if a.dtype == torch.int8 else tl.float32,
-        BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n,
-        BLOCK_K=config.block_k,
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
+        **tile_kwargs(config),
     )
     return (grid_size,), args, kwargs
