@@ -115,9 +115,6 @@ def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch):
         (dict(block_m=16, block_n=32, block_k=32, split_k=17), ValueError),
         (dict(block_m=16, block_n=32, block_k=32, tma=2), ValueError),
         (dict(block_m=16, block_n=32, block_k=32, tma=1, split_k=2), ValueError),  # the TMA kernel does not split
-        (dict(block_m=16, block_n=32, block_k=32, stream_k=5), ValueError),
-        (dict(block_m=16, block_n=32, block_k=32, stream_k=1, split_k=2), ValueError),  # one schedule at a time
-        (dict(block_m=16, block_n=32, block_k=32, stream_k=1, tma=1), ValueError),
         (dict(block_m=16.0, block_n=32, block_k=32), TypeError),
         (dict(block_m=True, block_n=32, block_k=32), TypeError),
     ],

@@ -26,13 +26,13 @@ def through_scaled_mm(config):
     return lambda a, b, sa, sb, bias: scaledmm.scaled_mm(a, b, sa, sb, torch.bfloat16, bias, config=config)
 
 
-def with_counts_zeroed_per_call(config, M, N, K, sms, device):
+def with_counts_zeroed_per_call(config, M, N, device):
     out = torch.empty(M, N, dtype=torch.bfloat16, device=device)
-    partials, arrivals = matmul.scratch_buffers(M, N, K, config, FP8, device)
+    partials, arrivals = matmul.split_k_buffers(M, N, config, FP8, device)
 
     def run(a, b, sa, sb, bias):
         counts = torch.zeros_like(arrivals)
-        grid, args, kwargs = matmul._launch_arguments(a, b, sa, sb, bias, out, partials, counts, config, sms)
+        grid, args, kwargs = matmul._launch_arguments(a, b, sa, sb, bias, out, partials, counts, config)
         matmul._scaled_mm_kernel[grid](*args, **kwargs)
         return out
 
@@ -59,7 +59,7 @@ def main():
                     jobs.append((through_scaled_mm(config), inputs))
                     if split > 1:
                         names.append(f"{config} zeros")
-                        jobs.append((with_counts_zeroed_per_call(config, M, N, K, sms, device), inputs))
+                        jobs.append((with_counts_zeroed_per_call(config, M, N, device), inputs))
             times = [t.median_us for t in time_interleaved(jobs, 20)]
             print(f"N={N} K={K} M={M}  GB/s at best: {N * K / 1e3 / min(times):.0f}")
             for name, us in zip(names, times):

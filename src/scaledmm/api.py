@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import torch
 
-from scaledmm.configs import MatmulConfig, device_limits, plan
+from scaledmm.configs import MatmulConfig, plan
 from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, clear_cache_hooks, disabled_backends
 from scaledmm.kernels.linear import FUSED_QUANTIZE_MAX_M, bind_quantized_linear
-from scaledmm.kernels.matmul import bind_scaled_mm, scratch_bytes
+from scaledmm.kernels.matmul import bind_scaled_mm, split_k_scratch_bytes
 from scaledmm.kernels.quant import QMAX, bind_quantize_rows
 from scaledmm.kernels.vendor import misaligned_pointer, unsupported_reason, vendor_scaled_mm
 
@@ -32,7 +32,7 @@ OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 BACKEND_CHOICES = ("auto", "triton", "torch")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 QUANT_DTYPES = tuple(QMAX)  # int8, float8_e4m3fn
-SCRATCH_LIMIT = 256 * 2**20  # bytes of split-K or stream-K partial sums one call may allocate
+SPLIT_K_SCRATCH_LIMIT = 256 * 2**20  # bytes of split-K partial sums one call may allocate
 
 # Triton's interpreter runs the kernels on CPU tensors; it is chosen when the kernels are defined.
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
@@ -143,14 +143,13 @@ def check_scaled_mm_args(
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
     if backend == "torch" and config is not None:
         raise ValueError("config is a Triton launch config; it cannot go with backend='torch'")
-    if config is not None and (config.split_k > 1 or config.stream_k):
-        scratch = scratch_bytes(M, N, K, config, device_limits(a.device)[0])
-        if scratch > SCRATCH_LIMIT:
-            setting = f"split_k={config.split_k}" if config.split_k > 1 else f"stream_k={config.stream_k}"
+    if config is not None and config.split_k > 1:
+        scratch = split_k_scratch_bytes(M, N, config)
+        if scratch > SPLIT_K_SCRATCH_LIMIT:
             raise ValueError(
-                f"config.{setting} needs {scratch / 2**20:.0f} MiB of partial sums for this {M}x{N} output "
-                f"(limit {SCRATCH_LIMIT // 2**20} MiB); split-K and stream-K are for small M: use split_k=1 "
-                "and stream_k=0, or smaller tiles"
+                f"config.split_k={config.split_k} needs {scratch / 2**20:.0f} MiB of partial sums for this "
+                f"{M}x{N} output (limit {SPLIT_K_SCRATCH_LIMIT // 2**20} MiB); split-K is for grids with fewer "
+                "tiles than the GPU has SMs: use split_k=1 or larger tiles"
             )
 
     named = [("b", b), ("scale_a", scale_a), ("scale_b", scale_b)]
@@ -622,4 +621,4 @@ def _fused_linear_config(q, weight_t, scale, weight_scale, bias, out_dtype, back
     if backend == "auto":
         backend = _auto_backend(chosen.backend, q, weight_t, scale, weight_scale, bias, out_dtype)
     config = chosen.config
-    return config if backend == "triton" and config.split_k == 1 and not (config.tma or config.stream_k) else None
+    return config if backend == "triton" and config.split_k == 1 and not config.tma else None

@@ -16,7 +16,6 @@ _FIELD_RULES: tuple[tuple[str, int, int, bool], ...] = (
     ("num_stages", 1, 8, False),
     ("split_k", 1, 16, False),
     ("tma", 0, 1, False),
-    ("stream_k", 0, 4, False),
 )
 
 
@@ -33,11 +32,6 @@ class MatmulConfig:
     tma: 1 runs the persistent TMA kernel (kernels/matmul_tma.py), for compute-bound shapes on Hopper
         and newer; calls it cannot serve (GPUs without TMA, misaligned strides) run the pointer
         kernel with the same tiles. 0 always runs the pointer kernel.
-    stream_k: 0 launches one program per output tile (per split). 1-4 launch that many programs per SM
-        and share the (tile, K step) units out evenly among them (the stream-K schedule of
-        kernels/matmul.py), so every SM streams the same share of a small-M weight; tiles that two
-        programs share are added up in a fixed order, so results repeat bitwise but differ from
-        stream_k=0 by fp32 rounding (fp8).
     """
 
     block_m: int
@@ -48,7 +42,6 @@ class MatmulConfig:
     num_stages: int = 3
     split_k: int = 1
     tma: int = 0
-    stream_k: int = 0
 
     def __post_init__(self) -> None:
         for name, low, high, power_of_two in _FIELD_RULES:
@@ -61,10 +54,6 @@ class MatmulConfig:
                 raise ValueError(f"MatmulConfig.{name} must be a power of two, got {value}")
         if self.tma and self.split_k > 1:
             raise ValueError("MatmulConfig.split_k must be 1 with tma=1: the TMA kernel does not split K")
-        if self.stream_k and (self.split_k > 1 or self.tma):
-            raise ValueError(
-                "MatmulConfig.stream_k must be 0 with split_k > 1 or tma=1: stream-K is a schedule of its own"
-            )
 
     def as_list(self) -> list[int]:
         """The fields in declaration order: how the config crosses the torch.library op boundary."""
@@ -85,6 +74,4 @@ class MatmulConfig:
         text = f"{self.block_m}x{self.block_n}x{self.block_k} g{self.group_m} w{self.num_warps} s{self.num_stages}"
         if self.split_k > 1:
             text += f" k{self.split_k}"
-        if self.stream_k:
-            text += f" sk{self.stream_k}"
         return text + " tma" if self.tma else text

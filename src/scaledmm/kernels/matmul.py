@@ -143,135 +143,6 @@ def _scaled_mm_kernel(
             tl.store(arrivals_ptr + pid, 0)  # leaves the counts zeroed for the next launch
 
 
-@triton.jit
-def _tile_offsets(tile, tiles_m, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # Stream-K tile order: the tile rows of one tile column are consecutive (they share B columns).
-    offs_m = (tile % tiles_m) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = (tile // tiles_m) * BLOCK_N + tl.arange(0, BLOCK_N)
-    return offs_m, offs_n, (offs_m % M).to(tl.int64), (offs_n % N).to(tl.int64)
-
-
-@triton.jit
-def _first_unit(program, programs, units):
-    return program * units // programs
-
-
-@triton.jit
-def _unit_owner(unit, programs, units):
-    # The program whose units [p * units // programs, (p + 1) * units // programs) hold `unit`.
-    return ((unit + 1) * programs - 1) // units
-
-
-@triton.jit
-def _arrive_and_finish(
-    acc, tile, slot, tiles_m, k_steps, programs, units, M, N,
-    out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr, partials_ptr, arrivals_ptr,
-    stride_om, stride_on, stride_scale_a, stride_scale_b, stride_bias,
-    A_PER_TOKEN: tl.constexpr, B_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    # Leave this program's partial sum of `tile` in its scratch slot and count it; the last of the
-    # tile's programs to arrive adds all partials up in program order and stores the tile.
-    offs_tile = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-    tl.store(partials_ptr + slot * (BLOCK_M * BLOCK_N) + offs_tile, acc)
-    tl.debug_barrier()  # every thread's partial is written before the arrival is counted
-    arrived = tl.atomic_add(arrivals_ptr + tile, 1, sem="acq_rel")
-    tile_start = tile * k_steps
-    first_owner = _unit_owner(tile_start, programs, units)
-    last_owner = _unit_owner(tile_start + k_steps - 1, programs, units)
-    if arrived == last_owner - first_owner:
-        total = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-        for owner in range(first_owner, last_owner + 1):
-            # Slot 2p holds the tile program p starts in, 2p + 1 the one it stops in.
-            owner_slot = 2 * owner + (_first_unit(owner, programs, units) < tile_start).to(tl.int64)
-            # .cg reads L2, where the other programs' stores are, never a stale L1 line.
-            total += tl.load(partials_ptr + owner_slot * (BLOCK_M * BLOCK_N) + offs_tile, cache_modifier=".cg")
-        offs_m, offs_n, rows, cols = _tile_offsets(tile, tiles_m, M, N, BLOCK_M, BLOCK_N)
-        _scale_and_store(
-            total, offs_m, offs_n, rows, cols, M, N, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr,
-            stride_om, stride_on, stride_scale_a, stride_scale_b, stride_bias,
-            A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS,
-        )  # fmt: skip
-        tl.store(arrivals_ptr + tile, 0)  # leaves the counts zeroed for the next launch
-
-
-@triton.jit
-def _scaled_mm_stream_k_kernel(
-    a_ptr, b_ptr, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr, partials_ptr, arrivals_ptr,
-    M, N, K,
-    stride_am, stride_ak, stride_bk, stride_bn, stride_om, stride_on,
-    stride_scale_a, stride_scale_b, stride_bias,
-    A_PER_TOKEN: tl.constexpr, B_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, EVEN_K: tl.constexpr, MASK_M: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    # The work is a flat sequence of units, (tile, K step) with K steps innermost; program p takes
-    # units [p * units // programs, (p + 1) * units // programs) (the launcher keeps programs <= units,
-    # so none is empty). In one loop over its units, so that the pipeline runs across tile boundaries,
-    # a program stores every tile it covers whole; the tile it starts in (head) and the one it stops
-    # in (tail), where covered in part, are finished after the loop by _arrive_and_finish.
-    pid = tl.program_id(0)
-    programs = tl.num_programs(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    k_steps = tl.cdiv(K, BLOCK_K).to(tl.int64)
-    units = tiles_m * tl.cdiv(N, BLOCK_N) * k_steps
-    first = _first_unit(pid, programs, units)
-    last = _first_unit(pid + 1, programs, units)
-    head_tile = first // k_steps
-    tail_tile = (last - 1) // k_steps
-    head_partial = (first % k_steps != 0) | (last < (head_tile + 1) * k_steps)
-    tail_partial = (tail_tile != head_tile) & (last % k_steps != 0)
-
-    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    head_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    for unit in range(first, last):
-        tile = unit // k_steps
-        k = unit - tile * k_steps
-        offs_m, offs_n, rows, cols = _tile_offsets(tile, tiles_m, M, N, BLOCK_M, BLOCK_N)
-        ks = k * BLOCK_K + offs_k
-        a_ptrs = a_ptr + rows[:, None] * stride_am + ks[None, :] * stride_ak
-        b_ptrs = b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn
-        a_rows = (offs_m[:, None] < M) if MASK_M else tl.full((BLOCK_M, 1), 1, tl.int1)
-        if EVEN_K:
-            if MASK_M:
-                a = tl.load(a_ptrs, mask=a_rows, other=0.0)
-            else:
-                a = tl.load(a_ptrs)
-            b = tl.load(b_ptrs)
-        else:
-            a = tl.load(a_ptrs, mask=a_rows & (ks[None, :] < K), other=0.0)
-            b = tl.load(b_ptrs, mask=ks[:, None] < K, other=0.0)
-        acc = tl.dot(a, b, acc, out_dtype=ACC_DTYPE)
-        if k == k_steps - 1:
-            if (tile == head_tile) & head_partial:
-                head_acc = acc
-            else:
-                _scale_and_store(
-                    acc, offs_m, offs_n, rows, cols, M, N, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr,
-                    stride_om, stride_on, stride_scale_a, stride_scale_b, stride_bias,
-                    A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS,
-                )  # fmt: skip
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-    # A head that stops before its tile's last K step is still in acc (then there is no tail).
-    if head_partial:
-        if last < (head_tile + 1) * k_steps:
-            head_acc = acc
-        _arrive_and_finish(
-            head_acc, head_tile, 2 * pid.to(tl.int64), tiles_m, k_steps, programs, units, M, N,
-            out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr, partials_ptr, arrivals_ptr,
-            stride_om, stride_on, stride_scale_a, stride_scale_b, stride_bias,
-            A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS, ACC_DTYPE, BLOCK_M, BLOCK_N,
-        )  # fmt: skip
-    if tail_partial:
-        _arrive_and_finish(
-            acc, tail_tile, 2 * pid.to(tl.int64) + 1, tiles_m, k_steps, programs, units, M, N,
-            out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr, partials_ptr, arrivals_ptr,
-            stride_om, stride_on, stride_scale_a, stride_scale_b, stride_bias,
-            A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS, ACC_DTYPE, BLOCK_M, BLOCK_N,
-        )  # fmt: skip
-
-
 def _source_revision(*functions: triton.JITFunction) -> str:
     return hashlib.sha1("".join(inspect.getsource(f.fn) for f in functions).encode()).hexdigest()[:12]
 
@@ -281,16 +152,11 @@ def _source_revision(*functions: triton.JITFunction) -> str:
 # only their times change).
 KERNEL_REVISION = _source_revision(_scale_and_store, _scaled_mm_kernel)
 TMA_KERNEL_REVISION = _source_revision(matmul_tma.scale_columns_and_store, matmul_tma.scaled_mm_tma_kernel)
-STREAM_K_KERNEL_REVISION = _source_revision(
-    _scale_and_store, _tile_offsets, _first_unit, _unit_owner, _arrive_and_finish, _scaled_mm_stream_k_kernel
-)
 
 
 def kernel_revision(config: MatmulConfig) -> str:
     """The revision of the kernel that runs `config`."""
-    if config.tma:
-        return TMA_KERNEL_REVISION
-    return STREAM_K_KERNEL_REVISION if config.stream_k else KERNEL_REVISION
+    return TMA_KERNEL_REVISION if config.tma else KERNEL_REVISION
 
 
 def _tiles(M: int, N: int, config: MatmulConfig) -> int:
@@ -331,45 +197,35 @@ def _arrivals(device: torch.device, tiles: int) -> torch.Tensor:
     return counts
 
 
-def _stream_k_programs(M: int, N: int, K: int, config: MatmulConfig, num_sms: int) -> int:
-    """Programs of a stream-K launch: config.stream_k per SM, at most one per (tile, K step) unit."""
-    return min(config.stream_k * num_sms, _tiles(M, N, config) * (-(-K // config.block_k)))
+def split_k_scratch_bytes(M: int, N: int, config: MatmulConfig) -> int:
+    """Bytes of partial sums a split-K launch allocates (4-byte int32 or float32 accumulators)."""
+    return config.split_k * _tiles(M, N, config) * config.block_m * config.block_n * 4
 
 
-def scratch_bytes(M: int, N: int, K: int, config: MatmulConfig, num_sms: int) -> int:
-    """Bytes of partial sums a launch allocates (4-byte int32 or float32 accumulators): a tile per
-    program with split-K, two per program with stream-K, none otherwise."""
-    if config.stream_k:
-        slots = 2 * _stream_k_programs(M, N, K, config, num_sms)
-    else:
-        slots = _tiles(M, N, config) * config.split_k if config.split_k > 1 else 0
-    return slots * config.block_m * config.block_n * 4
-
-
-def scratch_buffers(
-    M: int, N: int, K: int, config: MatmulConfig, operand_dtype: torch.dtype, device: torch.device
+def split_k_buffers(
+    M: int, N: int, config: MatmulConfig, operand_dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The scratch of a split-K or stream-K launch: the programs' partial sums (int32 for int8
-    operands, else float32), new per call, and the arrival counts of this device and stream (zero
-    between launches); (None, None) for a launch that finishes every tile in one program."""
-    if config.split_k == 1 and not config.stream_k:
+    """The split-K kernel's scratch: every program's partial sums (int32 for int8 operands, else
+    float32), new per call, and the arrival counts of this device and stream (zero between launches);
+    (None, None) without split-K."""
+    if config.split_k == 1:
         return None, None
+    tiles = _tiles(M, N, config)
     acc_dtype = torch.int32 if operand_dtype == torch.int8 else torch.float32
-    tile_size = config.block_m * config.block_n
-    slots = scratch_bytes(M, N, K, config, device_limits(device)[0]) // (4 * tile_size)
-    partials = torch.empty((slots, tile_size), dtype=acc_dtype, device=device)
-    return partials, _arrivals(device, _tiles(M, N, config))
+    partials = torch.empty((config.split_k, tiles, config.block_m * config.block_n), dtype=acc_dtype, device=device)
+    return partials, _arrivals(device, tiles)
 
 
 def _launch_arguments(
-    a, b, scale_a, scale_b, bias, out, partials, arrivals, config: MatmulConfig, num_sms: int
+    a, b, scale_a, scale_b, bias, out, partials, arrivals, config: MatmulConfig
 ) -> tuple[tuple, tuple, dict]:
-    """(grid, positional arguments, keyword arguments) of one launch of the pointer kernel, or of its
-    stream-K schedule; the first eight positional arguments are the tensors that change per call."""
+    """(grid, positional arguments, keyword arguments) of one launch of the pointer kernel; the first
+    eight positional arguments are the tensors that change per call."""
     M, K = a.shape
     N = b.shape[1]
     a_per_token = scale_a.numel() > 1
     b_per_channel = scale_b.numel() > 1
+    grid = (_tiles(M, N, config), config.split_k)
     args = (
         a, b, out, scale_a, scale_b, bias, partials, arrivals,
         M, N, K,
@@ -377,6 +233,7 @@ def _launch_arguments(
         vector_stride(scale_a) if a_per_token else 0,
         vector_stride(scale_b) if b_per_channel else 0,
         bias.stride(0) if bias is not None else 0,
+        config.group_m,
     )  # fmt: skip
     kwargs = dict(
         A_PER_TOKEN=a_per_token,
@@ -385,11 +242,10 @@ def _launch_arguments(
         ACC_DTYPE=tl.int32 if a.dtype == torch.int8 else tl.float32,
         EVEN_K=K % config.block_k == 0,
         MASK_M=M < config.block_m,
+        SPLIT_K=config.split_k,
         **tile_kwargs(config),
     )
-    if config.stream_k:
-        return (_stream_k_programs(M, N, K, config, num_sms),), args, kwargs
-    return (_tiles(M, N, config), config.split_k), (*args, config.group_m), dict(kwargs, SPLIT_K=config.split_k)
+    return grid, args, kwargs
 
 
 def _kernel_and_arguments(
@@ -399,15 +255,14 @@ def _kernel_and_arguments(
     arguments, and how many leading positional arguments change per call. A TMA config runs the TMA
     kernel where the operands and the device allow it (matmul_tma.tma_eligible) and its compiled form
     fits the device's shared memory, else the pointer kernel with the same tiles."""
-    num_sms, shared_memory = device_limits(device)
     if config.tma and matmul_tma.tma_eligible(a, b, out, device):
+        num_sms, shared_memory = device_limits(device)
         grid, args, kwargs = matmul_tma.launch_arguments(a, b, scale_a, scale_b, bias, out, config, num_sms)
         if matmul_tma.fits_in_shared_memory(grid, args, kwargs, device, shared_memory):
             return matmul_tma.scaled_mm_tma_kernel, grid, args, kwargs, 6
-    partials, arrivals = scratch_buffers(a.shape[0], b.shape[1], a.shape[1], config, a.dtype, device)
-    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, partials, arrivals, config, num_sms)
-    kernel = _scaled_mm_stream_k_kernel if config.stream_k else _scaled_mm_kernel
-    return kernel, grid, args, kwargs, 8
+    partials, arrivals = split_k_buffers(a.shape[0], b.shape[1], config, a.dtype, a.device)
+    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, partials, arrivals, config)
+    return _scaled_mm_kernel, grid, args, kwargs, 8
 
 
 def launch_scaled_mm(
@@ -438,7 +293,7 @@ def bind_scaled_mm(
 ) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
     """Compute scaled_mm now; return the result and a function of (a, b, scale_a, scale_b, bias) that
     computes it for new tensors with the dtypes, shapes, strides and pointer alignment of these."""
-    M, K = a.shape
+    M = a.shape[0]
     N = b.shape[1]
     device = a.device
     dtype = a.dtype
@@ -461,7 +316,7 @@ def bind_scaled_mm(
 
         def launch(a, b, scale_a, scale_b, bias):
             out = allocate()
-            bound(a, b, out, scale_a, scale_b, bias, *scratch_buffers(M, N, K, config, dtype, device))
+            bound(a, b, out, scale_a, scale_b, bias, *split_k_buffers(M, N, config, dtype, device))
             return out
 
     return out, launch
