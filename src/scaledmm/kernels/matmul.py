@@ -26,25 +26,35 @@ from scaledmm.kernels.launch import bind_launch, tile_kwargs, vector_stride
 
 
 @triton.jit
-def _scale_and_store(
-    acc, offs_m, offs_n, rows, cols, M, N,
-    out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr,
-    stride_om, stride_on, stride_scale_a, stride_scale_b, stride_bias,
+def _epilogue_operands(
+    rows, cols, scale_a_ptr, scale_b_ptr, bias_ptr, stride_scale_a, stride_scale_b, stride_bias,
     A_PER_TOKEN: tl.constexpr, B_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):  # fmt: skip
-    # Epilogue in fp32, in the order of the definition: ((a @ b) * scale_a) * scale_b + bias.
-    result = acc.to(tl.float32)
+    # The epilogue's factors in fp32, shaped to broadcast over the tile: scale_a per row or one,
+    # scale_b per column or one, bias per column (a placeholder without bias).
     if A_PER_TOKEN:
-        result = result * tl.load(scale_a_ptr + rows * stride_scale_a).to(tl.float32)[:, None]
+        scale_a = tl.load(scale_a_ptr + rows * stride_scale_a).to(tl.float32)[:, None]
     else:
-        result = result * tl.load(scale_a_ptr).to(tl.float32)
+        scale_a = tl.load(scale_a_ptr).to(tl.float32)
     if B_PER_CHANNEL:
-        result = result * tl.load(scale_b_ptr + cols * stride_scale_b).to(tl.float32)[None, :]
+        scale_b = tl.load(scale_b_ptr + cols * stride_scale_b).to(tl.float32)[None, :]
     else:
-        result = result * tl.load(scale_b_ptr).to(tl.float32)
+        scale_b = tl.load(scale_b_ptr).to(tl.float32)
     if HAS_BIAS:
-        result = result + tl.load(bias_ptr + cols * stride_bias).to(tl.float32)[None, :]
+        bias = tl.load(bias_ptr + cols * stride_bias).to(tl.float32)[None, :]
+    else:
+        bias = tl.full((1, 1), 0, tl.float32)
+    return scale_a, scale_b, bias
 
+
+@triton.jit
+def _scale_and_store(
+    acc, scale_a, scale_b, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS: tl.constexpr
+):
+    # Epilogue in fp32, in the order of the definition: ((a @ b) * scale_a) * scale_b + bias.
+    result = acc.to(tl.float32) * scale_a * scale_b
+    if HAS_BIAS:
+        result = result + bias
     out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :].to(tl.int64) * stride_on
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     tl.store(out_ptrs, result.to(out_ptr.dtype.element_ty), mask=mask)
@@ -60,7 +70,7 @@ def _scaled_mm_kernel(
     stride_scale_a, stride_scale_b, stride_bias,
     GROUP_M,
     A_PER_TOKEN: tl.constexpr, B_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, EVEN_K: tl.constexpr, MASK_M: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, EVEN_K: tl.constexpr, MASK_M: tl.constexpr, PRELOAD_EPILOGUE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -94,6 +104,16 @@ def _scaled_mm_kernel(
     a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :] * stride_ak + k_first * a_step
     b_ptrs = b_ptr + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn + k_first * b_step
 
+    # With one tile row (M <= BLOCK_M: decode) the programs all end together and would all wait on
+    # the epilogue's loads there; issued now, their latency hides behind the K loop's (1.00-1.07x at
+    # M <= 64 on an H100, benchmarks/ab/decode_variants.py). Taller grids load them after the loop,
+    # so that the registers they take are not held through it.
+    if PRELOAD_EPILOGUE:
+        scale_a, scale_b, bias = _epilogue_operands(
+            rows, cols, scale_a_ptr, scale_b_ptr, bias_ptr, stride_scale_a, stride_scale_b, stride_bias,
+            A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS,
+        )  # fmt: skip
+
     # All-true where rows wrap; with MASK_M the rows past M load nothing.
     a_rows = (offs_m[:, None] < M) if MASK_M else tl.full((BLOCK_M, 1), 1, tl.int1)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
@@ -112,12 +132,13 @@ def _scaled_mm_kernel(
         a_ptrs += a_step
         b_ptrs += b_step
 
-    if SPLIT_K == 1:
-        _scale_and_store(
-            acc, offs_m, offs_n, rows, cols, M, N, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr,
-            stride_om, stride_on, stride_scale_a, stride_scale_b, stride_bias,
+    if not PRELOAD_EPILOGUE:
+        scale_a, scale_b, bias = _epilogue_operands(
+            rows, cols, scale_a_ptr, scale_b_ptr, bias_ptr, stride_scale_a, stride_scale_b, stride_bias,
             A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS,
         )  # fmt: skip
+    if SPLIT_K == 1:
+        _scale_and_store(acc, scale_a, scale_b, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS)
     else:
         # Each program leaves its partial sum in `partials` ([SPLIT_K, tiles, BLOCK_M * BLOCK_N]) and
         # counts itself in `arrivals[tile]`; the last to arrive adds the partials up in split order
@@ -136,10 +157,8 @@ def _scaled_mm_kernel(
                 # .cg reads L2, where the other programs' stores are, never a stale L1 line.
                 total += tl.load(tile_partials + split * split_stride, cache_modifier=".cg")
             _scale_and_store(
-                total, offs_m, offs_n, rows, cols, M, N, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr,
-                stride_om, stride_on, stride_scale_a, stride_scale_b, stride_bias,
-                A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS,
-            )  # fmt: skip
+                total, scale_a, scale_b, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS
+            )
             tl.store(arrivals_ptr + pid, 0)  # leaves the counts zeroed for the next launch
 
 
@@ -150,7 +169,7 @@ def _source_revision(*functions: triton.JITFunction) -> str:
 # The kernels' revisions: hashes of their source. A tuned bucket records the revision of the kernel its
 # config runs, so that `scaledmm tune` knows which results an edit has made stale (configs stay valid;
 # only their times change).
-KERNEL_REVISION = _source_revision(_scale_and_store, _scaled_mm_kernel)
+KERNEL_REVISION = _source_revision(_epilogue_operands, _scale_and_store, _scaled_mm_kernel)
 TMA_KERNEL_REVISION = _source_revision(matmul_tma.scale_columns_and_store, matmul_tma.scaled_mm_tma_kernel)
 
 
@@ -242,6 +261,7 @@ def _launch_arguments(
         ACC_DTYPE=tl.int32 if a.dtype == torch.int8 else tl.float32,
         EVEN_K=K % config.block_k == 0,
         MASK_M=M < config.block_m,
+        PRELOAD_EPILOGUE=M <= config.block_m,
         SPLIT_K=config.split_k,
         **tile_kwargs(config),
     )
