@@ -25,11 +25,13 @@ OUT_BYTES_BUDGETED = 4  # the TMA kernel stages half an output tile in shared me
 
 def _block_m_choices(M: int) -> tuple[int, ...]:
     # Tiles of about M rows: shorter ones waste tensor-core work on padding rows, much taller ones
-    # leave SMs idle. Large M also tries 256-row tiles (compute-bound, few programs needed).
+    # leave SMs idle. Large M also tries 256-row tiles (compute-bound, few programs needed). Small M
+    # also tries 64-row tiles (the rows past M masked, never loaded): in a tuning run without them
+    # (benchmarks/tuning/h100x4-decode-preload.log), the fp8 winners at M = 64, all 64-row tiles,
+    # beat the 16-row winners at M = 16 on four of the eight preset shapes (qwen3-4b o: 7.5 against
+    # 8.0 us), with four times the rows to read and compute.
     if M <= 16:
-        return (16,)
-    if M <= 32:
-        return (16, 32)
+        return (16, 64)
     if M <= 64:
         return (16, 32, 64)
     if M <= 128:
