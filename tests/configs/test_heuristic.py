@@ -22,8 +22,11 @@ def test_heuristic_is_valid_and_fits_shared_memory(M, N, K, device):
     assert config.block_n <= max(16, 2 * N) and config.block_k <= max(32, 2 * K)
 
 
-def test_small_m_takes_short_tiles_and_large_m_square_ones():
-    assert heuristic_config(1, 4096, 4096, **H100).block_m == 16
+def test_small_m_takes_64_rows_where_n_is_narrow_16_where_wide_and_large_m_square_tiles():
+    assert heuristic_config(1, 4096, 4096, **H100).block_m == 64
+    assert heuristic_config(32, 8448, 4096, **H100).block_m == 64
+    assert heuristic_config(1, 8449, 4096, **H100).block_m == 16
+    assert heuristic_config(32, 28672, 4096, **H100).block_m == 32
     assert heuristic_config(4096, 4096, 4096, **H100).block_m == 128
 
 

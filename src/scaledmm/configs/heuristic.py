@@ -27,12 +27,20 @@ _TMA_TILE_SHARED_MEMORY = (
     + SHARED_MEMORY_RESERVE
 )
 
+# Small M with few column tiles (N <= 8448 on an H100): 64-row tiles, their rows past M masked. The
+# tuner chose them at M <= 32 in 32 of the 42 fp8 buckets of the presets' shapes with N <= 6144 and
+# in 3 of the 14 with N >= 19456 (none below M = 24), whose 16-row tiles have programs enough to
+# stream the weight (benchmarks/tuning/h100-decode-64-rows.log).
+_DECODE_BLOCK_N = 32
+_WIDE_TILE_MAX_PROGRAMS_PER_SM = 2
+
 
 def heuristic_config(M: int, N: int, K: int, num_sms: int, shared_memory: int) -> MatmulConfig:
     """A reasonable config for 8-bit operands without any tuning.
 
-    Small M is memory-bound (the weight streams once), so tiles are short in M and long in K, and the
-    N tile is the widest that still gives every SM a program. Large M is compute-bound and takes the
+    Small M is memory-bound (the weight streams once), so tiles are long in K, short in M where N is
+    wide, 64 rows (masked past M) where it is not, and the N tile is the widest that still gives every
+    SM a program. Large M is compute-bound and takes the
     classic 128x128 tile, or from M = 2048 on, where it makes 3 tiles per SM and shared memory allows
     it (Hopper and newer), the TMA kernel's 128x256 tile. The pipeline is as deep as shared memory
     allows, up to 4 stages.
@@ -42,7 +50,9 @@ def heuristic_config(M: int, N: int, K: int, num_sms: int, shared_memory: int) -
     big = big and tiles >= _TMA_MIN_TILES_PER_SM * num_sms
     if big and shared_memory >= _TMA_TILE_SHARED_MEMORY:
         return _TMA_TILE
-    if M <= 16:
+    if M <= 32 and triton.cdiv(N, _DECODE_BLOCK_N) <= _WIDE_TILE_MAX_PROGRAMS_PER_SM * num_sms:
+        block_m, block_k, num_warps = 64, 256, 4
+    elif M <= 16:
         block_m, block_k, num_warps = 16, 256, 4
     elif M <= 32:
         block_m, block_k, num_warps = 32, 256, 4
