@@ -25,7 +25,7 @@ def main():
     for dtype in (torch.float8_e4m3fn, torch.int8):
         for shape in preset_shapes("llama3-70b", tp=4):
             for M in (2048, 4096, 8192):
-                now = heuristic_config(M, shape.n, shape.k, *device_limits(device))
+                now = heuristic_config(M, shape.n, shape.k, dtype, *device_limits(device))
                 ops = [
                     make_operands(M, shape.n, shape.k, dtype, device)
                     for _ in range(rotation_count(shape.n * shape.k, device))

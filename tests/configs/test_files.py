@@ -98,7 +98,7 @@ def test_tuned_buckets_are_used_by_the_smallest_tuned_m_at_least_m(config_dir):
         assert select_config(M, N, K, torch.int8, CPU) == TUNED[tuned_m], M
     assert plan(3, N, K, torch.int8, CPU).source.parent == config_dir
     # Other shapes and dtypes are not in the file: the heuristic serves them.
-    assert select_config(3, N + 1, K, torch.int8, CPU) == heuristic_config(3, N + 1, K, 132, 227 * 1024)
+    assert select_config(3, N + 1, K, torch.int8, CPU) == heuristic_config(3, N + 1, K, torch.int8, 132, 227 * 1024)
     assert plan(3, N, K, torch.float8_e4m3fn, CPU).source is None
 
 
@@ -176,7 +176,7 @@ def test_bad_file_is_skipped_with_one_warning_and_the_heuristic_serves(config_di
         warnings.simplefilter("always")
         got = select_config(3, N, K, torch.int8, CPU)
         select_config(4, N, K, torch.int8, CPU)  # a second call warns no more
-    assert got == heuristic_config(3, N, K, 132, 227 * 1024)
+    assert got == heuristic_config(3, N, K, torch.int8, 132, 227 * 1024)
     assert len(caught) == 1 and path.name in str(caught[0].message)
 
 

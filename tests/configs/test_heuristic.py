@@ -6,6 +6,7 @@ import torch
 from scaledmm import MatmulConfig, select_config
 from scaledmm.configs import heuristic_config
 
+FP8 = torch.float8_e4m3fn
 H100 = dict(num_sms=132, shared_memory=227 * 1024)
 ADA = dict(num_sms=128, shared_memory=99 * 1024)
 
@@ -13,8 +14,9 @@ ADA = dict(num_sms=128, shared_memory=99 * 1024)
 @pytest.mark.parametrize("M", [1, 2, 16, 17, 32, 64, 65, 128, 256, 4096, 8192])
 @pytest.mark.parametrize("N,K", [(1, 1), (7, 33), (2560, 4096), (28672, 4096), (4096, 14336)])
 @pytest.mark.parametrize("device", [H100, ADA], ids=["h100", "ada"])
-def test_heuristic_is_valid_and_fits_shared_memory(M, N, K, device):
-    config = heuristic_config(M, N, K, **device)
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "e4m3"])
+def test_heuristic_is_valid_and_fits_shared_memory(M, N, K, device, dtype):
+    config = heuristic_config(M, N, K, dtype, **device)
     assert isinstance(config, MatmulConfig)
     pipelined = config.num_stages * (config.block_m + config.block_n) * config.block_k
     assert pipelined <= device["shared_memory"]
@@ -22,30 +24,31 @@ def test_heuristic_is_valid_and_fits_shared_memory(M, N, K, device):
     assert config.block_n <= max(16, 2 * N) and config.block_k <= max(32, 2 * K)
 
 
-def test_small_m_takes_64_rows_where_n_is_narrow_16_where_wide_and_large_m_square_tiles():
-    assert heuristic_config(1, 4096, 4096, **H100).block_m == 64
-    assert heuristic_config(32, 8448, 4096, **H100).block_m == 64
-    assert heuristic_config(1, 8449, 4096, **H100).block_m == 16
-    assert heuristic_config(32, 28672, 4096, **H100).block_m == 32
-    assert heuristic_config(4096, 4096, 4096, **H100).block_m == 128
+def test_small_m_takes_64_rows_in_fp8_where_n_is_narrow_else_short_tiles_and_large_m_square_ones():
+    assert heuristic_config(1, 4096, 4096, FP8, **H100).block_m == 64
+    assert heuristic_config(32, 8448, 4096, FP8, **H100).block_m == 64
+    assert heuristic_config(1, 4096, 4096, torch.int8, **H100).block_m == 16
+    assert heuristic_config(1, 8449, 4096, FP8, **H100).block_m == 16
+    assert heuristic_config(32, 28672, 4096, FP8, **H100).block_m == 32
+    assert heuristic_config(4096, 4096, 4096, FP8, **H100).block_m == 128
 
 
 def test_small_m_fills_the_gpu_when_n_allows():
     # 4096 columns: 64-wide tiles give 64 programs, 32-wide 128: the widest tile reaching 132 SMs is
     # none, so the narrowest is taken; 28672 columns fill the GPU with 128-wide tiles.
-    assert heuristic_config(1, 4096, 4096, **H100).block_n == 32
-    assert heuristic_config(1, 28672, 4096, **H100).block_n == 128
+    assert heuristic_config(1, 4096, 4096, torch.int8, **H100).block_n == 32
+    assert heuristic_config(1, 28672, 4096, torch.int8, **H100).block_n == 128
 
 
 def test_select_config_is_cached_and_pure():
     first = select_config(7, 4096, 4096, torch.int8, "cpu")
     assert select_config(7, 4096, 4096, torch.int8, "cpu") is first
-    assert first == heuristic_config(7, 4096, 4096, num_sms=132, shared_memory=227 * 1024)
+    assert first == heuristic_config(7, 4096, 4096, torch.int8, num_sms=132, shared_memory=227 * 1024)
 
 
 def test_large_m_takes_the_tma_tile_where_shared_memory_holds_it():
-    assert heuristic_config(4096, 4096, 4096, **H100).tma == 1
-    assert heuristic_config(1024, 4096, 4096, **H100).tma == 0
-    assert heuristic_config(4096, 4096, 4096, **ADA).tma == 0
-    assert heuristic_config(4096, 2560, 8192, **H100).tma == 0  # 320 tiles, under 3 per SM
-    assert heuristic_config(8192, 2560, 8192, **H100).tma == 1
+    assert heuristic_config(4096, 4096, 4096, torch.int8, **H100).tma == 1
+    assert heuristic_config(1024, 4096, 4096, torch.int8, **H100).tma == 0
+    assert heuristic_config(4096, 4096, 4096, torch.int8, **ADA).tma == 0
+    assert heuristic_config(4096, 2560, 8192, torch.int8, **H100).tma == 0  # 320 tiles, under 3 per SM
+    assert heuristic_config(8192, 2560, 8192, torch.int8, **H100).tma == 1

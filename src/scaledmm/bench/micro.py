@@ -169,7 +169,7 @@ def _eight_bit_methods(shape: LinearShape, M: int, dtype: torch.dtype, device: t
     copies = rotation_count(shape.n * shape.k, device)
     ops = [make_operands(M, shape.n, shape.k, dtype, device) for _ in range(copies)]
     inputs = [(*o.args(), o.bias) for o in ops]
-    heuristic = heuristic_config(M, shape.n, shape.k, *device_limits(device))
+    heuristic = heuristic_config(M, shape.n, shape.k, dtype, *device_limits(device))
 
     def ours(a, b, sa, sb, bias):
         return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import triton
 
 from scaledmm.configs.config import MatmulConfig
@@ -27,20 +28,22 @@ _TMA_TILE_SHARED_MEMORY = (
     + SHARED_MEMORY_RESERVE
 )
 
-# Small M with few column tiles (N <= 8448 on an H100): 64-row tiles, their rows past M masked. The
-# tuner chose them at M <= 32 in 32 of the 42 fp8 buckets of the presets' shapes with N <= 6144 and
-# in 3 of the 14 with N >= 19456 (none below M = 24), whose 16-row tiles have programs enough to
-# stream the weight (benchmarks/tuning/h100-decode-64-rows.log).
+# fp8 at small M with few column tiles (N <= 8448 on an H100): 64-row tiles, their rows past M masked.
+# The tuner chose them at M <= 32 in 32 of the 42 fp8 buckets of the presets' shapes with N <= 6144
+# and in 3 of the 14 with N >= 19456 (none below M = 24), whose 16-row tiles have programs enough to
+# stream the weight (benchmarks/tuning/h100-decode-64-rows.log). On the shapes of llama3-70b (tp 4
+# and 8) and qwen2.5-7b they beat the 16- and 32-row tiles by 0.98-1.51x in fp8 but lost in int8 at
+# M = 1 and 16 (0.89-0.99x; benchmarks/results/h100-2026-11-27-decode/heuristic_decode_ab.log).
 _DECODE_BLOCK_N = 32
 _WIDE_TILE_MAX_PROGRAMS_PER_SM = 2
 
 
-def heuristic_config(M: int, N: int, K: int, num_sms: int, shared_memory: int) -> MatmulConfig:
-    """A reasonable config for 8-bit operands without any tuning.
+def heuristic_config(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int, shared_memory: int) -> MatmulConfig:
+    """A reasonable config for 8-bit operands of `dtype` without any tuning.
 
-    Small M is memory-bound (the weight streams once), so tiles are long in K, short in M where N is
-    wide, 64 rows (masked past M) where it is not, and the N tile is the widest that still gives every
-    SM a program. Large M is compute-bound and takes the
+    Small M is memory-bound (the weight streams once), so tiles are long in K and short in M (in fp8,
+    64 rows masked past M where N is narrow), and the N tile is the widest that still gives every SM a
+    program. Large M is compute-bound and takes the
     classic 128x128 tile, or from M = 2048 on, where it makes 3 tiles per SM and shared memory allows
     it (Hopper and newer), the TMA kernel's 128x256 tile. The pipeline is as deep as shared memory
     allows, up to 4 stages.
@@ -50,7 +53,8 @@ def heuristic_config(M: int, N: int, K: int, num_sms: int, shared_memory: int) -
     big = big and tiles >= _TMA_MIN_TILES_PER_SM * num_sms
     if big and shared_memory >= _TMA_TILE_SHARED_MEMORY:
         return _TMA_TILE
-    if M <= 32 and triton.cdiv(N, _DECODE_BLOCK_N) <= _WIDE_TILE_MAX_PROGRAMS_PER_SM * num_sms:
+    narrow = triton.cdiv(N, _DECODE_BLOCK_N) <= _WIDE_TILE_MAX_PROGRAMS_PER_SM * num_sms
+    if M <= 32 and narrow and dtype != torch.int8:
         block_m, block_k, num_warps = 64, 256, 4
     elif M <= 16:
         block_m, block_k, num_warps = 16, 256, 4

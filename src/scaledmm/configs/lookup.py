@@ -146,7 +146,7 @@ def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> Pl
     """The cached plan for one call shape (device must be resolved: cuda with an index, or cpu)."""
     table = tuned_table(device_name(device), N, K, DTYPE_NAMES[dtype])
     if table is None:
-        return Plan("triton", heuristic_config(M, N, K, *device_limits(device)), None)
+        return Plan("triton", heuristic_config(M, N, K, dtype, *device_limits(device)), None)
     bucket = table.bucket_for(M)
     return Plan(bucket.backend, bucket.config, table.path)
 

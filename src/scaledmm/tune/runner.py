@@ -49,7 +49,7 @@ def candidates(job: Job, device: torch.device, max_candidates: int | None) -> li
     """The configs timed for a job, nearest the heuristic first (so a capped run keeps the likeliest),
     ending with the heuristic itself so that tuning can never lose to it."""
     num_sms, shared_memory = device_limits(device)
-    heuristic = heuristic_config(job.m, job.n, job.k, num_sms, shared_memory)
+    heuristic = heuristic_config(job.m, job.n, job.k, DTYPE_BY_NAME[job.dtype], num_sms, shared_memory)
 
     def distance(c: MatmulConfig) -> float:
         pairs = (
