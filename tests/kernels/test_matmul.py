@@ -277,3 +277,21 @@ def test_tma_kernel_compiles_ahead_from_meta_tensors(tma_launches):
     scale_a, scale_b = torch.empty(256, 1, **meta), torch.empty(1, 384, **meta)
     compile_scaled_mm(a, b, scale_a, scale_b, None, out, MatmulConfig(128, 128, 128, num_warps=4, num_stages=3, tma=1))
     assert len(tma_launches) == int(torch.cuda.get_device_capability() >= (9, 0))
+
+
+@pytest.mark.parametrize(
+    "M,config,preload",
+    [
+        (1, MatmulConfig(16, 32, 256), True),  # decode: one tile row, small tile
+        (64, MatmulConfig(64, 128, 256), True),
+        (128, MatmulConfig(128, 64, 128), True),
+        (128, MatmulConfig(128, 128, 128, num_warps=8), False),  # held through the loop, it cost ~9%
+        (65, MatmulConfig(64, 32, 256), False),  # two tile rows
+    ],
+    ids=str,
+)
+def test_the_epilogue_is_loaded_before_the_k_loop_for_one_row_of_small_tiles(M, config, preload):
+    ops = make_operands(M, 160, 256, torch.float8_e4m3fn, DEVICE)
+    out = torch.empty(M, 160, dtype=torch.bfloat16, device=DEVICE)
+    _, _, kwargs = matmul._launch_arguments(*ops.args(), ops.bias, out, None, None, config)
+    assert kwargs["PRELOAD_EPILOGUE"] is preload

@@ -235,6 +235,14 @@ def split_k_buffers(
     return partials, _arrivals(device, tiles)
 
 
+# The kernel loads the epilogue's scales and bias before its K loop (PRELOAD_EPILOGUE) for one tile
+# row of at most 64x128 accumulators: the decode tiles of the A/B where it won (1.00-1.07x,
+# benchmarks/ab/decode_variants.py). A 128x128 tile (8 warps) held them through the loop at a cost:
+# llama3-8b gate_up at M = 128 took 56.2 us with them against 51.6 us without, in the benches of
+# sessions 4 and 3 (benchmarks/results/h100-2026-11-27-decode and -tma; two runs, one card type).
+PRELOAD_MAX_ACCUMULATORS = 64 * 128
+
+
 def _launch_arguments(
     a, b, scale_a, scale_b, bias, out, partials, arrivals, config: MatmulConfig
 ) -> tuple[tuple, tuple, dict]:
@@ -261,7 +269,7 @@ def _launch_arguments(
         ACC_DTYPE=tl.int32 if a.dtype == torch.int8 else tl.float32,
         EVEN_K=K % config.block_k == 0,
         MASK_M=M < config.block_m,
-        PRELOAD_EPILOGUE=M <= config.block_m,
+        PRELOAD_EPILOGUE=M <= config.block_m and config.block_m * config.block_n <= PRELOAD_MAX_ACCUMULATORS,
         SPLIT_K=config.split_k,
         **tile_kwargs(config),
     )
