@@ -29,11 +29,12 @@ _TMA_TILE_SHARED_MEMORY = (
 )
 
 # fp8 at small M with few column tiles (N <= 8448 on an H100): 64-row tiles, their rows past M masked.
-# The tuner chose them at M <= 32 in 32 of the 42 fp8 buckets of the presets' shapes with N <= 6144
+# The tuner chose them at M <= 32 in 34 of the 42 fp8 buckets of the presets' shapes with N <= 6144
 # and in 3 of the 14 with N >= 19456 (none below M = 24), whose 16-row tiles have programs enough to
 # stream the weight (benchmarks/tuning/h100-decode-64-rows.log). On the shapes of llama3-70b (tp 4
-# and 8) and qwen2.5-7b they beat the 16- and 32-row tiles by 0.98-1.51x in fp8 but lost in int8 at
-# M = 1 and 16 (0.89-0.99x; benchmarks/results/h100-2026-11-27-decode/heuristic_decode_ab.log).
+# and 8) and qwen2.5-7b they ran 0.98-1.51x as fast as the 16- and 32-row tiles in fp8 (27 of 30
+# points faster) but lost in int8 at M = 1 and 16 (0.89-0.99x;
+# benchmarks/results/h100-2026-11-27-decode/heuristic_decode_ab.log).
 _DECODE_BLOCK_N = 32
 _WIDE_TILE_MAX_PROGRAMS_PER_SM = 2
 
