@@ -94,8 +94,10 @@ def test_device_families(name, family):
 
 def test_tuned_buckets_are_used_by_the_smallest_tuned_m_at_least_m(config_dir):
     write(config_dir, table_json())
-    for M, tuned_m in [(1, 1), (2, 16), (16, 16), (17, 256), (256, 256), (257, 256), (5000, 256)]:
+    for M, tuned_m in [(1, 1), (2, 16), (16, 16), (17, 256), (256, 256), (257, 256), (512, 256)]:
         assert select_config(M, N, K, torch.int8, CPU) == TUNED[tuned_m], M
+    # Far past the tuned range the file's tiles are too small: the heuristic serves.
+    assert plan(513, N, K, torch.int8, CPU).source is None
     assert plan(3, N, K, torch.int8, CPU).source.parent == config_dir
     # Other shapes and dtypes are not in the file: the heuristic serves them.
     assert select_config(3, N + 1, K, torch.int8, CPU) == heuristic_config(3, N + 1, K, torch.int8, 132, 227 * 1024)
@@ -122,6 +124,18 @@ def test_user_dir_comes_before_shipped_files(config_dir, monkeypatch):
     monkeypatch.delenv(CONFIG_DIR_ENV)
     clear_cache()
     assert select_config(1, N, K, torch.int8, CPU) == MatmulConfig(16, 16, 32)
+
+
+def test_a_file_tuned_for_small_m_leaves_large_m_to_the_next_file(config_dir, monkeypatch):
+    shipped = config_dir / "shipped"
+    shipped.mkdir()
+    write(shipped, table_json())  # tuned to M = 256
+    write(config_dir, table_json(buckets={1: MatmulConfig(16, 16, 32), 8: MatmulConfig(16, 32, 32)}))
+    monkeypatch.setattr("scaledmm.configs.lookup.SHIPPED_DIR", shipped)
+    clear_cache()
+    assert select_config(16, N, K, torch.int8, CPU) == MatmulConfig(16, 32, 32)  # the user's, 2x past 8
+    assert select_config(17, N, K, torch.int8, CPU) == TUNED[256]  # the shipped file's
+    assert plan(17, N, K, torch.int8, CPU).source.parent == shipped
 
 
 def test_a_family_member_serves_when_the_exact_card_has_no_file(config_dir, monkeypatch):

@@ -36,6 +36,10 @@ _OPTIONAL = {"compute_capability", "scales", "triton", "torch", "scaledmm", "dat
 _BUCKET_REQUIRED = {"backend", "config"}
 _BUCKET_OPTIONAL = {"time_us", "baselines_us", "candidates", "kernel"}
 
+# How far past its largest tuned M a file still serves: the tuner's grid steps by at most 2x, and its
+# default ends at 8192, so 16384 still takes the 8192 bucket.
+MAX_EXTRAPOLATION = 2
+
 
 class ConfigFileError(ValueError):
     """A tuned config file that cannot be used; the message names the file and what is wrong."""
@@ -91,16 +95,20 @@ class TunedTable:
     dtype: str
     buckets: tuple[Bucket, ...]
 
-    def bucket_for(self, M: int) -> Bucket:
-        """The bucket of the smallest tuned M >= M, or the largest tuned M beyond the last.
+    def bucket_for(self, M: int) -> Bucket | None:
+        """The bucket of the smallest tuned M >= M; beyond the last, the last up to
+        MAX_EXTRAPOLATION times its M; None further out.
 
         A config tuned for at least as many rows keeps every SM busy at this M too, and its tiles
-        are sized for no fewer rows than there are.
+        are sized for no fewer rows than there are. Far beyond the tuned range (a file tuned for
+        decode only, asked for a prefill) its tiles are too small: the next file, or the heuristic,
+        serves.
         """
         for bucket in self.buckets:
             if bucket.m >= M:
                 return bucket
-        return self.buckets[-1]
+        last = self.buckets[-1]
+        return last if M <= MAX_EXTRAPOLATION * last.m else None
 
 
 def _fail(path: Path, what: str) -> ConfigFileError:

@@ -7,7 +7,9 @@ device synchronisation. Sources, first match wins:
 2. the files shipped in scaledmm/configs/data,
 
 each first for the card's exact name, then for another card of its family (H100 or H200 variants);
-then the heuristic. Within a file the bucket is the smallest tuned M >= M (the largest beyond it).
+then the heuristic. Within a file the bucket is the smallest tuned M >= M, else the largest up to
+twice its M; further out (a file tuned for decode only, asked for a prefill) the next file or the
+heuristic serves.
 SCALEDMM_DISABLED_BACKENDS (comma-separated: torch, triton) keeps backends out of the automatic
 choice (scaledmm.api applies it), as vLLM's VLLM_DISABLED_KERNELS does.
 """
@@ -112,8 +114,8 @@ def _file_index() -> tuple[tuple[str, int, int, str, Path], ...]:
 
 
 @functools.cache
-def tuned_table(name: str, n: int, k: int, dtype: str) -> TunedTable | None:
-    """The first valid file for this card (or its family), N, K and dtype; None if there is none."""
+def tuned_tables(name: str, n: int, k: int, dtype: str) -> tuple[TunedTable, ...]:
+    """The valid files for this card (then its family), N, K and dtype, in search order."""
     exact = normalize_device_name(name)
     family = device_family(name)
     matches = [p for d, fn, fk, ft, p in _file_index() if (d, fn, fk, ft) == (exact, n, k, dtype)]
@@ -122,12 +124,13 @@ def tuned_table(name: str, n: int, k: int, dtype: str) -> TunedTable | None:
             p for d, fn, fk, ft, p in _file_index()
             if d != exact and device_family(d) == family and (fn, fk, ft) == (n, k, dtype)
         ]  # fmt: skip
+    tables = []
     for path in matches:
         try:
-            return load_table(path)
+            tables.append(load_table(path))
         except ConfigFileError as err:
             warnings.warn(f"{err}; skipped (the next file, or the heuristic, serves)", stacklevel=2)
-    return None
+    return tuple(tables)
 
 
 def _resolve_device(device: torch.device | str | int | None) -> torch.device:
@@ -144,11 +147,11 @@ def _resolve_device(device: torch.device | str | int | None) -> torch.device:
 @functools.lru_cache(maxsize=8192)
 def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> Plan:
     """The cached plan for one call shape (device must be resolved: cuda with an index, or cpu)."""
-    table = tuned_table(device_name(device), N, K, DTYPE_NAMES[dtype])
-    if table is None:
-        return Plan("triton", heuristic_config(M, N, K, dtype, *device_limits(device)), None)
-    bucket = table.bucket_for(M)
-    return Plan(bucket.backend, bucket.config, table.path)
+    for table in tuned_tables(device_name(device), N, K, DTYPE_NAMES[dtype]):
+        bucket = table.bucket_for(M)
+        if bucket is not None:
+            return Plan(bucket.backend, bucket.config, table.path)
+    return Plan("triton", heuristic_config(M, N, K, dtype, *device_limits(device)), None)
 
 
 def select_config(
@@ -180,7 +183,7 @@ clear_cache_hooks: list[Callable[[], None]] = []
 
 def clear_cache() -> None:
     """Forget files, plans and environment variables read so far (after changing them at run time)."""
-    for cached in (plan, tuned_table, _file_index, disabled_backends):
+    for cached in (plan, tuned_tables, _file_index, disabled_backends):
         cached.cache_clear()
     for hook in clear_cache_hooks:
         hook()
