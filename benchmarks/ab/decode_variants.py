@@ -11,8 +11,9 @@ and 64: the pointer kernel with its shipped config against variants of it with t
 
     PYTHONPATH=src python3 benchmarks/ab/decode_variants.py [SHAPE_INDEX ...]
 
-Written for the library as of the commit that added it (the pointer kernel before it took the early
-epilogue loads); log in benchmarks/results/h100-2026-11-27-decode/decode_variants_ab.log.
+Written for the library as of the commit that added it, 3e203a3 (the pointer kernel before it took
+the early epilogue loads, whose epilogue helpers it calls): run it there
+(`git checkout 3e203a3`). Log in benchmarks/results/h100-2026-11-27-decode/decode_variants_ab.log.
 """
 
 import itertools

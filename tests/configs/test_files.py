@@ -138,6 +138,20 @@ def test_a_file_tuned_for_small_m_leaves_large_m_to_the_next_file(config_dir, mo
     assert plan(17, N, K, torch.int8, CPU).source.parent == shipped
 
 
+def test_a_broken_file_warns_only_when_the_lookup_reaches_it(config_dir, monkeypatch):
+    shipped = config_dir / "shipped"
+    shipped.mkdir()
+    write(shipped, "{ not json", name=file_name("cpu", N, K, "int8"))
+    write(config_dir, table_json(buckets={8: MatmulConfig(16, 32, 32)}))
+    monkeypatch.setattr("scaledmm.configs.lookup.SHIPPED_DIR", shipped)
+    clear_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert select_config(8, N, K, torch.int8, CPU) == MatmulConfig(16, 32, 32)
+    with pytest.warns(UserWarning, match="skipped"):
+        assert plan(17, N, K, torch.int8, CPU).source is None
+
+
 def test_a_family_member_serves_when_the_exact_card_has_no_file(config_dir, monkeypatch):
     write(config_dir, table_json(device="NVIDIA H100 80GB HBM3"))
     monkeypatch.setattr("scaledmm.configs.lookup.device_name", lambda device: "NVIDIA H100 PCIe")

@@ -295,3 +295,13 @@ def test_the_epilogue_is_loaded_before_the_k_loop_for_one_row_of_small_tiles(M, 
     out = torch.empty(M, 160, dtype=torch.bfloat16, device=DEVICE)
     _, _, kwargs = matmul._launch_arguments(*ops.args(), ops.bias, out, None, None, config)
     assert kwargs["PRELOAD_EPILOGUE"] is preload
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "e4m3"])
+@pytest.mark.parametrize("M", [5, 40], ids=["preloaded", "loaded-after"])  # one tile row of 16, or three
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_split_k_with_the_epilogue_loaded_before_or_after_the_loop(dtype, M, bias):
+    ops = make_operands(M, 70, 200, dtype, DEVICE, bias_dtype=torch.bfloat16 if bias else None)
+    out = torch.full((M, 70), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+    launch_scaled_mm(*ops.args(), ops.bias, out, MatmulConfig(16, 32, 32, split_k=3))
+    assert_close(out, ops)

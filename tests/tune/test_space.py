@@ -20,12 +20,14 @@ def test_every_candidate_fits_the_gpu_and_the_problem(M, N, K):
         assert c.num_stages * (c.block_m + c.block_n) * c.block_k <= H100_SHARED - 16 * 1024
         assert 4 <= c.block_m * c.block_n // (c.num_warps * 32) <= 128
         assert c.block_n <= max(32, 2 * N) and c.block_k <= max(64, 2 * K)
-        assert c.block_m <= max(64, 2 * M) or M > 512
+        # Tiles of up to twice M rows, and 64-row tiles at decode (the rows past M masked).
+        assert c.block_m <= max(16, 2 * M) or (c.block_m == 64 and M <= 64) or M > 512
     assert len(set(space)) == len(space)
 
 
 def test_small_m_is_searched_with_short_tiles_and_large_m_with_big_ones():
-    assert {c.block_m for c in candidate_configs(1, 4096, 4096, H100_SHARED, H100_SMS)} == {16, 64}
+    for M in (1, 16):
+        assert {c.block_m for c in candidate_configs(M, 4096, 4096, H100_SHARED, H100_SMS)} == {16, 64}
     assert {c.block_m for c in candidate_configs(8192, 4096, 4096, H100_SHARED, H100_SMS)} == {64, 128, 256}
 
 

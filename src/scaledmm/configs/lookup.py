@@ -114,8 +114,8 @@ def _file_index() -> tuple[tuple[str, int, int, str, Path], ...]:
 
 
 @functools.cache
-def tuned_tables(name: str, n: int, k: int, dtype: str) -> tuple[TunedTable, ...]:
-    """The valid files for this card (then its family), N, K and dtype, in search order."""
+def _candidate_files(name: str, n: int, k: int, dtype: str) -> tuple[Path, ...]:
+    """The files for this card (then its family), N, K and dtype, in search order."""
     exact = normalize_device_name(name)
     family = device_family(name)
     matches = [p for d, fn, fk, ft, p in _file_index() if (d, fn, fk, ft) == (exact, n, k, dtype)]
@@ -124,13 +124,18 @@ def tuned_tables(name: str, n: int, k: int, dtype: str) -> tuple[TunedTable, ...
             p for d, fn, fk, ft, p in _file_index()
             if d != exact and device_family(d) == family and (fn, fk, ft) == (n, k, dtype)
         ]  # fmt: skip
-    tables = []
-    for path in matches:
-        try:
-            tables.append(load_table(path))
-        except ConfigFileError as err:
-            warnings.warn(f"{err}; skipped (the next file, or the heuristic, serves)", stacklevel=2)
-    return tuple(tables)
+    return tuple(matches)
+
+
+@functools.cache
+def _table(path: Path) -> TunedTable | None:
+    """The file's table, read when the lookup first reaches it; None (and one warning) if it does not
+    validate."""
+    try:
+        return load_table(path)
+    except ConfigFileError as err:
+        warnings.warn(f"{err}; skipped (the next file, or the heuristic, serves)", stacklevel=3)
+        return None
 
 
 def _resolve_device(device: torch.device | str | int | None) -> torch.device:
@@ -147,8 +152,9 @@ def _resolve_device(device: torch.device | str | int | None) -> torch.device:
 @functools.lru_cache(maxsize=8192)
 def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> Plan:
     """The cached plan for one call shape (device must be resolved: cuda with an index, or cpu)."""
-    for table in tuned_tables(device_name(device), N, K, DTYPE_NAMES[dtype]):
-        bucket = table.bucket_for(M)
+    for path in _candidate_files(device_name(device), N, K, DTYPE_NAMES[dtype]):
+        table = _table(path)
+        bucket = table.bucket_for(M) if table is not None else None
         if bucket is not None:
             return Plan(bucket.backend, bucket.config, table.path)
     return Plan("triton", heuristic_config(M, N, K, dtype, *device_limits(device)), None)
@@ -183,7 +189,7 @@ clear_cache_hooks: list[Callable[[], None]] = []
 
 def clear_cache() -> None:
     """Forget files, plans and environment variables read so far (after changing them at run time)."""
-    for cached in (plan, tuned_tables, _file_index, disabled_backends):
+    for cached in (plan, _candidate_files, _table, _file_index, disabled_backends):
         cached.cache_clear()
     for hook in clear_cache_hooks:
         hook()

@@ -13,8 +13,9 @@ before its dot, where the two-launch path does that once per row. Measured on an
 of the two launches. So W8A8Linear uses it for M <= FUSED_QUANTIZE_MAX_M and outside CUDA-graph
 capture only, where the host time it saves is what the caller waits for.
 
-The tiles, grouping, masking of rows past M (M < BLOCK_M) or wrapping of them, and the epilogue
-follow `matmul._scaled_mm_kernel`; there is no split-K.
+The tiles, grouping, masking of rows past M (M < BLOCK_M) or wrapping of them, and the epilogue's
+arithmetic follow `matmul._scaled_mm_kernel`; there is no split-K, and the epilogue's operands are
+loaded after the K loop (the matmul kernel's early loads at decode have not been tried here).
 """
 
 from __future__ import annotations

@@ -236,10 +236,15 @@ def split_k_buffers(
 
 
 # The kernel loads the epilogue's scales and bias before its K loop (PRELOAD_EPILOGUE) for one tile
-# row of at most 64x128 accumulators: the decode tiles of the A/B where it won (1.00-1.07x,
-# benchmarks/ab/decode_variants.py). A 128x128 tile (8 warps) held them through the loop at a cost:
-# llama3-8b gate_up at M = 128 took 56.2 us with them against 51.6 us without, in the benches of
-# sessions 4 and 3 (benchmarks/results/h100-2026-11-27-decode and -tma; two runs, one card type).
+# row of at most 64x128 accumulators: the decode tiles of the A/B where it won (1.00-1.07x at 23 of
+# 24 points, 0.94x at one split-K point; benchmarks/ab/decode_variants.py). A 128x128 tile (8 warps)
+# held them through the loop at a cost: llama3-8b gate_up at M = 128 took 56.2 us with them against
+# 51.6 us without, in the benches of sessions 4 and 3 (benchmarks/results/h100-2026-11-27-decode and
+# -tma; two runs, one card type). This rule is the launcher's, outside the kernel revision: after
+# changing it, re-tune with --retune. Without the early loads, split-K programs all load the
+# operands after their loop though only the last to arrive uses them (one shipped bucket: int8
+# N=2560, K=9728, M=96); moving those loads into the last program's branch changes the kernel
+# source, so it waits for the next kernel change, which re-tunes every bucket anyway.
 PRELOAD_MAX_ACCUMULATORS = 64 * 128
 
 
