@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import torch
 import triton
+import triton.language as tl
 
 from scaledmm.configs import MatmulConfig
 
@@ -132,3 +133,25 @@ def tile_kwargs(config: MatmulConfig) -> dict:
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
+
+
+def epilogue_arguments(
+    a: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[tuple[int, int, int], dict]:
+    """The matmul kernels' epilogue arguments: (stride_scale_a, stride_scale_b, stride_bias), each 0
+    for a single scale or no bias, and the constexprs A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS and
+    ACC_DTYPE (int32 for int8 operands, else float32)."""
+    a_per_token = scale_a.numel() > 1
+    b_per_channel = scale_b.numel() > 1
+    strides = (
+        vector_stride(scale_a) if a_per_token else 0,
+        vector_stride(scale_b) if b_per_channel else 0,
+        bias.stride(0) if bias is not None else 0,
+    )
+    constexprs = dict(
+        A_PER_TOKEN=a_per_token,
+        B_PER_CHANNEL=b_per_channel,
+        HAS_BIAS=bias is not None,
+        ACC_DTYPE=tl.int32 if a.dtype == torch.int8 else tl.float32,
+    )
+    return strides, constexprs

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from scaledmm.configs import MatmulConfig, device_limits
 from scaledmm.kernels import matmul_tma
-from scaledmm.kernels.launch import bind_launch, tile_kwargs, vector_stride
+from scaledmm.kernels.launch import bind_launch, epilogue_arguments, tile_kwargs
 
 
 @triton.jit
@@ -255,23 +255,16 @@ def _launch_arguments(
     eight positional arguments are the tensors that change per call."""
     M, K = a.shape
     N = b.shape[1]
-    a_per_token = scale_a.numel() > 1
-    b_per_channel = scale_b.numel() > 1
     grid = (_tiles(M, N, config), config.split_k)
+    strides, epilogue = epilogue_arguments(a, scale_a, scale_b, bias)
     args = (
         a, b, out, scale_a, scale_b, bias, partials, arrivals,
         M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
-        vector_stride(scale_a) if a_per_token else 0,
-        vector_stride(scale_b) if b_per_channel else 0,
-        bias.stride(0) if bias is not None else 0,
-        config.group_m,
+        *strides, config.group_m,
     )  # fmt: skip
     kwargs = dict(
-        A_PER_TOKEN=a_per_token,
-        B_PER_CHANNEL=b_per_channel,
-        HAS_BIAS=bias is not None,
-        ACC_DTYPE=tl.int32 if a.dtype == torch.int8 else tl.float32,
+        **epilogue,
         EVEN_K=K % config.block_k == 0,
         MASK_M=M < config.block_m,
         PRELOAD_EPILOGUE=M <= config.block_m and config.block_m * config.block_n <= PRELOAD_MAX_ACCUMULATORS,

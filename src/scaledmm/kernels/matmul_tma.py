@@ -26,7 +26,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from scaledmm.configs import MatmulConfig
-from scaledmm.kernels.launch import tile_kwargs, vector_stride
+from scaledmm.kernels.launch import epilogue_arguments, tile_kwargs
 
 _TMA_ALIGNMENT = 16  # bytes: data pointers and every stride but the last
 
@@ -158,22 +158,10 @@ def launch_arguments(
     arguments change per call (three descriptors, the scales and the bias)."""
     M, K = a.shape
     N = b.shape[1]
-    a_per_token = scale_a.numel() > 1
-    b_per_channel = scale_b.numel() > 1
     grid_size = programs(M, N, config, num_sms)
+    strides, epilogue = epilogue_arguments(a, scale_a, scale_b, bias)
     args = (
         *descriptors(a, b, out, config), scale_a, scale_b, bias,
-        M, N, K,
-        vector_stride(scale_a) if a_per_token else 0,
-        vector_stride(scale_b) if b_per_channel else 0,
-        bias.stride(0) if bias is not None else 0,
-        config.group_m, grid_size,
+        M, N, K, *strides, config.group_m, grid_size,
     )  # fmt: skip
-    kwargs = dict(
-        A_PER_TOKEN=a_per_token,
-        B_PER_CHANNEL=b_per_channel,
-        HAS_BIAS=bias is not None,
-        ACC_DTYPE=tl.int32 if a.dtype == torch.int8 else tl.float32,
-        **tile_kwargs(config),
-    )
-    return (grid_size,), args, kwargs
+    return (grid_size,), args, dict(**epilogue, **tile_kwargs(config))
