@@ -40,6 +40,9 @@ def operands(M, N, K, dtype, static, per_channel, bias, x_dtype=torch.bfloat16, 
         (1, 64, MatmulConfig(16, 32, 64, num_warps=4, num_stages=2)),
         (5, 70, MatmulConfig(16, 16, 32, group_m=2, num_warps=4, num_stages=2)),  # ragged K, masked rows
         (20, 96, MatmulConfig(16, 32, 32, group_m=2, num_warps=2, num_stages=3)),  # two tile rows, wrapped
+        (1, 64, MatmulConfig(16, 64, 64, num_warps=4, num_stages=2, swap_ab=1)),  # the swapped MMA
+        (5, 70, MatmulConfig(16, 32, 32, num_warps=4, num_stages=2, swap_ab=1)),
+        (20, 96, MatmulConfig(16, 32, 32, group_m=2, num_warps=4, num_stages=3, swap_ab=1)),
     ],
 )
 def test_equals_quantize_then_scaled_mm_bitwise(dtype, static, per_channel, bias, M, K, config):

@@ -43,7 +43,11 @@ def padded_view(src: torch.Tensor, fill) -> tuple[torch.Tensor, torch.Tensor]:
         (33, 130, 257, None),  # the heuristic's config for this shape
         (37, 45, 70, MatmulConfig(16, 32, 32, group_m=2, num_warps=2, num_stages=2)),
         (37, 45, 70, MatmulConfig(16, 32, 32, group_m=2, num_warps=2, num_stages=2, split_k=2)),
+        (5, 130, 96, MatmulConfig(16, 64, 64, num_warps=4, num_stages=2, swap_ab=1)),  # one tile row, swapped
+        (37, 45, 70, MatmulConfig(16, 32, 32, num_warps=4, num_stages=2, swap_ab=1)),  # three tile rows
+        (37, 45, 70, MatmulConfig(16, 32, 32, num_warps=4, num_stages=2, split_k=2, swap_ab=1)),
     ],
+    ids=str,
 )
 def test_writes_whole_output_and_nothing_outside(dtype, a_col, b_col, out_dtype, M, N, K, config):
     ops = make_operands(M, N, K, dtype, DEVICE, a_column_major=a_col, b_column_major=b_col)
@@ -65,7 +69,8 @@ def test_writes_whole_output_and_nothing_outside(dtype, a_col, b_col, out_dtype,
 
 
 @pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "e4m3"])
-def test_offsets_beyond_int32(dtype):
+@pytest.mark.parametrize("swap_ab", [0, 1], ids=["pointer", "swapped"])
+def test_offsets_beyond_int32(dtype, swap_ab):
     # Row strides of 2**27 put the last of 17 rows at element 2**31 of a and of out: 32-bit offset
     # arithmetic would wrap there. The buffers are allocated but only the used rows are touched.
     M, N, K, row_stride = 17, 16, 32, 2**27
@@ -77,7 +82,8 @@ def test_offsets_beyond_int32(dtype):
     out = out_store.as_strided((M, N), (row_stride, 1))
     out.fill_(float("nan"))
 
-    launch_scaled_mm(a, small.b, small.scale_a, small.scale_b, small.bias, out, MatmulConfig(16, 16, 32))
+    config = MatmulConfig(16, 16, 32, swap_ab=swap_ab)
+    launch_scaled_mm(a, small.b, small.scale_a, small.scale_b, small.bias, out, config)
 
     assert_close(out, Operands(a, small.b, small.scale_a, small.scale_b, small.bias))
 
@@ -88,10 +94,11 @@ def test_offsets_beyond_int32(dtype):
     [(2, 256), (3, 257), (8, 96)],
     ids=["even", "ragged-K", "idle-splits"],  # 96 is 3 K steps of 32: five of the eight splits get none
 )
-def test_split_k_is_correct_and_repeats_bitwise(dtype, split_k, K):
+@pytest.mark.parametrize("swap_ab", [0, 1], ids=["pointer", "swapped"])
+def test_split_k_is_correct_and_repeats_bitwise(dtype, split_k, K, swap_ab):
     M, N = 20, 70
     ops = make_operands(M, N, K, dtype, DEVICE)
-    config = MatmulConfig(16, 32, 32, split_k=split_k)
+    config = MatmulConfig(16, 32, 32, split_k=split_k, swap_ab=swap_ab)
     outs = []
     for _ in range(2):
         outs.append(torch.empty(M, N, dtype=torch.bfloat16, device=DEVICE))
@@ -305,3 +312,31 @@ def test_split_k_with_the_epilogue_loaded_before_or_after_the_loop(dtype, M, bia
     out = torch.full((M, 70), float("nan"), dtype=torch.bfloat16, device=DEVICE)
     launch_scaled_mm(*ops.args(), ops.bias, out, MatmulConfig(16, 32, 32, split_k=3))
     assert_close(out, ops)
+
+
+@pytest.mark.parametrize(
+    "config,kernel,revision",
+    [
+        (MatmulConfig(16, 64, 128), matmul._scaled_mm_kernel, matmul.KERNEL_REVISION),
+        (MatmulConfig(16, 64, 128, swap_ab=1), matmul._scaled_mm_swap_kernel, matmul.SWAP_KERNEL_REVISION),
+    ],
+    ids=["pointer", "swapped"],
+)
+def test_swap_ab_runs_the_swapped_kernel_under_its_own_revision(config, kernel, revision):
+    ops = make_operands(3, 96, 256, torch.float8_e4m3fn, DEVICE)
+    out = torch.empty(3, 96, dtype=torch.bfloat16, device=DEVICE)
+    chosen = matmul._kernel_and_arguments(*ops.args(), ops.bias, out, config, ops.a.device)
+    assert chosen[0] is kernel
+    assert matmul.kernel_revision(config) == revision
+    assert len({matmul.KERNEL_REVISION, matmul.SWAP_KERNEL_REVISION, matmul.TMA_KERNEL_REVISION}) == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "e4m3"])
+@pytest.mark.parametrize(
+    "per_token,per_channel,bias_dtype",
+    [(True, True, torch.bfloat16), (False, False, None), (True, False, torch.float32), (False, True, None)],
+)
+def test_swapped_kernel_scale_and_bias_modes(dtype, per_token, per_channel, bias_dtype):
+    ops = make_operands(9, 80, 160, dtype, DEVICE, per_token=per_token, per_channel=per_channel, bias_dtype=bias_dtype)
+    config = MatmulConfig(16, 64, 64, num_warps=4, num_stages=2, swap_ab=1)
+    assert_close(scaledmm.scaled_mm(*ops.args(), torch.bfloat16, ops.bias, config=config), ops)

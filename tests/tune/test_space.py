@@ -89,3 +89,21 @@ def test_tma_candidates_only_at_compute_bound_m_and_sized_for_fp32_outputs():
 
 def test_no_tma_candidates_for_a_gpu_without_tma():
     assert not any(c.tma for c in candidate_configs(4096, 4096, 4096, H100_SHARED, H100_SMS, tma=False))
+
+
+def test_swapped_candidates_only_at_small_m_with_one_tile_row_of_tokens():
+    import triton
+
+    for M in (1, 4, 16, 24, 64):
+        swapped = [c for c in candidate_configs(M, 2560, 9728, H100_SHARED, H100_SMS) if c.swap_ab]
+        assert swapped and all(c.block_m == max(16, triton.next_power_of_2(M)) for c in swapped)
+        assert {c.block_n for c in swapped} <= {64, 128} and {c.num_warps for c in swapped} == {4}
+        assert all(not c.tma for c in swapped)
+        assert any(c.split_k > 1 for c in swapped)  # 40 or 20 weight tiles leave SMs idle
+        assert all(group_variants(c, M) == [] for c in swapped)
+    # the winner of the first A/B is a candidate
+    assert MatmulConfig(16, 64, 256, num_warps=4, num_stages=5, swap_ab=1) in candidate_configs(
+        1, 6144, 4096, H100_SHARED, H100_SMS
+    )
+    assert not any(c.swap_ab for c in candidate_configs(96, 2560, 9728, H100_SHARED, H100_SMS))
+    assert not any(c.swap_ab and c.split_k > 1 for c in candidate_configs(1, 28672, 4096, H100_SHARED, H100_SMS))

@@ -16,6 +16,7 @@ _FIELD_RULES: tuple[tuple[str, int, int, bool], ...] = (
     ("num_stages", 1, 8, False),
     ("split_k", 1, 16, False),
     ("tma", 0, 1, False),
+    ("swap_ab", 0, 1, False),
 )
 
 
@@ -32,6 +33,10 @@ class MatmulConfig:
     tma: 1 runs the persistent TMA kernel (kernels/matmul_tma.py), for compute-bound shapes on Hopper
         and newer; calls it cannot serve (GPUs without TMA, misaligned strides) run the pointer
         kernel with the same tiles. 0 always runs the pointer kernel.
+    swap_ab: 1 runs the operand-swapped pointer kernel, out^T = B^T A^T, for small M: the weight tile
+        (block_n rows; Hopper's wgmma wants 64 or more) is the tall operand of the MMA and the tokens
+        (block_m) its narrow side.
+        group_m has no effect there (programs sharing a weight tile are always neighbours).
     """
 
     block_m: int
@@ -42,6 +47,7 @@ class MatmulConfig:
     num_stages: int = 3
     split_k: int = 1
     tma: int = 0
+    swap_ab: int = 0
 
     def __post_init__(self) -> None:
         for name, low, high, power_of_two in _FIELD_RULES:
@@ -54,6 +60,8 @@ class MatmulConfig:
                 raise ValueError(f"MatmulConfig.{name} must be a power of two, got {value}")
         if self.tma and self.split_k > 1:
             raise ValueError("MatmulConfig.split_k must be 1 with tma=1: the TMA kernel does not split K")
+        if self.tma and self.swap_ab:
+            raise ValueError("MatmulConfig.tma and MatmulConfig.swap_ab exclude each other: set at most one")
 
     def as_list(self) -> list[int]:
         """The fields in declaration order: how the config crosses the torch.library op boundary."""
@@ -74,4 +82,6 @@ class MatmulConfig:
         text = f"{self.block_m}x{self.block_n}x{self.block_k} g{self.group_m} w{self.num_warps} s{self.num_stages}"
         if self.split_k > 1:
             text += f" k{self.split_k}"
+        if self.swap_ab:
+            text += " swap"
         return text + " tma" if self.tma else text

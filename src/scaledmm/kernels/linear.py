@@ -14,8 +14,10 @@ of the two launches. So W8A8Linear uses it for M <= FUSED_QUANTIZE_MAX_M and out
 capture only, where the host time it saves is what the caller waits for.
 
 The tiles, grouping, masking of rows past M (M < BLOCK_M) or wrapping of them, and the epilogue's
-arithmetic follow `matmul._scaled_mm_kernel`; there is no split-K, and the epilogue's operands are
-loaded after the K loop (the matmul kernel's early loads at decode have not been tried here).
+arithmetic follow `matmul._scaled_mm_kernel`, and with a swap_ab config the MMA follows
+`matmul._scaled_mm_swap_kernel`'s (weight tile first); there is no split-K, and the epilogue's
+operands are loaded after the K loop (the matmul kernel's early loads at decode have not been tried
+here).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _quantized_linear_kernel(
     GROUP_M,
     DYNAMIC: tl.constexpr, QMAX: tl.constexpr, IS_INT8: tl.constexpr, FLOOR: tl.constexpr,
     W_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    EVEN_K: tl.constexpr, MASK_M: tl.constexpr,
+    EVEN_K: tl.constexpr, MASK_M: tl.constexpr, SWAP_AB: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -74,7 +76,11 @@ def _quantized_linear_kernel(
     else:
         x_scale = tl.load(x_scale_ptr).to(tl.float32)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    # With SWAP_AB the product is taken as (w^T q^T)^T, the MMA scaled_mm's swapped kernel runs.
+    if SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC_DTYPE)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for k in range(k_steps):
         if EVEN_K:
             x = tl.load(x_rows + (k * BLOCK_K + offs_k[None, :]) * stride_xk, mask=x_mask, other=0.0)
@@ -85,8 +91,13 @@ def _quantized_linear_kernel(
             x = tl.load(x_ptrs, mask=x_mask & (offs_k[None, :] < k_left), other=0.0)
             w = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
         q = saturate_and_round(x.to(tl.float32) / x_scale, QMAX, IS_INT8).to(w_ptr.dtype.element_ty)
-        acc = tl.dot(q, w, acc, out_dtype=ACC_DTYPE)
+        if SWAP_AB:
+            acc = tl.dot(tl.trans(w), tl.trans(q), acc, out_dtype=ACC_DTYPE)
+        else:
+            acc = tl.dot(q, w, acc, out_dtype=ACC_DTYPE)
         w_ptrs += BLOCK_K * stride_wk
+    if SWAP_AB:
+        acc = tl.trans(acc)
 
     # Epilogue in fp32, in the order of scaled_mm's: ((q @ w) * scale_x) * scale_w + bias.
     result = acc.to(tl.float32) * x_scale
@@ -139,6 +150,7 @@ def bind_quantized_linear(
         ACC_DTYPE=tl.int32 if weight_t.dtype == torch.int8 else tl.float32,
         EVEN_K=K % config.block_k == 0,
         MASK_M=M < config.block_m,
+        SWAP_AB=bool(config.swap_ab),
         **tile_kwargs(config),
     )
     grid = (triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n),)

@@ -8,6 +8,9 @@ the final store masks them out. K is masked only when BLOCK_K does not divide it
 The exception is M < BLOCK_M (decode): there the rows past M are masked instead, so the one tile
 row loads M rows of A rather than BLOCK_M copies of them. Measured on an H100 (docs/performance.md):
 masking is 1.0-1.45x faster at M = 1 and even at M = 4; wrapping is up to 1.18x faster at M >= 48.
+
+A config with swap_ab runs the operand-swapped form of the same kernel (`_scaled_mm_swap_kernel`),
+which the tuner offers at small M: the weight tile as the tall MMA operand, the tokens as the narrow.
 """
 
 from __future__ import annotations
@@ -162,6 +165,102 @@ def _scaled_mm_kernel(
             tl.store(arrivals_ptr + pid, 0)  # leaves the counts zeroed for the next launch
 
 
+@triton.jit
+def _split_k_finish(
+    acc, tile, tiles, scale_a, scale_b, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on,
+    partials_ptr, arrivals_ptr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    # The split-K ending of the swapped kernel, the same steps as the pointer kernel's inline one
+    # (which takes this helper at its next change: editing it now would make every tuned bucket
+    # stale). Each program leaves its partial sum in `partials` ([SPLIT_K, tiles, BLOCK_M * BLOCK_N])
+    # and counts itself in `arrivals[tile]`; the last to arrive adds the partials up in split order,
+    # writes the tile and resets the count.
+    offs_tile = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    tile_partials = partials_ptr + tile.to(tl.int64) * (BLOCK_M * BLOCK_N) + offs_tile
+    split_stride = tiles.to(tl.int64) * (BLOCK_M * BLOCK_N)
+    tl.store(tile_partials + tl.program_id(1) * split_stride, acc)
+    tl.debug_barrier()  # every thread's partial is written before the arrival is counted
+    arrived = tl.atomic_add(arrivals_ptr + tile, 1, sem="acq_rel")
+    if arrived == SPLIT_K - 1:
+        total = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+        for split in range(SPLIT_K):
+            total += tl.load(tile_partials + split * split_stride, cache_modifier=".cg")
+        _scale_and_store(total, scale_a, scale_b, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS)
+        tl.store(arrivals_ptr + tile, 0)
+
+
+@triton.jit
+def _scaled_mm_swap_kernel(
+    a_ptr, b_ptr, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr, partials_ptr, arrivals_ptr,
+    M, N, K,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_om, stride_on,
+    stride_scale_a, stride_scale_b, stride_bias,
+    A_PER_TOKEN: tl.constexpr, B_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):  # fmt: skip
+    # The operand-swapped form for small M: the same [BLOCK_M, BLOCK_N] output tile computed as
+    # (B^T A^T)^T, so that the weight tile is the MMA's tall operand (BLOCK_N >= 64 rows, what
+    # Hopper's wgmma takes) and the few tokens its narrow side (BLOCK_M >= 16), instead of the
+    # tokens padded to a 64-row tile (benchmarks/ab/small_m_forms.py: 1.01-1.12x the shipped
+    # tuned configs at M = 1, 4 and 16 in fp8 on an H100). Programs of one weight tile (several
+    # token tiles, M > BLOCK_M) are neighbours, so the weight tile is read from DRAM once. Rows past
+    # M are masked; the epilogue's operands load before the K loop, as the pointer kernel's do at
+    # decode.
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tile_m = pid % tiles_m
+    tile_n = pid // tiles_m
+
+    k_steps = tl.cdiv(K, BLOCK_K)
+    if SPLIT_K == 1:
+        k_first = 0
+        k_last = k_steps
+    else:
+        steps_per_split = tl.cdiv(k_steps, SPLIT_K)
+        k_first = tl.program_id(1) * steps_per_split
+        k_last = min(k_first + steps_per_split, k_steps)
+
+    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = (offs_m % M).to(tl.int64)
+    cols = (offs_n % N).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
+    a_step = tl.full((), BLOCK_K, tl.int64) * stride_ak
+    b_step = tl.full((), BLOCK_K, tl.int64) * stride_bk
+    w_ptrs = b_ptr + cols[:, None] * stride_bn + offs_k[None, :] * stride_bk + k_first * b_step  # B^T tile
+    x_ptrs = a_ptr + offs_k[:, None] * stride_ak + rows[None, :] * stride_am + k_first * a_step  # A^T tile
+
+    scale_a, scale_b, bias = _epilogue_operands(
+        rows, cols, scale_a_ptr, scale_b_ptr, bias_ptr, stride_scale_a, stride_scale_b, stride_bias,
+        A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS,
+    )  # fmt: skip
+
+    x_cols = (offs_m < M)[None, :]
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC_DTYPE)
+    for k in range(k_first, k_last):
+        if EVEN_K:
+            w = tl.load(w_ptrs)
+            x = tl.load(x_ptrs, mask=x_cols, other=0.0)
+        else:
+            k_left = K - k * BLOCK_K
+            w = tl.load(w_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+            x = tl.load(x_ptrs, mask=x_cols & (offs_k[:, None] < k_left), other=0.0)
+        acc = tl.dot(w, x, acc, out_dtype=ACC_DTYPE)
+        w_ptrs += b_step
+        x_ptrs += a_step
+
+    acc = tl.trans(acc)
+    if SPLIT_K == 1:
+        _scale_and_store(acc, scale_a, scale_b, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS)
+    else:
+        _split_k_finish(
+            acc, pid, tiles_m * tl.cdiv(N, BLOCK_N), scale_a, scale_b, bias, offs_m, offs_n, M, N,
+            out_ptr, stride_om, stride_on, partials_ptr, arrivals_ptr, HAS_BIAS, ACC_DTYPE, SPLIT_K, BLOCK_M, BLOCK_N,
+        )  # fmt: skip
+
+
 def _source_revision(*functions: triton.JITFunction) -> str:
     return hashlib.sha1("".join(inspect.getsource(f.fn) for f in functions).encode()).hexdigest()[:12]
 
@@ -171,11 +270,14 @@ def _source_revision(*functions: triton.JITFunction) -> str:
 # only their times change).
 KERNEL_REVISION = _source_revision(_epilogue_operands, _scale_and_store, _scaled_mm_kernel)
 TMA_KERNEL_REVISION = _source_revision(matmul_tma.scale_columns_and_store, matmul_tma.scaled_mm_tma_kernel)
+SWAP_KERNEL_REVISION = _source_revision(_epilogue_operands, _scale_and_store, _split_k_finish, _scaled_mm_swap_kernel)
 
 
 def kernel_revision(config: MatmulConfig) -> str:
     """The revision of the kernel that runs `config`."""
-    return TMA_KERNEL_REVISION if config.tma else KERNEL_REVISION
+    if config.tma:
+        return TMA_KERNEL_REVISION
+    return SWAP_KERNEL_REVISION if config.swap_ab else KERNEL_REVISION
 
 
 def _tiles(M: int, N: int, config: MatmulConfig) -> int:
@@ -251,8 +353,9 @@ PRELOAD_MAX_ACCUMULATORS = 64 * 128
 def _launch_arguments(
     a, b, scale_a, scale_b, bias, out, partials, arrivals, config: MatmulConfig
 ) -> tuple[tuple, tuple, dict]:
-    """(grid, positional arguments, keyword arguments) of one launch of the pointer kernel; the first
-    eight positional arguments are the tensors that change per call."""
+    """(grid, positional arguments, keyword arguments) of one launch of the pointer kernel, or with
+    config.swap_ab of the swapped one; the first eight positional arguments are the tensors that
+    change per call."""
     M, K = a.shape
     N = b.shape[1]
     grid = (_tiles(M, N, config), config.split_k)
@@ -261,17 +364,16 @@ def _launch_arguments(
         a, b, out, scale_a, scale_b, bias, partials, arrivals,
         M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
-        *strides, config.group_m,
+        *strides,
     )  # fmt: skip
-    kwargs = dict(
-        **epilogue,
-        EVEN_K=K % config.block_k == 0,
+    kwargs = dict(**epilogue, EVEN_K=K % config.block_k == 0, SPLIT_K=config.split_k, **tile_kwargs(config))
+    if config.swap_ab:
+        return grid, args, kwargs
+    kwargs.update(
         MASK_M=M < config.block_m,
         PRELOAD_EPILOGUE=M <= config.block_m and config.block_m * config.block_n <= PRELOAD_MAX_ACCUMULATORS,
-        SPLIT_K=config.split_k,
-        **tile_kwargs(config),
     )
-    return grid, args, kwargs
+    return grid, (*args, config.group_m), kwargs
 
 
 def _kernel_and_arguments(
@@ -288,7 +390,7 @@ def _kernel_and_arguments(
             return matmul_tma.scaled_mm_tma_kernel, grid, args, kwargs, 6
     partials, arrivals = split_k_buffers(a.shape[0], b.shape[1], config, a.dtype, a.device)
     grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, partials, arrivals, config)
-    return _scaled_mm_kernel, grid, args, kwargs, 8
+    return _scaled_mm_swap_kernel if config.swap_ab else _scaled_mm_kernel, grid, args, kwargs, 8
 
 
 def launch_scaled_mm(

@@ -21,6 +21,8 @@ TMA_TILES = ((64, 128), (64, 256), (128, 128), (128, 256), (256, 128))
 TMA_BLOCK_K = 128
 TMA_MIN_M = 128  # below, the weight streams (memory-bound) and the pointer kernel's small tiles win
 OUT_BYTES_BUDGETED = 4  # the TMA kernel stages half an output tile in shared memory: fp32, the widest
+SWAP_MAX_M = 64  # the swapped kernel's candidates: M small enough for one tile row of tokens
+SWAP_BLOCK_N = (64, 128)  # its weight rows per program: Hopper's wgmma takes 64 per warp group
 
 
 def _block_m_choices(M: int) -> tuple[int, ...]:
@@ -41,23 +43,29 @@ def _block_m_choices(M: int) -> tuple[int, ...]:
     return (64, 128, 256)
 
 
-def _split_k_choices(M: int, N: int, K: int, config: MatmulConfig, num_sms: int) -> list[int]:
+def _splits(M: int, N: int, K: int, config: MatmulConfig, num_sms: int) -> list[int]:
     """Split-K exists for tile grids that leave SMs idle (small M, small N): split until there are
     at most two programs per SM, keeping a few K steps per program."""
     tiles = triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n)
+    if tiles >= num_sms:
+        return [1]
     k_steps = triton.cdiv(K, config.block_k)
+    return [1] + [s for s in SPLIT_K_CHOICES if tiles * s <= 2 * num_sms and k_steps >= MIN_K_STEPS_PER_SPLIT * s]
+
+
+def _split_k_choices(M: int, N: int, K: int, config: MatmulConfig, num_sms: int) -> list[int]:
     # Split programs stream the weight: the smallest block_m of the space, four warps and a pipeline
     # of 3+ stages are what won at small M in tuning runs without split-K; other configs stay unsplit.
-    if tiles >= num_sms or config.block_m != _block_m_choices(M)[0] or config.num_warps != 4 or config.num_stages < 3:
+    if config.block_m != _block_m_choices(M)[0] or config.num_warps != 4 or config.num_stages < 3:
         return [1]
-    return [1] + [s for s in SPLIT_K_CHOICES if tiles * s <= 2 * num_sms and k_steps >= MIN_K_STEPS_PER_SPLIT * s]
+    return _splits(M, N, K, config, num_sms)
 
 
 def candidate_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int, tma: bool = True) -> list[MatmulConfig]:
     """Configs to time at this M, group_m fixed at 8 (see `group_variants`), pruned by what the GPU
     can hold (shared memory for the pipeline, registers for the accumulator) and what fits the problem;
-    split-K variants where the tile grid leaves SMs idle; with `tma` (a GPU that has it), the TMA
-    kernel's tiles at compute-bound M."""
+    split-K variants where the tile grid leaves SMs idle; the swapped kernel's tiles at small M; with
+    `tma` (a GPU that has it), the TMA kernel's tiles at compute-bound M."""
     # Tiles no larger than the problem: choices beyond it collapse onto the smallest that covers it.
     n_cap = max(32, triton.next_power_of_2(N))
     k_cap = max(32, triton.next_power_of_2(K))
@@ -76,7 +84,32 @@ def candidate_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int, 
             continue
         config = MatmulConfig(bm, bn, bk, group_m=8, num_warps=warps, num_stages=stages)
         configs += [dataclasses.replace(config, split_k=s) for s in _split_k_choices(M, N, K, config, num_sms)]
+    configs += _swap_configs(M, N, K, shared_memory, num_sms)
     return configs + (_tma_configs(M, N, K, shared_memory) if tma else [])
+
+
+def _swap_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int) -> list[MatmulConfig]:
+    """The operand-swapped kernel's candidates at small M: one tile row of tokens (16 to 64), 64 or
+    128 weight rows (the MMA's tall side), four warps, K steps of 128 to 512 and 3 to 5 stages, split
+    where the grid leaves SMs idle. In the first A/B (fp8, M = 1, 4, 16, the eight preset shapes;
+    benchmarks/results/h100-2026-11-27-swap/small_m_forms_ab.log) 64 weight rows by 256 won at
+    every point, 3 or 5 stages, split in two on the K = 9728 and 14336 shapes."""
+    if M > SWAP_MAX_M:
+        return []
+    block_m = max(16, triton.next_power_of_2(M))
+    n_cap = max(16, triton.next_power_of_2(N))
+    k_cap = max(32, triton.next_power_of_2(K))
+    configs = []
+    for bn, bk, stages in itertools.product(
+        sorted({min(bn, n_cap) for bn in SWAP_BLOCK_N}), sorted({min(bk, k_cap) for bk in (128, 256, 512)}), (3, 4, 5)
+    ):
+        if stages * (block_m + bn) * bk > shared_memory - SHARED_MEMORY_RESERVE:
+            continue
+        if block_m * bn // (4 * 32) < MIN_ACCUMULATORS_PER_THREAD:
+            continue
+        config = MatmulConfig(block_m, bn, bk, group_m=8, num_warps=4, num_stages=stages, swap_ab=1)
+        configs += [dataclasses.replace(config, split_k=s) for s in _splits(M, N, K, config, num_sms)]
+    return configs
 
 
 def _tma_configs(M: int, N: int, K: int, shared_memory: int) -> list[MatmulConfig]:
@@ -101,7 +134,8 @@ def _tma_configs(M: int, N: int, K: int, shared_memory: int) -> list[MatmulConfi
 
 
 def group_variants(config: MatmulConfig, M: int) -> list[MatmulConfig]:
-    """The same tile with other program groupings; none where one tile row covers M (no effect)."""
-    if triton.cdiv(M, config.block_m) <= 1:
+    """The same tile with other program groupings; none where one tile row covers M or for the
+    swapped kernel (no effect)."""
+    if config.swap_ab or triton.cdiv(M, config.block_m) <= 1:
         return []
     return [dataclasses.replace(config, group_m=g) for g in GROUP_M_CHOICES if g != config.group_m]
