@@ -24,20 +24,35 @@ def test_heuristic_is_valid_and_fits_shared_memory(M, N, K, device, dtype):
     assert config.block_n <= max(16, 2 * N) and config.block_k <= max(32, 2 * K)
 
 
-def test_small_m_takes_64_rows_in_fp8_where_n_is_narrow_else_short_tiles_and_large_m_square_ones():
-    assert heuristic_config(1, 4096, 4096, FP8, **H100).block_m == 64
+def test_small_m_takes_the_swapped_tile_then_64_rows_in_fp8_where_n_is_narrow_and_large_m_square_ones():
+    for dtype in (torch.int8, FP8):
+        for M in (1, 16):
+            config = heuristic_config(M, 4096, 4096, dtype, **H100)
+            assert config.swap_ab and (config.block_m, config.block_n, config.block_k) == (16, 64, 256)
+    assert not heuristic_config(17, 4096, 4096, FP8, **H100).swap_ab
     assert heuristic_config(32, 8448, 4096, FP8, **H100).block_m == 64
-    assert heuristic_config(1, 4096, 4096, torch.int8, **H100).block_m == 16
-    assert heuristic_config(1, 8449, 4096, FP8, **H100).block_m == 16
-    assert heuristic_config(32, 28672, 4096, FP8, **H100).block_m == 32
+    assert heuristic_config(32, 8449, 4096, FP8, **H100).block_m == 32
+    assert heuristic_config(32, 4096, 4096, torch.int8, **H100).block_m == 32
     assert heuristic_config(4096, 4096, 4096, FP8, **H100).block_m == 128
+
+
+def test_the_swapped_tile_splits_in_two_where_it_leaves_half_the_sms_idle_on_a_long_k():
+    # 2560 columns are 40 weight tiles of 64; 8192 are 128 (no split); K below 8192 is not split.
+    assert heuristic_config(1, 2560, 8192, torch.int8, **H100).split_k == 2
+    assert heuristic_config(16, 2560, 9728, FP8, **H100).split_k == 2
+    assert heuristic_config(1, 2560, 4096, FP8, **H100).split_k == 1
+    assert heuristic_config(1, 8192, 14336, FP8, **H100).split_k == 1
+    # shared memory for fewer stages only
+    assert (
+        heuristic_config(1, 4096, 4096, FP8, **ADA).num_stages < heuristic_config(1, 4096, 4096, FP8, **H100).num_stages
+    )
 
 
 def test_small_m_fills_the_gpu_when_n_allows():
     # 4096 columns: 64-wide tiles give 64 programs, 32-wide 128: the widest tile reaching 132 SMs is
     # none, so the narrowest is taken; 28672 columns fill the GPU with 128-wide tiles.
-    assert heuristic_config(1, 4096, 4096, torch.int8, **H100).block_n == 32
-    assert heuristic_config(1, 28672, 4096, torch.int8, **H100).block_n == 128
+    assert heuristic_config(32, 4096, 4096, torch.int8, **H100).block_n == 32
+    assert heuristic_config(32, 28672, 4096, torch.int8, **H100).block_n == 128
 
 
 def test_select_config_is_cached_and_pure():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 
@@ -28,7 +30,18 @@ _TMA_TILE_SHARED_MEMORY = (
     + SHARED_MEMORY_RESERVE
 )
 
-# fp8 at small M with few column tiles (N <= 8448 on an H100): 64-row tiles, their rows past M masked.
+# M <= 16: the swapped kernel (the weight tile as the MMA's tall operand) with 64 weight rows by K
+# steps of 256, four warps, five stages, split in two where its tiles leave half the SMs idle and K is
+# long. In the first A/B on the preset shapes (benchmarks/ab/small_m_forms.py) this tile won at every
+# point, split in two on exactly the shapes this rule splits; on the shapes of llama3-70b (tp 4 and 8)
+# and qwen2.5-7b it ran 1.03-1.48x as fast as the rules before it in fp8 and 1.01-1.40x in int8,
+# split as here (benchmarks/results/h100-2026-11-27-swap/heuristic_swap_ab.log; splitting the wider
+# grids or the shorter K lost, 0.85-0.98x).
+_SWAP_TILE = MatmulConfig(16, 64, 256, group_m=8, num_warps=4, num_stages=5, swap_ab=1)
+_SWAP_SPLIT_MIN_K = 8192
+
+# fp8 at 16 < M <= 32 with few column tiles (N <= 8448 on an H100): 64-row tiles, their rows past M
+# masked. (Measured before the swapped tile took M <= 16:)
 # The tuner chose them at M <= 32 in 34 of the 42 fp8 buckets of the presets' shapes with N <= 6144
 # and in 3 of the 14 with N >= 19456 (none below M = 24), whose 16-row tiles have programs enough to
 # stream the weight (benchmarks/tuning/h100-decode-64-rows.log). On the shapes of llama3-70b (tp 4
@@ -42,23 +55,24 @@ _WIDE_TILE_MAX_PROGRAMS_PER_SM = 2
 def heuristic_config(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int, shared_memory: int) -> MatmulConfig:
     """A reasonable config for 8-bit operands of `dtype` without any tuning.
 
-    Small M is memory-bound (the weight streams once), so tiles are long in K and short in M (in fp8,
-    64 rows masked past M where N is narrow), and the N tile is the widest that still gives every SM a
-    program. Large M is compute-bound and takes the
-    classic 128x128 tile, or from M = 2048 on, where it makes 3 tiles per SM and shared memory allows
-    it (Hopper and newer), the TMA kernel's 128x256 tile. The pipeline is as deep as shared memory
-    allows, up to 4 stages.
+    Small M is memory-bound (the weight streams once). Up to M = 16 the swapped kernel runs, 64
+    weight rows by 16 tokens, split in two where that leaves SMs idle on a long K. Up to M = 64 tiles
+    are long in K and short in M (in fp8, 64 rows masked past M where N is narrow), and the N tile is
+    the widest that still gives every SM a program. Large M is compute-bound and takes the classic
+    128x128 tile, or from M = 2048 on, where it makes 3 tiles per SM and shared memory allows it
+    (Hopper and newer), the TMA kernel's 128x256 tile. The pipeline is as deep as shared memory
+    allows, up to 4 stages (5 for the swapped tile).
     """
     tiles = triton.cdiv(M, _TMA_TILE.block_m) * triton.cdiv(N, _TMA_TILE.block_n)
     big = M >= _TMA_MIN_M and N >= _TMA_TILE.block_n and K >= _TMA_TILE.block_k
     big = big and tiles >= _TMA_MIN_TILES_PER_SM * num_sms
     if big and shared_memory >= _TMA_TILE_SHARED_MEMORY:
         return _TMA_TILE
+    if M <= _SWAP_TILE.block_m:
+        return _swap_config(N, K, num_sms, shared_memory)
     narrow = triton.cdiv(N, _DECODE_BLOCK_N) <= _WIDE_TILE_MAX_PROGRAMS_PER_SM * num_sms
     if M <= 32 and narrow and dtype != torch.int8:
         block_m, block_k, num_warps = 64, 256, 4
-    elif M <= 16:
-        block_m, block_k, num_warps = 16, 256, 4
     elif M <= 32:
         block_m, block_k, num_warps = 32, 256, 4
     elif M <= 128:
@@ -79,16 +93,28 @@ def heuristic_config(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int, s
     block_n = min(block_n, max(16, triton.next_power_of_2(N)))
     block_k = min(block_k, max(32, triton.next_power_of_2(K)))
 
-    stage_bytes = (block_m + block_n) * block_k  # one byte per 8-bit element
-    num_stages = 4
-    while num_stages > _MIN_STAGES and num_stages * stage_bytes > shared_memory - SHARED_MEMORY_RESERVE:
-        num_stages -= 1
-
     return MatmulConfig(
         block_m=block_m,
         block_n=block_n,
         block_k=block_k,
         group_m=8,
         num_warps=num_warps,
-        num_stages=num_stages,
+        num_stages=_stages(block_m, block_n, block_k, 4, shared_memory),
     )
+
+
+def _swap_config(N: int, K: int, num_sms: int, shared_memory: int) -> MatmulConfig:
+    block_n = min(_SWAP_TILE.block_n, max(16, triton.next_power_of_2(N)))
+    block_k = min(_SWAP_TILE.block_k, max(32, triton.next_power_of_2(K)))
+    split = 2 if triton.cdiv(N, block_n) * 2 <= num_sms and K >= _SWAP_SPLIT_MIN_K else 1
+    stages = _stages(_SWAP_TILE.block_m, block_n, block_k, _SWAP_TILE.num_stages, shared_memory)
+    return dataclasses.replace(_SWAP_TILE, block_n=block_n, block_k=block_k, num_stages=stages, split_k=split)
+
+
+def _stages(block_m: int, block_n: int, block_k: int, most: int, shared_memory: int) -> int:
+    """The deepest pipeline up to `most` stages that shared memory holds (at least two)."""
+    stage_bytes = (block_m + block_n) * block_k  # one byte per 8-bit element
+    num_stages = most
+    while num_stages > _MIN_STAGES and num_stages * stage_bytes > shared_memory - SHARED_MEMORY_RESERVE:
+        num_stages -= 1
+    return num_stages
