@@ -162,7 +162,6 @@ def test_buckets_of_another_kernel_revision_are_tuned_again(tmp_path, monkeypatc
     data = json.loads(path.read_text())
     for bucket in data["buckets"].values():  # the revision of the kernel the bucket's config runs
         assert bucket["kernel"] == kernel_revision(MatmulConfig.from_dict(bucket["config"]))
-    revision = data["buckets"]["2"]["kernel"]
     data["buckets"]["2"]["kernel"] = "0123456789ab"  # as if the kernel had changed since
     path.write_text(json.dumps(data))
     tuned = []
@@ -170,7 +169,8 @@ def test_buckets_of_another_kernel_revision_are_tuned_again(tmp_path, monkeypatc
     monkeypatch.setattr(distributed, "tune_job", lambda job, *a, **k: tuned.append(job.m) or real(job, *a, **k))
     assert tune(tmp_path, ms="1,2") == 0
     assert tuned == [2]
-    assert json.loads(path.read_text())["buckets"]["2"]["kernel"] == revision
+    retuned = json.loads(path.read_text())["buckets"]["2"]  # its winner may differ: CPU timings are noise
+    assert retuned["kernel"] == kernel_revision(MatmulConfig.from_dict(retuned["config"])) != "0123456789ab"
 
 
 def test_retune_tunes_current_buckets_again(tmp_path, monkeypatch):
