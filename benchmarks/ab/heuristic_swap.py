@@ -3,6 +3,10 @@ parallelism 4 and 8, qwen2.5-7b), in one run on one card, fp8 and int8, M = 1, 4
 against the swapped kernel's tile that won the first A/B on the preset shapes (16x64x256, four warps,
 five stages; benchmarks/ab/small_m_forms.py), unsplit and split in two.
 
+The log (benchmarks/results/h100-2026-11-27-swap/heuristic_swap_ab.log) was taken at commit 25c0838,
+before the heuristic took this tile; since then `heuristic_config` is the swapped tile itself, so run
+it there to repeat the comparison.
+
     PYTHONPATH=src python3 benchmarks/ab/heuristic_swap.py
 """
 

@@ -19,6 +19,10 @@ Each point is timed in two rounds: round one times every variant (time_interleav
 form's fastest; round two times the shipped config and those picks again, and is what the summary
 reports, so that picking the luckiest of many noisy timings does not flatter a form.
 
+The log (benchmarks/results/h100-2026-11-27-swap/small_m_forms_ab.log) was taken before the library
+had the swapped kernel: at later commits "shipped" is mostly the swapped kernel itself, and the
+split "ptr" variant splits it. Run it at commit 25c0838 to repeat the comparison.
+
     PYTHONPATH=src python3 benchmarks/ab/small_m_forms.py [SHAPE_INDEX ...]
     TRITON_INTERPRET=1 PYTHONPATH=src python3 benchmarks/ab/small_m_forms.py --smoke   # CPU check
 """

@@ -611,7 +611,7 @@ def prepare_quantized_linear(
 
 def _fused_linear_config(q, weight_t, scale, weight_scale, bias, out_dtype, backend) -> MatmulConfig | None:
     """The config of the one-launch quantized linear: for at most FUSED_QUANTIZE_MAX_M rows, where
-    scaled_mm would run the pointer kernel unsplit (so both compute the same bits), its config; else
+    scaled_mm would run the pointer or swapped kernel unsplit (so both compute the same bits), its config; else
     None."""
     M, K = q.shape
     N = weight_t.shape[1]

@@ -6,9 +6,10 @@ import json
 import pytest
 
 from scaledmm.cli import main
-from scaledmm.configs import clear_cache
+from scaledmm.configs import MatmulConfig, clear_cache
 from scaledmm.configs.files import load_table, normalize_device_name, parse_file_name
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, SHIPPED_DIR
+from scaledmm.kernels.matmul import kernel_revision
 
 SHIPPED = sorted(SHIPPED_DIR.glob("*.json"))
 
@@ -30,6 +31,14 @@ def test_shipped_file_is_valid_and_from_the_tuner(path):
         times = [t for t in (bucket["baselines_us"]["triton"], bucket["baselines_us"]["torch"]) if t]
         assert bucket["time_us"] == pytest.approx(min(times))
         assert (bucket["backend"] == "torch") == (bucket["time_us"] < bucket["baselines_us"]["triton"])
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_buckets_were_tuned_with_the_current_kernels(path):
+    # A kernel's revision hashes its source, comments included: an edit makes its buckets stale,
+    # and `scaledmm tune` (on the card the file names) must re-tune them before the edit lands.
+    for m, bucket in json.loads(path.read_text())["buckets"].items():
+        assert bucket["kernel"] == kernel_revision(MatmulConfig.from_dict(bucket["config"])), f"M={m} is stale"
 
 
 def test_configs_lists_them_as_json(capsys, monkeypatch):

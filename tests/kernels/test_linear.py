@@ -57,6 +57,17 @@ def test_equals_quantize_then_scaled_mm_bitwise(dtype, static, per_channel, bias
     )
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["int8", "fp8"])
+@pytest.mark.parametrize("M", [1, 16])
+def test_equals_scaled_mm_bitwise_with_the_shipped_swapped_tile(dtype, M):
+    # The tile the heuristic and most decode buckets take, over several K steps (the last ragged),
+    # N wider than one weight tile.
+    config = MatmulConfig(16, 64, 256, num_warps=4, num_stages=5, swap_ab=1)
+    args = operands(M, 130, 600, dtype, False, True, True)
+    out, _ = bind_quantized_linear(*args, torch.bfloat16, config)
+    torch.testing.assert_close(out, two_launches(*args, torch.bfloat16, config), atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("x_dtype,out_dtype", [(torch.float32, torch.float32), (torch.float16, torch.float16)])
 def test_other_float_dtypes(x_dtype, out_dtype):
     config = MatmulConfig(16, 32, 32, num_warps=4, num_stages=2)

@@ -46,6 +46,7 @@ def padded_view(src: torch.Tensor, fill) -> tuple[torch.Tensor, torch.Tensor]:
         (5, 130, 96, MatmulConfig(16, 64, 64, num_warps=4, num_stages=2, swap_ab=1)),  # one tile row, swapped
         (37, 45, 70, MatmulConfig(16, 32, 32, num_warps=4, num_stages=2, swap_ab=1)),  # three tile rows
         (37, 45, 70, MatmulConfig(16, 32, 32, num_warps=4, num_stages=2, split_k=2, swap_ab=1)),
+        (37, 130, 300, MatmulConfig(16, 64, 64, num_warps=4, num_stages=3, split_k=2, swap_ab=1)),  # wgmma-sized
     ],
     ids=str,
 )
@@ -336,7 +337,8 @@ def test_swap_ab_runs_the_swapped_kernel_under_its_own_revision(config, kernel, 
     "per_token,per_channel,bias_dtype",
     [(True, True, torch.bfloat16), (False, False, None), (True, False, torch.float32), (False, True, None)],
 )
-def test_swapped_kernel_scale_and_bias_modes(dtype, per_token, per_channel, bias_dtype):
-    ops = make_operands(9, 80, 160, dtype, DEVICE, per_token=per_token, per_channel=per_channel, bias_dtype=bias_dtype)
+@pytest.mark.parametrize("M", [9, 40], ids=["one-token-tile", "three-token-tiles"])
+def test_swapped_kernel_scale_and_bias_modes(dtype, per_token, per_channel, bias_dtype, M):
+    ops = make_operands(M, 80, 160, dtype, DEVICE, per_token=per_token, per_channel=per_channel, bias_dtype=bias_dtype)
     config = MatmulConfig(16, 64, 64, num_warps=4, num_stages=2, swap_ab=1)
     assert_close(scaledmm.scaled_mm(*ops.args(), torch.bfloat16, ops.bias, config=config), ops)

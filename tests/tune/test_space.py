@@ -1,6 +1,7 @@
 """The search space and the sharing of jobs among ranks."""
 
 import pytest
+import triton
 
 from scaledmm.configs import MatmulConfig
 from scaledmm.tune.distributed import split_jobs
@@ -37,8 +38,6 @@ def test_less_shared_memory_means_a_smaller_space():
 
 
 def test_split_k_only_where_the_tiles_leave_sms_idle():
-    import triton
-
     for M, N, K in [(1, 4096, 14336), (16, 2560, 9728), (4096, 4096, 4096), (64, 40, 50)]:
         for c in candidate_configs(M, N, K, H100_SHARED, H100_SMS):
             tiles = triton.cdiv(M, c.block_m) * triton.cdiv(N, c.block_n)
@@ -92,8 +91,6 @@ def test_no_tma_candidates_for_a_gpu_without_tma():
 
 
 def test_swapped_candidates_only_at_small_m_with_one_tile_row_of_tokens():
-    import triton
-
     for M in (1, 4, 16, 24, 64):
         swapped = [c for c in candidate_configs(M, 2560, 9728, H100_SHARED, H100_SMS) if c.swap_ab]
         assert swapped and all(c.block_m == max(16, triton.next_power_of_2(M)) for c in swapped)

@@ -36,7 +36,8 @@ _TMA_TILE_SHARED_MEMORY = (
 # point, split in two on exactly the shapes this rule splits; on the shapes of llama3-70b (tp 4 and 8)
 # and qwen2.5-7b it ran 1.03-1.48x as fast as the rules before it in fp8 and 1.01-1.40x in int8,
 # split as here (benchmarks/results/h100-2026-11-27-swap/heuristic_swap_ab.log; splitting the wider
-# grids or the shorter K lost, 0.85-0.98x).
+# grids or the shorter K as well ran 0.79-0.97x the unsplit tile). Measured on an H100 only; before
+# Hopper the MMA has no 64-row form to fill, and the rule has not been timed there.
 _SWAP_TILE = MatmulConfig(16, 64, 256, group_m=8, num_warps=4, num_stages=5, swap_ab=1)
 _SWAP_SPLIT_MIN_K = 8192
 

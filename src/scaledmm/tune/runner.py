@@ -62,6 +62,8 @@ def candidates(job: Job, device: torch.device, max_candidates: int | None) -> li
             sum(abs(math.log2(x / y)) for x, y in pairs)
             + abs(c.num_stages - heuristic.num_stages) / 2
             + math.log2(c.split_k)
+            + (c.tma != heuristic.tma)
+            + (c.swap_ab != heuristic.swap_ab)
         )
 
     space = candidate_configs(job.m, job.n, job.k, shared_memory, num_sms, tma=device_has_tma(device))
