@@ -13,6 +13,14 @@ E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 OPERAND_PAIRS = [(torch.int8, torch.int8), (E4M3, E4M3), (E5M2, E5M2), (E4M3, E5M2), (E5M2, E4M3)]
 
 
+def prepared_call(a, b, scale_a, scale_b, out_dtype=torch.bfloat16, bias=None, config=None, backend="auto"):
+    """The prepared call scaled_mm keeps for this signature (it says which backend and kernel ran), or None."""
+    from scaledmm import runtime
+
+    key = runtime.scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend)
+    return runtime.prepared.get(key)
+
+
 def pair_id(pair):
     a, b = pair
     name = {torch.int8: "int8", E4M3: "e4m3", E5M2: "e5m2"}

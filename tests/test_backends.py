@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import DEVICE, ON_GPU
+from helpers import DEVICE, ON_GPU, prepared_call
 
 import scaledmm
 from scaledmm.configs import clear_cache
@@ -38,39 +38,29 @@ def vendor_tuned(tmp_path, monkeypatch):
     clear_cache()
 
 
-def spy(monkeypatch):
-    calls = []
-    import scaledmm.api as api
-
-    real_vendor, real_triton = api.vendor_scaled_mm, api.bind_scaled_mm
-    monkeypatch.setattr(api, "vendor_scaled_mm", lambda *a: calls.append("torch") or real_vendor(*a))
-    monkeypatch.setattr(api, "bind_scaled_mm", lambda *a: calls.append("triton") or real_triton(*a))
-    return calls
+def backend_of(case: Operands, **kwargs) -> str:
+    """Compute scaled_mm of `case` (checked against the reference) and say which backend ran it."""
+    assert_close(scaledmm.scaled_mm(*case.args(), bias=case.bias, **kwargs), case)
+    return prepared_call(*case.args(), bias=case.bias, **kwargs).backend
 
 
 @pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "e4m3"])
 def test_auto_follows_the_file_where_the_vendor_can_serve(vendor_tuned, monkeypatch, dtype):
-    calls = spy(monkeypatch)
     ops = make_operands(M, N, K, dtype, DEVICE)
-    assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias), ops)
-    assert calls == (["torch"] if ON_GPU else ["triton"])  # no vendor kernel on the CPU
+    assert backend_of(ops) == ("torch" if ON_GPU else "triton")  # no vendor kernel on the CPU
 
 
 def test_triton_is_forced_by_backend_or_config(vendor_tuned, monkeypatch):
-    calls = spy(monkeypatch)
     ops = make_operands(M, N, K, torch.int8, DEVICE)
-    assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias, backend="triton"), ops)
-    assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias, config=scaledmm.MatmulConfig(16, 16, 32)), ops)
-    assert calls == ["triton", "triton"]
+    assert backend_of(ops, backend="triton") == "triton"
+    assert backend_of(ops, config=scaledmm.MatmulConfig(16, 16, 32)) == "triton"
 
 
 def test_disabled_backend_is_not_chosen(vendor_tuned, monkeypatch):
     monkeypatch.setenv(DISABLED_BACKENDS_ENV, "torch")
     clear_cache()
-    calls = spy(monkeypatch)
     ops = make_operands(M, N, K, torch.int8, DEVICE)
-    assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias), ops)
-    assert calls == ["triton"]
+    assert backend_of(ops) == "triton"
 
 
 def test_no_backend_left_raises(monkeypatch):
@@ -92,14 +82,12 @@ def test_unknown_disabled_name_warns(monkeypatch):
 
 
 def test_vendor_limits_send_auto_to_triton(vendor_tuned, monkeypatch):
-    calls = spy(monkeypatch)
     # M <= 16 is beyond torch._int_mm, and a column-major a beyond both vendor kernels.
     for ops in (
         make_operands(8, N, K, torch.int8, DEVICE),
         make_operands(M, N, K, torch.float8_e4m3fn, DEVICE, a_column_major=True),
     ):
-        assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias), ops)
-    assert calls == ["triton", "triton"]
+        assert backend_of(ops) == "triton"
 
 
 @pytest.mark.parametrize(
@@ -117,15 +105,12 @@ def test_bad_backend_arguments(bad, words):
 
 @pytest.mark.skipif(not ON_GPU, reason="the vendor kernels need CUDA")
 def test_vendor_is_skipped_for_views_it_cannot_read(vendor_tuned, monkeypatch):
-    calls = spy(monkeypatch)
     ops = make_operands(M, N, K, torch.float8_e4m3fn, DEVICE)
     strided_bias = torch.randn(N, 2, device=DEVICE).to(torch.bfloat16)[:, 0]
     offset_a = torch.empty(M * K + 1, dtype=ops.a.dtype, device=DEVICE)[1:].view(M, K)
     offset_a.copy_(ops.a)
     for a, bias in ((ops.a, strided_bias), (offset_a, ops.bias)):
-        case = Operands(a, ops.b, ops.scale_a, ops.scale_b, bias)
-        assert_close(scaledmm.scaled_mm(*case.args(), bias=bias), case)
-    assert calls == ["triton", "triton"]
+        assert backend_of(Operands(a, ops.b, ops.scale_a, ops.scale_b, bias)) == "triton"
     with pytest.raises(ValueError, match="16-byte aligned"):
         scaledmm.scaled_mm(offset_a, ops.b, ops.scale_a, ops.scale_b, bias=ops.bias, backend="torch")
 

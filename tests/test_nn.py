@@ -138,20 +138,20 @@ class Projections(nn.Module):
 
 @pytest.fixture
 def matmul_calls(monkeypatch):
-    import scaledmm.nn as snn
+    from scaledmm.api import scaled_mm as real
+    from scaledmm.runtime import prepare_linear
 
     # The weight of every product: through scaled_mm, or through a layer's prepared forward.
     calls = []
-    real = snn.scaled_mm
-    monkeypatch.setattr(snn, "scaled_mm", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
-    real_prepare = snn.prepare_quantized_linear
 
     def prepare(x, weight_t, *args):
-        out, forward = real_prepare(x, weight_t, *args)
+        out, forward = prepare_linear(x, weight_t, *args)
         calls.append(weight_t.shape)
         return out, lambda x: calls.append(weight_t.shape) or forward(x)
 
-    monkeypatch.setattr(snn, "prepare_quantized_linear", prepare)
+    for module in ("scaledmm.nn.linear", "scaledmm.nn.siblings"):
+        monkeypatch.setattr(f"{module}.scaled_mm", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+        monkeypatch.setattr(f"{module}.prepare_linear", prepare)
     return calls
 
 
@@ -360,7 +360,7 @@ def test_layers_pickled_by_an_earlier_version_still_run(matmul_calls):
     fused, alone, _ = fused_and_alone("int8")
     x = torch.randn(5, 64, device=DEVICE, dtype=torch.bfloat16)
     group = fused.q_proj.fused
-    old_group = {k: v for k, v in group.__getstate__().items() if k != "_forwards"}
+    old_group = {k: v for k, v in vars(group).items() if k != "_forwards"}
     old_group["spans"] = {id(m): span for m, span in zip(group.members, group.spans)}
     restored = FusedSiblings.__new__(FusedSiblings)
     restored.__setstate__(old_group)

@@ -3,10 +3,10 @@ its own tensors; anything that changes what the first call checked or compiled m
 
 import pytest
 import torch
-from helpers import DEVICE, ON_GPU
+from helpers import DEVICE, ON_GPU, prepared_call
 
 import scaledmm
-import scaledmm.api as api
+from scaledmm import runtime
 from scaledmm.configs import clear_cache
 from scaledmm.reference import quantize_ref
 from scaledmm.testing import assert_close, make_operands
@@ -15,13 +15,10 @@ M, N, K = 24, 48, 96
 
 
 @pytest.fixture
-def binds(monkeypatch):
-    """Counts the kernel bindings (first calls of a signature) of scaled_mm."""
+def binds():
+    """The prepared calls (one per signature: its first call planned and bound it), from empty."""
     clear_cache()
-    calls = []
-    real = api.bind_scaled_mm
-    monkeypatch.setattr(api, "bind_scaled_mm", lambda *a: calls.append(a) or real(*a))
-    yield calls
+    yield runtime.prepared
     clear_cache()
 
 
@@ -34,8 +31,10 @@ def test_second_call_reuses_the_binding_with_its_own_tensors(binds):
         make_operands(M, N, K, torch.int8, DEVICE, gen=torch.Generator(DEVICE).manual_seed(s)) for s in (1, 2)
     )
     assert_close(call(first), first)
+    prepared = next(iter(binds.values()))
     assert_close(call(second), second)
-    assert len(binds) == 1
+    assert list(binds.values()) == [prepared]
+    assert prepared.backend == "triton" and prepared.kernel in ("pointer", "swapped", "tma")
 
 
 @pytest.mark.parametrize(
@@ -89,21 +88,23 @@ def test_invalid_call_after_a_valid_one_still_raises(binds):
     assert len(binds) == 1
 
 
-def test_changed_plan_is_seen_after_clear_cache(binds, monkeypatch):
+def test_changed_plan_is_seen_after_clear_cache(binds):
     ops = make_operands(M, N, K, torch.int8, DEVICE)
     call(ops)
+    first = next(iter(binds.values()))
     clear_cache()
     call(ops)
-    assert len(binds) == 2
+    assert len(binds) == 1 and next(iter(binds.values())) is not first
 
 
 def test_cache_starts_over_beyond_its_limit(binds, monkeypatch):
-    monkeypatch.setattr(api, "PREPARED_LIMIT", 2)
+    monkeypatch.setattr(runtime.PreparedCalls, "LIMIT", 2)
     for m in (1, 2, 3):
         call(make_operands(m, N, K, torch.int8, DEVICE))
-    assert len(api._prepared) == 1
-    call(make_operands(1, N, K, torch.int8, DEVICE))
-    assert len(binds) == 4
+    assert len(binds) == 1  # the third signature started it over
+    ops = make_operands(1, N, K, torch.int8, DEVICE)
+    call(ops)
+    assert len(binds) == 2 and prepared_call(*ops.args(), bias=ops.bias) is not None
 
 
 def test_empty_m_is_prepared_too():
@@ -141,16 +142,16 @@ class Subclass(torch.Tensor):
 def test_tensor_subclasses_go_through_the_op(binds):
     ops = make_operands(M, N, K, torch.int8, DEVICE)
     a = ops.a.as_subclass(Subclass)
-    assert not api._eager(a, ops.b)
+    assert not runtime.eager(a, ops.b)
     assert_close(scaledmm.scaled_mm(a, ops.b, ops.scale_a, ops.scale_b, bias=ops.bias).as_subclass(torch.Tensor), ops)
 
 
 def test_calls_that_record_autograd_go_through_the_op():
     ops = make_operands(M, N, K, torch.int8, DEVICE)
     bias = ops.bias.float().requires_grad_()
-    assert not api._eager(ops.a, bias)
+    assert not runtime.eager(ops.a, bias)
     with torch.no_grad():
-        assert api._eager(ops.a, bias)
+        assert runtime.eager(ops.a, bias)
 
 
 def test_jit_trace_records_the_op():
@@ -161,7 +162,7 @@ def test_jit_trace_records_the_op():
 
 
 def test_split_k_scratch_beyond_the_limit_is_refused(monkeypatch):
-    monkeypatch.setattr(api, "SPLIT_K_SCRATCH_LIMIT", 1024)
+    monkeypatch.setattr("scaledmm.checks.SPLIT_K_SCRATCH_LIMIT", 1024)
     ops = make_operands(M, N, K, torch.int8, DEVICE)
     with pytest.raises(ValueError, match="split_k=4 needs"):
         call(ops, config=scaledmm.MatmulConfig(16, 16, 32, split_k=4))
@@ -203,8 +204,10 @@ def test_layer_forward_is_prepared_and_equals_the_checked_path(monkeypatch, dtyp
         def no_checks(*args, **kwargs):
             raise AssertionError("a prepared forward ran a check")
 
-        monkeypatch.setattr(api, "check_scaled_mm_args", no_checks)
-        monkeypatch.setattr(api, "_check_quantize_args", no_checks)
+        for where in ("scaledmm.checks", "scaledmm.api", "scaledmm.nn.linear"):
+            monkeypatch.setattr(f"{where}.check_quantize_args", no_checks)
+        for where in ("scaledmm.checks", "scaledmm.api"):
+            monkeypatch.setattr(f"{where}.check_scaled_mm_args", no_checks)
         second = layer(xs[1])
         monkeypatch.undo()
         for x, got in zip(xs, (first, second)):
@@ -234,7 +237,7 @@ def test_layer_forward_with_autograd_inputs_goes_through_the_ops():
     layer = quantized_layer("int8")
     x = torch.randn(M, K, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
     layer(x)
-    assert layer._forwards == {}
+    assert len(layer._forwards) == 0
 
 
 def test_a_copied_or_saved_layer_prepares_its_own_forwards(tmp_path):
@@ -245,7 +248,7 @@ def test_a_copied_or_saved_layer_prepares_its_own_forwards(tmp_path):
     with torch.no_grad():
         layer(x)
         twin = copy.deepcopy(layer)
-        assert twin._forwards == {}
+        assert len(twin._forwards) == 0
         twin.weight.copy_(quantized_layer("int8", seed=1).weight)
         torch.testing.assert_close(twin(x), checked_forward(twin, x), atol=0, rtol=0)
         torch.save(layer, tmp_path / "layer.pt")

@@ -83,7 +83,7 @@ def _device() -> torch.device:
 
 
 def _require_kernels_runnable(device: torch.device) -> None:
-    from scaledmm.api import INTERPRETER
+    from scaledmm.checks import INTERPRETER
 
     if device.type == "cpu" and not INTERPRETER:
         sys.exit(

@@ -21,6 +21,25 @@ def two_launches(x, weight_t, input_scale, weight_scale, bias, out_dtype, config
     return scaledmm.scaled_mm(q, weight_t, scale, weight_scale, out_dtype, bias, config=config)
 
 
+def one_launch(x, weight_t, input_scale, weight_scale, bias, out_dtype, config):
+    """The quantized linear kernel's output, and a function that launches it again for a new x."""
+    out = torch.empty(x.shape[0], weight_t.shape[1], dtype=out_dtype, device=x.device)
+    launch = bind_quantized_linear(x, weight_t, input_scale, weight_scale, bias, out, config)
+
+    def again(x):
+        fresh = torch.empty_like(out)
+        launch(x, fresh)
+        return fresh
+
+    return out, again
+
+
+def prepared_forward(layer):
+    """The layer's one prepared forward (a runtime.PreparedLinear)."""
+    (forward,) = (entry[1] for entry in layer._forwards._by_signature.values())
+    return forward
+
+
 def operands(M, N, K, dtype, static, per_channel, bias, x_dtype=torch.bfloat16, seed=0):
     gen = torch.Generator(DEVICE).manual_seed(seed)
     x = (torch.randn(M, K, device=DEVICE, generator=gen) * 3).to(x_dtype)
@@ -48,7 +67,7 @@ def operands(M, N, K, dtype, static, per_channel, bias, x_dtype=torch.bfloat16, 
 def test_equals_quantize_then_scaled_mm_bitwise(dtype, static, per_channel, bias, M, K, config):
     N = 48
     args = operands(M, N, K, dtype, static, per_channel, bias)
-    out, again = bind_quantized_linear(*args, torch.bfloat16, config)
+    out, again = one_launch(*args, torch.bfloat16, config)
     expected = two_launches(*args, torch.bfloat16, config)
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
     fresh = operands(M, N, K, dtype, static, per_channel, bias, seed=1)
@@ -64,7 +83,7 @@ def test_equals_scaled_mm_bitwise_with_the_shipped_swapped_tile(dtype, M):
     # N wider than one weight tile.
     config = MatmulConfig(16, 64, 256, num_warps=4, num_stages=5, swap_ab=1)
     args = operands(M, 130, 600, dtype, False, True, True)
-    out, _ = bind_quantized_linear(*args, torch.bfloat16, config)
+    out, _ = one_launch(*args, torch.bfloat16, config)
     torch.testing.assert_close(out, two_launches(*args, torch.bfloat16, config), atol=0, rtol=0)
 
 
@@ -72,7 +91,7 @@ def test_equals_scaled_mm_bitwise_with_the_shipped_swapped_tile(dtype, M):
 def test_other_float_dtypes(x_dtype, out_dtype):
     config = MatmulConfig(16, 32, 32, num_warps=4, num_stages=2)
     args = operands(3, 40, 64, torch.int8, False, True, True, x_dtype=x_dtype)
-    out, _ = bind_quantized_linear(*args, out_dtype, config)
+    out, _ = one_launch(*args, out_dtype, config)
     assert out.dtype == out_dtype
     torch.testing.assert_close(out, two_launches(*args, out_dtype, config), atol=0, rtol=0)
 
@@ -87,7 +106,7 @@ def test_reads_only_its_rows_and_zero_rows_give_zeros():
     x = buf[2 : 2 + M, 8 : 8 + K]
     x.copy_(torch.randn(M, K, device=DEVICE))
     x[1] = 0.0
-    out, _ = bind_quantized_linear(x, weight_t, None, weight_scale, bias, torch.bfloat16, config)
+    out, _ = one_launch(x, weight_t, None, weight_scale, bias, torch.bfloat16, config)
     assert not out.isnan().any()
     torch.testing.assert_close(out[1], bias, atol=0, rtol=0)
     torch.testing.assert_close(
@@ -96,20 +115,16 @@ def test_reads_only_its_rows_and_zero_rows_give_zeros():
 
 
 @pytest.mark.parametrize("M,fused", [(4, True), (17, False)])
-def test_w8a8linear_quantizes_inside_the_matmul_for_few_rows(monkeypatch, M, fused):
-    import scaledmm.api as api
+def test_w8a8linear_quantizes_inside_the_matmul_for_few_rows(M, fused):
     from scaledmm.nn import W8A8Linear
 
-    binds = []
-    real = api.bind_quantized_linear
-    monkeypatch.setattr(api, "bind_quantized_linear", lambda *a: binds.append(a) or real(*a))
     linear = torch.nn.Linear(64, 32).to(DEVICE, torch.bfloat16)
     layer = W8A8Linear.from_linear(linear, "int8", backend="triton")
     x = torch.randn(M, 64, device=DEVICE, dtype=torch.bfloat16)
     with torch.no_grad():
         layer(x)  # prepares the forward (through the two launches)
         out = layer(x)  # binds the one launch where it is used, and runs it
-    assert len(binds) == int(fused)
+    assert (prepared_forward(layer).fused is not None) == fused
     q, scale = scaledmm.quantize_per_token(x, torch.int8)
     expected = scaledmm.scaled_mm(q, layer.weight.t(), scale, layer.weight_scale, torch.bfloat16, layer.bias)
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
@@ -117,23 +132,18 @@ def test_w8a8linear_quantizes_inside_the_matmul_for_few_rows(monkeypatch, M, fus
 
 @pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("dtype", ["int8", "fp8"])
-def test_a_captured_layer_records_the_two_launches_with_the_same_bits(monkeypatch, dtype):
-    import scaledmm.api as api
+def test_a_captured_layer_records_the_two_launches_with_the_same_bits(dtype):
     from scaledmm.nn import W8A8Linear
 
     one_launches = []
-    real = api.bind_quantized_linear
-
-    def counted(*args):
-        out, launch = real(*args)
-        return out, lambda x: one_launches.append(1) or launch(x)
-
-    monkeypatch.setattr(api, "bind_quantized_linear", counted)
     layer = W8A8Linear.from_linear(torch.nn.Linear(256, 512).to(DEVICE, torch.bfloat16), dtype)
     x = torch.randn(4, 256, device=DEVICE, dtype=torch.bfloat16)
     with torch.no_grad():
         layer(x)  # prepares
         layer(x)  # binds the one launch (whose first launch is the binding's)
+        forward = prepared_forward(layer)
+        bound = forward.fused
+        forward.fused = lambda x, out: one_launches.append(1) or bound(x, out)
         eager = layer(x)
         assert len(one_launches) == 1
         side = torch.cuda.Stream()

@@ -67,6 +67,11 @@ class MatmulConfig:
         """The fields in declaration order: how the config crosses the torch.library op boundary."""
         return [getattr(self, f.name) for f in dataclasses.fields(self)]
 
+    @classmethod
+    def from_list(cls, values: list[int]) -> MatmulConfig:
+        """The inverse of `as_list`."""
+        return cls(*values)
+
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
 

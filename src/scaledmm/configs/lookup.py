@@ -16,10 +16,8 @@ choice (scaledmm.api applies it), as vLLM's VLLM_DISABLED_KERNELS does.
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from scaledmm.configs.files import (
     parse_file_name,
 )
 from scaledmm.configs.heuristic import heuristic_config
+from scaledmm.state import state
 
 CONFIG_DIR_ENV = "SCALEDMM_CONFIG_DIR"
 DISABLED_BACKENDS_ENV = "SCALEDMM_DISABLED_BACKENDS"
@@ -64,7 +63,7 @@ def config_dirs() -> list[Path]:
     return [Path(user), SHIPPED_DIR] if user else [SHIPPED_DIR]
 
 
-@functools.cache
+@state.cached
 def disabled_backends() -> frozenset[str]:
     names = {n.strip() for n in os.environ.get(DISABLED_BACKENDS_ENV, "").split(",") if n.strip()}
     unknown = names - set(BACKENDS)
@@ -76,7 +75,7 @@ def disabled_backends() -> frozenset[str]:
     return frozenset(names & set(BACKENDS))
 
 
-@functools.cache
+@state.cached
 def device_limits(device: torch.device) -> tuple[int, int]:
     """(multiprocessor count, opt-in shared memory per block in bytes) of a device."""
     if device.type != "cuda":
@@ -86,13 +85,13 @@ def device_limits(device: torch.device) -> tuple[int, int]:
     return props.multi_processor_count, shared
 
 
-@functools.cache
+@state.cached
 def device_name(device: torch.device) -> str:
     """The name tuned files are keyed by: the CUDA device name, or 'cpu'."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
-@functools.cache
+@state.cached
 def _file_index() -> tuple[tuple[str, int, int, str, Path], ...]:
     """(normalized device, N, K, dtype, path) of every config file, in search order."""
     index = []
@@ -113,7 +112,7 @@ def _file_index() -> tuple[tuple[str, int, int, str, Path], ...]:
     return tuple(index)
 
 
-@functools.cache
+@state.cached
 def _candidate_files(name: str, n: int, k: int, dtype: str) -> tuple[Path, ...]:
     """The files for this card (then its family), N, K and dtype, in search order."""
     exact = normalize_device_name(name)
@@ -127,7 +126,7 @@ def _candidate_files(name: str, n: int, k: int, dtype: str) -> tuple[Path, ...]:
     return tuple(matches)
 
 
-@functools.cache
+@state.cached
 def _table(path: Path) -> TunedTable | None:
     """The file's table, read when the lookup first reaches it; None (and one warning) if it does not
     validate."""
@@ -149,7 +148,7 @@ def _resolve_device(device: torch.device | str | int | None) -> torch.device:
     return device
 
 
-@functools.lru_cache(maxsize=8192)
+@state.cached(maxsize=8192)
 def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> Plan:
     """The cached plan for one call shape (device must be resolved: cuda with an index, or cpu)."""
     for path in _candidate_files(device_name(device), N, K, DTYPE_NAMES[dtype]):
@@ -183,13 +182,7 @@ def list_config_files() -> list[tuple[Path, TunedTable | ConfigFileError]]:
     return found
 
 
-# Caches built on the plans elsewhere (scaledmm.api's prepared calls), cleared with them.
-clear_cache_hooks: list[Callable[[], None]] = []
-
-
 def clear_cache() -> None:
-    """Forget files, plans and environment variables read so far (after changing them at run time)."""
-    for cached in (plan, _candidate_files, _table, _file_index, disabled_backends):
-        cached.cache_clear()
-    for hook in clear_cache_hooks:
-        hook()
+    """Forget every file, plan, environment variable and prepared call read or made so far (after
+    changing them at run time): scaledmm.state's registry, cleared."""
+    state.clear()

@@ -22,14 +22,12 @@ here).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import triton
 import triton.language as tl
 
 from scaledmm.configs import MatmulConfig
-from scaledmm.kernels.launch import bind_launch, tile_kwargs, vector_stride
+from scaledmm.kernels.launch import BoundLaunch, bind_launch, tile_kwargs, vector_stride
 from scaledmm.kernels.quant import ABSMAX_FLOOR, QMAX, row_scale, saturate_and_round
 
 FUSED_QUANTIZE_MAX_M = 16  # rows up to which W8A8Linear quantizes inside the matmul
@@ -111,27 +109,39 @@ def _quantized_linear_kernel(
     tl.store(out_ptrs, result.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
 
 
+class QuantizedLinearLaunch:
+    """One input signature's bound launch of the quantized linear kernel, with its weights:
+    `launch(x, out)` writes the layer's output for a new x [M, K] of that signature."""
+
+    def __init__(self, bound: BoundLaunch, weight_t, input_scale, weight_scale, bias, config: MatmulConfig):
+        self.bound = bound
+        self.weights = (weight_t, input_scale, weight_scale, bias)
+        self.config = config
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        weight_t, input_scale, weight_scale, bias = self.weights
+        self.bound(x, weight_t, out, input_scale, weight_scale, bias)
+
+    def __repr__(self) -> str:
+        return f"QuantizedLinearLaunch(config={self.config})"
+
+
 def bind_quantized_linear(
     x: torch.Tensor,
     weight_t: torch.Tensor,
     input_scale: torch.Tensor | None,
     weight_scale: torch.Tensor,
     bias: torch.Tensor | None,
-    out_dtype: torch.dtype,
+    out: torch.Tensor,
     config: MatmulConfig,
-) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """Compute the quantized linear of a float x [M, K] now (dynamic per-token scales where
-    `input_scale` is None, else that per-tensor scale) with the 8-bit weight_t [K, N] and its
-    per-channel or per-tensor scale; return the [M, N] result and a function of a new x with this
-    one's signature that computes it again. The inputs must be validated; config.split_k is ignored."""
+) -> QuantizedLinearLaunch:
+    """Write the quantized linear of a float x [M, K] into `out` [M, N] now (dynamic per-token
+    scales where `input_scale` is None, else that per-tensor scale; the 8-bit weight_t [K, N] with
+    its per-channel or per-tensor scale), and return the launch that does it again for a new x of
+    this signature. The inputs must be checked; config.split_k is ignored."""
     M, K = x.shape
     N = weight_t.shape[1]
     device = x.device
-
-    def allocate() -> torch.Tensor:
-        return torch.empty((M, N), dtype=out_dtype, device=device)
-
-    out = allocate()
     w_per_channel = weight_scale.numel() > 1
     args = (
         x, weight_t, out, input_scale, weight_scale, bias,
@@ -155,10 +165,4 @@ def bind_quantized_linear(
     )
     grid = (triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n),)
     bound = bind_launch(_quantized_linear_kernel, grid, args, kwargs, leading=6, device=device)
-
-    def linear(x: torch.Tensor) -> torch.Tensor:
-        out = allocate()
-        bound(x, weight_t, out, input_scale, weight_scale, bias)
-        return out
-
-    return out, linear
+    return QuantizedLinearLaunch(bound, weight_t, input_scale, weight_scale, bias, config)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import Callable
 
 import torch
 import triton
@@ -25,7 +24,7 @@ import triton.language as tl
 
 from scaledmm.configs import MatmulConfig, device_limits
 from scaledmm.kernels import matmul_tma
-from scaledmm.kernels.launch import bind_launch, epilogue_arguments, tile_kwargs
+from scaledmm.kernels.launch import BoundLaunch, bind_launch, epilogue_arguments, tile_kwargs
 
 
 @triton.jit
@@ -413,44 +412,44 @@ def launch_scaled_mm(
     kernel[grid](*args, **kwargs)
 
 
+class MatmulLaunch:
+    """One call signature's bound launch of a matmul kernel: `launch(a, b, scale_a, scale_b, bias, out)`
+    writes the product of new tensors with the dtypes, shapes, strides and pointer alignment of the
+    ones it was bound with. `kernel` names the kernel ("pointer", "swapped" or "tma")."""
+
+    def __init__(self, bound: BoundLaunch, config: MatmulConfig, kernel: str, M: int, N: int, dtype: torch.dtype):
+        self.bound = bound
+        self.config = config
+        self.kernel = kernel
+        self.M, self.N, self.dtype = M, N, dtype
+
+    def __call__(self, a, b, scale_a, scale_b, bias, out) -> None:
+        if self.kernel == "tma":
+            self.bound(*matmul_tma.descriptors(a, b, out, self.config), scale_a, scale_b, bias)
+        else:
+            partials, arrivals = split_k_buffers(self.M, self.N, self.config, self.dtype, out.device)
+            self.bound(a, b, out, scale_a, scale_b, bias, partials, arrivals)
+
+    def __repr__(self) -> str:
+        return f"MatmulLaunch(kernel={self.kernel}, config={self.config})"
+
+
 def bind_scaled_mm(
     a: torch.Tensor,
     b: torch.Tensor,
     scale_a: torch.Tensor,
     scale_b: torch.Tensor,
     bias: torch.Tensor | None,
-    out_dtype: torch.dtype,
+    out: torch.Tensor,
     config: MatmulConfig,
-) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
-    """Compute scaled_mm now; return the result and a function of (a, b, scale_a, scale_b, bias) that
-    computes it for new tensors with the dtypes, shapes, strides and pointer alignment of these."""
-    M = a.shape[0]
-    N = b.shape[1]
+) -> MatmulLaunch:
+    """Write scaled_mm into `out` now (the inputs checked, M >= 1), and return the MatmulLaunch that
+    does it again for new tensors of this signature."""
     device = a.device
-    dtype = a.dtype
-
-    def allocate() -> torch.Tensor:
-        return torch.empty((M, N), dtype=out_dtype, device=device)
-
-    out = allocate()
     kernel, grid, args, kwargs, leading = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config, device)
     bound = bind_launch(kernel, grid, args, kwargs, leading=leading, device=device)
-
-    if kernel is matmul_tma.scaled_mm_tma_kernel:
-
-        def launch(a, b, scale_a, scale_b, bias):
-            out = allocate()
-            bound(*matmul_tma.descriptors(a, b, out, config), scale_a, scale_b, bias)
-            return out
-
-    else:
-
-        def launch(a, b, scale_a, scale_b, bias):
-            out = allocate()
-            bound(a, b, out, scale_a, scale_b, bias, *split_k_buffers(M, N, config, dtype, device))
-            return out
-
-    return out, launch
+    name = "tma" if kernel is matmul_tma.scaled_mm_tma_kernel else ("swapped" if config.swap_ab else "pointer")
+    return MatmulLaunch(bound, config, name, a.shape[0], b.shape[1], a.dtype)
 
 
 def compile_scaled_mm(

@@ -34,7 +34,7 @@ import triton
 from tqdm import tqdm
 
 import scaledmm
-from scaledmm.api import INTERPRETER
+from scaledmm.checks import INTERPRETER
 from scaledmm.configs.lookup import device_name as name_of_device
 from scaledmm.tune.report import closing_table
 from scaledmm.tune.runner import Job, Precompiler, candidates, tune_job

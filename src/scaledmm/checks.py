@@ -1,0 +1,195 @@
+"""Argument checks of the public functions and the torch.library ops.
+
+Each check reads tensor metadata only (types, dtypes, shapes, strides, devices), so torch.compile
+traces it into guards and nothing of it runs in a compiled graph. Every failure is a TypeError (a
+wrong type or dtype) or a ValueError (a wrong shape, layout, size or device) that names the argument
+and says what would be accepted, raised before any launch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from scaledmm.configs import MatmulConfig
+from scaledmm.kernels.matmul import split_k_scratch_bytes
+from scaledmm.kernels.quant import QMAX
+from scaledmm.kernels.vendor import unsupported_reason
+from scaledmm.state import state
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+OPERAND_DTYPES = (torch.int8, *FP8_DTYPES)
+SCALE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+BIAS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+BACKEND_CHOICES = ("auto", "triton", "torch")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+QUANT_DTYPES = tuple(QMAX)  # int8, float8_e4m3fn
+SPLIT_K_SCRATCH_LIMIT = 256 * 2**20  # bytes of split-K partial sums one call may allocate
+
+# Triton's interpreter runs the kernels on CPU tensors; it is chosen when the kernels are defined.
+INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _names(dtypes: tuple[torch.dtype, ...]) -> str:
+    return ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+
+
+def check_tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _check_scale(name: str, scale: object, vector_len: int) -> None:
+    scale = check_tensor(name, scale)
+    if scale.dtype not in SCALE_DTYPES:
+        raise TypeError(f"{name} must have dtype {_names(SCALE_DTYPES)}, got {scale.dtype}")
+    # Element-wise comparisons (not tuple membership) so that symbolic sizes under torch.compile
+    # with dynamic shapes compare by value.
+    shape = scale.shape
+    per_tensor = scale.dim() <= 2 and scale.numel() == 1
+    if scale.dim() == 1:
+        vector = shape[0] == vector_len
+    elif scale.dim() == 2:
+        vector = (shape[0] == vector_len and shape[1] == 1) or (
+            name == "scale_b" and shape[0] == 1 and shape[1] == vector_len
+        )
+    else:
+        vector = False
+    if not (per_tensor or vector):
+        # Sizes are formatted only here, when raising: formatting a symbolic size under torch.compile
+        # would specialise the graph to it (a recompile per M).
+        n = vector_len
+        vector_shapes = (
+            f"per-token (shape [{n}] or [{n}, 1])"
+            if name == "scale_a"
+            else (f"per-channel (shape [{n}], [1, {n}] or [{n}, 1])")
+        )
+        raise ValueError(
+            f"{name} must be per-tensor (shape (), [1] or [1, 1]) or {vector_shapes}, got shape {list(shape)}"
+        )
+
+
+def check_scaled_mm_args(
+    a: object,
+    b: object,
+    scale_a: object,
+    scale_b: object,
+    out_dtype: object,
+    bias: object,
+    config: object,
+    backend: object = "auto",
+) -> None:
+    """Raise TypeError (wrong type or dtype) or ValueError (wrong shape, layout or device) naming the
+    offending argument; return None for arguments `scaled_mm` can compute."""
+    a = check_tensor("a", a)
+    b = check_tensor("b", b)
+    for name, t in (("a", a), ("b", b)):
+        if t.dtype not in OPERAND_DTYPES:
+            raise TypeError(f"{name} must have dtype {_names(OPERAND_DTYPES)}, got {t.dtype}")
+    if (a.dtype == torch.int8) != (b.dtype == torch.int8):
+        raise TypeError(f"a and b must both be int8 or both float8, got a {a.dtype} and b {b.dtype}")
+    for name, t in (("a", a), ("b", b)):
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be 2-D, got {t.dim()}-D with shape {list(t.shape)}")
+    M, K = a.shape
+    if b.shape[0] != K:
+        raise ValueError(
+            f"b must be [K, N] with K = a.shape[1] = {K}, got b of shape {list(b.shape)} "
+            "(for a linear layer's [N, K] weight pass weight.t())"
+        )
+    N = b.shape[1]
+    if K == 0 or N == 0:
+        raise ValueError(f"K and N must be >= 1, got a of shape {list(a.shape)} and b of shape {list(b.shape)}")
+    for name, t in (("a", a), ("b", b)):
+        # A unit stride along one dimension; the other stride is free, so views into padded buffers
+        # (a leading dimension larger than the extent) are accepted. A size-1 dimension has any stride.
+        if not (1 in t.stride() or 1 in t.shape):
+            raise ValueError(
+                f"{name} must be row-major or column-major (unit stride in one dimension), got strides "
+                f"{list(t.stride())}; call .contiguous() on it first"
+            )
+    _check_scale("scale_a", scale_a, M)
+    _check_scale("scale_b", scale_b, N)
+    if bias is not None:
+        bias = check_tensor("bias", bias)
+        if bias.dtype not in BIAS_DTYPES:
+            raise TypeError(f"bias must have dtype {_names(BIAS_DTYPES)}, got {bias.dtype}")
+        if bias.dim() != 1 or bias.shape[0] != N:
+            raise ValueError(f"bias must have shape [{N}] (N), got {list(bias.shape)}")
+    if not isinstance(out_dtype, torch.dtype) or out_dtype not in OUT_DTYPES:
+        raise TypeError(
+            f"out_dtype must be one of torch.{', torch.'.join(_names(OUT_DTYPES).split(', '))}, got {out_dtype!r}"
+        )
+    if config is not None and not isinstance(config, MatmulConfig):
+        raise TypeError(f"config must be a scaledmm.MatmulConfig or None, got {type(config).__name__}")
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
+    if backend == "torch" and config is not None:
+        raise ValueError("config is a Triton launch config; it cannot go with backend='torch'")
+    if config is not None and config.split_k > 1:
+        scratch = split_k_scratch_bytes(M, N, config)
+        if scratch > SPLIT_K_SCRATCH_LIMIT:
+            raise ValueError(
+                f"config.split_k={config.split_k} needs {scratch / 2**20:.0f} MiB of partial sums for this "
+                f"{M}x{N} output (limit {SPLIT_K_SCRATCH_LIMIT // 2**20} MiB); split-K is for grids with fewer "
+                "tiles than the GPU has SMs: use split_k=1 or larger tiles"
+            )
+
+    named = [("b", b), ("scale_a", scale_a), ("scale_b", scale_b)]
+    if bias is not None:
+        named.append(("bias", bias))
+    for name, t in named:
+        if t.device != a.device:
+            raise ValueError(f"{name} is on {t.device} but a is on {a.device}; all tensors must share a device")
+    check_runnable_device(a.device, "scaled_mm")
+    if backend == "torch" and (reason := unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype)):
+        raise ValueError(f"backend='torch' cannot compute this call: {reason}; use backend='auto' or 'triton'")
+
+
+def check_runnable_device(device: torch.device, what: str) -> None:
+    if device.type != "cuda" and not (INTERPRETER and device.type == "cpu"):
+        raise ValueError(
+            f"{what} runs on CUDA tensors, got tensors on {device}. To run the Triton kernels on the "
+            "CPU (slowly, for testing), set TRITON_INTERPRET=1 before importing scaledmm."
+        )
+
+
+@state.cached
+def check_device_supports(device: torch.device, fp8: bool) -> None:
+    """Raise before launch where the GPU has no instructions for the operands (cached per device)."""
+    if device.type != "cuda" or not fp8:
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        raise ValueError(
+            f"float8 operands need compute capability 8.9 or newer (Ada, Hopper, Blackwell); "
+            f"{torch.cuda.get_device_name(device)} on {device} has {major}.{minor}. Use int8 operands."
+        )
+
+
+def check_quantize_args(x: object, dtype: object) -> torch.Tensor:
+    x = check_tensor("x", x)
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x must have dtype {_names(FLOAT_DTYPES)}, got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"x must be [..., K] with K >= 1, got shape {list(x.shape)}")
+    if not isinstance(dtype, torch.dtype) or dtype not in QUANT_DTYPES:
+        raise TypeError(f"dtype must be torch.int8 or torch.float8_e4m3fn, got {dtype!r}")
+    check_runnable_device(x.device, "quantization")
+    return x
+
+
+def check_static_scale(scale: object, x: torch.Tensor) -> torch.Tensor:
+    scale = check_tensor("scale", scale)
+    if scale.dtype not in SCALE_DTYPES:
+        raise TypeError(f"scale must have dtype {_names(SCALE_DTYPES)}, got {scale.dtype}")
+    if scale.numel() != 1:
+        raise ValueError(f"scale must hold one value (per-tensor), got shape {list(scale.shape)}")
+    if scale.device != x.device:
+        raise ValueError(f"scale is on {scale.device} but x is on {x.device}")
+    return scale

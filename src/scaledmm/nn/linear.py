@@ -1,0 +1,242 @@
+"""W8A8Linear: a linear layer with its weight stored in 8 bits and its input quantized on the fly.
+
+A W8A8Linear holds its weight quantized once (int8 or fp8, per output channel) and, per forward,
+quantizes the activation (dynamic per token, or static with a calibrated scale) and calls
+scaled_mm with the bias fused into the epilogue. Eager forwards run prepared calls
+(runtime.PreparedLinear) kept per input signature in a PreparedForwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from scaledmm.api import quantize_per_tensor, quantize_per_token, scaled_mm
+from scaledmm.checks import OUT_DTYPES, check_quantize_args, check_static_scale
+from scaledmm.configs.files import DTYPE_BY_NAME
+from scaledmm.kernels.quant import ABSMAX_FLOOR, QMAX
+from scaledmm.runtime import eager, prepare_linear, tensor_signature
+from scaledmm.state import state
+
+if TYPE_CHECKING:
+    from scaledmm.nn.siblings import FusedSiblings
+
+ACTIVATIONS = ("dynamic", "static")
+
+
+def dtype_of(name: str) -> torch.dtype:
+    if name not in DTYPE_BY_NAME:
+        raise ValueError(f"dtype must be one of {', '.join(map(repr, DTYPE_BY_NAME))}, got {name!r}")
+    return DTYPE_BY_NAME[name]
+
+
+def quantize_weight(
+    weight: torch.Tensor, dtype: torch.dtype, per_channel: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float [N, K] weight -> (q [N, K] of `dtype`, float32 scale [N] or 0-d), weight ~= q * scale.
+
+    Scale = max |row| (or |weight|) / 127 or / 448; values rounded to nearest even and saturated.
+    Runs once per layer, in torch, on any device.
+    """
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"weight must be a 2-D float tensor, got {weight.dtype} of shape {list(weight.shape)}")
+    qmax = QMAX[dtype]
+    w = weight.detach().to(torch.float32)
+    absmax = w.abs().amax(dim=1) if per_channel else w.abs().amax()
+    scale = absmax.clamp_min(ABSMAX_FLOOR) / qmax
+    values = (w / (scale[:, None] if per_channel else scale)).clamp(-qmax, qmax)
+    if dtype == torch.int8:
+        values = values.round()
+    return values.to(dtype), scale
+
+
+class PreparedForwards:
+    """Prepared forwards of one layer (or one FusedSiblings group), by input signature, each kept with
+    the owner's state it was made from and used only while that state holds. Never pickled or
+    copied: a copy of the owner prepares its own."""
+
+    LIMIT = 64  # input signatures kept; the cache starts over beyond it
+
+    def __init__(self) -> None:
+        self._by_signature: dict[tuple, tuple[tuple, Callable[[torch.Tensor], torch.Tensor]]] = {}
+
+    def __reduce__(self):
+        return (PreparedForwards, ())
+
+    def __len__(self) -> int:
+        return len(self._by_signature)
+
+    def get(self, x: torch.Tensor, owner_state: tuple) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        entry = self._by_signature.get(tensor_signature(x))
+        return entry[1] if entry is not None and entry[0] == owner_state else None
+
+    def put(self, x: torch.Tensor, owner_state: tuple, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        if len(self._by_signature) >= self.LIMIT:
+            self._by_signature.clear()
+        self._by_signature[tensor_signature(x)] = (owner_state, forward)
+
+
+class W8A8Linear(nn.Module):
+    """y = x @ W.t() + b with W stored in 8 bits and x quantized to 8 bits on the fly.
+
+    Buffers: `weight` [N, K] (int8 or float8_e4m3fn), `weight_scale` [N] float32, `bias` [N] or None
+    (kept in the original layer's dtype), and for static activations `input_scale` (0-d float32).
+    `fused`: the FusedSiblings group the layer belongs to (quantize_model groups q/k/v and
+    gate/up), or None.
+
+    Eager forwards keep, per input signature (dtype, shape, strides, device, alignment), the
+    prepared call that computes them (runtime.PreparedLinear): a repeated input shape costs
+    two allocations and two launches of host time, or one of each for a few rows. Each is kept with
+    the layer's state it was made from (`_state_key`) and used only while that state holds, however
+    the state changed (assignment, `.to()`, `.data`, torch.func.functional_call, clear_cache());
+    in-place changes of the buffers' values need nothing.
+    """
+
+    fused: FusedSiblings | None = None
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: str = "fp8",
+        activation: str = "dynamic",
+        device=None,
+        out_dtype: torch.dtype = torch.bfloat16,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be 'dynamic' or 'static', got {activation!r}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.qdtype = dtype_of(dtype)
+        self.activation = activation
+        self.backend = backend  # scaled_mm's backend: "auto", "triton", or "torch" (the vendor kernel)
+        self.out_dtype = out_dtype if out_dtype in OUT_DTYPES else torch.bfloat16
+        self.register_buffer("weight", torch.zeros(out_features, in_features, device=device).to(self.qdtype))
+        self.register_buffer("weight_scale", torch.ones(out_features, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, device=device, dtype=self.out_dtype) if bias else None)
+        self.register_buffer("input_scale", torch.ones((), device=device) if activation == "static" else None)
+        self._forwards = PreparedForwards()
+
+    def __setstate__(self, pickled: dict) -> None:
+        super().__setstate__(pickled)
+        # Pickled by an earlier version: no prepared forwards, or a plain dict of them.
+        if not isinstance(self.__dict__.get("_forwards"), PreparedForwards):
+            self._forwards = PreparedForwards()
+
+    def _state_key(self) -> tuple:
+        """What a prepared forward depends on besides its input: the state tensors (which objects,
+        and where their data is: a `.data` swap moves it), the settings, and the generation of
+        scaledmm's caches. Read from `_buffers` directly: the per-call cost is about 1 us."""
+        buffers = self._buffers
+        w, ws = buffers.get("weight"), buffers.get("weight_scale")
+        bias, s = buffers.get("bias"), buffers.get("input_scale")
+        return (
+            state.generation, self.qdtype, self.activation, self.out_dtype, self.backend,
+            id(w), id(ws), id(bias), id(s),
+            w.data_ptr() if w is not None else 0,
+            ws.data_ptr() if ws is not None else 0,
+            bias.data_ptr() if bias is not None else 0,
+            s.data_ptr() if s is not None else 0,
+        )  # fmt: skip
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        dtype: str = "fp8",
+        activation: str = "dynamic",
+        input_scale: float | torch.Tensor | None = None,
+        backend: str = "auto",
+    ) -> W8A8Linear:
+        """Quantize an nn.Linear. Static activations need `input_scale` (x ~= q * input_scale), or a
+        `calibrate(x)` call on representative inputs before use."""
+        weight = linear.weight
+        out_dtype = weight.dtype if weight.dtype in OUT_DTYPES else torch.bfloat16
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            dtype,
+            activation,
+            device=weight.device,
+            out_dtype=out_dtype,
+            backend=backend,
+        )
+        q, scale = quantize_weight(weight, layer.qdtype)
+        layer.weight.copy_(q)
+        layer.weight_scale.copy_(scale)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach())
+        if activation == "static" and input_scale is not None:
+            layer.input_scale.fill_(float(input_scale))
+        return layer
+
+    def _apply(self, fn, recurse=True):
+        """`.to()`, `.half()`, `.cuda()` and the like move the layer, but a dtype cast must not turn
+        the 8-bit weight or the float32 scales into another format: the weight is cast back (exact,
+        since every 8-bit value is representable in fp16, bf16 and fp32), the scales keep float32,
+        and the output dtype follows the cast."""
+        scales = {name: getattr(self, name) for name in ("weight_scale", "input_scale")}
+        super()._apply(fn, recurse)
+        if self.weight.dtype != self.qdtype:
+            self.weight = self.weight.to(self.qdtype)
+        for name, before in scales.items():
+            after = getattr(self, name)
+            if before is not None and after.dtype != before.dtype:
+                setattr(self, name, before.to(after.device))  # the float32 original, moved: no rounding
+        out_dtype = fn(torch.empty(0, dtype=self.out_dtype)).dtype
+        if out_dtype in OUT_DTYPES:
+            self.out_dtype = out_dtype
+        return self
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Set the static input scale from a batch of representative inputs: max |x| / 127 or / 448."""
+        if self.activation != "static":
+            raise ValueError("calibrate() is for activation='static'; dynamic layers scale every token")
+        absmax = x.detach().abs().amax().to(torch.float32).clamp_min(ABSMAX_FLOOR)
+        self.input_scale.copy_(absmax / QMAX[self.qdtype])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is None and eager(x):
+            owner_state = self._state_key()
+            forward = self._forwards.get(x, owner_state)
+            if forward is not None:
+                return forward(x)
+            if eager(self.weight, self.weight_scale, self.bias, self.input_scale):
+                return self._prepare_forward(x, owner_state)
+        lead, K = x.shape[:-1], x.shape[-1]
+        if self.fused is not None and (out := self.fused.output_for(self, x)) is not None:
+            return out.reshape(*lead, self.out_features)
+        if self.activation == "static":
+            q, scale = quantize_per_tensor(x, self.input_scale, self.qdtype), self.input_scale
+        else:
+            q, scale = quantize_per_token(x, self.qdtype)
+            scale = scale.reshape(-1, 1)
+        q = q.reshape(-1, K)
+        out = scaled_mm(q, self.weight.t(), scale, self.weight_scale, self.out_dtype, self.bias, backend=self.backend)
+        return out.reshape(*lead, self.out_features)
+
+    def _prepare_forward(self, x: torch.Tensor, owner_state: tuple) -> torch.Tensor:
+        input_scale = self.input_scale if self.activation == "static" else None
+        x = check_quantize_args(x, self.qdtype)
+        if input_scale is not None:
+            check_static_scale(input_scale, x)
+        out, forward = prepare_linear(
+            x, self.weight.t(), self.weight_scale, self.bias, self.qdtype, input_scale, self.out_dtype, self.backend
+        )
+        self._forwards.put(x, owner_state, forward)
+        return out
+
+    def extra_repr(self) -> str:
+        dtype = "int8" if self.qdtype == torch.int8 else "fp8"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"dtype={dtype}, activation={self.activation}, out_dtype={self.out_dtype}, backend={self.backend}"
+        )

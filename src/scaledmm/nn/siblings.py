@@ -1,0 +1,167 @@
+"""Sibling fusion: layers that read one input (q, k and v; gate and up) run as one scaled_mm.
+
+quantize_model groups such siblings (SIBLING_NAMES, as transformers' decoders name them) into a
+FusedSiblings, which the members' forwards ask for their columns of the shared product.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scaledmm.api import quantize_per_token, scaled_mm
+from scaledmm.nn.linear import PreparedForwards, W8A8Linear
+from scaledmm.runtime import eager, prepare_linear
+from scaledmm.state import state
+
+
+class FusedSiblings:
+    """One scaled_mm for sibling layers that read the same input (q, k, v; gate, up): the first of
+    them to see an input computes the product with the concatenated weight (one quantization, one
+    launch instead of two or three, and a shape the shipped files tune: llama3-8b's qkv is
+    6144 x 4096), and each takes its columns.
+
+    A product is shared only within one forward of the module that holds the siblings (hooks set
+    `active` around it), and only for the same input tensor object, unmodified since (its version
+    counter). So a CUDA graph captured around that forward records the product, and nothing outlives
+    the forward. If a product served just one member (siblings reading different inputs, as in
+    cross-attention), the group stops fusing for good. Traced code and inference tensors (which have
+    no version counter) run each member alone, as do calls of a member outside its parent's forward.
+
+    The members' weights, scales and biases are views into the concatenated tensors, so no memory
+    is added; after a `.to()` moved them apart, the first forward concatenates them again.
+    """
+
+    def __init__(self, members: list[W8A8Linear]):
+        self.members = members
+        self.spans: list[tuple[int, int]] = []  # each member's columns, in the order of `members`
+        start = 0
+        for member in members:
+            self.spans.append((start, start + member.out_features))
+            start += member.out_features
+        self.enabled = True
+        self.active = False
+        self._concatenate()
+        self._forget()
+
+    def _member_storage(self) -> tuple:
+        """What the concatenation was made from: every member tensor's storage and dtype, and the
+        settings of every member. Any change (a `.to()`, a new buffer assigned, a changed backend)
+        makes the next forward concatenate again."""
+        tensors = [t for m in self.members for t in (m.weight, m.weight_scale, m.bias) if t is not None]
+        return (
+            tuple((t.data_ptr(), t.dtype) for t in tensors),
+            tuple((m.qdtype, m.out_dtype, m.backend) for m in self.members),
+        )
+
+    def _concatenate(self) -> None:
+        """Concatenate the members' tensors and make each member's tensors views into them."""
+        members = self.members
+        self.weight = torch.cat([m.weight for m in members])
+        self.weight_scale = torch.cat([m.weight_scale for m in members])
+        self.bias = None if members[0].bias is None else torch.cat([m.bias for m in members])
+        for member in members:
+            start, end = self._span(member)
+            member.weight = self.weight[start:end]
+            member.weight_scale = self.weight_scale[start:end]
+            if self.bias is not None:
+                member.bias = self.bias[start:end]
+        self._storage = self._member_storage()
+        # Prepared products by input signature, valid for the cache generation; they hold the tensors above.
+        self._forwards = PreparedForwards()
+
+    def __setstate__(self, pickled: dict) -> None:
+        self.__dict__.update(pickled)
+        if not isinstance(self.__dict__.get("_forwards"), PreparedForwards):  # pickled by an earlier version
+            self._forwards = PreparedForwards()
+        if isinstance(self.spans, dict):  # keyed by id() then: in the members' order
+            self.spans = list(self.spans.values())
+
+    def _span(self, member: W8A8Linear) -> tuple[int, int]:
+        # By identity, not id(): a copied or loaded model has new member objects.
+        return next(span for m, span in zip(self.members, self.spans) if m is member)
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        """The product of a 2-D x with the concatenated weight: eager, through a prepared forward per
+        input signature, as W8A8Linear does; else through the functions."""
+        first = self.members[0]
+        if not eager(x):
+            q, scale = quantize_per_token(x, first.qdtype)
+            weight_t, out_dtype, backend = self.weight.t(), first.out_dtype, first.backend
+            return scaled_mm(q, weight_t, scale, self.weight_scale, out_dtype, self.bias, backend=backend)
+        owner_state = (state.generation,)
+        forward = self._forwards.get(x, owner_state)
+        if forward is not None:
+            return forward(x)
+        out, forward = prepare_linear(
+            x, self.weight.t(), self.weight_scale, self.bias, first.qdtype, None, first.out_dtype, first.backend
+        )
+        self._forwards.put(x, owner_state, forward)
+        return out
+
+    def _forget(self) -> None:
+        self._source: torch.Tensor | None = None
+        self._version = -1
+        self._out: torch.Tensor | None = None
+        self._served = 0
+
+    def begin(self, *_) -> None:
+        """Forward pre-hook of the siblings' parent: products may be shared until `end`."""
+        self._forget()
+        self.active = True
+
+    def end(self, *_) -> None:
+        """Forward hook of the siblings' parent (also on an exception): drop the product."""
+        if self._source is not None and self._served < 2:
+            self.enabled = False  # the last product served one member: siblings read different inputs
+        self.active = False
+        self._forget()
+
+    def output_for(self, member: W8A8Linear, x: torch.Tensor) -> torch.Tensor | None:
+        """The member's columns of the fused product for x ([M, out_features], M = x's rows), or
+        None where the member must run alone."""
+        if not (self.enabled and self.active) or torch.compiler.is_compiling() or x.is_inference():
+            return None
+        if x is not self._source or x._version != self._version:
+            if self._source is not None and self._served < 2:
+                self.enabled = False  # the last product served one member: siblings read different inputs
+                self._forget()
+                return None
+            current = self._member_storage()
+            if current != self._storage:
+                if len(set(current[1])) > 1 or len({m.bias is None for m in self.members}) > 1:
+                    self.enabled = False  # the members no longer agree on how to run
+                    self._forget()
+                    return None
+                self._concatenate()
+            self._out = self._product(x.reshape(-1, x.shape[-1]))
+            self._source, self._version, self._served = x, x._version, 0
+        self._served += 1
+        start, end = self._span(member)
+        return self._out[:, start:end]
+
+
+# Leaf names of linear layers that read one input in transformers' decoders (Llama, Qwen, Mistral...).
+SIBLING_NAMES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def fuse_siblings(model: nn.Module) -> list[list[str]]:
+    """Group swapped dynamic layers named as SIBLING_NAMES under one parent into FusedSiblings."""
+    groups = []
+    for parent_name, parent in model.named_modules():
+        for names in SIBLING_NAMES:
+            members = [getattr(parent, n, None) for n in names]
+            if not all(isinstance(m, W8A8Linear) and m.activation == "dynamic" and m.fused is None for m in members):
+                continue
+            settings = {
+                (m.in_features, m.qdtype, m.out_dtype, m.backend, m.bias is None, m.weight.device) for m in members
+            }
+            if len(settings) > 1:
+                continue
+            group = FusedSiblings(members)
+            for member in members:
+                member.fused = group
+            parent.register_forward_pre_hook(group.begin)
+            parent.register_forward_hook(group.end, always_call=True)
+            groups.append([f"{parent_name}.{n}" if parent_name else n for n in names])
+    return groups

@@ -1,0 +1,90 @@
+"""The torch.library custom ops and their fake implementations.
+
+torch.compile, torch.export, make_fx and other dispatch modes see scaled_mm and the quantizations as
+these opaque ops; the fakes give them the outputs' shapes and dtypes. The ops are public
+(`torch.ops.scaledmm.scaled_mm` and friends) and check their arguments like the Python functions do,
+on the first call of each signature: a signature prepared before was checked then (runtime.py).
+
+`scaled_mm`'s schema takes `bias` before `out_dtype`, as `torch._scaled_mm` does, and the config as
+`MatmulConfig.as_list()` (a list of ints); the Python function `scaledmm.scaled_mm` keeps its own
+order. Import rule: this module imports checks and runtime, and nothing above them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from scaledmm.checks import check_quantize_args, check_scaled_mm_args, check_static_scale
+from scaledmm.configs import MatmulConfig
+from scaledmm.runtime import (
+    prepared,
+    quantize_signature,
+    run_quantize,
+    run_scaled_mm,
+    scaled_mm_signature,
+)
+
+
+def _config_from_list(config: list[int] | None) -> MatmulConfig | None:
+    if config is None:
+        return None
+    try:
+        return MatmulConfig.from_list(config)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"config: {err}") from None
+
+
+@torch.library.custom_op("scaledmm::scaled_mm", mutates_args=())
+def scaled_mm_op(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale_a: torch.Tensor,
+    scale_b: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    config: list[int] | None,
+    backend: str,
+) -> torch.Tensor:
+    matmul_config = _config_from_list(config)
+    call = prepared.get(scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, matmul_config, backend))
+    if call is not None:
+        return call(a, b, scale_a, scale_b, bias)
+    check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, matmul_config, backend)
+    return run_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, matmul_config, backend)
+
+
+@scaled_mm_op.register_fake
+def _scaled_mm_fake(a, b, scale_a, scale_b, bias, out_dtype, config, backend):
+    check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, _config_from_list(config), backend)
+    return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
+
+
+def _quantize(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype):
+    if prepared.get(quantize_signature(x, scale, dtype)) is None:
+        check_quantize_args(x, dtype)
+        if scale is not None:
+            check_static_scale(scale, x)
+    return run_quantize(x, scale, dtype)
+
+
+@torch.library.custom_op("scaledmm::quantize_per_token", mutates_args=())
+def quantize_per_token_op(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    return _quantize(x, None, dtype)
+
+
+@quantize_per_token_op.register_fake
+def _quantize_per_token_fake(x, dtype):
+    check_quantize_args(x, dtype)
+    return x.new_empty(x.shape, dtype=dtype), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
+
+
+@torch.library.custom_op("scaledmm::quantize_per_tensor", mutates_args=())
+def quantize_per_tensor_op(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return _quantize(x, scale, dtype)
+
+
+@quantize_per_tensor_op.register_fake
+def _quantize_per_tensor_fake(x, scale, dtype):
+    check_quantize_args(x, dtype)
+    check_static_scale(scale, x)
+    return x.new_empty(x.shape, dtype=dtype)

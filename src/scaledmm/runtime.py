@@ -1,0 +1,346 @@
+"""The run-time: plans become prepared calls, kept per call signature.
+
+Everything a call needs beyond its tensors' data (the plan, the backend, the kernel's launch
+arguments) depends only on its signature: dtypes, shapes, strides, devices and pointer alignment of
+the tensors, and the other arguments. So it is worked out at the first call of each signature, into
+a prepared call, and later calls cost a tuple, a dictionary lookup and a launch.
+
+Prepared calls are small named objects that say what they run (`print()` one, or a layer that keeps
+them): `TritonScaledMM`, `VendorScaledMM` and `EmptyScaledMM` for scaled_mm, `PreparedQuantize`
+for activation quantization, and `PreparedLinear` for a W8A8Linear forward. Their arguments come in
+the public order, `(a, b, scale_a, scale_b, bias)`, with the output dtype fixed at preparation.
+
+The callers (scaledmm.api, scaledmm.ops, scaledmm.nn) check arguments before preparing: a prepared
+call trusts its signature (docs/design.md, "Trust boundaries").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from scaledmm.checks import check_device_supports, check_scaled_mm_args
+from scaledmm.configs import MatmulConfig, plan
+from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, disabled_backends
+from scaledmm.kernels.linear import FUSED_QUANTIZE_MAX_M, QuantizedLinearLaunch, bind_quantized_linear
+from scaledmm.kernels.matmul import MatmulLaunch, bind_scaled_mm
+from scaledmm.kernels.quant import bind_quantize_rows
+from scaledmm.kernels.vendor import misaligned_pointer, unsupported_reason, vendor_scaled_mm
+from scaledmm.state import state
+
+# Tensor types the direct path serves; subclasses (DTensor, FakeTensor, wrappers) may override
+# dispatch and go through the op.
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def eager(*tensors: object) -> bool:
+    """Whether a call may bypass the torch.library dispatcher: plain tensors (None allowed) with no
+    autograd to record, not while torch.compile or torch.jit traces, and not under a Python dispatch
+    or function mode (FakeTensorMode, make_fx, a torch.device context), all of which must see the op."""
+    if (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch._C._len_torch_dispatch_stack()
+        or torch._C._is_torch_function_mode_enabled()
+    ):
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is not None and (type(t) not in _PLAIN_TENSOR_TYPES or (grad and t.requires_grad)):
+            return False
+    return True
+
+
+def tensor_signature(t: torch.Tensor | None) -> tuple | None:
+    # The 16-byte alignment of the data pointer is part of it: Triton compiles aligned pointers
+    # differently, and the vendor kernels refuse misaligned ones.
+    return None if t is None else (t.dtype, t.shape, t.stride(), t.device, t.data_ptr() & 15)
+
+
+def scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend) -> tuple:
+    return (
+        "scaled_mm",
+        tensor_signature(a),
+        tensor_signature(b),
+        tensor_signature(scale_a),
+        tensor_signature(scale_b),
+        out_dtype,
+        tensor_signature(bias),
+        config,
+        backend,
+    )
+
+
+def quantize_signature(x, scale, dtype) -> tuple:
+    return ("quantize", tensor_signature(x), tensor_signature(scale), dtype)
+
+
+class PreparedCalls(dict):
+    """Prepared calls by signature. It starts over beyond LIMIT signatures (many distinct M in
+    prefill), and `scaledmm.clear_cache()` empties it (a plan or a disabled backend may have changed)."""
+
+    LIMIT = 4096
+
+    def remember(self, key: tuple, call: object) -> None:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        self[key] = call
+
+
+prepared = PreparedCalls()
+state.register("scaledmm.runtime.prepared", prepared.clear)
+
+
+def _device_guard(device: torch.device) -> contextlib.AbstractContextManager:
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- scaled_mm
+
+
+class TritonScaledMM:
+    """A prepared scaled_mm through one of our kernels: a new output, and the bound launch."""
+
+    backend = "triton"
+
+    def __init__(self, launch: MatmulLaunch, out_shape: tuple[int, int], out_dtype: torch.dtype, device):
+        self.launch = launch
+        self.config = launch.config
+        self.kernel = launch.kernel
+        self.out_shape = out_shape
+        self.out_dtype = out_dtype
+        self.device = device
+
+    def __call__(self, a, b, scale_a, scale_b, bias=None) -> torch.Tensor:
+        out = torch.empty(self.out_shape, dtype=self.out_dtype, device=self.device)
+        self.launch(a, b, scale_a, scale_b, bias, out)
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"TritonScaledMM(kernel={self.kernel}, config={self.config}, out={list(self.out_shape)} {self.out_dtype})"
+        )
+
+
+class VendorScaledMM:
+    """A prepared scaled_mm through the vendor kernels (kernels/vendor.py)."""
+
+    backend = "torch"
+    config = None
+
+    def __init__(self, out_dtype: torch.dtype, fp8: bool):
+        self.out_dtype = out_dtype
+        self.kernel = "torch._scaled_mm" if fp8 else "torch._int_mm"
+
+    def __call__(self, a, b, scale_a, scale_b, bias=None) -> torch.Tensor:
+        return vendor_scaled_mm(a, b, scale_a, scale_b, bias, self.out_dtype)
+
+    def __repr__(self) -> str:
+        return f"VendorScaledMM(kernel={self.kernel}, out_dtype={self.out_dtype})"
+
+
+class EmptyScaledMM:
+    """A prepared scaled_mm of M = 0 rows: an empty output, no launch."""
+
+    backend = "none"
+    config = None
+    kernel = None
+
+    def __init__(self, n: int, out_dtype: torch.dtype, device):
+        self.n, self.out_dtype, self.device = n, out_dtype, device
+
+    def __call__(self, a, b, scale_a, scale_b, bias=None) -> torch.Tensor:
+        return torch.empty((0, self.n), dtype=self.out_dtype, device=self.device)
+
+    def __repr__(self) -> str:
+        return f"EmptyScaledMM(N={self.n}, out_dtype={self.out_dtype})"
+
+
+PreparedScaledMM = TritonScaledMM | VendorScaledMM | EmptyScaledMM
+
+
+def auto_backend(preferred: str, a, b, scale_a, scale_b, out_dtype, bias) -> str:
+    """The plan's backend unless SCALEDMM_DISABLED_BACKENDS rules it out or the vendor kernel
+    cannot serve this call; then the other backend."""
+    disabled = disabled_backends()
+    for backend in (preferred, "torch" if preferred == "triton" else "triton"):
+        if backend in disabled:
+            continue
+        if backend == "torch" and (
+            unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype)
+            or misaligned_pointer(a, b, scale_a, scale_b, bias)
+        ):
+            continue
+        return backend
+    why_not_torch = unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype) or (
+        "the vendor kernels need 16-byte aligned data pointers"
+        if misaligned_pointer(a, b, scale_a, scale_b, bias)
+        else "both are disabled"
+    )
+    raise ValueError(
+        f"{DISABLED_BACKENDS_ENV}={','.join(sorted(disabled))} leaves no backend for this call ({why_not_torch})"
+    )
+
+
+def prepare_scaled_mm(
+    a, b, scale_a, scale_b, out_dtype, bias, config, backend
+) -> tuple[torch.Tensor, PreparedScaledMM]:
+    """Plan a checked call, compute it, and return the result with its prepared call (which computes
+    the same for new tensors of this signature)."""
+    (M, K), N = a.shape, b.shape[1]
+    if M == 0:
+        empty = EmptyScaledMM(N, out_dtype, a.device)
+        return empty(a, b, scale_a, scale_b, bias), empty
+    check_device_supports(a.device, a.dtype != torch.int8)
+    if config is not None:
+        backend = "triton"
+    else:
+        chosen = plan(M, N, K, a.dtype, a.device)
+        config = chosen.config
+        if backend == "auto":
+            backend = auto_backend(chosen.backend, a, b, scale_a, scale_b, out_dtype, bias)
+    if backend == "torch":
+        if misaligned_pointer(a, b, scale_a, scale_b, bias):
+            raise ValueError(
+                "backend='torch' cannot compute this call: the vendor kernels need 16-byte aligned "
+                "data pointers (a view at an odd offset); use backend='auto' or 'triton'"
+            )
+        vendor = VendorScaledMM(out_dtype, a.dtype != torch.int8)
+        return vendor(a, b, scale_a, scale_b, bias), vendor
+    with _device_guard(a.device):
+        out = torch.empty((M, N), dtype=out_dtype, device=a.device)
+        launch = bind_scaled_mm(a, b, scale_a, scale_b, bias, out, config)
+    return out, TritonScaledMM(launch, (M, N), out_dtype, a.device)
+
+
+def run_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend) -> torch.Tensor:
+    """A checked call, through its prepared call (prepared now if this is its signature's first)."""
+    key = scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend)
+    call = prepared.get(key)
+    if call is not None:
+        return call(a, b, scale_a, scale_b, bias)
+    out, call = prepare_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend)
+    prepared.remember(key, call)
+    return out
+
+
+# ----------------------------------------------------------------------------- activation quantization
+
+
+class PreparedQuantize:
+    """A prepared quantization of x [..., K]: dynamic per token (returns (q, scale)) or with a given
+    per-tensor scale (returns q)."""
+
+    def __init__(self, x: torch.Tensor, dtype: torch.dtype, dynamic: bool):
+        self.shape = x.shape
+        self.K = x.shape[-1]
+        self.M = math.prod(x.shape[:-1])
+        self.dtype = dtype
+        self.dynamic = dynamic
+        self.device = x.device
+        self.launch = None  # bound at the first call with rows
+
+    def __call__(self, x: torch.Tensor, scale: torch.Tensor | None = None):
+        q = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        if self.dynamic:
+            scale = torch.empty((*self.shape[:-1], 1), dtype=torch.float32, device=self.device)
+        if self.M:
+            rows = (x.reshape(self.M, self.K), q.view(self.M, self.K), scale)
+            if self.launch is None:
+                check_device_supports(self.device, self.dtype != torch.int8)
+                with _device_guard(self.device):
+                    self.launch = bind_quantize_rows(*rows, self.dynamic)
+            else:
+                self.launch(*rows)
+        return (q, scale) if self.dynamic else q
+
+    def __repr__(self) -> str:
+        mode = "per-token" if self.dynamic else "per-tensor"
+        return f"PreparedQuantize({mode}, shape={list(self.shape)}, dtype={self.dtype})"
+
+
+def run_quantize(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype):
+    """A checked quantization, through its prepared call (prepared now if this is its first)."""
+    key = quantize_signature(x, scale, dtype)
+    call = prepared.get(key)
+    if call is None:
+        call = PreparedQuantize(x, dtype, dynamic=scale is None)
+        prepared.remember(key, call)
+    return call(x, scale)
+
+
+# ----------------------------------------------------------------------------- the quantized linear layer
+
+
+class PreparedLinear:
+    """A W8A8Linear forward for one input signature, with these weights: y = quantize(x) @ weight_t,
+    scaled, plus bias. Two prepared launches (quantize, scaled_mm), or, for a few rows outside
+    CUDA-graph capture, one launch of the quantized linear kernel (kernels/linear.py), the same bits:
+    there it saves more host time than it costs GPU time. A graph being captured, where host time is
+    gone, records the two launches."""
+
+    def __init__(self, quantize, matmul, weight_t, weight_scale, bias, input_scale, out_shape, fused_config):
+        self.quantize = quantize
+        self.matmul = matmul
+        self.weight_t, self.weight_scale, self.bias, self.input_scale = weight_t, weight_scale, bias, input_scale
+        self.out_shape = out_shape
+        self.fused_config = fused_config  # the one-launch kernel's config, or None
+        self.fused: QuantizedLinearLaunch | None = None  # bound at its first eager call
+
+    def two_launches(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is None:
+            q, scale = self.quantize(x)
+        else:
+            q, scale = self.quantize(x, self.input_scale), self.input_scale
+        return self.matmul(q.view(-1, q.shape[-1]), self.weight_t, scale.view(-1, 1), self.weight_scale, self.bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_config is None or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return self.two_launches(x).view(self.out_shape)
+        x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+        out = torch.empty((x2.shape[0], self.out_shape[-1]), dtype=self.matmul.out_dtype, device=x.device)
+        if self.fused is None:
+            with _device_guard(x.device):
+                self.fused = bind_quantized_linear(
+                    x2, self.weight_t, self.input_scale, self.weight_scale, self.bias, out, self.fused_config
+                )
+        else:
+            self.fused(x2, out)
+        return out.view(self.out_shape)
+
+    def __repr__(self) -> str:
+        one = f", one launch for eager calls: config={self.fused_config}" if self.fused_config else ""
+        return f"PreparedLinear({self.quantize!r}, {self.matmul!r}{one})"
+
+
+def prepare_linear(x, weight_t, weight_scale, bias, dtype, input_scale, out_dtype, backend):
+    """y = quantize(x) @ weight_t, scaled, plus bias, for an eager, checked x [..., K] (dynamic
+    per-token activations where `input_scale` is None): return y [..., N] and the PreparedLinear that
+    computes it again for a new x of the same signature with these weights (their contents may
+    change in place)."""
+    quantize = PreparedQuantize(x, dtype, dynamic=input_scale is None)
+    quantized = quantize(x, input_scale)
+    q, scale = quantized if input_scale is None else (quantized, input_scale)
+    q2, scale2 = q.view(-1, x.shape[-1]), scale.view(-1, 1)
+    check_scaled_mm_args(q2, weight_t, scale2, weight_scale, out_dtype, bias, None, backend)
+    out, matmul = prepare_scaled_mm(q2, weight_t, scale2, weight_scale, out_dtype, bias, None, backend)
+    out_shape = (*x.shape[:-1], weight_t.shape[1])
+    fused_config = _fused_linear_config(q2, weight_t, scale2, weight_scale, out_dtype, bias, backend)
+    linear = PreparedLinear(quantize, matmul, weight_t, weight_scale, bias, input_scale, out_shape, fused_config)
+    return out.view(out_shape), linear
+
+
+def _fused_linear_config(q, weight_t, scale, weight_scale, out_dtype, bias, backend) -> MatmulConfig | None:
+    """The config of the one-launch quantized linear: for 1..FUSED_QUANTIZE_MAX_M rows, where
+    scaled_mm runs the pointer or swapped kernel unsplit (so both compute the same bits), its config;
+    else None."""
+    (M, K), N = q.shape, weight_t.shape[1]
+    if not 1 <= M <= FUSED_QUANTIZE_MAX_M or backend == "torch" or q.dtype != weight_t.dtype:
+        return None
+    chosen = plan(M, N, K, q.dtype, q.device)
+    if backend == "auto":
+        backend = auto_backend(chosen.backend, q, weight_t, scale, weight_scale, out_dtype, bias)
+    config = chosen.config
+    return config if backend == "triton" and config.split_k == 1 and not config.tma else None
