@@ -6,6 +6,19 @@ to zeros). Static per-tensor: one given scale. Values are divided by the scale i
 [-QMAX, QMAX] (saturation), and rounded to nearest even: for int8 with the 1.5 * 2**23 trick (exact
 in fp32 for |v| <= 2**22, and the clamp keeps |v| <= 127), for fp8 by the hardware's RNE conversion.
 
+NaN in, NaN out, as torch.nn.Linear and the torch reference (reference.quantize_ref) have it: every
+max and clamp here propagates NaN (Triton's defaults, like fmax, return the other operand, which
+would turn a NaN activation into a finite scale, or saturate it to +-QMAX).
+- Dynamic: a row holding a NaN gets a NaN scale, so all its values are NaN after the division: NaN in
+  fp8; int8 has no NaN, and what the fp32 -> int8 conversion gives for NaN is unspecified. The NaN
+  scale is what makes every element of that row of a scaled_mm output NaN (out = acc * scale_a *
+  scale_b), for int8 too.
+- Dynamic, a row holding +-inf (and no NaN): scale inf; its finite values quantize to +-0 and its
+  infinities to NaN (inf / inf), as in the reference; a scaled_mm output row is then all non-finite
+  (NaN or +-inf: acc * inf), as torch.nn.Linear's would be.
+- Static: a NaN value is NaN in fp8 and unspecified in int8 (the shared scale cannot carry it: a
+  static int8 activation loses NaN); +-inf saturates to +-QMAX, as torch.clamp does.
+
 One program quantizes one row, in two passes over K: the absolute maximum, then the scaled values.
 """
 
@@ -22,13 +35,15 @@ ABSMAX_FLOOR = 1e-10  # an all-zero row gets this absmax: a finite scale, zeros 
 MAX_BLOCK_K = 4096
 # 1.5 * 2**23: adding and subtracting it rounds an fp32 to the nearest integer, ties to even.
 _RNE_MAGIC = tl.constexpr(12582912.0)
+_NAN = tl.constexpr(float("nan"))
 
 
 @triton.jit
 def saturate_and_round(values, QMAX: tl.constexpr, IS_INT8: tl.constexpr):
     """fp32 values already divided by their scale -> the values of the 8-bit format (still fp32 for
     int8, which the cast then takes exactly; fp8's cast rounds to nearest even itself)."""
-    values = tl.minimum(tl.maximum(values, -QMAX), QMAX)
+    values = tl.maximum(values, -QMAX, propagate_nan=tl.PropagateNan.ALL)
+    values = tl.minimum(values, QMAX, propagate_nan=tl.PropagateNan.ALL)
     if IS_INT8:
         values = (values + _RNE_MAGIC) - _RNE_MAGIC
     return values
@@ -36,8 +51,18 @@ def saturate_and_round(values, QMAX: tl.constexpr, IS_INT8: tl.constexpr):
 
 @triton.jit
 def row_scale(absmax, QMAX: tl.constexpr, FLOOR: tl.constexpr):
-    """A row's dynamic scale from its absolute maximum (fp32)."""
-    return tl.maximum(absmax, FLOOR) / QMAX
+    """A row's dynamic scale from its absolute maximum (fp32); NaN stays NaN."""
+    return tl.maximum(absmax, FLOOR, propagate_nan=tl.PropagateNan.ALL) / QMAX
+
+
+@triton.jit
+def max_propagating_nan(values, axis):
+    """tl.max along `axis`, NaN where that slice holds a NaN. tl.max skips NaN (its combine is
+    maxnum on the GPU, np.nanmax in the interpreter). A NaN-propagating combine in tl.reduce would
+    run element by element in the interpreter, so a second tl.max, of a NaN flag, finds them: once
+    per row, not per element of x."""
+    has_nan = tl.max((values != values).to(tl.int32), axis=axis) > 0
+    return tl.where(has_nan, _NAN, tl.max(values, axis=axis))
 
 
 @triton.jit
@@ -56,8 +81,8 @@ def _quantize_rows_kernel(
         for k in range(0, K, BLOCK_K):
             mask = k + offs < K
             x = tl.load(x_row + (k + offs) * stride_xk, mask=mask, other=0.0).to(tl.float32)
-            absmax = tl.maximum(absmax, tl.abs(x))
-        scale = row_scale(tl.max(absmax, axis=0), QMAX, FLOOR)
+            absmax = tl.maximum(absmax, tl.abs(x), propagate_nan=tl.PropagateNan.ALL)
+        scale = row_scale(max_propagating_nan(absmax, axis=0), QMAX, FLOOR)
         tl.store(scale_ptr + row, scale)
     else:
         scale = tl.load(scale_ptr).to(tl.float32)
