@@ -208,7 +208,7 @@ def test_w8a8_forward_row_with_nan_or_inf_is_nonfinite_others_finite(dtype, back
         32,
         pytest.param(
             4,  # W8A8Linear's fused quantize-and-multiply kernel (kernels/linear.py) takes these
-            marks=pytest.mark.xfail(reason="kernels/linear.py's own absmax loop and tl.max still drop NaN"),
+            marks=pytest.mark.xfail(reason="kernels/linear.py's absmax loop and tl.max drop NaN (needs quant.max_abs)"),
         ),
     ],
 )

@@ -35,7 +35,6 @@ ABSMAX_FLOOR = 1e-10  # an all-zero row gets this absmax: a finite scale, zeros 
 MAX_BLOCK_K = 4096
 # 1.5 * 2**23: adding and subtracting it rounds an fp32 to the nearest integer, ties to even.
 _RNE_MAGIC = tl.constexpr(12582912.0)
-_NAN = tl.constexpr(float("nan"))
 
 
 @triton.jit
@@ -56,13 +55,13 @@ def row_scale(absmax, QMAX: tl.constexpr, FLOOR: tl.constexpr):
 
 
 @triton.jit
-def max_propagating_nan(values, axis):
-    """tl.max along `axis`, NaN where that slice holds a NaN. tl.max skips NaN (its combine is
-    maxnum on the GPU, np.nanmax in the interpreter). A NaN-propagating combine in tl.reduce would
-    run element by element in the interpreter, so a second tl.max, of a NaN flag, finds them: once
-    per row, not per element of x."""
-    has_nan = tl.max((values != values).to(tl.int32), axis=axis) > 0
-    return tl.where(has_nan, _NAN, tl.max(values, axis=axis))
+def max_abs(values, axis):
+    """max |values| (fp32) along `axis`, NaN where that slice holds a NaN: tl.max skips NaN (maxnum
+    on the GPU, np.nanmax in the interpreter), so it reduces the bit patterns as integers instead.
+    With the sign bit cleared, IEEE floats order as their patterns do, and NaN's lie above +inf's:
+    one integer maximum, the cost of tl.max's."""
+    bits = values.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    return tl.max(bits, axis=axis).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -82,7 +81,7 @@ def _quantize_rows_kernel(
             mask = k + offs < K
             x = tl.load(x_row + (k + offs) * stride_xk, mask=mask, other=0.0).to(tl.float32)
             absmax = tl.maximum(absmax, tl.abs(x), propagate_nan=tl.PropagateNan.ALL)
-        scale = row_scale(max_propagating_nan(absmax, axis=0), QMAX, FLOOR)
+        scale = row_scale(max_abs(absmax, axis=0), QMAX, FLOOR)
         tl.store(scale_ptr + row, scale)
     else:
         scale = tl.load(scale_ptr).to(tl.float32)
