@@ -9,6 +9,8 @@ import torch
 from helpers import DEVICE, ON_GPU
 
 import scaledmm
+from scaledmm.kernels.quant import QMAX
+from scaledmm.nn import W8A8Linear, quantize_weight
 from scaledmm.reference import quantize_ref
 
 DTYPES = [torch.int8, torch.float8_e4m3fn]
@@ -127,3 +129,95 @@ def test_quantize_launch_is_direct_on_known_triton_versions(dynamic):
     again = torch.empty_like(q)
     bound(x, again, scale)
     assert torch.equal(again, q)
+
+
+# ----------------------------------------------------------------------------- NaN and infinities
+# NaN in, NaN out, as torch.nn.Linear (issue 15, item 2). Triton's default max and clamp drop NaN:
+# in the interpreter only the final row maximum does (a finite scale), on the GPU every max and
+# clamp does (a finite scale, and a NaN value saturated to -QMAX). The interpreter also converts
+# NaN to fp8 +-384 (no NaN handling in its cast), so fp8 NaN values are checked on the GPU only.
+
+NAN, INF = float("nan"), float("inf")
+
+
+def nonfinite_activations(rows=5, k=300):
+    """Rows 0 and 3 hold a NaN (row 3 an -inf too: NaN wins), row 2 a +inf, the others are finite."""
+    x = activations((rows, k))
+    x[0, 3] = NAN
+    x[2, 7] = INF
+    x[3, 5], x[3, 9] = -INF, NAN
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["int8", "fp8"])
+def test_per_token_nan_row_gets_nan_scale_and_inf_row_inf(dtype):
+    x = nonfinite_activations()
+    q, scale = scaledmm.quantize_per_token(x, dtype)
+    ref_q, ref_scale = quantize_ref(x, dtype)
+    scale, ref_scale = scale.flatten(), ref_scale.flatten()
+    assert scale[[0, 3]].isnan().all() and scale[2] == INF  # the reference's: amax and clamp_min keep NaN
+    assert torch.equal(scale[[1, 4]], ref_scale[[1, 4]]) and torch.equal(scale.isnan(), ref_scale.isnan())
+    assert_matches(q[[1, 4]], ref_q[[1, 4]], dtype)
+    finite_of_inf_row = torch.arange(x.shape[1], device=DEVICE) != 7
+    assert (q[2, finite_of_inf_row].float() == 0).all()  # x / inf
+    if dtype == torch.float8_e4m3fn and ON_GPU:
+        # NaN rows are all NaN (x / NaN), and the inf itself is NaN (inf / inf), as in the reference.
+        assert q[[0, 3]].float().isnan().all() and q[2, 7].float().isnan()
+        assert torch.equal(q.float().isnan(), ref_q.float().isnan())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["int8", "fp8"])
+def test_per_tensor_nan_stays_nan_and_inf_saturates(dtype):
+    x = nonfinite_activations()
+    q = scaledmm.quantize_per_tensor(x, torch.tensor(0.05, device=DEVICE), dtype)
+    ref_q, _ = quantize_ref(x, dtype, torch.tensor(0.05, device=DEVICE))
+    qmax = QMAX[dtype]
+    assert q[2, 7].float() == qmax and q[3, 5].float() == -qmax  # as torch.clamp saturates +-inf
+    finite = x.isfinite()
+    assert_matches(q[finite], ref_q[finite], dtype)
+    if dtype == torch.float8_e4m3fn and ON_GPU:  # int8 has no NaN: its value there is unspecified
+        assert q[0, 3].float().isnan() and q[3, 9].float().isnan()
+        assert torch.equal(q.float().isnan(), ref_q.float().isnan())
+
+
+def backends():
+    """scaled_mm's backends that run here: the vendor kernels need CUDA."""
+    return [
+        "triton",
+        pytest.param("torch", marks=pytest.mark.skipif(not ON_GPU, reason="the vendor kernels need CUDA")),
+    ]
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", DTYPES, ids=["int8", "fp8"])
+def test_w8a8_forward_row_with_nan_or_inf_is_nonfinite_others_finite(dtype, backend):
+    # quantize_per_token then scaled_mm, as W8A8Linear runs it past a few rows. The NaN scale makes
+    # the NaN rows NaN whatever int8 stored for them; the inf row is NaN or +-inf (acc * inf).
+    x = nonfinite_activations(rows=32, k=256)
+    weight_q, weight_scale = quantize_weight(torch.randn(64, 256, device=DEVICE), dtype)
+    q, scale = scaledmm.quantize_per_token(x, dtype)
+    out = scaledmm.scaled_mm(q, weight_q.t(), scale, weight_scale, torch.bfloat16, backend=backend)
+    assert out[[0, 3]].isnan().all()
+    assert not out[2].isfinite().any()
+    assert out[4:].isfinite().all() and out[1].isfinite().all()
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        32,
+        pytest.param(
+            4,  # W8A8Linear's fused quantize-and-multiply kernel (kernels/linear.py) takes these
+            marks=pytest.mark.xfail(reason="kernels/linear.py's absmax loop and tl.max drop NaN (needs quant.max_abs)"),
+        ),
+    ],
+)
+@pytest.mark.parametrize("dtype", ["int8", "fp8"])
+def test_w8a8_linear_nan_row_is_nan(dtype, rows):
+    linear = torch.nn.Linear(256, 64, device=DEVICE)
+    layer = W8A8Linear.from_linear(linear, dtype)
+    x = activations((rows, 256))
+    x[1, 17] = NAN
+    for _ in range(2):  # the first call of a signature runs the two launches, the next ones the fused kernel
+        out = layer(x)
+        assert out[1].isnan().all() and out[0].isfinite().all() and out[2:].isfinite().all()

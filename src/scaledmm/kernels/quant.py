@@ -6,6 +6,19 @@ to zeros). Static per-tensor: one given scale. Values are divided by the scale i
 [-QMAX, QMAX] (saturation), and rounded to nearest even: for int8 with the 1.5 * 2**23 trick (exact
 in fp32 for |v| <= 2**22, and the clamp keeps |v| <= 127), for fp8 by the hardware's RNE conversion.
 
+NaN in, NaN out, as torch.nn.Linear and the torch reference (reference.quantize_ref) have it: every
+max and clamp here propagates NaN (Triton's defaults, like fmax, return the other operand, which
+would turn a NaN activation into a finite scale, or saturate it to +-QMAX).
+- Dynamic: a row holding a NaN gets a NaN scale, so all its values are NaN after the division: NaN in
+  fp8; int8 has no NaN, and what the fp32 -> int8 conversion gives for NaN is unspecified. The NaN
+  scale is what makes every element of that row of a scaled_mm output NaN (out = acc * scale_a *
+  scale_b), for int8 too.
+- Dynamic, a row holding +-inf (and no NaN): scale inf; its finite values quantize to +-0 and its
+  infinities to NaN (inf / inf), as in the reference; a scaled_mm output row is then all non-finite
+  (NaN or +-inf: acc * inf), as torch.nn.Linear's would be.
+- Static: a NaN value is NaN in fp8 and unspecified in int8 (the shared scale cannot carry it: a
+  static int8 activation loses NaN); +-inf saturates to +-QMAX, as torch.clamp does.
+
 One program quantizes one row, in two passes over K: the absolute maximum, then the scaled values.
 """
 
@@ -28,7 +41,8 @@ _RNE_MAGIC = tl.constexpr(12582912.0)
 def saturate_and_round(values, QMAX: tl.constexpr, IS_INT8: tl.constexpr):
     """fp32 values already divided by their scale -> the values of the 8-bit format (still fp32 for
     int8, which the cast then takes exactly; fp8's cast rounds to nearest even itself)."""
-    values = tl.minimum(tl.maximum(values, -QMAX), QMAX)
+    values = tl.maximum(values, -QMAX, propagate_nan=tl.PropagateNan.ALL)
+    values = tl.minimum(values, QMAX, propagate_nan=tl.PropagateNan.ALL)
     if IS_INT8:
         values = (values + _RNE_MAGIC) - _RNE_MAGIC
     return values
@@ -36,8 +50,18 @@ def saturate_and_round(values, QMAX: tl.constexpr, IS_INT8: tl.constexpr):
 
 @triton.jit
 def row_scale(absmax, QMAX: tl.constexpr, FLOOR: tl.constexpr):
-    """A row's dynamic scale from its absolute maximum (fp32)."""
-    return tl.maximum(absmax, FLOOR) / QMAX
+    """A row's dynamic scale from its absolute maximum (fp32); NaN stays NaN."""
+    return tl.maximum(absmax, FLOOR, propagate_nan=tl.PropagateNan.ALL) / QMAX
+
+
+@triton.jit
+def max_abs(values, axis):
+    """max |values| (fp32) along `axis`, NaN where that slice holds a NaN: tl.max skips NaN (maxnum
+    on the GPU, np.nanmax in the interpreter), so it reduces the bit patterns as integers instead.
+    With the sign bit cleared, IEEE floats order as their patterns do, and NaN's lie above +inf's:
+    one integer maximum, the cost of tl.max's."""
+    bits = values.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    return tl.max(bits, axis=axis).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -56,8 +80,8 @@ def _quantize_rows_kernel(
         for k in range(0, K, BLOCK_K):
             mask = k + offs < K
             x = tl.load(x_row + (k + offs) * stride_xk, mask=mask, other=0.0).to(tl.float32)
-            absmax = tl.maximum(absmax, tl.abs(x))
-        scale = row_scale(tl.max(absmax, axis=0), QMAX, FLOOR)
+            absmax = tl.maximum(absmax, tl.abs(x), propagate_nan=tl.PropagateNan.ALL)
+        scale = row_scale(max_abs(absmax, axis=0), QMAX, FLOOR)
         tl.store(scale_ptr + row, scale)
     else:
         scale = tl.load(scale_ptr).to(tl.float32)
