@@ -202,16 +202,7 @@ def test_w8a8_forward_row_with_nan_or_inf_is_nonfinite_others_finite(dtype, back
     assert out[4:].isfinite().all() and out[1].isfinite().all()
 
 
-@pytest.mark.parametrize(
-    "rows",
-    [
-        32,
-        pytest.param(
-            4,  # W8A8Linear's fused quantize-and-multiply kernel (kernels/linear.py) takes these
-            marks=pytest.mark.xfail(reason="kernels/linear.py's absmax loop and tl.max drop NaN (needs quant.max_abs)"),
-        ),
-    ],
-)
+@pytest.mark.parametrize("rows", [32, 4])  # 4: W8A8Linear's fused quantize-and-multiply kernel (kernels/linear.py)
 @pytest.mark.parametrize("dtype", ["int8", "fp8"])
 def test_w8a8_linear_nan_row_is_nan(dtype, rows):
     linear = torch.nn.Linear(256, 64, device=DEVICE)

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from scaledmm.configs import MatmulConfig
 from scaledmm.kernels.launch import BoundLaunch, bind_launch, tile_kwargs, vector_stride
-from scaledmm.kernels.quant import ABSMAX_FLOOR, QMAX, row_scale, saturate_and_round
+from scaledmm.kernels.quant import ABSMAX_FLOOR, QMAX, max_abs, row_scale, saturate_and_round
 
 FUSED_QUANTIZE_MAX_M = 16  # rows up to which W8A8Linear quantizes inside the matmul
 
@@ -69,8 +69,8 @@ def _quantized_linear_kernel(
         for k in range(k_steps):
             k_mask = (offs_k[None, :] < K - k * BLOCK_K) if not EVEN_K else tl.full((1, BLOCK_K), 1, tl.int1)
             x = tl.load(x_rows + (k * BLOCK_K + offs_k[None, :]) * stride_xk, mask=x_mask & k_mask, other=0.0)
-            absmax = tl.maximum(absmax, tl.abs(x.to(tl.float32)))
-        x_scale = row_scale(tl.max(absmax, axis=1), QMAX, FLOOR)[:, None]
+            absmax = tl.maximum(absmax, tl.abs(x.to(tl.float32)), propagate_nan=tl.PropagateNan.ALL)
+        x_scale = row_scale(max_abs(absmax, axis=1), QMAX, FLOOR)[:, None]
     else:
         x_scale = tl.load(x_scale_ptr).to(tl.float32)
 
