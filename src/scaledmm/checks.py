@@ -13,7 +13,7 @@ import os
 import torch
 
 from scaledmm.configs import MatmulConfig
-from scaledmm.kernels.matmul import split_k_scratch_bytes
+from scaledmm.configs.lookup import SPLIT_K_SCRATCH_LIMIT, split_k_scratch_bytes
 from scaledmm.kernels.quant import QMAX
 from scaledmm.kernels.vendor import unsupported_reason
 from scaledmm.state import state
@@ -26,7 +26,6 @@ OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 BACKEND_CHOICES = ("auto", "triton", "torch")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 QUANT_DTYPES = tuple(QMAX)  # int8, float8_e4m3fn
-SPLIT_K_SCRATCH_LIMIT = 256 * 2**20  # bytes of split-K partial sums one call may allocate
 
 # Triton's interpreter runs the kernels on CPU tensors; it is chosen when the kernels are defined.
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"

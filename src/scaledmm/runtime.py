@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 
 import torch
+from triton.runtime.errors import OutOfResources
 
 from scaledmm.checks import check_device_supports, check_scaled_mm_args
-from scaledmm.configs import MatmulConfig, plan
-from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, disabled_backends
+from scaledmm.configs import MatmulConfig, device_limits, heuristic_config, plan
+from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, disabled_backends, unfit_reason
 from scaledmm.kernels.linear import FUSED_QUANTIZE_MAX_M, QuantizedLinearLaunch, bind_quantized_linear
 from scaledmm.kernels.matmul import MatmulLaunch, bind_scaled_mm
 from scaledmm.kernels.quant import bind_quantize_rows
@@ -194,8 +196,11 @@ def prepare_scaled_mm(
         empty = EmptyScaledMM(N, out_dtype, a.device)
         return empty(a, b, scale_a, scale_b, bias), empty
     check_device_supports(a.device, a.dtype != torch.int8)
-    if config is not None:
+    explicit = config is not None
+    if explicit:
         backend = "triton"
+        if reason := unfit_reason(config, M, N, device_limits(a.device)[1]):
+            raise ValueError(f"config {config} cannot run on {a.device}: {reason}")
     else:
         chosen = plan(M, N, K, a.dtype, a.device)
         config = chosen.config
@@ -211,7 +216,15 @@ def prepare_scaled_mm(
         return vendor(a, b, scale_a, scale_b, bias), vendor
     with _device_guard(a.device):
         out = torch.empty((M, N), dtype=out_dtype, device=a.device)
-        launch = bind_scaled_mm(a, b, scale_a, scale_b, bias, out, config)
+        try:
+            launch = bind_scaled_mm(a, b, scale_a, scale_b, bias, out, config)
+        except OutOfResources as err:
+            # A config that passed the estimate (configs.lookup.unfit_reason) and still does not fit.
+            if explicit:
+                raise ValueError(f"config {config} cannot run on {a.device}: {err}") from None
+            warnings.warn(f"config {config} cannot run on {a.device} ({err}); the heuristic's runs", stacklevel=2)
+            config = heuristic_config(M, N, K, a.dtype, *device_limits(a.device))
+            launch = bind_scaled_mm(a, b, scale_a, scale_b, bias, out, config)
     return out, TritonScaledMM(launch, (M, N), out_dtype, a.device)
 
 

@@ -45,6 +45,7 @@ SHIPPED_DIR = Path(__file__).parent / "data"
 # an H100 SXM, the card the project is developed on.
 _DEFAULT_NUM_SMS = 132
 _DEFAULT_SHARED_MEMORY = 227 * 1024
+SPLIT_K_SCRATCH_LIMIT = 256 * 2**20  # bytes of split-K partial sums one call may allocate
 
 
 @dataclass(frozen=True)
@@ -142,21 +143,68 @@ def _resolve_device(device: torch.device | str | int | None) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must name a torch device, got {device!r} ({err})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} was asked for, but this torch build or machine has no CUDA device")
+        if device.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def split_k_scratch_bytes(M: int, N: int, config: MatmulConfig) -> int:
+    """Bytes of partial sums a split-K launch allocates (4-byte int32 or float32 accumulators)."""
+    tiles = (-(-M // config.block_m)) * (-(-N // config.block_n))  # ceil divisions, cheaper than triton.cdiv
+    return config.split_k * tiles * config.block_m * config.block_n * 4
+
+
+def unfit_reason(config: MatmulConfig, M: int, N: int, shared_memory: int) -> str | None:
+    """Why a config cannot run this call on a device with `shared_memory` bytes per block, or None.
+
+    The estimate is the pipeline's A and B tiles, as Triton's own pruning counts them (plus half an
+    fp32 output tile staged for the TMA kernel's store): a config over it fails to launch. A split-K
+    config must not need more scratch than an explicit `config=` may allocate.
+    """
+    pipeline = (config.block_m + config.block_n) * config.block_k * config.num_stages
+    if config.tma:
+        pipeline += config.block_m * config.block_n // 2 * 4
+    if pipeline > shared_memory:
+        return f"it needs about {pipeline // 1024} KiB of shared memory, the device has {shared_memory // 1024} KiB"
+    if config.split_k > 1 and split_k_scratch_bytes(M, N, config) > SPLIT_K_SCRATCH_LIMIT:
+        return f"its split-K scratch for M = {M} exceeds {SPLIT_K_SCRATCH_LIMIT // 2**20} MiB"
+    return None
 
 
 @state.cached(maxsize=8192)
 def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> Plan:
-    """The cached plan for one call shape (device must be resolved: cuda with an index, or cpu)."""
+    """The cached plan for one call shape (device must be resolved: cuda with an index, or cpu). A
+    tuned bucket whose config cannot run here (unfit_reason) is skipped with a warning."""
+    shared_memory = device_limits(device)[1]
     for path in _candidate_files(device_name(device), N, K, DTYPE_NAMES[dtype]):
         table = _table(path)
         bucket = table.bucket_for(M) if table is not None else None
-        if bucket is not None:
+        if bucket is None:
+            continue
+        reason = unfit_reason(bucket.config, M, N, shared_memory)
+        if reason is None:
             return Plan(bucket.backend, bucket.config, table.path)
+        warnings.warn(
+            f"{table.path}: bucket {bucket.m} ({bucket.config}) cannot run on this device at M = {M}: {reason}; "
+            "skipped (the next file, or the heuristic, serves)",
+            stacklevel=2,
+        )
     return Plan("triton", heuristic_config(M, N, K, dtype, *device_limits(device)), None)
+
+
+def _check_dimension(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
 
 
 def select_config(
@@ -166,6 +214,7 @@ def select_config(
 
     `device=None` means the current CUDA device, or the CPU (Triton's interpreter) without one.
     """
+    M, N, K = (_check_dimension(name, value) for name, value in (("M", M), ("N", N), ("K", K)))
     if dtype not in DTYPE_NAMES:
         raise TypeError(f"dtype must be one of {', '.join(map(str, DTYPE_NAMES))}, got {dtype}")
     return plan(M, N, K, dtype, _resolve_device(device)).config

@@ -1,0 +1,86 @@
+"""The lookup's guards: select_config checks its arguments, and a tuned bucket that cannot run on
+this device (shared memory, split-K scratch) is skipped with a warning instead of failing the call."""
+
+import json
+
+import pytest
+import torch
+from helpers import DEVICE
+
+import scaledmm
+from scaledmm.configs import MatmulConfig, clear_cache, select_config
+from scaledmm.configs.files import file_name
+from scaledmm.configs.lookup import CONFIG_DIR_ENV, device_name, unfit_reason
+from scaledmm.testing import assert_close, make_operands
+
+
+@pytest.mark.parametrize(
+    "M,N,K,error,words",
+    [
+        (-5, 64, 64, ValueError, "M must be >= 1"),
+        (0, 64, 64, ValueError, "M must be >= 1"),
+        (8.5, 64, 64, TypeError, "M must be an int"),
+        (True, 64, 64, TypeError, "M must be an int"),
+        (8, 0, 64, ValueError, "N must be >= 1"),
+        (8, 64, "64", TypeError, "K must be an int"),
+    ],
+)
+def test_select_config_checks_its_dimensions(M, N, K, error, words):
+    with pytest.raises(error, match=words):
+        select_config(M, N, K, torch.int8, "cpu")
+
+
+def test_select_config_refuses_a_device_it_cannot_have():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="no CUDA device"):
+        select_config(8, 64, 64, torch.int8, "cuda")
+    with pytest.raises(ValueError, match="device must name a torch device"):
+        select_config(8, 64, 64, torch.int8, "gpu0")
+
+
+def test_unfit_reason():
+    assert unfit_reason(MatmulConfig(128, 128, 128, num_stages=4), 4096, 4096, 227 * 1024) is None
+    assert "shared memory" in unfit_reason(MatmulConfig(256, 256, 512, num_stages=8), 4096, 4096, 227 * 1024)
+    assert "split-K scratch" in unfit_reason(MatmulConfig(16, 16, 32, split_k=16), 8192, 4096, 227 * 1024)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        MatmulConfig(16, 16, 32, num_stages=2, split_k=16),  # 2 GiB of split-K scratch at 8192 x 4096
+        MatmulConfig(256, 256, 512, num_stages=8),  # far beyond any GPU's shared memory
+    ],
+    ids=["split-k scratch", "shared memory"],
+)
+def test_a_file_bucket_that_cannot_run_is_skipped_with_a_warning(tmp_path, monkeypatch, config):
+    M, N, K = 8192, 4096, 64
+    name = device_name(torch.device(DEVICE, 0) if DEVICE == "cuda" else torch.device("cpu"))
+    data = {
+        "format_version": 1,
+        "device_name": name,
+        "n": N,
+        "k": K,
+        "dtype": "int8",
+        "buckets": {str(M): {"backend": "triton", "config": config.to_dict()}},
+    }
+    (tmp_path / file_name(name, N, K, "int8")).write_text(json.dumps(data))
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
+    clear_cache()
+    try:
+        with pytest.warns(UserWarning, match="cannot run on this device"):
+            chosen = select_config(M, N, K, torch.int8, DEVICE)
+        assert chosen != config
+        if config.split_k == 1:
+            # A call through the same file runs the heuristic's config (the bucket serves M <= 2 x 8192).
+            ops = make_operands(40, N, K, torch.int8, DEVICE)
+            with pytest.warns(UserWarning, match="cannot run on this device"):
+                assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias), ops)
+    finally:
+        clear_cache()
+
+
+def test_an_explicit_config_that_cannot_run_is_refused_before_launch():
+    ops = make_operands(16, 64, 64, torch.int8, DEVICE)
+    with pytest.raises(ValueError, match="shared memory"):
+        scaledmm.scaled_mm(*ops.args(), config=MatmulConfig(256, 256, 512, num_stages=8))
