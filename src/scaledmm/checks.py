@@ -26,6 +26,9 @@ OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 BACKEND_CHOICES = ("auto", "triton", "torch")
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 QUANT_DTYPES = tuple(QMAX)  # int8, float8_e4m3fn
+# int8 products are at most 128 * 128 = 2**14 in size, so an int32 sum of K of them is exact while
+# K * 2**14 <= 2**31 - 1: K <= 131,071. One more term can wrap (-128 * -128 summed 2**17 times).
+INT8_MAX_K = (2**31 - 1) // 2**14
 
 # Triton's interpreter runs the kernels on CPU tensors; it is chosen when the kernels are defined.
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
@@ -102,6 +105,11 @@ def check_scaled_mm_args(
     N = b.shape[1]
     if K == 0 or N == 0:
         raise ValueError(f"K and N must be >= 1, got a of shape {list(a.shape)} and b of shape {list(b.shape)}")
+    if a.dtype == torch.int8 and K > INT8_MAX_K:
+        raise ValueError(
+            f"int8 operands accumulate in int32, exact for K <= {INT8_MAX_K:,}; got K = {K}. Split K into "
+            "chunks, call scaled_mm per chunk with out_dtype=torch.float32 and add the results, or use fp8"
+        )
     for name, t in (("a", a), ("b", b)):
         # A unit stride along one dimension; the other stride is free, so views into padded buffers
         # (a leading dimension larger than the extent) are accepted. A size-1 dimension has any stride.
