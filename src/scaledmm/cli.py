@@ -233,7 +233,7 @@ def cmd_tune(args: argparse.Namespace, command: str) -> int:
 
 
 def cmd_configs(args: argparse.Namespace, command: str) -> int:
-    from scaledmm.configs.files import TunedTable
+    from scaledmm.configs.files import ConfigFileError, TunedTable, read_json
     from scaledmm.configs.lookup import config_dirs, list_config_files
 
     found = list_config_files()
@@ -241,7 +241,10 @@ def cmd_configs(args: argparse.Namespace, command: str) -> int:
     if args.json:
         rows = []
         for path, table in valid:
-            meta = json.loads(path.read_text())
+            try:
+                meta = read_json(path)  # read again for its metadata: it may have changed since
+            except ConfigFileError:
+                meta = None
             rows.append(
                 {
                     "device": table.device_name,
@@ -250,10 +253,13 @@ def cmd_configs(args: argparse.Namespace, command: str) -> int:
                     "dtype": table.dtype,
                     "m_buckets": [b.m for b in table.buckets],
                     "path": str(path),
-                    "triton_version": meta.get("triton"),
+                    "triton_version": meta.get("triton") if isinstance(meta, dict) else None,
                 }
             )
         print(json.dumps(rows, indent=1))
+        for _, error in found:  # stdout stays the JSON list of usable files
+            if not isinstance(error, TunedTable):
+                print(f"INVALID, skipped: {error}", file=sys.stderr)
         return 0
     print("searched, in order: " + ", ".join(str(d) for d in config_dirs()))
     if not found:

@@ -1,15 +1,20 @@
 """Config files: names, validation of bad files (each skipped with one warning, the heuristic
 serving), the bucket rule, the search order, device families, and the cache."""
 
+import contextlib
 import json
+import os
+import signal
 import warnings
 
 import pytest
 import torch
 
 from scaledmm import MatmulConfig
+from scaledmm.cli import main
 from scaledmm.configs import clear_cache, heuristic_config, plan, select_config
 from scaledmm.configs.files import (
+    MAX_FILE_BYTES,
     ConfigFileError,
     device_family,
     file_name,
@@ -235,3 +240,111 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
         write_json_atomic(path, {"a": object()})  # not serialisable: fails midway
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+# ----------------------------------------------------------------------------- untrusted files
+
+
+@contextlib.contextmanager
+def fails_instead_of_hanging(seconds=10):
+    """A read that blocks (a FIFO) fails the test instead of hanging the suite."""
+
+    def timeout(signum, frame):
+        raise TimeoutError(f"blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def huge_int_file(where):
+    text = json.dumps(table_json())
+    digits = "9" * 5000  # past Python's 4300-digit limit on int(str)
+    if where == "value":
+        return text.replace('"candidates": 3', f'"candidates": {digits}', 1)
+    return text.replace('"16": {', f'"{digits}": {{', 1)  # a bucket key
+
+
+def special_files():
+    """(make it at path, words in the error) for files that are not plain, small, UTF-8 JSON."""
+    return {
+        "huge integer value": (lambda p: p.write_text(huge_int_file("value")), "integer"),
+        "huge integer bucket key": (lambda p: p.write_text(huge_int_file("key")), "integer"),
+        "deep nesting": (lambda p: p.write_text("[" * 100_000 + "]" * 100_000), "nested too deep"),
+        "deep nesting in a value": (
+            lambda p: p.write_text(json.dumps(table_json()).replace('"3.6.0"', "[" * 100_000 + "]" * 100_000)),
+            "nested too deep",
+        ),
+        "not UTF-8": (lambda p: p.write_bytes(json.dumps(table_json()).encode("utf-16")), "not UTF-8"),
+        "too big": (lambda p: p.write_text(json.dumps(table_json()) + " " * (MAX_FILE_BYTES + 1)), "larger than"),
+        "a FIFO": (lambda p: os.mkfifo(p), "not a regular file"),
+        "a directory": (lambda p: p.mkdir(), "not a regular file"),
+        "a symlink to /dev/zero": (lambda p: p.symlink_to("/dev/zero"), "not a regular file"),
+        "a dangling symlink": (lambda p: p.symlink_to(p.parent / "gone.json"), "not readable"),
+        "a symlink loop": (lambda p: p.symlink_to(p), "not readable"),
+    }
+
+
+@pytest.mark.parametrize("case", list(special_files()))
+def test_untrusted_file_is_skipped_with_one_warning_never_raising_or_hanging(config_dir, case):
+    make, words = special_files()[case]
+    path = config_dir / file_name("cpu", N, K, "int8")
+    make(path)
+    with fails_instead_of_hanging():
+        with pytest.raises(ConfigFileError, match=words):
+            load_table(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got = select_config(3, N, K, torch.int8, CPU)
+            select_config(4, N, K, torch.int8, CPU)
+    assert got == heuristic_config(3, N, K, torch.int8, 132, 227 * 1024)
+    assert len(caught) == 1 and path.name in str(caught[0].message)
+    assert len(str(caught[0].message)) < 1000  # the warning quotes, never dumps, what it found
+
+
+def test_a_symlink_to_a_regular_file_is_read(config_dir):
+    # Deployments link config files into place (Kubernetes ConfigMaps, Nix): what counts is the file
+    # the link resolves to, checked on the opened descriptor.
+    target = write(config_dir / "..", table_json(), name="elsewhere.json")
+    (config_dir / file_name("cpu", N, K, "int8")).symlink_to(target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert select_config(1, N, K, torch.int8, CPU) == TUNED[1]
+
+
+def test_a_bad_file_falls_back_to_the_next_file(config_dir, monkeypatch):
+    shipped = config_dir / "shipped"
+    shipped.mkdir()
+    write(shipped, table_json())
+    (config_dir / file_name("cpu", N, K, "int8")).write_text(huge_int_file("key"))
+    monkeypatch.setattr("scaledmm.configs.lookup.SHIPPED_DIR", shipped)
+    clear_cache()
+    with pytest.warns(UserWarning, match="integer"):
+        assert select_config(1, N, K, torch.int8, CPU) == TUNED[1]
+
+
+def test_configs_command_lists_untrusted_files_with_their_error(config_dir, capsys):
+    for i, (make, _) in enumerate(special_files().values()):
+        make(config_dir / file_name("cpu", N + i, K, "int8"))
+    write(config_dir, table_json(n=N + 100))
+    with fails_instead_of_hanging():
+        assert main(["configs"]) == 0
+        out = capsys.readouterr().out
+        assert out.count("INVALID, skipped") == len(special_files())
+        assert f"N={N + 100}" in out and len(out) < 20_000
+        assert main(["configs", "--json"]) == 0
+        captured = capsys.readouterr()
+    assert [row["N"] for row in json.loads(captured.out) if row["path"].startswith(str(config_dir))] == [N + 100]
+    assert captured.err.count("INVALID, skipped") == len(special_files())
+
+
+def test_an_unreadable_config_dir_is_ignored_with_a_warning(config_dir, monkeypatch):
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(config_dir / "a-file"))
+    (config_dir / "a-file").write_text("")
+    clear_cache()
+    with pytest.warns(UserWarning, match="not a directory"):
+        assert plan(3, N, K, torch.int8, CPU).source is None

@@ -2,6 +2,10 @@
 recovered, and two gloo ranks sharing the work (Triton's interpreter on CPU; a GPU run uses CUDA)."""
 
 import json
+import multiprocessing
+import socket
+import sys
+import warnings
 
 import pytest
 import torch
@@ -14,7 +18,7 @@ from scaledmm.configs.files import file_name, load_table
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, device_name, plan
 from scaledmm.kernels.matmul import KERNEL_REVISION, kernel_revision
 from scaledmm.tune.runner import Job
-from scaledmm.tune.store import Journal
+from scaledmm.tune.store import Journal, ResultStore
 
 N, K = 48, 64
 DEVICE_NAME = device_name(torch.device("cuda", 0) if ON_GPU else torch.device("cpu"))
@@ -106,11 +110,10 @@ def test_journaled_results_are_recovered_without_tuning_them_again(tmp_path, mon
         "candidates": 1,
         "kernel": KERNEL_REVISION,
     }
-    import socket
-
     # Rank 1 of a killed two-GPU run; the rerun uses one GPU and must still pick it up.
     journal = Journal(tmp_path / ".journal" / f"{socket.gethostname()}-rank1.jsonl")
     journal.append(entry)
+    journal.close()  # the rank is dead: its journal is no longer held
     with open(journal.path, "a") as f:
         f.write('{"n": 48, "k"')  # a line cut by the kill
     tuned = []
@@ -212,8 +215,6 @@ def test_a_retune_stopped_at_the_time_limit_continues_when_run_again(tmp_path, m
 def test_journals_merge_oldest_first_so_a_retune_result_wins(tmp_path, monkeypatch):
     # A killed plain run left an old result for M = 2 in rank 1's journal; an interrupted retune then
     # wrote a newer one in rank 0's. Rerunning the retune must keep the newer one, and count M = 2 done.
-    import socket
-
     def entry(time_us, retune, at):
         return {
             "n": N, "k": K, "dtype": "int8", "m": 2, "backend": "triton",
@@ -223,8 +224,10 @@ def test_journals_merge_oldest_first_so_a_retune_result_wins(tmp_path, monkeypat
         }  # fmt: skip
 
     journals = tmp_path / ".journal"
-    Journal(journals / f"{socket.gethostname()}-rank0.jsonl").append(entry(5.0, True, 2.0))
-    Journal(journals / f"{socket.gethostname()}-rank1.jsonl").append(entry(999.0, False, 1.0))
+    for rank, line in enumerate([entry(5.0, True, 2.0), entry(999.0, False, 1.0)]):
+        journal = Journal(journals / f"{socket.gethostname()}-rank{rank}.jsonl")
+        journal.append(line)
+        journal.close()
     tuned = []
     real = distributed.tune_job
     monkeypatch.setattr(distributed, "tune_job", lambda job, *a, **k: tuned.append(job.m) or real(job, *a, **k))
@@ -232,3 +235,167 @@ def test_journals_merge_oldest_first_so_a_retune_result_wins(tmp_path, monkeypat
     assert tuned == [1]
     assert {b.m: b.time_us for b in load_table(config_file(tmp_path)).buckets}[2] == 5.0
     assert not journals.exists()
+
+
+# ----------------------------------------------------------------------------- untrusted journals
+
+
+def result(m, n=N, k=K, **changes):
+    """A journal line as the tuner writes it."""
+    entry = {
+        "n": n, "k": k, "dtype": "int8", "m": m, "backend": "triton",
+        "config": MatmulConfig(16, 16, 64).to_dict(), "time_us": 5.0,
+        "baselines_us": {"torch": None, "heuristic": 6.0, "triton": 5.0},
+        "candidates": 1, "kernel": KERNEL_REVISION, "retune": False, "at": 1.0,
+    }  # fmt: skip
+    entry.update(changes)
+    return entry
+
+
+def bad_journal_lines():
+    line = lambda **changes: json.dumps({**result(2), **changes}).encode()
+    return [
+        b"42",
+        b'{"n": 32}',
+        b"[1, 2, 3]",
+        b"null",
+        line(m="abc"),
+        line(m=0),
+        line(m=True),
+        line(n="../../../x"),
+        line(dtype="../../x"),
+        line(dtype="int4"),
+        line(backend="cutlass"),
+        line(config={"block_m": 4096, "block_n": 16, "block_k": 64}),
+        line(config="16x16x64"),
+        line(time_us=-1.0),
+        line(time_us="fast"),
+        line(baselines_us=[1.0]),
+        line(kernel="../x"),
+        line(retune="yes"),
+        line(at="yesterday"),  # the merge sorts by it
+        line(at=float("nan")),
+        json.dumps(result(2)).replace('"candidates": 1', '"candidates": ' + "9" * 5000).encode(),
+        b"[" * 100_000 + b"]" * 100_000,
+        b"\xff\xfe\x00 not UTF-8 \x80",
+        json.dumps(result(2)).encode("utf-16"),
+    ]
+
+
+def test_bad_journal_lines_are_skipped_with_one_warning_and_the_good_ones_recovered(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    journals = out / ".journal"
+    journals.mkdir(parents=True)
+    good = json.dumps(result(2)).encode()
+    lines = bad_journal_lines()
+    (journals / "otherhost-rank3.jsonl").write_bytes(b"\n".join([*lines[:10], good, *lines[10:]]) + b"\n")
+    tuned = []
+    real = distributed.tune_job
+    monkeypatch.setattr(distributed, "tune_job", lambda job, *a, **k: tuned.append(job.m) or real(job, *a, **k))
+    with pytest.warns(UserWarning, match=rf"otherhost-rank3.jsonl: skipped {len(lines)} of {len(lines) + 1} lines"):
+        assert tune(out, ms="1,2") == 0
+    assert tuned == [1]  # M = 2 came from the journal's one good line
+    assert {b.m: b.time_us for b in load_table(config_file(out)).buckets}[2] == 5.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing written outside --out
+    assert sorted(p.name for p in out.iterdir()) == [".lock", config_file(out).name]
+
+
+def test_journal_reader_keeps_only_valid_results_and_ignores_a_line_cut_by_a_kill(tmp_path):
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(json.dumps(result(1)).encode() + b"\n" + b'{"n": 48, "k"')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a cut last line is what every kill leaves: no warning
+        assert Journal(path).read() == [result(1)]
+    for line in bad_journal_lines():
+        path.write_bytes(line + b"\n")
+        with pytest.warns(UserWarning, match="skipped 1 of 1 lines"):
+            assert Journal(path).read() == []
+
+
+def test_an_append_after_a_cut_line_starts_on_a_new_line(tmp_path):
+    # A --retune killed mid-write leaves a line without its newline; the next append must not be glued to it.
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(json.dumps(result(1)).encode()[:-7])
+    journal = Journal(path)
+    journal.append(result(2))
+    journal.append(result(4))
+    journal.close()
+    with pytest.warns(UserWarning, match="skipped 1 of 3 lines"):  # the cut line, not the two after it
+        assert [r["m"] for r in Journal(path).read()] == [2, 4]
+
+
+def test_journal_appends_do_not_follow_a_planted_symlink(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / ".journal").mkdir()
+    planted = tmp_path / ".journal" / "host-rank0.jsonl"
+    planted.symlink_to(victim)
+    with pytest.raises(OSError):
+        Journal(planted).append(result(1))
+    assert victim.read_text() == "precious\n"
+    # Nor a planted journal folder.
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".journal").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError):
+        Journal(tmp_path / "out" / ".journal" / "host-rank0.jsonl").append(result(1))
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
+# ----------------------------------------------------------------------------- two tuners, one folder
+
+
+def _add_buckets(out, ms, start):
+    store = ResultStore(out, DEVICE_NAME, {"command": "test"})
+    start.wait()
+    for m in ms:
+        store.add([result(m)])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forks the test process")
+def test_two_writers_on_one_folder_lose_no_bucket(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Event()
+    writers = [ctx.Process(target=_add_buckets, args=(tmp_path, range(w + 1, 301, 2), start)) for w in range(2)]
+    for p in writers:
+        p.start()
+    start.set()
+    for p in writers:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    assert [b.m for b in load_table(config_file(tmp_path)).buckets] == list(range(1, 301))
+
+
+def test_a_live_tuner_journal_is_left_alone_by_another_tuner(tmp_path, monkeypatch):
+    # Another tuner on this folder is writing its journal (it holds it); a second tuner starting must
+    # neither use nor delete it: only journals of finished or killed runs are recovered.
+    live = Journal(tmp_path / ".journal" / "otherhost-999-rank1.jsonl")
+    live.append(result(2, time_us=1.0))
+    tuned = []
+    real = distributed.tune_job
+    monkeypatch.setattr(distributed, "tune_job", lambda job, *a, **k: tuned.append(job.m) or real(job, *a, **k))
+    try:
+        assert tune(tmp_path, ms="1,2") == 0
+        assert tuned == [1, 2]
+        assert [r["m"] for r in Journal(live.path).read()] == [2]  # still there, still whole
+        live.append(result(4))  # and its owner can go on
+    finally:
+        live.close()
+    assert tune(tmp_path, ms="1,2,4") == 0  # now a journal of a finished run: recovered and cleared
+    assert tuned == [1, 2]
+    assert not (tmp_path / ".journal").exists()
+
+
+def test_each_tuner_process_writes_its_own_journal(tmp_path, monkeypatch):
+    names = []
+    real_append = Journal.append
+
+    def append(self, entry):
+        names.append(self.path.name)
+        real_append(self, entry)
+
+    monkeypatch.setattr(Journal, "append", append)
+    assert tune(tmp_path, ms="1") == 0
+    assert tune(tmp_path, ms="1,2") == 0
+    assert len(names) == 2 and names[0] != names[1]
+    assert all(name.startswith(socket.gethostname()) and name.endswith("-rank0.jsonl") for name in names)

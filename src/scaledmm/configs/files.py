@@ -7,16 +7,21 @@ One JSON file per (device, N, K, dtype), named as vLLM names its tuned files:
 holding metadata (versions, card, date, command, scaling mode) and `buckets`: for each tuned M, the
 backend that won, the best Triton config, and the measured times of the winner and the baselines.
 Files are read with `json` only and validated field by field; a file that fails raises
-ConfigFileError, which the lookup turns into one warning and the heuristic.
+ConfigFileError, which the lookup turns into one warning and the heuristic. A file is untrusted: only
+a regular file (or a symlink to one) of at most MAX_FILE_BYTES is read, without blocking, as UTF-8, and
+nothing in it can raise anything but ConfigFileError (`load_table`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import stat
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,13 +196,96 @@ def parse_table(path: Path, data: object) -> TunedTable:
     return TunedTable(path, data["device_name"], n, k, data["dtype"], tuple(buckets))
 
 
-def load_table(path: Path) -> TunedTable:
-    """Read and validate one file (json only, never pickle)."""
+MAX_FILE_BYTES = 1 << 20  # a tuned file is about 10 KB; a cap keeps a huge or endless file out of memory
+_MAX_INT_DIGITS = 20  # no field needs more; int() of a longer string is slow, and past 4,300 digits raises
+_MAX_MESSAGE = 500  # an error quotes what it found, cut to this many characters
+
+
+@contextlib.contextmanager
+def open_regular_file(path: Path, follow_symlinks: bool = True) -> Iterator[int]:
+    """A descriptor of `path` open for reading, if it is a regular file; ConfigFileError otherwise.
+
+    O_NONBLOCK makes the open of a FIFO return at once instead of waiting for a writer, and the type is
+    checked on the opened descriptor (fstat), so the file checked is the file read, whatever is renamed
+    meanwhile. A symlink counts as the file it resolves to (deployments link config files into place:
+    Kubernetes ConfigMaps, Nix); a link to a device such as /dev/zero is refused like the device.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_BINARY", 0)  # O_BINARY: no newline translation (Windows)
+    flags |= getattr(os, "O_NONBLOCK", 0) | (0 if follow_symlinks else os.O_NOFOLLOW)  # POSIX only
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _fail(path, f"not readable JSON ({err})") from None
-    return parse_table(path, data)
+        fd = os.open(path, flags)
+    except OSError as err:
+        raise _fail(path, f"not readable ({err.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _fail(path, "not a regular file")
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def read_capped(path: Path, fd: int, max_bytes: int) -> bytes:
+    """All bytes of an open regular file, or ConfigFileError if there are more than `max_bytes`."""
+    chunks, size = [], 0
+    try:
+        while size <= max_bytes:
+            chunk = os.read(fd, max_bytes + 1 - size)  # a file growing while read stops at the cap too
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as err:
+        raise _fail(path, f"not readable ({err.strerror})") from None
+    if size > max_bytes:
+        raise _fail(path, f"larger than {max_bytes} bytes: not a config file")
+    return b"".join(chunks)
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > _MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits")
+    return int(text)
+
+
+def parse_json(path: Path, raw: bytes) -> object:
+    """Decode UTF-8 JSON; ConfigFileError for anything else, also for integers of absurd length and
+    nesting too deep for the parser."""
+    try:
+        text = raw.decode("utf-8")  # not json.loads(bytes): it would guess UTF-16 or UTF-32 too
+    except UnicodeDecodeError as err:
+        raise _fail(path, f"not UTF-8 ({err.reason} at byte {err.start})") from None
+    try:
+        return json.loads(text, parse_int=_bounded_int)
+    except RecursionError:
+        raise _fail(path, "not readable JSON (nested too deep)") from None
+    except ValueError as err:  # json.JSONDecodeError, or _bounded_int
+        raise _fail(path, f"not readable JSON ({_shorten(str(err))})") from None
+
+
+def read_json(path: Path) -> object:
+    """The JSON content of an untrusted file (see `open_regular_file`), or ConfigFileError."""
+    with open_regular_file(path) as fd:
+        raw = read_capped(path, fd, MAX_FILE_BYTES)
+    return parse_json(path, raw)
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + f"... ({len(text)} characters)"
+
+
+def checked_table(path: Path, data: object) -> TunedTable:
+    """`parse_table`, with whatever the content provokes as a ConfigFileError of reasonable length."""
+    try:
+        return parse_table(path, data)
+    except ConfigFileError as err:
+        raise ConfigFileError(_shorten(str(err))) from None
+    except Exception as err:  # int() of a bucket key past 4,300 digits, say: no file may crash a call
+        raise _fail(path, _shorten(f"invalid content ({type(err).__name__}: {err})")) from None
+
+
+def load_table(path: Path) -> TunedTable:
+    """Read and validate one file (json only, never pickle); ConfigFileError for anything wrong with it."""
+    return checked_table(path, read_json(path))
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

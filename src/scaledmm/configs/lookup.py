@@ -97,11 +97,16 @@ def _file_index() -> tuple[tuple[str, int, int, str, Path], ...]:
     """(normalized device, N, K, dtype, path) of every config file, in search order."""
     index = []
     for directory in config_dirs():
-        if not directory.is_dir():
+        try:
+            paths = sorted(directory.glob("*.json")) if directory.is_dir() else None
+        except OSError as err:  # is_dir() and glob() raise for some errors (a folder without permission)
+            warnings.warn(f"{directory}: not readable ({err.strerror}); ignored", stacklevel=2)
+            continue
+        if paths is None:
             if directory != SHIPPED_DIR:
                 warnings.warn(f"{CONFIG_DIR_ENV}={directory} is not a directory; ignored", stacklevel=2)
             continue
-        for path in sorted(directory.glob("*.json")):
+        for path in paths:  # a FIFO, device or folder named like a config file is refused when read
             key = parse_file_name(path.name)
             if key is None:
                 warnings.warn(

@@ -3,7 +3,7 @@
 Every process tunes on one device. With several, they form a torch.distributed group (gloo: only
 small Python objects travel) and follow one protocol:
 
-1. each rank reads its own journal (results of an interrupted run) and sends it to rank 0, which
+1. one rank per host reads the journals of interrupted runs and sends them to rank 0, which
    merges them into the config files and broadcasts which jobs are done;
 2. the remaining jobs are shared by expected cost (longest first, to the least loaded rank);
 3. each rank tunes its share, appending every result to its journal as it comes; rank 0 also writes
@@ -11,6 +11,9 @@ small Python objects travel) and follow one protocol:
 4. at the end all results go to rank 0, which merges them; then every rank clears its journal.
 
 So a killed run loses at most the jobs in flight, and running the same command again continues.
+Every process writes a journal of its own (host, process id and a random token name it) and holds it
+locked while it runs, so tuners sharing a folder neither read nor delete each other's journals, and
+their merges into the files take turns (tune/store.py).
 A `--retune` run (which tunes buckets the files already hold) knows what it has done only from its
 journals: it keeps them when it stops at the time limit, and clears them when it has finished; run
 again with `--retune` it continues (a run without it merges the journals and forgets them).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import secrets
 import socket
 import sys
 import time
@@ -35,6 +39,7 @@ from tqdm import tqdm
 
 import scaledmm
 from scaledmm.checks import INTERPRETER
+from scaledmm.configs.files import normalize_device_name
 from scaledmm.configs.lookup import device_name as name_of_device
 from scaledmm.tune.report import closing_table
 from scaledmm.tune.runner import Job, Precompiler, candidates, tune_job
@@ -135,7 +140,19 @@ def tune(settings: TuneSettings, device: torch.device) -> list[dict] | None:
         raise RuntimeError(error)
     store = ResultStore(settings.out_dir, card, _metadata(device, settings))
     journal_dir = settings.out_dir / ".journal"
-    journal = Journal(journal_dir / f"{socket.gethostname()}-rank{group.rank}.jsonl")
+    host = normalize_device_name(socket.gethostname()) or "host"
+    journal = Journal(journal_dir / f"{host}-{os.getpid()}-{secrets.token_hex(4)}-rank{group.rank}.jsonl")
+    try:
+        return _run_protocol(settings, device, group, store, journal)
+    finally:
+        journal.close()  # kept for the next run unless the protocol cleared it
+
+
+def _run_protocol(
+    settings: TuneSettings, device: torch.device, group: Group, store: ResultStore, journal: Journal
+) -> list[dict] | None:
+    """Steps 1-4 of the module docstring, writing this process's results to `journal`."""
+    journal_dir = journal.path.parent
 
     # 1. Recover what interrupted runs left in journals (of any rank: a rerun may use fewer GPUs);
     # one rank per host reads its host's folder. Agree on what is left.

@@ -1,18 +1,91 @@
-"""Where tuning results go: config files updated atomically as results come, and per-rank journals
-so that an interrupted run loses at most the jobs in flight."""
+"""Where tuning results go: config files updated atomically as results come, and per-process journals
+so that an interrupted run loses at most the jobs in flight.
+
+Journals are untrusted as config files are: every line is checked as a result (`validate_result`) and a
+bad one is skipped with a warning, so paths are built only from validated integers and known names.
+Several tuners may share a folder:
+
+- every read-merge-write of a config file holds an exclusive flock on the folder's lock file, so a merge
+  never drops what another process merged meanwhile;
+- each process writes its own journal (the caller names it uniquely) and holds an exclusive flock on it
+  from its first line until it is closed; `read_journals` passes over held journals, so a tuner never
+  uses or deletes the journal of one still running, and the journal of a killed one (whose lock went
+  with it) is recovered by the next.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import math
 import os
+import stat
+import warnings
 from pathlib import Path
 
-from scaledmm.configs.files import FORMAT_VERSION, file_name, load_table, write_json_atomic
+from scaledmm.configs.files import (
+    DTYPE_BY_NAME,
+    FORMAT_VERSION,
+    MAX_M,
+    ConfigFileError,
+    checked_table,
+    file_name,
+    load_table,
+    open_regular_file,
+    parse_json,
+    read_capped,
+    read_json,
+    write_json_atomic,
+)
 from scaledmm.kernels.matmul import kernel_revision
 from scaledmm.tune.runner import Job
 
 BUCKET_FIELDS = ("backend", "config", "time_us", "baselines_us", "candidates", "kernel")
+LOCK_NAME = ".lock"  # in the output folder; the lookup reads only *.json
+MAX_JOURNAL_BYTES = 256 << 20  # a result is about 400 bytes: far more lines than any tuning grid
+
+
+def _shown(value: object) -> str:
+    """A short repr of an untrusted value."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # nested too deep, or an int past 4,300 digits
+        return f"an unprintable {type(value).__name__}"
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+def validate_result(result: object, where: object = "result") -> dict:
+    """A tuning result (a journal line) checked field by field; the copy returned holds only the known
+    fields. Raises ConfigFileError (a ValueError) naming what is wrong.
+
+    The bucket fields are checked by the rules of a config file, on a one-bucket file of this result,
+    so whatever passes merges into a valid file.
+    """
+    if not isinstance(result, dict):
+        raise ConfigFileError(f"{where}: a result must be an object, got {type(result).__name__}")
+    for name in ("n", "k", "m"):
+        value = result.get(name)
+        if type(value) is not int or not 1 <= value <= MAX_M:
+            raise ConfigFileError(f"{where}: {name} must be an integer in [1, {MAX_M}], got {_shown(value)}")
+    dtype = result.get("dtype")
+    if not (isinstance(dtype, str) and dtype in DTYPE_BY_NAME):
+        raise ConfigFileError(f"{where}: dtype must be one of {sorted(DTYPE_BY_NAME)}, got {_shown(dtype)}")
+    n, k, m = result["n"], result["k"], result["m"]
+    bucket = {f: result[f] for f in BUCKET_FIELDS if f in result}
+    one_bucket = {"format_version": FORMAT_VERSION, "device_name": "journal", "n": n, "k": k, "dtype": dtype}
+    checked_table(Path(str(where)), {**one_bucket, "buckets": {str(m): bucket}})
+    clean = {"n": n, "k": k, "dtype": dtype, "m": m, **bucket}
+    if "retune" in result:
+        if type(result["retune"]) is not bool:
+            raise ConfigFileError(f"{where}: retune must be true or false, got {_shown(result['retune'])}")
+        clean["retune"] = result["retune"]
+    if "at" in result:  # the merge sorts by it
+        at = result["at"]
+        if type(at) not in (int, float) or not math.isfinite(at):
+            raise ConfigFileError(f"{where}: at must be a finite time stamp, got {_shown(at)}")
+        clean["at"] = at
+    return clean
 
 
 class ResultStore:
@@ -42,65 +115,158 @@ class ResultStore:
         return held & set(jobs)
 
     def add(self, results: list[dict]) -> None:
-        """Merge results into their files (one atomic rewrite per file touched)."""
+        """Merge results into their files (one atomic rewrite per file touched), under the folder's lock.
+        A result that does not validate raises ValueError: results come from the tuner or a journal's
+        validated lines."""
         by_file: dict[tuple[int, int, str], list[dict]] = {}
-        for r in results:
+        for r in map(validate_result, results):
             by_file.setdefault((r["n"], r["k"], r["dtype"]), []).append(r)
-        for (n, k, dtype), rows in by_file.items():
-            path = self._path(n, k, dtype)
-            buckets = {}
-            if path.exists():
-                try:
-                    load_table(path)
-                    buckets = json.loads(path.read_text())["buckets"]
-                except ValueError:
-                    buckets = {}
-            for r in rows:
-                buckets[str(r["m"])] = {f: r[f] for f in BUCKET_FIELDS if f in r}
-            data = {
-                "format_version": FORMAT_VERSION,
-                "device_name": self.device_name,
-                "n": n,
-                "k": k,
-                "dtype": dtype,
-                **self.metadata,
-                "buckets": dict(sorted(buckets.items(), key=lambda kv: int(kv[0]))),
-            }
-            write_json_atomic(path, data)
+        if not by_file:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released by the close
+            for (n, k, dtype), rows in by_file.items():
+                path = self._path(n, k, dtype)
+                buckets = self._buckets(path)
+                for r in rows:
+                    buckets[str(r["m"])] = {f: r[f] for f in BUCKET_FIELDS if f in r}
+                data = {
+                    "format_version": FORMAT_VERSION,
+                    "device_name": self.device_name,
+                    "n": n,
+                    "k": k,
+                    "dtype": dtype,
+                    **self.metadata,
+                    "buckets": dict(sorted(buckets.items(), key=lambda kv: int(kv[0]))),
+                }
+                write_json_atomic(path, data)
+        finally:
+            os.close(lock)
+
+    @staticmethod
+    def _buckets(path: Path) -> dict:
+        """The buckets of a file as written (every field kept); none if it is missing or invalid (it is
+        then rewritten with the new results)."""
+        try:
+            data = read_json(path)
+            checked_table(path, data)
+        except ConfigFileError:
+            return {}
+        return dict(data["buckets"])
+
+
+def _parse_journal(path: Path, raw: bytes) -> list[dict]:
+    """The valid results of a journal's bytes; one warning for the file counts the lines skipped. A last
+    line without its newline is one cut by a kill: ignored without a warning."""
+    lines = raw.split(b"\n")
+    cut = lines.pop()  # b"" when the file ends with a newline
+    results, bad = [], 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            results.append(validate_result(parse_json(path, line), f"{path}:{number}"))
+        except ConfigFileError:
+            bad += 1
+    if cut.strip():
+        with contextlib.suppress(ConfigFileError):
+            results.append(validate_result(parse_json(path, cut), path))
+    if bad:
+        total = bad + len(results)
+        warnings.warn(f"{path}: skipped {bad} of {total} lines that are not valid tuning results", stacklevel=3)
+    return results
 
 
 def read_journals(directory: Path) -> tuple[list[dict], list[Path]]:
-    """Every result in the journals of a folder (any host, any rank), and the files read."""
-    paths = sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
-    return [r for p in paths for r in Journal(p).read()], paths
+    """The results in the journals of a folder (any host, any rank) that no running process holds, and the
+    journals read (those with content: an empty one may be a journal just created, not yet held).
+
+    A journal that cannot be read (a symlink, not a regular file, too large) is left alone with a warning,
+    as is a folder that is a symlink (the caller deletes the journals it read).
+    """
+    if directory.is_symlink():
+        warnings.warn(f"{directory} is a symlink, not a journal folder; ignored", stacklevel=2)
+        return [], []
+    results, read = [], []
+    for path in sorted(directory.glob("*.jsonl")) if directory.is_dir() else []:
+        try:
+            with open_regular_file(path, follow_symlinks=False) as fd:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # the journal of a running tuner
+                raw = read_capped(path, fd, MAX_JOURNAL_BYTES)
+        except ConfigFileError as err:
+            warnings.warn(f"{err}; journal ignored", stacklevel=2)
+            continue
+        if raw:
+            results += _parse_journal(path, raw)
+            read.append(path)
+    return results, read
 
 
 class Journal:
-    """An append-only file of results, one JSON line each, flushed to disk per line."""
+    """An append-only file of results, one JSON line each, flushed to disk per line. Its writer holds an
+    exclusive flock on it from the first append until `close` or `clear`."""
 
     def __init__(self, path: Path):
         self.path = path
+        self._fd: int | None = None
+
+    def _open(self) -> int:
+        if self._fd is not None:
+            return self._fd
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Neither a symlink planted for the file nor one for its folder is followed.
+        folder = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(self.path.name, flags, 0o644, dir_fd=folder)
+        finally:
+            os.close(folder)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # O_NONBLOCK: a planted FIFO did not block the open
+                raise OSError(f"{self.path}: not a regular file")
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits only while `read_journals` reads it
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return fd
 
     def append(self, result: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(result) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        fd = self._open()
+        line = (json.dumps(result) + "\n").encode()
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # the last line was cut (a kill mid-write): end it, or this one is lost with it
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
 
     def read(self) -> list[dict]:
-        """Every complete line (a line cut by a kill is ignored)."""
-        if not self.path.exists():
+        """Every valid result (see `read_journals`), whether or not a writer holds the journal."""
+        if not os.path.lexists(self.path):
             return []
-        results = []
-        for line in self.path.read_text().splitlines():
-            try:
-                results.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return results
+        try:
+            with open_regular_file(self.path, follow_symlinks=False) as fd:
+                raw = read_capped(self.path, fd, MAX_JOURNAL_BYTES)
+        except ConfigFileError as err:
+            warnings.warn(f"{err}; journal ignored", stacklevel=2)
+            return []
+        return _parse_journal(self.path, raw)
+
+    def close(self) -> None:
+        """Stop writing; the journal stays for the next run to recover."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+        self.close()
         with contextlib.suppress(OSError):  # the journal folder goes with the last journal in it
             self.path.parent.rmdir()
