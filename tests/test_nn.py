@@ -371,3 +371,106 @@ def test_layers_pickled_by_an_earlier_version_still_run(matmul_calls):
     twin.__setstate__(old_layer)
     with torch.no_grad():
         torch.testing.assert_close(twin(x), layer(x), atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------- hardening (issue 15, items 3, 10, 12)
+
+
+def test_a_state_dict_of_the_other_8_bit_format_is_refused():
+    fp8 = W8A8Linear.from_linear(nn.Linear(32, 16, device=DEVICE), "fp8")
+    int8 = W8A8Linear(32, 16, dtype="int8", device=DEVICE)
+    with pytest.raises(RuntimeError, match="dtype='fp8'"):
+        int8.load_state_dict(fp8.state_dict())
+    same = W8A8Linear(32, 16, dtype="fp8", device=DEVICE)
+    same.load_state_dict(fp8.state_dict())
+    assert torch.equal(same.weight.view(torch.int8), fp8.weight.view(torch.int8))
+
+
+def test_a_module_at_two_paths_is_swapped_at_both():
+    shared = nn.Linear(32, 32, device=DEVICE)
+    model = nn.ModuleDict({"a": shared, "b": nn.Sequential(shared)})
+    report = quantize_model(model, "int8", fuse=False)
+    assert sorted(report.swapped) == ["a", "b.0"] and not report.skipped
+    assert isinstance(model["a"], W8A8Linear) and model["b"][0] is model["a"]
+    assert "the same module as a" in report.notes["b.0"]
+
+
+def test_tied_weights_share_one_quantized_weight_or_are_reported():
+    first, second = nn.Linear(32, 32, device=DEVICE), nn.Linear(32, 32, device=DEVICE)
+    second.weight = first.weight
+    embedding = nn.Embedding(32, 32, device=DEVICE)
+    head = nn.Linear(32, 32, bias=False, device=DEVICE)
+    head.weight = embedding.weight
+    model = nn.ModuleDict({"first": first, "second": second, "embed": embedding, "head": head})
+    report = quantize_model(model, "int8", filter=lambda name, m: True, fuse=False)
+    assert model["second"].weight is model["first"].weight
+    assert "share one quantized weight" in report.notes["second"]
+    assert "embed" in report.notes["head"] and "keep the float weight" in report.notes["head"]
+
+
+def test_float64_layers_are_skipped_with_a_reason_and_refused_by_from_linear():
+    model = nn.Sequential(nn.Linear(32, 32, device=DEVICE).double())
+    report = quantize_model(model, "int8")
+    assert "float64" in report.skipped["0"] and type(model[0]) is nn.Linear
+    with pytest.raises(TypeError, match="cast the model"):
+        W8A8Linear.from_linear(model[0], "int8")
+
+
+def test_an_uncalibrated_static_layer_is_refused_not_run_with_a_default_scale():
+    layer = W8A8Linear.from_linear(nn.Linear(32, 16, device=DEVICE).bfloat16(), "int8", "static")
+    x = torch.randn(4, 32, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad(), pytest.raises(ValueError, match="calibrate"):
+        layer(x)
+    layer.calibrate(x)
+    with torch.no_grad():
+        assert layer(x).isfinite().all()
+    with pytest.raises(ValueError, match="NaN or inf"):
+        layer.calibrate(torch.full((2, 32), float("nan"), device=DEVICE))
+
+
+def test_an_out_dtype_scaled_mm_cannot_write_is_refused():
+    with pytest.raises(TypeError, match="out_dtype must be one of"):
+        W8A8Linear(32, 16, out_dtype=torch.int8)
+
+
+def test_fusion_from_several_threads_stays_on():
+    import threading
+
+    fused, alone, _ = fused_and_alone("int8")
+    xs = [torch.randn(3, 64, device=DEVICE, dtype=torch.bfloat16) for _ in range(4)]
+    with torch.no_grad():
+        expected = [alone(x) for x in xs]
+    barrier = threading.Barrier(len(xs))
+    results, errors = [None] * len(xs), []
+
+    def run(i):
+        try:
+            barrier.wait()
+            with torch.no_grad():
+                for _ in range(3):
+                    results[i] = fused(xs[i])
+        except Exception as err:  # reported below; a thread's exception is otherwise lost
+            errors.append(err)
+
+    # The interpreter is not thread-safe: the threads interleave their hooks and bookkeeping, and
+    # take turns with the kernels (lock).
+    lock = threading.Lock()
+    groups = [fused.q_proj.fused, fused.gate_proj.fused]
+    for group in groups:
+        product = group._product
+
+        def locked(x, product=product):
+            with lock:
+                return product(x)
+
+        group._product = locked
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(group.enabled for group in groups)
+    for got, want in zip(results, expected):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=0, rtol=0)

@@ -116,11 +116,18 @@ class W8A8Linear(nn.Module):
         self.qdtype = dtype_of(dtype)
         self.activation = activation
         self.backend = backend  # scaled_mm's backend: "auto", "triton", or "torch" (the vendor kernel)
-        self.out_dtype = out_dtype if out_dtype in OUT_DTYPES else torch.bfloat16
+        if out_dtype not in OUT_DTYPES:
+            names = ", ".join(map(str, OUT_DTYPES))
+            raise TypeError(f"out_dtype must be one of {names} (what scaled_mm writes), got {out_dtype!r}")
+        self.out_dtype = out_dtype
         self.register_buffer("weight", torch.zeros(out_features, in_features, device=device).to(self.qdtype))
         self.register_buffer("weight_scale", torch.ones(out_features, device=device))
         self.register_buffer("bias", torch.zeros(out_features, device=device, dtype=self.out_dtype) if bias else None)
-        self.register_buffer("input_scale", torch.ones((), device=device) if activation == "static" else None)
+        # A static scale starts as NaN, "not calibrated": a forward before calibrate() or input_scale=
+        # is refused where it can be checked (an eager first call) and gives NaN everywhere else,
+        # never a silently wrong result with some default scale.
+        nan = torch.full((), float("nan"), device=device)
+        self.register_buffer("input_scale", nan if activation == "static" else None)
         self._forwards = PreparedForwards()
 
     def __setstate__(self, pickled: dict) -> None:
@@ -155,9 +162,15 @@ class W8A8Linear(nn.Module):
         backend: str = "auto",
     ) -> W8A8Linear:
         """Quantize an nn.Linear. Static activations need `input_scale` (x ~= q * input_scale), or a
-        `calibrate(x)` call on representative inputs before use."""
+        `calibrate(x)` call on representative inputs before use. The output dtype is the weight's
+        (bfloat16, float16 or float32; a float64 layer is refused: scaled_mm does not write float64)."""
         weight = linear.weight
-        out_dtype = weight.dtype if weight.dtype in OUT_DTYPES else torch.bfloat16
+        if weight.dtype not in OUT_DTYPES:
+            raise TypeError(
+                f"linear.weight is {weight.dtype}; W8A8Linear runs layers of {', '.join(map(str, OUT_DTYPES))}: "
+                "cast the model (e.g. model.float() or model.bfloat16()) before quantizing"
+            )
+        out_dtype = weight.dtype
         layer = cls(
             linear.in_features,
             linear.out_features,
@@ -195,12 +208,27 @@ class W8A8Linear(nn.Module):
             self.out_dtype = out_dtype
         return self
 
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        # A checkpoint of the other 8-bit format would be copied in value by value (fp8 bits read as
+        # int8 numbers): refuse it, the PyTorch way, through load_state_dict's error messages.
+        weight = state_dict.get(prefix + "weight")
+        if isinstance(weight, torch.Tensor) and weight.dtype != self.qdtype:
+            error_msgs = args[-1]
+            error_msgs.append(
+                f"{prefix}weight holds {weight.dtype} but this W8A8Linear stores {self.qdtype}: build it with "
+                f"dtype={'int8' if weight.dtype == torch.int8 else 'fp8'!r} to load this checkpoint"
+            )
+            return
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor) -> None:
         """Set the static input scale from a batch of representative inputs: max |x| / 127 or / 448."""
         if self.activation != "static":
             raise ValueError("calibrate() is for activation='static'; dynamic layers scale every token")
         absmax = x.detach().abs().amax().to(torch.float32).clamp_min(ABSMAX_FLOOR)
+        if not torch.isfinite(absmax):
+            raise ValueError("calibrate() was given NaN or inf values; calibrate on finite activations")
         self.input_scale.copy_(absmax / QMAX[self.qdtype])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,6 +256,12 @@ class W8A8Linear(nn.Module):
         x = check_quantize_args(x, self.qdtype)
         if input_scale is not None:
             check_static_scale(input_scale, x)
+            capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+            if not capturing and input_scale.isnan().item():  # once per input signature
+                raise ValueError(
+                    "this static W8A8Linear has no input scale yet: call layer.calibrate(x) on representative "
+                    "inputs, or pass input_scale= to W8A8Linear.from_linear"
+                )
         out, forward = prepare_linear(
             x, self.weight.t(), self.weight_scale, self.bias, self.qdtype, input_scale, self.out_dtype, self.backend
         )

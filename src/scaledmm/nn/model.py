@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from scaledmm.checks import OUT_DTYPES
 from scaledmm.nn.linear import W8A8Linear, dtype_of
 from scaledmm.nn.siblings import fuse_siblings
 
@@ -20,12 +21,13 @@ def _default_filter(name: str, linear: nn.Linear) -> bool:
 
 @dataclass
 class QuantizationReport:
-    """What quantize_model did: the names of the layers swapped, why others were not, and the
-    groups of siblings that run as one scaled_mm."""
+    """What quantize_model did: the names of the layers swapped, why others were not, the groups of
+    siblings that run as one scaled_mm, and notes on layers shared or tied with others."""
 
     swapped: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     fused: list[list[str]] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [
@@ -33,7 +35,23 @@ class QuantizationReport:
             f"{len(self.fused)} groups of siblings run fused"
         ]
         lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped.items()]
+        lines += [f"  note on {name}: {note}" for name, note in self.notes.items()]
         return "\n".join(lines)
+
+
+def _skip_reason(name: str, module: nn.Linear, accept, filtered: bool, qdtype: torch.dtype) -> str | None:
+    weight = module.weight
+    if not accept(name, module):
+        return (
+            "excluded by the filter" if filtered else "lm_head is kept in high precision (pass filter= to include it)"
+        )
+    if not weight.is_floating_point() or weight.device.type == "meta":
+        return f"weight is {weight.dtype} on {weight.device}; needs a float weight with data"
+    if weight.dtype not in OUT_DTYPES:
+        return f"weight is {weight.dtype}; W8A8Linear runs float32, float16 and bfloat16 layers (cast the model first)"
+    if qdtype != torch.int8 and weight.is_cuda and torch.cuda.get_device_capability(weight.device) < (8, 9):
+        return "fp8 needs compute capability 8.9 or newer; use dtype='int8'"
+    return None
 
 
 def quantize_model(
@@ -50,32 +68,47 @@ def quantize_model(
     gate/up) under one parent run as one scaled_mm within each forward of the parent (FusedSiblings):
     their outputs are then column views of one tensor (not contiguous), and their weight buffers
     views of one concatenated tensor (safetensors refuses shared storage: save with `torch.save`,
-    or quantize with `fuse=False`)."""
+    or quantize with `fuse=False`).
+
+    A Linear registered at several paths becomes one W8A8Linear at each of them; Linears that share
+    one weight (tied) share one quantized weight. A weight tied to a module that stays in float (an
+    embedding tied to an lm_head included by the filter) cannot stay tied: the report notes it."""
     qdtype = dtype_of(dtype)
     accept = filter or _default_filter
     report = QuantizationReport()
-    for name, module in list(model.named_modules()):
+    float_holders: dict[int, list[str]] = {}  # the modules other than Linears holding each parameter, by its id
+    for name, module in model.named_modules(remove_duplicate=False):
+        for param in module.parameters(recurse=False):
+            if type(module) is not nn.Linear:
+                float_holders.setdefault(id(param), []).append(name)
+    swapped: dict[int, tuple[str, W8A8Linear]] = {}  # by id of the original Linear
+    by_weight: dict[int, tuple[str, W8A8Linear]] = {}  # by id of the original weight
+    for name, module in list(model.named_modules(remove_duplicate=False)):
         if type(module) is not nn.Linear:
             continue
-        reason = None
-        if not accept(name, module):
-            reason = (
-                "excluded by the filter" if filter else "lm_head is kept in high precision (pass filter= to include it)"
-            )
-        elif not module.weight.is_floating_point() or module.weight.device.type == "meta":
-            reason = f"weight is {module.weight.dtype} on {module.weight.device}; needs a float weight with data"
-        elif (
-            qdtype != torch.int8
-            and module.weight.is_cuda
-            and torch.cuda.get_device_capability(module.weight.device) < (8, 9)
-        ):
-            reason = "fp8 needs compute capability 8.9 or newer; use dtype='int8'"
-        if reason:
+        if (reason := _skip_reason(name, module, accept, filter is not None, qdtype)) is not None:
             report.skipped[name] = reason
             continue
+        if id(module) in swapped:
+            first_name, layer = swapped[id(module)]
+            report.notes[name] = f"the same module as {first_name}: one W8A8Linear serves both"
+        else:
+            layer = W8A8Linear.from_linear(module, dtype, activation, backend=backend)
+            tied = by_weight.get(id(module.weight))
+            if tied is not None:
+                layer.weight, layer.weight_scale = tied[1].weight, tied[1].weight_scale
+                report.notes[name] = f"its weight is tied to {tied[0]}'s: they share one quantized weight"
+            else:
+                by_weight[id(module.weight)] = (name, layer)
+                if others := float_holders.get(id(module.weight)):
+                    report.notes[name] = (
+                        f"its weight is tied to {', '.join(others)}, which keep the float weight: the quantized "
+                        "copy is separate (a change to one no longer reaches the other)"
+                    )
+            swapped[id(module)] = (name, layer)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, W8A8Linear.from_linear(module, dtype, activation, backend=backend))
+        setattr(parent, child, layer)
         report.swapped.append(name)
     if fuse:
         report.fused = fuse_siblings(model)

@@ -6,6 +6,8 @@ FusedSiblings, which the members' forwards ask for their columns of the shared p
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -15,14 +17,30 @@ from scaledmm.runtime import eager, prepare_linear
 from scaledmm.state import state
 
 
+class _ForwardState(threading.local):
+    """What one forward of the siblings' parent shares, per thread: whether it is running, and the
+    product it made (its input, the input's version, how many members it served). Per thread, so
+    that forwards of one model in several threads neither share products nor stop each other's
+    fusion."""
+
+    active = False
+    source: torch.Tensor | None = None
+    version = -1
+    out: torch.Tensor | None = None
+    served = 0
+
+    def forget(self) -> None:
+        self.source, self.version, self.out, self.served = None, -1, None, 0
+
+
 class FusedSiblings:
     """One scaled_mm for sibling layers that read the same input (q, k, v; gate, up): the first of
     them to see an input computes the product with the concatenated weight (one quantization, one
     launch instead of two or three, and a shape the shipped files tune: llama3-8b's qkv is
     6144 x 4096), and each takes its columns.
 
-    A product is shared only within one forward of the module that holds the siblings (hooks set
-    `active` around it), and only for the same input tensor object, unmodified since (its version
+    A product is shared only within one forward of the module that holds the siblings (hooks mark
+    it, per thread), and only for the same input tensor object, unmodified since (its version
     counter). So a CUDA graph captured around that forward records the product, and nothing outlives
     the forward. If a product served just one member (siblings reading different inputs, as in
     cross-attention), the group stops fusing for good. Traced code and inference tensors (which have
@@ -40,9 +58,8 @@ class FusedSiblings:
             self.spans.append((start, start + member.out_features))
             start += member.out_features
         self.enabled = True
-        self.active = False
+        self._forward = _ForwardState()
         self._concatenate()
-        self._forget()
 
     def _member_storage(self) -> tuple:
         """What the concatenation was made from: every member tensor's storage and dtype, and the
@@ -70,8 +87,14 @@ class FusedSiblings:
         # Prepared products by input signature, valid for the cache generation; they hold the tensors above.
         self._forwards = PreparedForwards()
 
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_forward"}  # per-thread, per-forward
+
     def __setstate__(self, pickled: dict) -> None:
-        self.__dict__.update(pickled)
+        # Earlier versions kept the per-forward state in the object itself.
+        old = ("active", "_source", "_version", "_out", "_served")
+        self.__dict__.update((k, v) for k, v in pickled.items() if k not in old)
+        self._forward = _ForwardState()
         if not isinstance(self.__dict__.get("_forwards"), PreparedForwards):  # pickled by an earlier version
             self._forwards = PreparedForwards()
         if isinstance(self.spans, dict):  # keyed by id() then: in the members' order
@@ -99,46 +122,50 @@ class FusedSiblings:
         self._forwards.put(x, owner_state, forward)
         return out
 
-    def _forget(self) -> None:
-        self._source: torch.Tensor | None = None
-        self._version = -1
-        self._out: torch.Tensor | None = None
-        self._served = 0
+    # Traced code runs each member alone; the hooks and the per-thread state stay out of the trace.
 
     def begin(self, *_) -> None:
         """Forward pre-hook of the siblings' parent: products may be shared until `end`."""
-        self._forget()
-        self.active = True
+        if torch.compiler.is_compiling():
+            return
+        self._forward.forget()
+        self._forward.active = True
 
     def end(self, *_) -> None:
         """Forward hook of the siblings' parent (also on an exception): drop the product."""
-        if self._source is not None and self._served < 2:
+        if torch.compiler.is_compiling():
+            return
+        forward = self._forward
+        if forward.source is not None and forward.served < 2:
             self.enabled = False  # the last product served one member: siblings read different inputs
-        self.active = False
-        self._forget()
+        forward.active = False
+        forward.forget()
 
     def output_for(self, member: W8A8Linear, x: torch.Tensor) -> torch.Tensor | None:
         """The member's columns of the fused product for x ([M, out_features], M = x's rows), or
         None where the member must run alone."""
-        if not (self.enabled and self.active) or torch.compiler.is_compiling() or x.is_inference():
+        if torch.compiler.is_compiling() or x.is_inference():
             return None
-        if x is not self._source or x._version != self._version:
-            if self._source is not None and self._served < 2:
+        forward = self._forward
+        if not (self.enabled and forward.active):
+            return None
+        if x is not forward.source or x._version != forward.version:
+            if forward.source is not None and forward.served < 2:
                 self.enabled = False  # the last product served one member: siblings read different inputs
-                self._forget()
+                forward.forget()
                 return None
             current = self._member_storage()
             if current != self._storage:
                 if len(set(current[1])) > 1 or len({m.bias is None for m in self.members}) > 1:
                     self.enabled = False  # the members no longer agree on how to run
-                    self._forget()
+                    forward.forget()
                     return None
                 self._concatenate()
-            self._out = self._product(x.reshape(-1, x.shape[-1]))
-            self._source, self._version, self._served = x, x._version, 0
-        self._served += 1
+            forward.out = self._product(x.reshape(-1, x.shape[-1]))
+            forward.source, forward.version, forward.served = x, x._version, 0
+        forward.served += 1
         start, end = self._span(member)
-        return self._out[:, start:end]
+        return forward.out[:, start:end]
 
 
 # Leaf names of linear layers that read one input in transformers' decoders (Llama, Qwen, Mistral...).
