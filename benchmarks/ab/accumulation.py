@@ -539,7 +539,7 @@ def precision(device, num_sms: int, modes: list[str], ks: tuple[int, ...], M: in
                 promote = K if fast else PROMOTE_K  # assumed: cuBLAS's precise mode promotes every 128
                 print(f"   {label} {promote:6d} {error_row(out, ops, promote)}")
     if reports and not INTERPRET:
-        print("-- kernels (PTX counts per kernel; ptxas C7515/C7511 = wgmma serialized, C7517 = wait injected)")
+        print("-- kernels (PTX counts per kernel; ptxas C7511/C7514/C7515 = wgmma serialized, C7517 = wait injected)")
         for (name, mode), report in reports.items():
             print(f"   {name:34s} {mode:8s} {report}")
 
