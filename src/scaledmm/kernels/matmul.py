@@ -15,8 +15,6 @@ which the tuner offers at small M: the weight tile as the tall MMA operand, the 
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 from collections.abc import Callable
 
 import torch
@@ -26,6 +24,7 @@ import triton.language as tl
 from scaledmm.configs import MatmulConfig, device_limits
 from scaledmm.kernels import matmul_tma
 from scaledmm.kernels.launch import bind_launch, epilogue_arguments, tile_kwargs
+from scaledmm.kernels.revision import revision
 
 
 @triton.jit
@@ -190,9 +189,6 @@ def _split_k_finish(
         tl.store(arrivals_ptr + tile, 0)
 
 
-# The 1.01-1.12x in the kernel's comment is its prototype's (the A/B script's own kernel, same MMA
-# form); this kernel then won 98 of the 144 decode buckets of the presets' re-tune. (The comment
-# stays as it is: the kernel's revision hashes its source, comments included.)
 @triton.jit
 def _scaled_mm_swap_kernel(
     a_ptr, b_ptr, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr, partials_ptr, arrivals_ptr,
@@ -206,11 +202,12 @@ def _scaled_mm_swap_kernel(
     # The operand-swapped form for small M: the same [BLOCK_M, BLOCK_N] output tile computed as
     # (B^T A^T)^T, so that the weight tile is the MMA's tall operand (BLOCK_N >= 64 rows, what
     # Hopper's wgmma takes) and the few tokens its narrow side (BLOCK_M >= 16), instead of the
-    # tokens padded to a 64-row tile (benchmarks/ab/small_m_forms.py: 1.01-1.12x the shipped
-    # tuned configs at M = 1, 4 and 16 in fp8 on an H100). Programs of one weight tile (several
-    # token tiles, M > BLOCK_M) are neighbours, so the weight tile is read from DRAM once. Rows past
-    # M are masked; the epilogue's operands load before the K loop, as the pointer kernel's do at
-    # decode.
+    # tokens padded to a 64-row tile. Its prototype (benchmarks/ab/small_m_forms.py, the same MMA
+    # form) ran 1.01-1.12x as fast as the tuned configs of then at M = 1, 4 and 16 in fp8 on an
+    # H100; this kernel then won 98 of the 144 decode buckets of the presets' re-tune. Programs of
+    # one weight tile (several token tiles, M > BLOCK_M) are neighbours, so the weight tile is read
+    # from DRAM once. Rows past M are masked; the epilogue's operands load before the K loop, as the
+    # pointer kernel's do at decode.
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(M, BLOCK_M)
     tile_m = pid % tiles_m
@@ -264,16 +261,10 @@ def _scaled_mm_swap_kernel(
         )  # fmt: skip
 
 
-def _source_revision(*functions: triton.JITFunction) -> str:
-    return hashlib.sha1("".join(inspect.getsource(f.fn) for f in functions).encode()).hexdigest()[:12]
-
-
-# The kernels' revisions: hashes of their source. A tuned bucket records the revision of the kernel its
-# config runs, so that `scaledmm tune` knows which results an edit has made stale (configs stay valid;
-# only their times change).
-KERNEL_REVISION = _source_revision(_epilogue_operands, _scale_and_store, _scaled_mm_kernel)
-TMA_KERNEL_REVISION = _source_revision(matmul_tma.scale_columns_and_store, matmul_tma.scaled_mm_tma_kernel)
-SWAP_KERNEL_REVISION = _source_revision(_epilogue_operands, _scale_and_store, _split_k_finish, _scaled_mm_swap_kernel)
+# The kernels' revisions (kernels/revision.py): a tuned bucket records the one of the kernel its config runs.
+KERNEL_REVISION = revision(_scaled_mm_kernel)
+TMA_KERNEL_REVISION = revision(matmul_tma.scaled_mm_tma_kernel)
+SWAP_KERNEL_REVISION = revision(_scaled_mm_swap_kernel)
 
 
 def kernel_revision(config: MatmulConfig) -> str:
