@@ -20,8 +20,9 @@ import torch
 from scaledmm.configs import MatmulConfig, plan
 from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, clear_cache_hooks, disabled_backends
 from scaledmm.kernels.linear import FUSED_QUANTIZE_MAX_M, bind_quantized_linear
-from scaledmm.kernels.matmul import bind_scaled_mm, split_k_scratch_bytes
+from scaledmm.kernels.matmul import bind_scaled_mm
 from scaledmm.kernels.quant import QMAX, bind_quantize_rows
+from scaledmm.kernels.split_k import split_k_scratch_bytes
 from scaledmm.kernels.vendor import misaligned_pointer, unsupported_reason, vendor_scaled_mm
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
