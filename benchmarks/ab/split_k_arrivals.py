@@ -14,7 +14,7 @@ import torch
 import scaledmm
 from scaledmm import MatmulConfig
 from scaledmm.bench.timing import rotation_count, time_interleaved
-from scaledmm.kernels import matmul
+from scaledmm.kernels import matmul, split_k
 from scaledmm.testing import make_operands
 
 FP8 = torch.float8_e4m3fn
@@ -28,7 +28,7 @@ def through_scaled_mm(config):
 
 def with_counts_zeroed_per_call(config, M, N, device):
     out = torch.empty(M, N, dtype=torch.bfloat16, device=device)
-    partials, arrivals = matmul.split_k_buffers(M, N, config, FP8, device)
+    partials, arrivals = split_k.split_k_buffers(M, N, config, FP8, device)
 
     def run(a, b, sa, sb, bias):
         counts = torch.zeros_like(arrivals)

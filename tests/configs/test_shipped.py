@@ -35,8 +35,8 @@ def test_shipped_file_is_valid_and_from_the_tuner(path):
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_buckets_were_tuned_with_the_current_kernels(path):
-    # A kernel's revision hashes its source, comments included: an edit makes its buckets stale,
-    # and `scaledmm tune` (on the card the file names) must re-tune them before the edit lands.
+    # A kernel's revision hashes its code (kernels/revision.py): a change of code makes its buckets
+    # stale, and `scaledmm tune` (on the card the file names) must re-tune them before the change lands.
     for m, bucket in json.loads(path.read_text())["buckets"].items():
         assert bucket["kernel"] == kernel_revision(MatmulConfig.from_dict(bucket["config"])), f"M={m} is stale"
 

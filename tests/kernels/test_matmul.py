@@ -110,7 +110,7 @@ def test_split_k_is_correct_and_repeats_bitwise(dtype, split_k, K, swap_ab):
 
 def test_split_k_leaves_its_arrival_counts_zeroed():
     """The counts are shared by every split-K launch on a stream: each launch must hand them back at zero."""
-    from scaledmm.kernels.matmul import _arrivals
+    from scaledmm.kernels.split_k import _arrivals
 
     ops = make_operands(40, 100, 256, torch.int8, DEVICE)
     for split_k in (2, 4):
@@ -122,9 +122,9 @@ def test_split_k_leaves_its_arrival_counts_zeroed():
 
 @pytest.mark.skipif(not ON_GPU, reason="streams and CUDA graphs are CUDA's")
 def test_split_k_on_other_streams_and_in_cuda_graphs(monkeypatch):
-    from scaledmm.kernels import matmul
+    from scaledmm.kernels import split_k
 
-    monkeypatch.setattr(matmul, "_MIN_ARRIVAL_SLOTS", 64)
+    monkeypatch.setattr(split_k, "_MIN_ARRIVAL_SLOTS", 64)
     config = MatmulConfig(16, 32, 64, split_k=4)
     ops = make_operands(16, 256, 1024, torch.float8_e4m3fn, DEVICE)
     out = torch.empty(16, 256, dtype=torch.bfloat16, device=DEVICE)
@@ -136,9 +136,9 @@ def test_split_k_on_other_streams_and_in_cuda_graphs(monkeypatch):
     with torch.cuda.stream(stream):
         graph_out = torch.empty_like(out)
         launch_scaled_mm(*ops.args(), ops.bias, graph_out, config)  # warm-up: makes this stream's counts
-        counts = matmul._arrivals(device, 1)
+        counts = split_k._arrivals(device, 1)
     torch.cuda.synchronize()
-    assert counts.data_ptr() != matmul._arrivals(device, 1).data_ptr()  # each stream its own
+    assert counts.data_ptr() != split_k._arrivals(device, 1).data_ptr()  # each stream its own
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=stream):
         launch_scaled_mm(*ops.args(), ops.bias, graph_out, config)
@@ -158,15 +158,15 @@ def test_split_k_on_other_streams_and_in_cuda_graphs(monkeypatch):
 
 def test_a_grown_arrival_buffer_keeps_the_old_one(monkeypatch):
     """Captured graphs hold the old buffer's address: growing must not free it."""
-    from scaledmm.kernels import matmul
+    from scaledmm.kernels import split_k
 
-    monkeypatch.setattr(matmul, "_MIN_ARRIVAL_SLOTS", 1)
-    monkeypatch.setattr(matmul, "_arrival_counts", {})
-    monkeypatch.setattr(matmul, "_retired_counts", [])
-    small = matmul._arrivals(torch.device(DEVICE), 2)
-    grown = matmul._arrivals(torch.device(DEVICE), 5)
-    assert grown.numel() == 5 and matmul._retired_counts == [small]
-    assert matmul._arrivals(torch.device(DEVICE), 3) is grown
+    monkeypatch.setattr(split_k, "_MIN_ARRIVAL_SLOTS", 1)
+    monkeypatch.setattr(split_k, "_arrival_counts", {})
+    monkeypatch.setattr(split_k, "_retired_counts", [])
+    small = split_k._arrivals(torch.device(DEVICE), 2)
+    grown = split_k._arrivals(torch.device(DEVICE), 5)
+    assert grown.numel() == 5 and split_k._retired_counts == [small]
+    assert split_k._arrivals(torch.device(DEVICE), 3) is grown
 
 
 # ----------------------------------------------------------------------------- the TMA kernel

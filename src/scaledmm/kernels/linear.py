@@ -13,11 +13,11 @@ before its dot, where the two-launch path does that once per row. Measured on an
 of the two launches. So W8A8Linear uses it for M <= FUSED_QUANTIZE_MAX_M and outside CUDA-graph
 capture only, where the host time it saves is what the caller waits for.
 
-The tiles, grouping, masking of rows past M (M < BLOCK_M) or wrapping of them, and the epilogue's
-arithmetic follow `matmul._scaled_mm_kernel`, and with a swap_ab config the MMA follows
-`matmul._scaled_mm_swap_kernel`'s (weight tile first); there is no split-K, and the epilogue's
-operands are loaded after the K loop (the matmul kernel's early loads at decode have not been tried
-here).
+The tiles, their order (`common.grouped_tile`), the masking of rows past M (M < BLOCK_M) or their
+wrapping, and the epilogue (`common.scale_and_store`) are `matmul._scaled_mm_kernel`'s, and with a
+swap_ab config the MMA is `matmul._scaled_mm_swap_kernel`'s (weight tile first); there is no
+split-K, and the epilogue's operands are loaded after the K loop (the matmul kernel's early loads at
+decode have not been tried here).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from scaledmm.configs import MatmulConfig
+from scaledmm.kernels.common import column_operands, grouped_tile, scale_and_store
 from scaledmm.kernels.launch import BoundLaunch, bind_launch, tile_kwargs, vector_stride
 from scaledmm.kernels.quant import ABSMAX_FLOOR, QMAX, max_abs, row_scale, saturate_and_round
 
@@ -44,14 +45,7 @@ def _quantized_linear_kernel(
     EVEN_K: tl.constexpr, MASK_M: tl.constexpr, SWAP_AB: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    programs_per_group = GROUP_M * tiles_n
-    first_tile_m = (pid // programs_per_group) * GROUP_M
-    group_rows = min(tiles_m - first_tile_m, GROUP_M)
-    tile_m = first_tile_m + (pid % programs_per_group) % group_rows
-    tile_n = (pid % programs_per_group) // group_rows
+    tile_m, tile_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
 
     offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -97,16 +91,9 @@ def _quantized_linear_kernel(
     if SWAP_AB:
         acc = tl.trans(acc)
 
-    # Epilogue in fp32, in the order of scaled_mm's: ((q @ w) * scale_x) * scale_w + bias.
-    result = acc.to(tl.float32) * x_scale
-    if W_PER_CHANNEL:
-        result = result * tl.load(w_scale_ptr + cols * stride_w_scale).to(tl.float32)[None, :]
-    else:
-        result = result * tl.load(w_scale_ptr).to(tl.float32)
-    if HAS_BIAS:
-        result = result + tl.load(bias_ptr + cols * stride_bias).to(tl.float32)[None, :]
-    out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :].to(tl.int64) * stride_on
-    tl.store(out_ptrs, result.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+    # scaled_mm's epilogue, in fp32 and its order: ((q @ w) * scale_x) * scale_w + bias.
+    w_scale, bias = column_operands(cols, w_scale_ptr, bias_ptr, stride_w_scale, stride_bias, W_PER_CHANNEL, HAS_BIAS)
+    scale_and_store(acc, x_scale, w_scale, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS)
 
 
 class QuantizedLinearLaunch:

@@ -11,12 +11,13 @@ masking is 1.0-1.45x faster at M = 1 and even at M = 4; wrapping is up to 1.18x 
 
 A config with swap_ab runs the operand-swapped form of the same kernel (`_scaled_mm_swap_kernel`),
 which the tuner offers at small M: the weight tile as the tall MMA operand, the tokens as the narrow.
+
+What the matmul kernels share is in common.py (the grouped tile order, the epilogue) and split_k.py
+(a split's K steps, the split-K ending and its scratch).
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 
 import torch
 import triton
@@ -24,42 +25,10 @@ import triton.language as tl
 
 from scaledmm.configs import MatmulConfig, device_limits
 from scaledmm.kernels import matmul_tma
+from scaledmm.kernels.common import epilogue_operands, grouped_tile, scale_and_store, tile_count
 from scaledmm.kernels.launch import BoundLaunch, bind_launch, epilogue_arguments, tile_kwargs
-
-
-@triton.jit
-def _epilogue_operands(
-    rows, cols, scale_a_ptr, scale_b_ptr, bias_ptr, stride_scale_a, stride_scale_b, stride_bias,
-    A_PER_TOKEN: tl.constexpr, B_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
-):  # fmt: skip
-    # The epilogue's factors in fp32, shaped to broadcast over the tile: scale_a per row or one,
-    # scale_b per column or one, bias per column (a placeholder without bias).
-    if A_PER_TOKEN:
-        scale_a = tl.load(scale_a_ptr + rows * stride_scale_a).to(tl.float32)[:, None]
-    else:
-        scale_a = tl.load(scale_a_ptr).to(tl.float32)
-    if B_PER_CHANNEL:
-        scale_b = tl.load(scale_b_ptr + cols * stride_scale_b).to(tl.float32)[None, :]
-    else:
-        scale_b = tl.load(scale_b_ptr).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + cols * stride_bias).to(tl.float32)[None, :]
-    else:
-        bias = tl.full((1, 1), 0, tl.float32)
-    return scale_a, scale_b, bias
-
-
-@triton.jit
-def _scale_and_store(
-    acc, scale_a, scale_b, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS: tl.constexpr
-):
-    # Epilogue in fp32, in the order of the definition: ((a @ b) * scale_a) * scale_b + bias.
-    result = acc.to(tl.float32) * scale_a * scale_b
-    if HAS_BIAS:
-        result = result + bias
-    out_ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :].to(tl.int64) * stride_on
-    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    tl.store(out_ptrs, result.to(out_ptr.dtype.element_ty), mask=mask)
+from scaledmm.kernels.revision import revision
+from scaledmm.kernels.split_k import split_k_buffers, split_k_finish, split_range
 
 
 # GROUP_M is a run-time argument, not a constexpr, so that the tuner tries groupings without a
@@ -78,21 +47,9 @@ def _scaled_mm_kernel(
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(M, BLOCK_M)
     tiles_n = tl.cdiv(N, BLOCK_N)
-    programs_per_group = GROUP_M * tiles_n
-    first_tile_m = (pid // programs_per_group) * GROUP_M
-    group_rows = min(tiles_m - first_tile_m, GROUP_M)
-    tile_m = first_tile_m + (pid % programs_per_group) % group_rows
-    tile_n = (pid % programs_per_group) // group_rows
-
-    # With SPLIT_K > 1 the K steps are shared out among SPLIT_K programs per tile (program_id(1)).
+    tile_m, tile_n = grouped_tile(pid, tiles_m, tiles_n, GROUP_M)
     k_steps = tl.cdiv(K, BLOCK_K)
-    if SPLIT_K == 1:
-        k_first = 0
-        k_last = k_steps
-    else:
-        steps_per_split = tl.cdiv(k_steps, SPLIT_K)
-        k_first = tl.program_id(1) * steps_per_split
-        k_last = min(k_first + steps_per_split, k_steps)
+    k_first, k_last = (0, k_steps) if SPLIT_K == 1 else split_range(k_steps, SPLIT_K)
 
     offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -111,7 +68,7 @@ def _scaled_mm_kernel(
     # M <= 64 on an H100, benchmarks/ab/decode_variants.py). Taller grids load them after the loop,
     # so that the registers they take are not held through it.
     if PRELOAD_EPILOGUE:
-        scale_a, scale_b, bias = _epilogue_operands(
+        scale_a, scale_b, bias = epilogue_operands(
             rows, cols, scale_a_ptr, scale_b_ptr, bias_ptr, stride_scale_a, stride_scale_b, stride_bias,
             A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS,
         )  # fmt: skip
@@ -135,63 +92,19 @@ def _scaled_mm_kernel(
         b_ptrs += b_step
 
     if not PRELOAD_EPILOGUE:
-        scale_a, scale_b, bias = _epilogue_operands(
+        scale_a, scale_b, bias = epilogue_operands(
             rows, cols, scale_a_ptr, scale_b_ptr, bias_ptr, stride_scale_a, stride_scale_b, stride_bias,
             A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS,
         )  # fmt: skip
     if SPLIT_K == 1:
-        _scale_and_store(acc, scale_a, scale_b, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS)
+        scale_and_store(acc, scale_a, scale_b, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS)
     else:
-        # Each program leaves its partial sum in `partials` ([SPLIT_K, tiles, BLOCK_M * BLOCK_N]) and
-        # counts itself in `arrivals[tile]`; the last to arrive adds the partials up in split order
-        # (the same order whichever program is last, so results repeat bitwise), writes the tile and
-        # resets the count.
-        tiles = tiles_m * tiles_n
-        offs_tile = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-        tile_partials = partials_ptr + pid.to(tl.int64) * (BLOCK_M * BLOCK_N) + offs_tile
-        split_stride = tiles.to(tl.int64) * (BLOCK_M * BLOCK_N)
-        tl.store(tile_partials + tl.program_id(1) * split_stride, acc)
-        tl.debug_barrier()  # every thread's partial is written before the arrival is counted
-        arrived = tl.atomic_add(arrivals_ptr + pid, 1, sem="acq_rel")
-        if arrived == SPLIT_K - 1:
-            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-            for split in range(SPLIT_K):
-                # .cg reads L2, where the other programs' stores are, never a stale L1 line.
-                total += tl.load(tile_partials + split * split_stride, cache_modifier=".cg")
-            _scale_and_store(
-                total, scale_a, scale_b, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS
-            )
-            tl.store(arrivals_ptr + pid, 0)  # leaves the counts zeroed for the next launch
+        split_k_finish(
+            acc, pid, tiles_m * tiles_n, scale_a, scale_b, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on,
+            partials_ptr, arrivals_ptr, HAS_BIAS, ACC_DTYPE, SPLIT_K, BLOCK_M, BLOCK_N,
+        )  # fmt: skip
 
 
-@triton.jit
-def _split_k_finish(
-    acc, tile, tiles, scale_a, scale_b, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on,
-    partials_ptr, arrivals_ptr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, SPLIT_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    # The split-K ending of the swapped kernel, the same steps as the pointer kernel's inline one
-    # (which takes this helper at its next change: editing it now would make every tuned bucket
-    # stale). Each program leaves its partial sum in `partials` ([SPLIT_K, tiles, BLOCK_M * BLOCK_N])
-    # and counts itself in `arrivals[tile]`; the last to arrive adds the partials up in split order,
-    # writes the tile and resets the count.
-    offs_tile = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-    tile_partials = partials_ptr + tile.to(tl.int64) * (BLOCK_M * BLOCK_N) + offs_tile
-    split_stride = tiles.to(tl.int64) * (BLOCK_M * BLOCK_N)
-    tl.store(tile_partials + tl.program_id(1) * split_stride, acc)
-    tl.debug_barrier()  # every thread's partial is written before the arrival is counted
-    arrived = tl.atomic_add(arrivals_ptr + tile, 1, sem="acq_rel")
-    if arrived == SPLIT_K - 1:
-        total = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
-        for split in range(SPLIT_K):
-            total += tl.load(tile_partials + split * split_stride, cache_modifier=".cg")
-        _scale_and_store(total, scale_a, scale_b, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS)
-        tl.store(arrivals_ptr + tile, 0)
-
-
-# The 1.01-1.12x in the kernel's comment is its prototype's (the A/B script's own kernel, same MMA
-# form); this kernel then won 98 of the 144 decode buckets of the presets' re-tune. (The comment
-# stays as it is: the kernel's revision hashes its source, comments included.)
 @triton.jit
 def _scaled_mm_swap_kernel(
     a_ptr, b_ptr, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr, partials_ptr, arrivals_ptr,
@@ -205,24 +118,18 @@ def _scaled_mm_swap_kernel(
     # The operand-swapped form for small M: the same [BLOCK_M, BLOCK_N] output tile computed as
     # (B^T A^T)^T, so that the weight tile is the MMA's tall operand (BLOCK_N >= 64 rows, what
     # Hopper's wgmma takes) and the few tokens its narrow side (BLOCK_M >= 16), instead of the
-    # tokens padded to a 64-row tile (benchmarks/ab/small_m_forms.py: 1.01-1.12x the shipped
-    # tuned configs at M = 1, 4 and 16 in fp8 on an H100). Programs of one weight tile (several
-    # token tiles, M > BLOCK_M) are neighbours, so the weight tile is read from DRAM once. Rows past
-    # M are masked; the epilogue's operands load before the K loop, as the pointer kernel's do at
-    # decode.
+    # tokens padded to a 64-row tile. Its prototype (benchmarks/ab/small_m_forms.py, the same MMA
+    # form) ran 1.01-1.12x as fast as the tuned configs of then at M = 1, 4 and 16 in fp8 on an
+    # H100; this kernel then won 98 of the 144 decode buckets of the presets' re-tune. Programs of
+    # one weight tile (several token tiles, M > BLOCK_M) are neighbours, so the weight tile is read
+    # from DRAM once. Rows past M are masked; the epilogue's operands load before the K loop, as the
+    # pointer kernel's do at decode.
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(M, BLOCK_M)
     tile_m = pid % tiles_m
     tile_n = pid // tiles_m
-
     k_steps = tl.cdiv(K, BLOCK_K)
-    if SPLIT_K == 1:
-        k_first = 0
-        k_last = k_steps
-    else:
-        steps_per_split = tl.cdiv(k_steps, SPLIT_K)
-        k_first = tl.program_id(1) * steps_per_split
-        k_last = min(k_first + steps_per_split, k_steps)
+    k_first, k_last = (0, k_steps) if SPLIT_K == 1 else split_range(k_steps, SPLIT_K)
 
     offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -234,7 +141,7 @@ def _scaled_mm_swap_kernel(
     w_ptrs = b_ptr + cols[:, None] * stride_bn + offs_k[None, :] * stride_bk + k_first * b_step  # B^T tile
     x_ptrs = a_ptr + offs_k[:, None] * stride_ak + rows[None, :] * stride_am + k_first * a_step  # A^T tile
 
-    scale_a, scale_b, bias = _epilogue_operands(
+    scale_a, scale_b, bias = epilogue_operands(
         rows, cols, scale_a_ptr, scale_b_ptr, bias_ptr, stride_scale_a, stride_scale_b, stride_bias,
         A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS,
     )  # fmt: skip
@@ -255,24 +162,18 @@ def _scaled_mm_swap_kernel(
 
     acc = tl.trans(acc)
     if SPLIT_K == 1:
-        _scale_and_store(acc, scale_a, scale_b, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS)
+        scale_and_store(acc, scale_a, scale_b, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS)
     else:
-        _split_k_finish(
+        split_k_finish(
             acc, pid, tiles_m * tl.cdiv(N, BLOCK_N), scale_a, scale_b, bias, offs_m, offs_n, M, N,
             out_ptr, stride_om, stride_on, partials_ptr, arrivals_ptr, HAS_BIAS, ACC_DTYPE, SPLIT_K, BLOCK_M, BLOCK_N,
         )  # fmt: skip
 
 
-def _source_revision(*functions: triton.JITFunction) -> str:
-    return hashlib.sha1("".join(inspect.getsource(f.fn) for f in functions).encode()).hexdigest()[:12]
-
-
-# The kernels' revisions: hashes of their source. A tuned bucket records the revision of the kernel its
-# config runs, so that `scaledmm tune` knows which results an edit has made stale (configs stay valid;
-# only their times change).
-KERNEL_REVISION = _source_revision(_epilogue_operands, _scale_and_store, _scaled_mm_kernel)
-TMA_KERNEL_REVISION = _source_revision(matmul_tma.scale_columns_and_store, matmul_tma.scaled_mm_tma_kernel)
-SWAP_KERNEL_REVISION = _source_revision(_epilogue_operands, _scale_and_store, _split_k_finish, _scaled_mm_swap_kernel)
+# The kernels' revisions (kernels/revision.py): a tuned bucket records the one of the kernel its config runs.
+KERNEL_REVISION = revision(_scaled_mm_kernel)
+TMA_KERNEL_REVISION = revision(matmul_tma.scaled_mm_tma_kernel)
+SWAP_KERNEL_REVISION = revision(_scaled_mm_swap_kernel)
 
 
 def kernel_revision(config: MatmulConfig) -> str:
@@ -280,63 +181,6 @@ def kernel_revision(config: MatmulConfig) -> str:
     if config.tma:
         return TMA_KERNEL_REVISION
     return SWAP_KERNEL_REVISION if config.swap_ab else KERNEL_REVISION
-
-
-def _tiles(M: int, N: int, config: MatmulConfig) -> int:
-    return (-(-M // config.block_m)) * (-(-N // config.block_n))  # ceil divisions, cheaper than triton.cdiv
-
-
-# Split-K arrival counts, one buffer per (device, stream). The kernel leaves every count it used at
-# zero, so a buffer is zeroed once, when it is made, and launches on one stream (which run one after
-# another) share it without a memset per call: that memset cost about 1.1 us, most of what split-K
-# gains at decode (docs/performance.md). Launches on other streams, which may run at the same time,
-# get their own buffer. Buffers are made only outside CUDA-graph capture and are never freed (a
-# captured graph keeps their address), so a buffer that grows leaves the old one to the graphs that
-# use it. A capture on a stream without a large enough buffer zeroes counts of its own per call
-# (the memset is then part of the graph); warming up on the capture stream before capturing, as
-# PyTorch's CUDA-graph docs do, makes the buffer first. One hazard is left to the user: graphs
-# captured on one stream and then replayed concurrently on several streams share its counts.
-_arrival_counts: dict[tuple[torch.device, int], torch.Tensor] = {}
-_retired_counts: list[torch.Tensor] = []
-_MIN_ARRIVAL_SLOTS = 4096
-
-
-def _arrivals(device: torch.device, tiles: int) -> torch.Tensor:
-    if device.type != "cuda":
-        key = (device, 0)
-    else:
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        key = (device, torch._C._cuda_getCurrentRawStream(device.index))
-    counts = _arrival_counts.get(key)
-    if counts is not None and counts.numel() >= tiles:
-        return counts
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return torch.zeros(tiles, dtype=torch.int32, device=device)
-    if counts is not None:
-        _retired_counts.append(counts)
-    counts = torch.zeros(max(tiles, _MIN_ARRIVAL_SLOTS), dtype=torch.int32, device=device)
-    _arrival_counts[key] = counts
-    return counts
-
-
-def split_k_scratch_bytes(M: int, N: int, config: MatmulConfig) -> int:
-    """Bytes of partial sums a split-K launch allocates (4-byte int32 or float32 accumulators)."""
-    return config.split_k * _tiles(M, N, config) * config.block_m * config.block_n * 4
-
-
-def split_k_buffers(
-    M: int, N: int, config: MatmulConfig, operand_dtype: torch.dtype, device: torch.device
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The split-K kernel's scratch: every program's partial sums (int32 for int8 operands, else
-    float32), new per call, and the arrival counts of this device and stream (zero between launches);
-    (None, None) without split-K."""
-    if config.split_k == 1:
-        return None, None
-    tiles = _tiles(M, N, config)
-    acc_dtype = torch.int32 if operand_dtype == torch.int8 else torch.float32
-    partials = torch.empty((config.split_k, tiles, config.block_m * config.block_n), dtype=acc_dtype, device=device)
-    return partials, _arrivals(device, tiles)
 
 
 # The kernel loads the epilogue's scales and bias before its K loop (PRELOAD_EPILOGUE) for one tile
@@ -360,7 +204,7 @@ def _launch_arguments(
     change per call."""
     M, K = a.shape
     N = b.shape[1]
-    grid = (_tiles(M, N, config), config.split_k)
+    grid = (tile_count(M, N, config), config.split_k)
     strides, epilogue = epilogue_arguments(a, scale_a, scale_b, bias)
     args = (
         a, b, out, scale_a, scale_b, bias, partials, arrivals,

@@ -26,6 +26,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from scaledmm.configs import MatmulConfig
+from scaledmm.kernels.common import grouped_tile, tile_count
 from scaledmm.kernels.launch import epilogue_arguments, tile_kwargs
 
 _TMA_ALIGNMENT = 16  # bytes: data pointers and every stride but the last
@@ -59,14 +60,12 @@ def scaled_mm_tma_kernel(
     tiles_m = tl.cdiv(M, BLOCK_M)
     tiles_n = tl.cdiv(N, BLOCK_N)
     k_steps = tl.cdiv(K, BLOCK_K)
-    programs_per_group = GROUP_M * tiles_n
     # flatten=True measured 1.04-1.12x faster than nested loops at M >= 4096 on an H100; Triton's warp
     # specialisation did nothing on sm_90 or failed to compile (docs/performance.md, "Prefill").
     for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, NUM_PROGRAMS, flatten=True):
-        first_tile_m = (tile // programs_per_group) * GROUP_M
-        group_rows = min(tiles_m - first_tile_m, GROUP_M)
-        first_row = (first_tile_m + (tile % programs_per_group) % group_rows) * BLOCK_M
-        first_col = ((tile % programs_per_group) // group_rows) * BLOCK_N
+        tile_m, tile_n = grouped_tile(tile, tiles_m, tiles_n, GROUP_M)
+        first_row = tile_m * BLOCK_M
+        first_col = tile_n * BLOCK_N
 
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
         for k in range(k_steps):
@@ -147,8 +146,7 @@ def descriptors(
 
 def programs(M: int, N: int, config: MatmulConfig, num_sms: int) -> int:
     """The persistent grid: one program per SM, or one per tile where there are fewer tiles."""
-    tiles = (-(-M // config.block_m)) * (-(-N // config.block_n))
-    return min(tiles, num_sms)
+    return min(tile_count(M, N, config), num_sms)
 
 
 def launch_arguments(

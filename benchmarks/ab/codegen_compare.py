@@ -1,0 +1,293 @@
+"""Does a kernel edit change the code the shipped buckets run? Compile every shipped bucket for sm_90
+with the kernels of two source trees and compare what Triton generates.
+
+Each bucket of the shipped config files (src/scaledmm/configs/data) is compiled as its launch would
+specialise it: M the bucket's, 8-bit operands of the file's dtype (A row-major, B = weight.t()),
+per-token x per-channel fp32 scales, bf16 bias, bf16 output (the tuned case), pointers 16-byte
+aligned, the integer arguments and constexprs as each tree's own launcher computes them
+(`matmul._kernel_and_arguments`; a TMA config runs the TMA kernel, as on an H100). Each tree loads
+the shipped tables with its own `configs.files.load_table`, in a process of its own. The TTGIR
+(location info and value names left out) and the PTX (debug lines left out) of the two are compared
+per bucket. Triton compiles for sm_90 without a GPU, so this runs on any machine:
+
+    PYTHONPATH=src python3 benchmarks/ab/codegen_compare.py --old 310729a
+    PYTHONPATH=src python3 benchmarks/ab/codegen_compare.py --old 310729a --restamp
+
+`--old` is a commit (its src/ is taken with `git archive`) or a source folder; `--new` the source
+folder of this tree. With `--restamp` the buckets whose TTGIR and PTX are both identical are given
+their kernel's new revision in the new tree's files, which are rewritten in the current format with a
+"restamped" note in their metadata; the others keep their revision and count as stale (the tuner
+re-tunes them; their configs stay in service). The last line says how many were identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FORMS = ("ttgir", "ptx", "sass")  # what is compared, in the order Triton makes them
+
+
+# ----------------------------------------------------------------------------- normal forms of the IR
+
+
+def _drop_locations(text: str) -> str:
+    """The text without ` loc(...)` annotations (nested parentheses included)."""
+    out, i = [], 0
+    while True:
+        j = text.find(" loc(", i)
+        if j < 0:
+            return "".join(out) + text[i:]
+        out.append(text[i:j])
+        depth, k = 0, j + 4
+        while True:
+            depth += {"(": 1, ")": -1}.get(text[k], 0)
+            k += 1
+            if depth == 0:
+                break
+        i = k
+
+
+def normal_ttgir(ttgir: str) -> str:
+    """TTGIR without location info, and with SSA values renamed in order of appearance: Triton names
+    values after the Python variables that hold them (`%tile_m_4`), which a refactor may rename."""
+    lines = [line for line in ttgir.splitlines() if not line.startswith("#loc")]
+    text = _drop_locations("\n".join(lines))
+    names: dict[str, str] = {}
+
+    def rename(match: re.Match) -> str:
+        return names.setdefault(match.group(0), f"%v{len(names)}")
+
+    return re.sub(r"%[A-Za-z_0-9][\w$.\-]*", rename, text)
+
+
+def normal_ptx(ptx: str) -> str:
+    """PTX without the debug line table, file names, comments, debug sections and the labels that only
+    the debug sections refer to ($L__tmp3:, numbered in the order of source locations)."""
+    text = re.sub(r"\.section\s+\.debug_\w+\s*\{.*?\n\s*\}", "", ptx, flags=re.S)
+    lines = []
+    for line in text.splitlines():
+        line = line.split("//", 1)[0].rstrip()
+        if (
+            line
+            and not line.lstrip().startswith((".loc", ".file"))
+            and not re.fullmatch(r"\$L__(tmp|func_\w+?)\d+:", line)
+        ):
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def machine_code(compiled, workdir: Path) -> str:
+    """The compiled kernel as the GPU gets it: the launch metadata (shared memory, warps, ...), the
+    resource usage (registers, stack; cuobjdump) and every section of the cubin but the debug ones
+    (code, attributes, constants, shared memory; nvdisasm), with the tools that ship with Triton."""
+    import triton
+
+    path = workdir / "kernel.cubin"
+    path.write_bytes(compiled.asm["cubin"])
+    tools = triton.knobs.nvidia
+    metadata = {k: str(v) for k, v in compiled.metadata._asdict().items() if k not in ("hash", "extern_libs")}
+    usage = subprocess.run([tools.cuobjdump.path, "-res-usage", str(path)], capture_output=True, text=True, check=True)
+    listing = subprocess.run([tools.nvdisasm.path, str(path)], capture_output=True, text=True, check=True).stdout
+    sections = re.split(r"(?m)^(?=//-{5,} )", listing)
+    kept = [section for section in sections if not re.match(r"//-+ \.(nv_)?debug", section)]
+    return json.dumps(metadata, indent=0) + "\n" + usage.stdout + "".join(kept)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- one tree (a child process)
+
+
+def dump(data_dir: Path, out: Path, texts: Path, limit: int | None) -> None:
+    """Compile every bucket with the scaledmm on sys.path, at its M and at the smallest M it serves
+    (other integer specialisations, masks and early loads); write one JSON line per bucket to `out`,
+    with the hashes of each form per M, and each distinct form into `texts` (named by its hash)."""
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    from scaledmm.configs.files import load_table
+    from scaledmm.kernels import matmul, matmul_tma
+
+    matmul_tma.device_has_tma = lambda device: True  # an H100: TMA configs run the TMA kernel
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    dtypes = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
+    meta = torch.device("meta")  # no memory, data_ptr() 0: every pointer 16-byte aligned
+    texts.mkdir(parents=True, exist_ok=True)
+    compiled: dict[tuple, dict[str, str]] = {}
+
+    def compile_launch(M, N, K, dtype, config) -> tuple[str, dict[str, str]]:
+        a = torch.empty(M, K, dtype=dtype, device=meta)
+        b = torch.empty(N, K, dtype=dtype, device=meta).t()
+        scale_a, scale_b = torch.empty(M, 1, device=meta), torch.empty(1, N, device=meta)
+        bias = torch.empty(N, dtype=torch.bfloat16, device=meta)
+        out = torch.empty(M, N, dtype=torch.bfloat16, device=meta)
+        kernel, _, args, kwargs, _ = matmul._kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config, meta)
+        # What JITFunction.run does before compiling, for the sm_90 backend instead of the driver's.
+        kwargs = dict(kwargs, debug=False, instrumentation_mode=triton.knobs.compilation.instrumentation_mode)
+        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+        bound, specialization, options = binder(*args, **kwargs)
+        options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+        key = (kernel.fn.__name__, str(signature), str(constexprs), str(attrs), str(options))
+        if key not in compiled:
+            source = ASTSource(kernel, signature, constexprs, attrs)
+            result = triton.compile(source, target=target, options=options.__dict__)
+            forms = {
+                "ttgir": normal_ttgir(result.asm["ttgir"]),
+                "ptx": normal_ptx(result.asm["ptx"]),
+                "sass": machine_code(result, texts),
+            }
+            for suffix, text in forms.items():
+                (texts / f"{_sha(text)}.{suffix}").write_text(text)
+            compiled[key] = {suffix: _sha(text) for suffix, text in forms.items()}
+        return kernel.fn.__name__, compiled[key]
+
+    rows = []
+    for path in sorted(data_dir.glob("*.json")):
+        table = load_table(path)
+        smallest = 1
+        for bucket in table.buckets:
+            if limit is not None and len(rows) >= limit:
+                break
+            ms = sorted({smallest, bucket.m})
+            smallest = bucket.m + 1
+            launches = [compile_launch(M, table.n, table.k, dtypes[table.dtype], bucket.config) for M in ms]
+            rows.append(
+                {
+                    "file": path.name,
+                    "m": bucket.m,
+                    "ms": ms,
+                    "config": str(bucket.config),
+                    "kernel": launches[-1][0],
+                    "revision": matmul.kernel_revision(bucket.config),
+                    **{form: [forms[form] for _, forms in launches] for form in FORMS},
+                }
+            )
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    print(f"{len(rows)} buckets, {len(compiled)} distinct compilations", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- both trees, compared
+
+
+def _old_tree(old: str, workdir: Path) -> Path:
+    """The src folder of `old`: a folder as given, or a commit's src/ extracted with git archive."""
+    if Path(old).is_dir():
+        return Path(old).resolve()
+    archive = workdir / "old.tar"
+    with open(archive, "wb") as f:
+        subprocess.run(["git", "-C", str(ROOT), "archive", old, "src"], stdout=f, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(workdir / "old", filter="data")
+    return workdir / "old" / "src"
+
+
+def _run_tree(src: Path, out: Path, texts: Path, limit: int | None, cache: Path) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, never interpret
+    env.update(PYTHONPATH=str(src), TRITON_CACHE_DIR=str(cache))
+    data_dir = src / "scaledmm" / "configs" / "data"
+    command = [sys.executable, __file__, "--dump", str(data_dir), "--out", str(out), "--texts", str(texts)]
+    if limit is not None:
+        command += ["--limit", str(limit)]
+    subprocess.run(command, env=env, check=True)
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def restamp(new_src: Path, identical: list[dict], old: str) -> None:
+    """Give the identical buckets their new revision in the new tree's files, in the current format,
+    with a provenance note; the other buckets are left as they are."""
+    sys.path.insert(0, str(new_src))
+    from scaledmm.configs.files import FORMAT_VERSION, upgrade, write_json_atomic
+
+    by_file: dict[str, dict[int, str]] = {}
+    for row in identical:
+        by_file.setdefault(row["file"], {})[row["m"]] = row["revision"]
+    today = datetime.date.today().isoformat()
+    for path in sorted((new_src / "scaledmm" / "configs" / "data").glob("*.json")):
+        data = upgrade(path, json.loads(path.read_text()))
+        stamps = by_file.get(path.name, {})
+        for m, revision in stamps.items():
+            data["buckets"][str(m)]["revision"] = revision
+        if stamps:
+            data["restamped"] = (
+                f"{today}: the revisions of {len(stamps)} of {len(data['buckets'])} buckets re-stamped from "
+                f"the kernels of {old} to the current ones, whose TTGIR and PTX for sm_90 are identical for "
+                "each bucket's launch (benchmarks/ab/codegen_compare.py); their times are those measured before"
+            )
+        assert data["format_version"] == FORMAT_VERSION
+        write_json_atomic(path, data)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--old", default="310729a", help="a commit or a src folder (default: %(default)s)")
+    parser.add_argument("--new", type=Path, default=ROOT / "src", help="the src folder (default: this tree's)")
+    parser.add_argument("--limit", type=int, help="only the first LIMIT buckets (a quick check)")
+    parser.add_argument("--keep", type=Path, help="keep the normal TTGIR and PTX texts here, to diff them")
+    parser.add_argument("--restamp", action="store_true", help="re-stamp the identical buckets (see above)")
+    parser.add_argument("--dump", type=Path, help=argparse.SUPPRESS)  # the child: a data folder to compile
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--texts", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.dump is not None:
+        dump(args.dump, args.out, args.texts, args.limit)
+        return 0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        texts = args.keep or workdir / "texts"
+        cache = Path(tempfile.gettempdir()) / "scaledmm-codegen-cache"
+        start = time.monotonic()
+        old_rows = _run_tree(_old_tree(args.old, workdir), workdir / "old.jsonl", texts / "old", args.limit, cache)
+        new_rows = _run_tree(args.new.resolve(), workdir / "new.jsonl", texts / "new", args.limit, cache)
+        new_by_bucket = {(r["file"], r["m"]): r for r in new_rows}
+        identical, differ = [], []
+        counts = dict.fromkeys(FORMS, 0)
+        print(f"{'file':70} {'M':>5}  {'config':30} {'kernel':23} {'  '.join(f.upper() for f in FORMS)}")
+        for old in old_rows:
+            new = new_by_bucket.pop((old["file"], old["m"]), None)
+            if new is None or new["config"] != old["config"]:
+                print(f"{old['file']:70} {old['m']:>5}  missing or another config in the new tree")
+                differ.append(old)
+                continue
+            same = {form: old[form] == new[form] for form in FORMS}
+            counts = {form: counts[form] + same[form] for form in FORMS}
+            (identical if same["sass"] else differ).append(new)
+            marks = "  ".join(f"{'same' if same[f] else 'DIFF':{len(f)}}" for f in FORMS)
+            print(f"{old['file']:70} {old['m']:>5}  {old['config']:30} {old['kernel']:23} {marks}")
+            for form in FORMS if args.keep else ():
+                for M, old_sha, new_sha in zip(old["ms"], old[form], new[form]):
+                    if old_sha != new_sha:
+                        print(f"    M={M}: diff {texts}/old/{old_sha}.{form} {texts}/new/{new_sha}.{form}")
+        for file, m in new_by_bucket:
+            print(f"{file:70} {m:>5}  only in the new tree")
+        print("identical: " + ", ".join(f"{form.upper()} {counts[form]}" for form in FORMS) + f" of {len(old_rows)}")
+        kernels = sorted({(r["kernel"], r["revision"]) for r in new_rows})
+        print("new revisions: " + ", ".join(f"{k} {r}" for k, r in kernels))
+        print(f"{time.monotonic() - start:.0f} s")
+        if args.restamp and identical:
+            restamp(args.new.resolve(), identical, args.old)
+            print(f"re-stamped {len(identical)} buckets in {args.new / 'scaledmm/configs/data'}")
+        print(f"{len(identical)} of {len(old_rows)} buckets run identical machine code; {len(differ)} differ")
+    return 0 if not differ else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
