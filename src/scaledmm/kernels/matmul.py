@@ -18,7 +18,6 @@ What the matmul kernels share is in common.py (the grouped tile order, the epilo
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
