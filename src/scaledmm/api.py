@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from scaledmm import ops
-from scaledmm.checks import check_quantize_args, check_scaled_mm_args, check_static_scale
+from scaledmm.checks import DEFAULT_ACCUMULATION, check_quantize_args, check_scaled_mm_args, check_static_scale
 from scaledmm.configs import MatmulConfig
 from scaledmm.runtime import (
     eager,
@@ -35,6 +35,7 @@ def scaled_mm(
     *,
     config: MatmulConfig | None = None,
     backend: str = "auto",
+    accumulation: str = DEFAULT_ACCUMULATION,
 ) -> torch.Tensor:
     """(a @ b) * scale_a * scale_b + bias, accumulated exactly (int32) or in fp32, scaled in fp32.
 
@@ -51,6 +52,11 @@ def scaled_mm(
         backend: "auto" (default) runs what the tuned file found fastest at this M, our Triton
             kernel or the vendor kernel ("torch": torch._scaled_mm for fp8, torch._int_mm plus an
             fp32 epilogue for int8), minus SCALEDMM_DISABLED_BACKENDS; "triton" or "torch" force one.
+        accumulation: how fp8 products are summed on Hopper. "fast" (default): in the tensor core's
+            reduced-precision accumulator (about 14 bits) over the whole K loop, as
+            torch._scaled_mm(use_fast_accum=True), vLLM's CUTLASS kernels and Triton's default do;
+            "precise": promoted into fp32 every 128 K-elements, as torch._scaled_mm's default. The
+            vendor backend runs in the same mode. Other GPUs and int8 (exact in int32) ignore it.
 
     Returns:
         A new contiguous [M, N] tensor of `out_dtype` on the operands' device.
@@ -62,16 +68,17 @@ def scaled_mm(
     if eager(a, b, scale_a, scale_b, bias):
         # An unhashable config cannot make a key; the checks name it.
         try:
-            call = prepared.get(scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend))
+            key = scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation)
+            call = prepared.get(key)
         except TypeError:
             call = None
         if call is not None:
             return call(a, b, scale_a, scale_b, bias)
-        check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, config, backend)
-        return run_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend)
-    check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, config, backend)
+        check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation)
+        return run_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation)
+    check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation)
     config_list = None if config is None else config.as_list()
-    return ops.scaled_mm_op(a, b, scale_a, scale_b, bias, out_dtype, config_list, backend)
+    return ops.scaled_mm_op(a, b, scale_a, scale_b, bias, out_dtype, config_list, backend, accumulation)
 
 
 def _prepared_quantize(x: object, scale: object, dtype: object):

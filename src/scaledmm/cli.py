@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from scaledmm.bench.shapes import DEFAULT_M, PRESETS, TUNE_M, collect_shapes
+from scaledmm.checks import ACCUMULATIONS, DEFAULT_ACCUMULATION
 
 DEFAULT_MODELS = ["llama3-8b", "qwen3-4b"]
 
@@ -74,6 +75,21 @@ def _add_grid_args(parser: argparse.ArgumentParser, default_m: tuple[int, ...]) 
     )
     parser.add_argument("--dtype", type=_comma_list, default=["int8", "fp8"], help="int8, fp8 or both (default)")
     parser.add_argument("--replays", type=int, default=20, help="CUDA graph replays per timing (>= 20)")
+    parser.add_argument(
+        "--accumulation",
+        type=_accumulations,
+        default=[DEFAULT_ACCUMULATION],
+        help="fp8 accumulation: fast (the tensor core's, as torch._scaled_mm(use_fast_accum=True)), precise "
+        f"(promoted to fp32 every 128 K-elements), or fast,precise; the vendor runs in the same mode "
+        f"(default: {DEFAULT_ACCUMULATION})",
+    )
+
+
+def _accumulations(text: str) -> list[str]:
+    modes = _comma_list(text)
+    if not modes or set(modes) - set(ACCUMULATIONS):
+        raise argparse.ArgumentTypeError(f"expected fast, precise or fast,precise, got {text!r}")
+    return list(dict.fromkeys(modes))
 
 
 def _device() -> torch.device:
@@ -128,7 +144,9 @@ def cmd_bench(args: argparse.Namespace, command: str) -> int:
         return 0
 
     shapes = _shapes_or_exit(args, "bench")
-    result = run_bench(shapes, args.m, args.dtype, device, command=command, replays=args.replays)
+    result = run_bench(
+        shapes, args.m, args.dtype, device, command=command, replays=args.replays, accumulations=args.accumulation
+    )
     print(table(result))
     for path in write_results(result, out_dir):
         print(f"wrote {path}")
@@ -196,7 +214,14 @@ def cmd_tune(args: argparse.Namespace, command: str) -> int:
     if unknown:
         sys.exit(f"scaledmm tune: unknown dtypes {sorted(unknown)}; choose int8, fp8")
     out_dir = Path(args.out or os.environ.get(CONFIG_DIR_ENV) or "scaledmm-configs")
-    jobs = [Job(s.n, s.k, d, m) for s in shapes for d in args.dtype for m in args.m]
+    if len(args.accumulation) != 1:
+        sys.exit("scaledmm tune: one --accumulation per run (fast or precise); run it again for the other")
+    jobs = [
+        Job(s.n, s.k, d, m, args.accumulation[0] if d == "fp8" else "fast")
+        for s in shapes
+        for d in args.dtype
+        for m in args.m
+    ]
     deadline = None if args.time_limit is None else time.time() + args.time_limit
     settings = TuneSettings(
         deadline=deadline,
@@ -251,6 +276,7 @@ def cmd_configs(args: argparse.Namespace, command: str) -> int:
                     "N": table.n,
                     "K": table.k,
                     "dtype": table.dtype,
+                    "accumulation": table.accumulation,
                     "m_buckets": [b.m for b in table.buckets],
                     "path": str(path),
                     "triton_version": meta.get("triton") if isinstance(meta, dict) else None,
@@ -269,7 +295,7 @@ def cmd_configs(args: argparse.Namespace, command: str) -> int:
             ms = [b.m for b in table.buckets]
             backends = sorted({b.backend for b in table.buckets})
             print(
-                f"  {table.device_name:<24} N={table.n:<6} K={table.k:<6} {table.dtype:<5} "
+                f"  {table.device_name:<24} N={table.n:<6} K={table.k:<6} {table.dtype:<5} {table.accumulation:<8} "
                 f"{len(ms):>2} buckets (M {ms[0]}..{ms[-1]}; {'/'.join(backends)})  {path}"
             )
         else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from scaledmm.checks import check_quantize_args, check_scaled_mm_args, check_static_scale
+from scaledmm.checks import DEFAULT_ACCUMULATION, check_quantize_args, check_scaled_mm_args, check_static_scale
 from scaledmm.configs import MatmulConfig
 from scaledmm.runtime import (
     prepared,
@@ -44,18 +44,20 @@ def scaled_mm_op(
     out_dtype: torch.dtype,
     config: list[int] | None,
     backend: str,
+    accumulation: str = DEFAULT_ACCUMULATION,
 ) -> torch.Tensor:
     matmul_config = _config_from_list(config)
-    call = prepared.get(scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, matmul_config, backend))
+    key = scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, matmul_config, backend, accumulation)
+    call = prepared.get(key)
     if call is not None:
         return call(a, b, scale_a, scale_b, bias)
-    check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, matmul_config, backend)
-    return run_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, matmul_config, backend)
+    check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, matmul_config, backend, accumulation)
+    return run_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, matmul_config, backend, accumulation)
 
 
 @scaled_mm_op.register_fake
-def _scaled_mm_fake(a, b, scale_a, scale_b, bias, out_dtype, config, backend):
-    check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, _config_from_list(config), backend)
+def _scaled_mm_fake(a, b, scale_a, scale_b, bias, out_dtype, config, backend, accumulation=DEFAULT_ACCUMULATION):
+    check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, _config_from_list(config), backend, accumulation)
     return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
 
 

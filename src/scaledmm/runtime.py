@@ -29,7 +29,7 @@ from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, disabled_backends, un
 from scaledmm.kernels.linear import FUSED_QUANTIZE_MAX_M, QuantizedLinearLaunch, bind_quantized_linear
 from scaledmm.kernels.matmul import MatmulLaunch, bind_scaled_mm
 from scaledmm.kernels.quant import bind_quantize_rows
-from scaledmm.kernels.vendor import misaligned_pointer, unsupported_reason, vendor_scaled_mm
+from scaledmm.kernels.vendor import fast_accum_refused, misaligned_pointer, unsupported_reason, vendor_scaled_mm
 from scaledmm.state import state
 
 # Tensor types the direct path serves; subclasses (DTensor, FakeTensor, wrappers) may override
@@ -61,7 +61,7 @@ def tensor_signature(t: torch.Tensor | None) -> tuple | None:
     return None if t is None else (t.dtype, t.shape, t.stride(), t.device, t.data_ptr() & 15)
 
 
-def scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend) -> tuple:
+def scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation) -> tuple:
     return (
         "scaled_mm",
         tensor_signature(a),
@@ -72,6 +72,7 @@ def scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend
         tensor_signature(bias),
         config,
         backend,
+        accumulation,
     )
 
 
@@ -111,6 +112,7 @@ class TritonScaledMM:
         self.launch = launch
         self.config = launch.config
         self.kernel = launch.kernel
+        self.accumulation = "precise" if launch.precise else "fast"
         self.out_shape = out_shape
         self.out_dtype = out_dtype
         self.device = device
@@ -127,20 +129,33 @@ class TritonScaledMM:
 
 
 class VendorScaledMM:
-    """A prepared scaled_mm through the vendor kernels (kernels/vendor.py)."""
+    """A prepared scaled_mm through the vendor kernels (kernels/vendor.py), in the call's fp8
+    accumulation mode; where cuBLAS refuses fast accumulation for the shape, in its precise mode
+    (`accumulation` says which ran)."""
 
     backend = "torch"
     config = None
 
-    def __init__(self, out_dtype: torch.dtype, fp8: bool):
+    def __init__(self, out_dtype: torch.dtype, fp8: bool, accumulation: str):
         self.out_dtype = out_dtype
         self.kernel = "torch._scaled_mm" if fp8 else "torch._int_mm"
+        self.accumulation = accumulation
+
+    def first_call(self, a, b, scale_a, scale_b, bias=None) -> torch.Tensor:
+        try:
+            return self(a, b, scale_a, scale_b, bias)
+        except RuntimeError as err:
+            if self.accumulation != "fast" or not fast_accum_refused(err):
+                raise
+            self.accumulation = "precise (cuBLAS refused fast accumulation here)"
+            return self(a, b, scale_a, scale_b, bias)
 
     def __call__(self, a, b, scale_a, scale_b, bias=None) -> torch.Tensor:
-        return vendor_scaled_mm(a, b, scale_a, scale_b, bias, self.out_dtype)
+        fast = self.accumulation == "fast"
+        return vendor_scaled_mm(a, b, scale_a, scale_b, bias, self.out_dtype, fast)
 
     def __repr__(self) -> str:
-        return f"VendorScaledMM(kernel={self.kernel}, out_dtype={self.out_dtype})"
+        return f"VendorScaledMM(kernel={self.kernel}, accumulation={self.accumulation}, out_dtype={self.out_dtype})"
 
 
 class EmptyScaledMM:
@@ -187,7 +202,7 @@ def auto_backend(preferred: str, a, b, scale_a, scale_b, out_dtype, bias) -> str
 
 
 def prepare_scaled_mm(
-    a, b, scale_a, scale_b, out_dtype, bias, config, backend
+    a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation
 ) -> tuple[torch.Tensor, PreparedScaledMM]:
     """Plan a checked call, compute it, and return the result with its prepared call (which computes
     the same for new tensors of this signature)."""
@@ -202,7 +217,7 @@ def prepare_scaled_mm(
         if reason := unfit_reason(config, M, N, device_limits(a.device)[1]):
             raise ValueError(f"config {config} cannot run on {a.device}: {reason}")
     else:
-        chosen = plan(M, N, K, a.dtype, a.device)
+        chosen = plan(M, N, K, a.dtype, a.device, accumulation)
         config = chosen.config
         if backend == "auto":
             backend = auto_backend(chosen.backend, a, b, scale_a, scale_b, out_dtype, bias)
@@ -212,29 +227,30 @@ def prepare_scaled_mm(
                 "backend='torch' cannot compute this call: the vendor kernels need 16-byte aligned "
                 "data pointers (a view at an odd offset); use backend='auto' or 'triton'"
             )
-        vendor = VendorScaledMM(out_dtype, a.dtype != torch.int8)
-        return vendor(a, b, scale_a, scale_b, bias), vendor
+        vendor = VendorScaledMM(out_dtype, a.dtype != torch.int8, accumulation)
+        return vendor.first_call(a, b, scale_a, scale_b, bias), vendor
+    precise = accumulation == "precise"
     with _device_guard(a.device):
         out = torch.empty((M, N), dtype=out_dtype, device=a.device)
         try:
-            launch = bind_scaled_mm(a, b, scale_a, scale_b, bias, out, config)
+            launch = bind_scaled_mm(a, b, scale_a, scale_b, bias, out, config, precise)
         except OutOfResources as err:
             # A config that passed the estimate (configs.lookup.unfit_reason) and still does not fit.
             if explicit:
                 raise ValueError(f"config {config} cannot run on {a.device}: {err}") from None
             warnings.warn(f"config {config} cannot run on {a.device} ({err}); the heuristic's runs", stacklevel=2)
             config = heuristic_config(M, N, K, a.dtype, *device_limits(a.device))
-            launch = bind_scaled_mm(a, b, scale_a, scale_b, bias, out, config)
+            launch = bind_scaled_mm(a, b, scale_a, scale_b, bias, out, config, precise)
     return out, TritonScaledMM(launch, (M, N), out_dtype, a.device)
 
 
-def run_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend) -> torch.Tensor:
+def run_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation) -> torch.Tensor:
     """A checked call, through its prepared call (prepared now if this is its signature's first)."""
-    key = scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend)
+    key = scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation)
     call = prepared.get(key)
     if call is not None:
         return call(a, b, scale_a, scale_b, bias)
-    out, call = prepare_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend)
+    out, call = prepare_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation)
     prepared.remember(key, call)
     return out
 
@@ -294,12 +310,13 @@ class PreparedLinear:
     there it saves more host time than it costs GPU time. A graph being captured, where host time is
     gone, records the two launches."""
 
-    def __init__(self, quantize, matmul, weight_t, weight_scale, bias, input_scale, out_shape, fused_config):
+    def __init__(self, quantize, matmul, weight_t, weight_scale, bias, input_scale, out_shape, fused_config, precise):
         self.quantize = quantize
         self.matmul = matmul
         self.weight_t, self.weight_scale, self.bias, self.input_scale = weight_t, weight_scale, bias, input_scale
         self.out_shape = out_shape
         self.fused_config = fused_config  # the one-launch kernel's config, or None
+        self.precise = precise  # the one-launch kernel's accumulation, the matmul's
         self.fused: QuantizedLinearLaunch | None = None  # bound at its first eager call
 
     def two_launches(self, x: torch.Tensor) -> torch.Tensor:
@@ -317,7 +334,14 @@ class PreparedLinear:
         if self.fused is None:
             with _device_guard(x.device):
                 self.fused = bind_quantized_linear(
-                    x2, self.weight_t, self.input_scale, self.weight_scale, self.bias, out, self.fused_config
+                    x2,
+                    self.weight_t,
+                    self.input_scale,
+                    self.weight_scale,
+                    self.bias,
+                    out,
+                    self.fused_config,
+                    self.precise,
                 )
         else:
             self.fused(x2, out)
@@ -328,7 +352,7 @@ class PreparedLinear:
         return f"PreparedLinear({self.quantize!r}, {self.matmul!r}{one})"
 
 
-def prepare_linear(x, weight_t, weight_scale, bias, dtype, input_scale, out_dtype, backend):
+def prepare_linear(x, weight_t, weight_scale, bias, dtype, input_scale, out_dtype, backend, accumulation):
     """y = quantize(x) @ weight_t, scaled, plus bias, for an eager, checked x [..., K] (dynamic
     per-token activations where `input_scale` is None): return y [..., N] and the PreparedLinear that
     computes it again for a new x of the same signature with these weights (their contents may
@@ -337,22 +361,26 @@ def prepare_linear(x, weight_t, weight_scale, bias, dtype, input_scale, out_dtyp
     quantized = quantize(x, input_scale)
     q, scale = quantized if input_scale is None else (quantized, input_scale)
     q2, scale2 = q.view(-1, x.shape[-1]), scale.view(-1, 1)
-    check_scaled_mm_args(q2, weight_t, scale2, weight_scale, out_dtype, bias, None, backend)
-    out, matmul = prepare_scaled_mm(q2, weight_t, scale2, weight_scale, out_dtype, bias, None, backend)
+    check_scaled_mm_args(q2, weight_t, scale2, weight_scale, out_dtype, bias, None, backend, accumulation)
+    out, matmul = prepare_scaled_mm(q2, weight_t, scale2, weight_scale, out_dtype, bias, None, backend, accumulation)
     out_shape = (*x.shape[:-1], weight_t.shape[1])
-    fused_config = _fused_linear_config(q2, weight_t, scale2, weight_scale, out_dtype, bias, backend)
-    linear = PreparedLinear(quantize, matmul, weight_t, weight_scale, bias, input_scale, out_shape, fused_config)
+    fused_config = _fused_linear_config(q2, weight_t, scale2, weight_scale, out_dtype, bias, backend, accumulation)
+    linear = PreparedLinear(
+        quantize, matmul, weight_t, weight_scale, bias, input_scale, out_shape, fused_config, accumulation == "precise"
+    )
     return out.view(out_shape), linear
 
 
-def _fused_linear_config(q, weight_t, scale, weight_scale, out_dtype, bias, backend) -> MatmulConfig | None:
+def _fused_linear_config(
+    q, weight_t, scale, weight_scale, out_dtype, bias, backend, accumulation
+) -> MatmulConfig | None:
     """The config of the one-launch quantized linear: for 1..FUSED_QUANTIZE_MAX_M rows, where
     scaled_mm runs the pointer or swapped kernel unsplit (so both compute the same bits), its config;
     else None."""
     (M, K), N = q.shape, weight_t.shape[1]
     if not 1 <= M <= FUSED_QUANTIZE_MAX_M or backend == "torch" or q.dtype != weight_t.dtype:
         return None
-    chosen = plan(M, N, K, q.dtype, q.device)
+    chosen = plan(M, N, K, q.dtype, q.device, accumulation)
     if backend == "auto":
         backend = auto_backend(chosen.backend, q, weight_t, scale, weight_scale, out_dtype, bias)
     config = chosen.config

@@ -76,17 +76,43 @@ def make_operands(
     return Operands(a, b, scale_a, scale_b, bias)
 
 
-# Relative accumulation error allowed for fp8 operands. The products of two fp8 values are exact in
-# fp32, so a plain fp32 sum errs by at most K * 2**-24 of sum|a||b|; Hopper's fp8 tensor cores keep
-# fewer accumulator bits inside one instruction (about 14), which 2**-10 of sum|a||b| covers.
-FP8_ACCUMULATION_EPS = 2.0**-10
+# Accumulation error allowed for fp8 operands, relative to S = sum_k |a_ik b_kj| |scales| (fp8
+# products are exact in fp32). The model (docs/accumulation-notes.md): Hopper's tensor core keeps
+# about 14 significant bits, truncating, in every 32-element instruction (u_t = 2**-13 relative).
+# - fp32 accumulation (the interpreter, GPUs without a reduced-precision accumulator): K * 2**-24.
+# - "precise", promoted into fp32 every 128 K-elements: at most 2 * u_t * 128 / 32 = 2**-10 inside a
+#   promotion interval, plus K / 128 fp32 additions: 2**-10 + K * 2**-31.
+# - "fast", the tensor-core accumulator over a program's whole K range: 2 * u_t per instruction of
+#   the running partial sum, |S_j| <= S, so K / 32 * 2**-12 = K * 2**-17 (4x the precise bound at
+#   K = 512, 32x at K = 4096: loose, and what the hardware allows).
+FP8_PRECISE_EPS = 2.0**-10
+FP8_FAST_EPS_PER_K = 2.0**-17
+FP32_SUM_EPS_PER_K = 2.0**-24
 # int8 products sum exactly in int32; what is left is the fp32 epilogue: the int32 -> fp32 cast, two
 # scale products and the bias add, each at most half an fp32 ulp: 4 * 2**-24 with room.
 EPILOGUE_EPS = 2.0**-22
 
 
-def error_bound(ops: Operands, out_dtype: torch.dtype) -> torch.Tensor:
-    """Per-element bound on |out - exact| for a correct kernel, in float64.
+def reduced_precision_accumulator(device: torch.device) -> bool:
+    """Whether fp8 dots on this device sum in a reduced-precision accumulator unless told to
+    promote: Hopper (wgmma) and Ada (mma.sync with fp8). The interpreter sums exactly."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) in ((8, 9), (9, 0))
+
+
+def accumulation_eps(K: int, operand_dtype: torch.dtype, accumulation: str, device: torch.device) -> float:
+    """The accumulation term of the bound, relative to S (see the constants above)."""
+    if operand_dtype == torch.int8:
+        return 0.0
+    fp32 = K * FP32_SUM_EPS_PER_K
+    if not reduced_precision_accumulator(device):
+        return max(fp32, FP8_PRECISE_EPS)
+    if accumulation == "precise":
+        return max(fp32, FP8_PRECISE_EPS + K * 2.0**-31)
+    return max(fp32, K * FP8_FAST_EPS_PER_K)
+
+
+def error_bound(ops: Operands, out_dtype: torch.dtype, accumulation: str = "fast") -> torch.Tensor:
+    """Per-element bound on |out - exact| for a correct kernel in this fp8 accumulation mode, in float64.
 
     One ulp of the output format (round-to-nearest needs half; Triton's interpreter truncates and
     needs a whole one) plus the accumulation and epilogue error, which scale with
@@ -97,19 +123,19 @@ def error_bound(ops: Operands, out_dtype: torch.dtype) -> torch.Tensor:
     )
     magnitude = scaled_mm_ref(*abs_ops.args())
     exact = scaled_mm_ref(*ops.args(), bias=ops.bias)
-    accumulation = 0.0 if ops.a.dtype == torch.int8 else FP8_ACCUMULATION_EPS
+    eps = accumulation_eps(ops.a.shape[1], ops.a.dtype, accumulation, ops.a.device)
     epilogue = magnitude if ops.bias is None else magnitude + ops.bias.to(torch.float64).abs()
     ulp = torch.finfo(out_dtype).eps  # the spacing at 1.0: one ulp of x is at most eps * |x|
-    return ulp * exact.abs() + accumulation * magnitude + EPILOGUE_EPS * epilogue + torch.finfo(out_dtype).tiny
+    return ulp * exact.abs() + eps * magnitude + EPILOGUE_EPS * epilogue + torch.finfo(out_dtype).tiny
 
 
 class ErrorCheck:
     """The exact result and the error bound of one set of operands, computed once, so that many
     outputs (the tuner's candidates) are each checked with one elementwise pass."""
 
-    def __init__(self, ops: Operands, out_dtype: torch.dtype):
+    def __init__(self, ops: Operands, out_dtype: torch.dtype, accumulation: str = "fast"):
         self.exact = scaled_mm_ref(*ops.args(), bias=ops.bias)
-        self.bound = error_bound(ops, out_dtype)
+        self.bound = error_bound(ops, out_dtype, accumulation)
 
     def ratio(self, out: torch.Tensor) -> float:
         """max |out - exact| / bound over all elements: <= 1 for a correct kernel; inf for NaN."""
@@ -119,14 +145,16 @@ class ErrorCheck:
         return float("inf") if ratio != ratio else ratio
 
 
-def max_error_ratio(out: torch.Tensor, ops: Operands) -> float:
+def max_error_ratio(out: torch.Tensor, ops: Operands, accumulation: str = "fast") -> float:
     """max |out - exact| / error_bound over all elements: <= 1 for a correct kernel; inf for NaN."""
-    return ErrorCheck(ops, out.dtype).ratio(out)
+    return ErrorCheck(ops, out.dtype, accumulation).ratio(out)
 
 
-def assert_close(out: torch.Tensor, ops: Operands) -> None:
-    """Assert that `out` is a correct scaled_mm of `ops`, within `error_bound`."""
+def assert_close(out: torch.Tensor, ops: Operands, accumulation: str = "fast") -> None:
+    """Assert that `out` is a correct scaled_mm of `ops` in this accumulation mode, within `error_bound`."""
     M, N = ops.a.shape[0], ops.b.shape[1]
     assert tuple(out.shape) == (M, N), f"shape {list(out.shape)} != {[M, N]}"
-    ratio = max_error_ratio(out, ops)
-    assert ratio <= 1.0, f"error {ratio:.3g}x the allowed bound (dtype {ops.a.dtype}, out {out.dtype})"
+    ratio = max_error_ratio(out, ops, accumulation)
+    assert ratio <= 1.0, (
+        f"error {ratio:.3g}x the allowed bound (dtype {ops.a.dtype}, out {out.dtype}, {accumulation} accumulation)"
+    )

@@ -22,7 +22,7 @@ from scaledmm.bench.timing import host_time_per_call, rotation_count, time_calls
 from scaledmm.configs import device_limits, heuristic_config
 from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.kernels.matmul import launch_scaled_mm
-from scaledmm.kernels.vendor import unsupported_reason, vendor_scaled_mm
+from scaledmm.kernels.vendor import fast_accum_refused, unsupported_reason, vendor_scaled_mm
 from scaledmm.testing import OUT_DTYPE, Operands, make_operands, max_error_ratio
 
 SCALEDMM = "scaledmm"
@@ -35,8 +35,26 @@ BF16 = "F.linear-bf16"
 # fastest W8A8 path torch offers.
 BASELINES = {
     "fp8": (TORCH_SCALED_MM, HEURISTIC, BF16),
+    "fp8-precise": (TORCH_SCALED_MM, HEURISTIC, BF16),
     "int8": (TORCH_INT_MM, TORCH_SCALED_MM, HEURISTIC, BF16),
 }
+# The rows' dtype labels: the operands and the fp8 accumulation mode every method of the label runs
+# in, the vendor's included (like for like). "fp8" is fast accumulation, as Triton's and
+# torch._scaled_mm(use_fast_accum=True)'s default on Hopper; "fp8-precise" promotes to fp32.
+VARIANTS = {"int8": ("int8", "fast"), "fp8": ("fp8", "fast"), "fp8-precise": ("fp8", "precise")}
+
+
+def variant_labels(dtypes: Sequence[str], accumulations: Sequence[str]) -> list[str]:
+    """The row labels of the dtypes asked for (int8, fp8) in the fp8 accumulation modes asked for."""
+    labels = []
+    for dtype in dtypes:
+        if dtype == "fp8":
+            labels += ["fp8" if mode == "fast" else "fp8-precise" for mode in accumulations]
+        else:
+            labels.append(dtype)
+    return labels
+
+
 RANGES = ("decode", "mid", "prefill", "all")
 
 
@@ -144,6 +162,8 @@ class Method:
     inputs: Sequence[Sequence[object]] = ()
     skipped: str = ""
     checked: bool = False  # compare its output with the reference before timing
+    accumulation: str = "fast"  # the fp8 accumulation mode its output is checked against
+    note: str = ""  # shown with its row (a vendor kernel that ran in another accumulation mode)
 
 
 def _row(shape: LinearShape, M: int, dtype: str, method: str, **fields) -> dict:
@@ -163,33 +183,49 @@ def _figures(M: int, N: int, K: int, elem_bytes: int, time_us: float, ceilings: 
     return figures
 
 
-def _eight_bit_methods(shape: LinearShape, M: int, dtype: torch.dtype, device: torch.device) -> list[Method]:
+def _eight_bit_methods(shape: LinearShape, M: int, label: str, device: torch.device) -> list[Method]:
     """scaledmm as users call it (backend auto), forced to Triton, with the untuned heuristic config,
-    and the vendor kernel; all on the same R copies of the inputs."""
+    and the vendor kernel, in the label's operand dtype and accumulation mode; all on the same R
+    copies of the inputs. Where cuBLAS refuses fast accumulation for the shape, the vendor runs in
+    its precise mode and its row says so."""
+    dtype_name, accumulation = VARIANTS[label]
+    dtype = DTYPE_BY_NAME[dtype_name]
     copies = rotation_count(shape.n * shape.k, device)
     ops = [make_operands(M, shape.n, shape.k, dtype, device) for _ in range(copies)]
     inputs = [(*o.args(), o.bias) for o in ops]
     heuristic = heuristic_config(M, shape.n, shape.k, dtype, *device_limits(device))
+    mode = dict(accumulation=accumulation)
 
     def ours(a, b, sa, sb, bias):
-        return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias)
+        return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, **mode)
 
     def ours_triton(a, b, sa, sb, bias):
-        return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, backend="triton")
+        return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, backend="triton", **mode)
 
     def ours_heuristic(a, b, sa, sb, bias):
-        return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, config=heuristic)
-
-    def vendor(a, b, sa, sb, bias):
-        return vendor_scaled_mm(a, b, sa, sb, bias, OUT_DTYPE)
+        return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, config=heuristic, **mode)
 
     vendor_name = TORCH_INT_MM if dtype == torch.int8 else TORCH_SCALED_MM
     reason = unsupported_reason(*ops[0].args(), ops[0].bias, OUT_DTYPE)
+    note = ""
+    fast_accum = dtype != torch.int8 and accumulation == "fast"
+    if fast_accum and reason is None:
+        try:
+            vendor_scaled_mm(*inputs[0], OUT_DTYPE, True)
+        except RuntimeError as err:
+            if not fast_accum_refused(err):
+                raise
+            fast_accum, note = False, "precise: cuBLAS refused fast accumulation"
+
+    def vendor(a, b, sa, sb, bias):
+        return vendor_scaled_mm(a, b, sa, sb, bias, OUT_DTYPE, fast_accum)
+
+    checked = dict(checked=True, accumulation=accumulation)
     return [
-        Method(SCALEDMM, ours, inputs, checked=True),
-        Method(TRITON, ours_triton, inputs, checked=True),
-        Method(HEURISTIC, ours_heuristic, inputs, checked=True),
-        Method(vendor_name, None, skipped=reason) if reason else Method(vendor_name, vendor, inputs),
+        Method(SCALEDMM, ours, inputs, **checked),
+        Method(TRITON, ours_triton, inputs, **checked),
+        Method(HEURISTIC, ours_heuristic, inputs, **checked),
+        Method(vendor_name, None, skipped=reason) if reason else Method(vendor_name, vendor, inputs, note=note),
     ]
 
 
@@ -208,7 +244,7 @@ def _bf16_method(shape: LinearShape, M: int, device: torch.device) -> Method:
 def _check(method: Method, shape: LinearShape, M: int, dtype: str) -> dict:
     """The method's output against the reference, once, before it is timed."""
     a, b, sa, sb, bias = method.inputs[0]
-    ratio = max_error_ratio(method.fn(*method.inputs[0]), Operands(a, b, sa, sb, bias))
+    ratio = max_error_ratio(method.fn(*method.inputs[0]), Operands(a, b, sa, sb, bias), method.accumulation)
     if not ratio <= 1.0:
         tqdm.write(f"WRONG RESULT: {method.name} {shape.name} M={M} {dtype}: error {ratio:.3g}x the bound")
     return {"max_error_ratio": ratio}
@@ -235,6 +271,7 @@ def _measure_point(
             time_us=timing.median_us, min_us=timing.min_us, max_us=timing.max_us,
             **_figures(M, shape.n, shape.k, elem_bytes, timing.median_us, ceilings, compute_key),
             **checks.get(id(m), {}),
+            **({"note": m.note} if m.note else {}),
         ))  # fmt: skip
     return rows
 
@@ -250,20 +287,25 @@ def run_bench(
     command: str = "",
     replays: int = 20,
     progress: bool = True,
+    accumulations: Sequence[str] = ("fast",),
 ) -> dict:
-    """Time every method at every (shape, M, dtype); return {"environment", "ceilings", "rows", "summary"}."""
+    """Time every method at every (shape, M, dtype) in each fp8 accumulation mode asked for; return
+    {"environment", "ceilings", "rows", "summary"}."""
     unknown = set(dtypes) - set(DTYPE_BY_NAME)
     if unknown:
         raise ValueError(f"unknown dtypes {sorted(unknown)}; choose from {sorted(DTYPE_BY_NAME)}")
+    if not accumulations or set(accumulations) - {"fast", "precise"}:
+        raise ValueError(f"accumulation must be fast, precise or both, got {list(accumulations)}")
+    labels = variant_labels(dtypes, accumulations)
     env = environment(device, command)
     ceilings = measure_ceilings(device) if device.type == "cuda" else {}
     rows = []
     points = [(shape, M) for shape in shapes for M in ms]
     for shape, M in tqdm(points, desc="scaledmm bench", unit="point", disable=not progress):
         methods = [("bf16", _bf16_method(shape, M, device))]
-        methods += [(name, m) for name in dtypes for m in _eight_bit_methods(shape, M, DTYPE_BY_NAME[name], device)]
+        methods += [(label, m) for label in labels for m in _eight_bit_methods(shape, M, label, device)]
         rows += _measure_point(methods, shape, M, replays, ceilings)
-    return {"environment": env, "ceilings": ceilings, "rows": rows, "summary": summarize(rows, dtypes)}
+    return {"environment": env, "ceilings": ceilings, "rows": rows, "summary": summarize(rows, labels)}
 
 
 def _times(rows: list[dict]) -> dict[tuple, float]:
@@ -273,10 +315,16 @@ def _times(rows: list[dict]) -> dict[tuple, float]:
 def speedup(times: dict, shape: str, M: int, dtype: str, baseline: str) -> float | None:
     """How many times faster scaledmm is than `baseline` at one point (None where either is missing).
 
-    The fp8 vendor kernel and the bf16 linear are looked up under their own dtypes, so int8 can be
-    set against them too."""
+    The bf16 linear is looked up under its own dtype, and for int8 the fp8 vendor kernel under fp8
+    (fast accumulation), so int8 can be set against them too; fp8 labels compare with the vendor in
+    their own accumulation mode."""
     ours = times.get((shape, M, dtype, SCALEDMM))
-    base_dtype = {TORCH_SCALED_MM: "fp8", BF16: "bf16"}.get(baseline, dtype)
+    if baseline == BF16:
+        base_dtype = "bf16"
+    elif dtype == "int8" and baseline == TORCH_SCALED_MM:
+        base_dtype = "fp8"
+    else:
+        base_dtype = dtype
     base = times.get((shape, M, base_dtype, baseline))
     return None if ours is None or base is None else base / ours
 

@@ -35,17 +35,24 @@ def _geomean_cell(entry: dict | None) -> str:
     return "-" if entry is None else f"{entry['geomean']:.2f} ({entry['points']}; {entry['min']:.2f})"
 
 
+# How each label's fp8 products were summed, ours and the vendor's alike (like for like).
+ACCUMULATION_OF = {"fp8": " (fast accumulation)", "fp8-precise": " (precise accumulation)"}
+
+
 def table(result: dict) -> str:
     """Per point: scaledmm's time and figures, and its speedup over each baseline; then the geomeans."""
     rows, summary = result["rows"], result["summary"]
     times = {(r["shape"], r["m"], r["dtype"], r["method"]): r["time_us"] for r in rows if r["time_us"] is not None}
+    # Vendor points that ran in another accumulation mode than their label's (cuBLAS refused fast).
+    marked = {(r["shape"], r["m"], r["dtype"], r["method"]) for r in rows if r.get("note")}
     lines = []
     dtypes = list(summary) or sorted({r["dtype"] for r in rows if r["dtype"] != "bf16"})
     for dtype in dtypes:
         baselines = BASELINES[dtype]
         head = f"{'shape':<22}{'M':>6} {'us':>9} {'TFLOP/s':>8} {'GB/s':>7} {'%ceil':>6}"
         head += "".join(f" {'x ' + b:>24}" for b in baselines)
-        lines += [f"== {dtype}: scaledmm, and its speedup over each baseline (>1: scaledmm faster)", head]
+        mode = ACCUMULATION_OF.get(dtype, "")
+        lines += [f"== {dtype}{mode}: scaledmm, and its speedup over each baseline (>1: scaledmm faster)", head]
         for r in rows:
             if r["dtype"] != dtype or r["method"] != SCALEDMM:
                 continue
@@ -54,18 +61,21 @@ def table(result: dict) -> str:
                 f" {_fmt(r.get('gbps'), '.0f'):>7} {_fmt(r.get('pct_of_ceiling'), '.0f'):>6}"
             )
             for b in baselines:
-                line += f" {_fmt(speedup(times, r['shape'], r['m'], dtype, b)):>24}"
+                mark = "*" if (r["shape"], r["m"], dtype, b) in marked else ""
+                line += f" {_fmt(speedup(times, r['shape'], r['m'], dtype, b)) + mark:>24}"
             lines.append(line)
         lines.append("")
     skipped = sorted({f"{r['method']} ({r['note']})" for r in rows if r["time_us"] is None})
     if skipped:
         lines += ["skipped: " + "; ".join(skipped), ""]
+    if marked:
+        lines += ["*: the vendor ran in its precise mode there (cuBLAS refused fast accumulation)", ""]
     lines.append("== geomean speedup of scaledmm (points; min)")
-    lines.append(f"{'dtype':<6}{'over':<26}" + "".join(f"{rng:>22}" for rng in RANGES))
+    lines.append(f"{'dtype':<12}{'over':<26}" + "".join(f"{rng:>22}" for rng in RANGES))
     for dtype, per_baseline in summary.items():
         for baseline, per_range in per_baseline.items():
             cells = "".join(f"{_geomean_cell(per_range.get(rng)):>22}" for rng in RANGES)
-            lines.append(f"{dtype:<6}{baseline:<26}{cells}")
+            lines.append(f"{dtype:<12}{baseline:<26}{cells}")
     return "\n".join(lines)
 
 
@@ -101,7 +111,7 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
     title = f"{env.get('gpu') or 'CPU (interpreter)'}, torch {env['torch']}, triton {env['triton']}"
     times = {(r["shape"], r["m"], r["dtype"], r["method"]): r["time_us"] for r in rows if r["time_us"] is not None}
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
-    dtypes = [d for d in ("fp8", "int8") if any(r["dtype"] == d for r in rows)]
+    dtypes = [d for d in ("fp8", "fp8-precise", "int8") if any(r["dtype"] == d for r in rows)]
     written = []
 
     cols = min(4, len(shapes))

@@ -35,9 +35,11 @@ DTYPE_NAMES = {torch.int8: "int8", torch.float8_e4m3fn: "fp8", torch.float8_e5m2
 DTYPE_BY_NAME = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}  # what the tuner and the bench run
 MAX_M = 2**31 - 1
 
-_NAME = re.compile(r"^N=(\d+),K=(\d+),device_name=([A-Za-z0-9_.\-]+),dtype=(int8|fp8)_w8a8\.json$")
+_NAME = re.compile(
+    r"^N=(\d+),K=(\d+),device_name=([A-Za-z0-9_.\-]+),dtype=(int8|fp8)_w8a8(,accumulation=precise)?\.json$"
+)
 _REQUIRED = {"format_version", "device_name", "n", "k", "dtype", "buckets"}
-_OPTIONAL = {"compute_capability", "scales", "triton", "torch", "scaledmm", "date", "command"}
+_OPTIONAL = {"compute_capability", "scales", "triton", "torch", "scaledmm", "date", "command", "accumulation"}
 _BUCKET_REQUIRED = {"backend", "config"}
 _BUCKET_OPTIONAL = {"time_us", "baselines_us", "candidates", "kernel"}
 
@@ -65,17 +67,24 @@ def device_family(name: str) -> str | None:
     return None
 
 
-def file_name(device_name: str, n: int, k: int, dtype: str) -> str:
-    return f"N={n},K={k},device_name={normalize_device_name(device_name)},dtype={dtype}_w8a8.json"
+def file_name(device_name: str, n: int, k: int, dtype: str, accumulation: str = "fast") -> str:
+    """The file of one (card, N, K, dtype) and, for fp8, accumulation mode: fast files carry the
+    plain vLLM-style name (what every file tuned before the choice existed ran), precise ones
+    `,accumulation=precise` before `.json`."""
+    mode = ",accumulation=precise" if dtype == "fp8" and accumulation == "precise" else ""
+    return f"N={n},K={k},device_name={normalize_device_name(device_name)},dtype={dtype}_w8a8{mode}.json"
 
 
-def parse_file_name(name: str) -> tuple[str, int, int, str] | None:
-    """(normalized device, N, K, dtype) from a file name, or None if it is not a config file name."""
+def parse_file_name(name: str) -> tuple[str, int, int, str, str] | None:
+    """(normalized device, N, K, dtype, accumulation) from a file name, or None if it is not a config
+    file name. int8 files, exact in either mode, read as "fast"."""
     match = _NAME.match(name)
     if not match:
         return None
-    n, k, device, dtype = match.groups()
-    return device, int(n), int(k), dtype
+    n, k, device, dtype, precise = match.groups()
+    if precise and dtype != "fp8":
+        return None
+    return device, int(n), int(k), dtype, "precise" if precise else "fast"
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,7 @@ class TunedTable:
     k: int
     dtype: str
     buckets: tuple[Bucket, ...]
+    accumulation: str = "fast"  # the fp8 accumulation mode its buckets were tuned in
 
     def bucket_for(self, M: int) -> Bucket | None:
         """The bucket of the smallest tuned M >= M; beyond the last, the last up to
@@ -156,10 +166,13 @@ def parse_table(path: Path, data: object) -> TunedTable:
     k = _positive_int(path, "k", data["k"])
     if data["dtype"] not in ("int8", "fp8"):
         raise _fail(path, f"dtype must be 'int8' or 'fp8', got {data['dtype']!r}")
+    accumulation = data.get("accumulation", "fast")
+    if accumulation not in ("fast", "precise") or (data["dtype"] == "int8" and accumulation != "fast"):
+        raise _fail(path, f"accumulation must be 'fast' or (fp8 only) 'precise', got {accumulation!r}")
     named = parse_file_name(path.name)
-    content = (normalize_device_name(data["device_name"]), n, k, data["dtype"])
+    content = (normalize_device_name(data["device_name"]), n, k, data["dtype"], accumulation)
     if named is not None and named != content:
-        raise _fail(path, f"the name says (device, N, K, dtype) = {named} but the content {content}")
+        raise _fail(path, f"the name says (device, N, K, dtype, accumulation) = {named} but the content {content}")
     buckets_in = data["buckets"]
     if not isinstance(buckets_in, dict) or not buckets_in:
         raise _fail(path, "buckets must be a non-empty object mapping M to a tuned entry")
@@ -193,7 +206,7 @@ def parse_table(path: Path, data: object) -> TunedTable:
             raise _fail(path, f"{where}: kernel must be a hexadecimal revision, got {kernel!r}")
         buckets.append(Bucket(m, entry["backend"], config, time_us, kernel))
     buckets.sort(key=lambda b: b.m)
-    return TunedTable(path, data["device_name"], n, k, data["dtype"], tuple(buckets))
+    return TunedTable(path, data["device_name"], n, k, data["dtype"], tuple(buckets), accumulation)
 
 
 MAX_FILE_BYTES = 1 << 20  # a tuned file is about 10 KB; a cap keeps a huge or endless file out of memory

@@ -93,8 +93,8 @@ def device_name(device: torch.device) -> str:
 
 
 @state.cached
-def _file_index() -> tuple[tuple[str, int, int, str, Path], ...]:
-    """(normalized device, N, K, dtype, path) of every config file, in search order."""
+def _file_index() -> tuple[tuple[str, int, int, str, str, Path], ...]:
+    """(normalized device, N, K, dtype, accumulation, path) of every config file, in search order."""
     index = []
     for directory in config_dirs():
         try:
@@ -119,16 +119,16 @@ def _file_index() -> tuple[tuple[str, int, int, str, Path], ...]:
 
 
 @state.cached
-def _candidate_files(name: str, n: int, k: int, dtype: str) -> tuple[Path, ...]:
-    """The files for this card (then its family), N, K and dtype, in search order."""
+def _candidate_files(name: str, n: int, k: int, dtype: str, accumulation: str) -> tuple[Path, ...]:
+    """The files for this card (then its family), N, K, dtype and accumulation mode, in search order."""
     exact = normalize_device_name(name)
     family = device_family(name)
-    matches = [p for d, fn, fk, ft, p in _file_index() if (d, fn, fk, ft) == (exact, n, k, dtype)]
+    wanted = (n, k, dtype, accumulation)
+    matches = [p for d, *key, p in _file_index() if d == exact and tuple(key) == wanted]
     if family is not None:
         matches += [
-            p for d, fn, fk, ft, p in _file_index()
-            if d != exact and device_family(d) == family and (fn, fk, ft) == (n, k, dtype)
-        ]  # fmt: skip
+            p for d, *key, p in _file_index() if d != exact and device_family(d) == family and tuple(key) == wanted
+        ]
     return tuple(matches)
 
 
@@ -184,11 +184,14 @@ def unfit_reason(config: MatmulConfig, M: int, N: int, shared_memory: int) -> st
 
 
 @state.cached(maxsize=8192)
-def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> Plan:
-    """The cached plan for one call shape (device must be resolved: cuda with an index, or cpu). A
-    tuned bucket whose config cannot run here (unfit_reason) is skipped with a warning."""
+def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device, accumulation: str = "fast") -> Plan:
+    """The cached plan for one call shape (device must be resolved: cuda with an index, or cpu) in an
+    fp8 accumulation mode, from the files tuned in that mode (int8, exact in either, from its files).
+    A tuned bucket whose config cannot run here (unfit_reason) is skipped with a warning."""
     shared_memory = device_limits(device)[1]
-    for path in _candidate_files(device_name(device), N, K, DTYPE_NAMES[dtype]):
+    dtype_name = DTYPE_NAMES[dtype]
+    mode = accumulation if dtype_name == "fp8" else "fast"
+    for path in _candidate_files(device_name(device), N, K, dtype_name, mode):
         table = _table(path)
         bucket = table.bucket_for(M) if table is not None else None
         if bucket is None:
@@ -213,16 +216,24 @@ def _check_dimension(name: str, value: object) -> int:
 
 
 def select_config(
-    M: int, N: int, K: int, dtype: torch.dtype, device: torch.device | str | int | None = None
+    M: int,
+    N: int,
+    K: int,
+    dtype: torch.dtype,
+    device: torch.device | str | int | None = None,
+    accumulation: str = "fast",
 ) -> MatmulConfig:
-    """The Triton launch config for an [M, K] x [K, N] product of 8-bit operands of `dtype`.
+    """The Triton launch config for an [M, K] x [K, N] product of 8-bit operands of `dtype`, in an fp8
+    accumulation mode ("fast" or "precise"; scaled_mm's argument of that name).
 
     `device=None` means the current CUDA device, or the CPU (Triton's interpreter) without one.
     """
     M, N, K = (_check_dimension(name, value) for name, value in (("M", M), ("N", N), ("K", K)))
     if dtype not in DTYPE_NAMES:
         raise TypeError(f"dtype must be one of {', '.join(map(str, DTYPE_NAMES))}, got {dtype}")
-    return plan(M, N, K, dtype, _resolve_device(device)).config
+    if accumulation not in ("fast", "precise"):
+        raise ValueError(f"accumulation must be 'fast' or 'precise', got {accumulation!r}")
+    return plan(M, N, K, dtype, _resolve_device(device), accumulation).config
 
 
 def list_config_files() -> list[tuple[Path, TunedTable | ConfigFileError]]:

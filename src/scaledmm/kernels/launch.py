@@ -139,8 +139,7 @@ def epilogue_arguments(
     a: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor, bias: torch.Tensor | None
 ) -> tuple[tuple[int, int, int], dict]:
     """The matmul kernels' epilogue arguments: (stride_scale_a, stride_scale_b, stride_bias), each 0
-    for a single scale or no bias, and the constexprs A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS and
-    ACC_DTYPE (int32 for int8 operands, else float32)."""
+    for a single scale or no bias, and the constexprs A_PER_TOKEN, B_PER_CHANNEL and HAS_BIAS."""
     a_per_token = scale_a.numel() > 1
     b_per_channel = scale_b.numel() > 1
     strides = (
@@ -152,6 +151,22 @@ def epilogue_arguments(
         A_PER_TOKEN=a_per_token,
         B_PER_CHANNEL=b_per_channel,
         HAS_BIAS=bias is not None,
-        ACC_DTYPE=tl.int32 if a.dtype == torch.int8 else tl.float32,
     )
     return strides, constexprs
+
+
+# fp8 dots on Hopper accumulate in the tensor core's reduced-precision accumulator (about 14 bits;
+# Triton's default on sm_90) unless told to promote. "precise" accumulation promotes the partial sum
+# into the fp32 accumulator every PROMOTE_EVERY K-elements and at the end of every K step, as
+# DeepSeek-V3 and CUTLASS do (tl.dot's max_num_imprecise_acc; docs/design.md, "Accumulation").
+PROMOTE_EVERY = 128
+
+
+def accumulator_kwargs(operand_dtype: torch.dtype, block_k: int, precise: bool) -> dict:
+    """The constexprs ACC_DTYPE (int32 for int8 operands, else float32) and MAX_IMPRECISE (None keeps
+    Triton's default, the "fast" accumulation; int8 sums exactly either way)."""
+    int8 = operand_dtype == torch.int8
+    return dict(
+        ACC_DTYPE=tl.int32 if int8 else tl.float32,
+        MAX_IMPRECISE=min(block_k, PROMOTE_EVERY) if precise and not int8 else None,
+    )

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from scaledmm.configs import MatmulConfig
 from scaledmm.kernels.common import column_operands, grouped_tile, scale_and_store
-from scaledmm.kernels.launch import BoundLaunch, bind_launch, tile_kwargs, vector_stride
+from scaledmm.kernels.launch import BoundLaunch, accumulator_kwargs, bind_launch, tile_kwargs, vector_stride
 from scaledmm.kernels.quant import ABSMAX_FLOOR, QMAX, max_abs, row_scale, saturate_and_round
 
 FUSED_QUANTIZE_MAX_M = 16  # rows up to which W8A8Linear quantizes inside the matmul
@@ -41,7 +41,7 @@ def _quantized_linear_kernel(
     stride_xm, stride_xk, stride_wk, stride_wn, stride_om, stride_on, stride_w_scale, stride_bias,
     GROUP_M,
     DYNAMIC: tl.constexpr, QMAX: tl.constexpr, IS_INT8: tl.constexpr, FLOOR: tl.constexpr,
-    W_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    W_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr, MAX_IMPRECISE: tl.constexpr,
     EVEN_K: tl.constexpr, MASK_M: tl.constexpr, SWAP_AB: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -84,9 +84,9 @@ def _quantized_linear_kernel(
             w = tl.load(w_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
         q = saturate_and_round(x.to(tl.float32) / x_scale, QMAX, IS_INT8).to(w_ptr.dtype.element_ty)
         if SWAP_AB:
-            acc = tl.dot(tl.trans(w), tl.trans(q), acc, out_dtype=ACC_DTYPE)
+            acc = tl.dot(tl.trans(w), tl.trans(q), acc, out_dtype=ACC_DTYPE, max_num_imprecise_acc=MAX_IMPRECISE)
         else:
-            acc = tl.dot(q, w, acc, out_dtype=ACC_DTYPE)
+            acc = tl.dot(q, w, acc, out_dtype=ACC_DTYPE, max_num_imprecise_acc=MAX_IMPRECISE)
         w_ptrs += BLOCK_K * stride_wk
     if SWAP_AB:
         acc = tl.trans(acc)
@@ -121,11 +121,13 @@ def bind_quantized_linear(
     bias: torch.Tensor | None,
     out: torch.Tensor,
     config: MatmulConfig,
+    precise: bool = False,
 ) -> QuantizedLinearLaunch:
     """Write the quantized linear of a float x [M, K] into `out` [M, N] now (dynamic per-token
     scales where `input_scale` is None, else that per-tensor scale; the 8-bit weight_t [K, N] with
-    its per-channel or per-tensor scale), and return the launch that does it again for a new x of
-    this signature. The inputs must be checked; config.split_k is ignored."""
+    its per-channel or per-tensor scale; `precise`: fp8 accumulation promoted to fp32), and return
+    the launch that does it again for a new x of this signature. The inputs must be checked;
+    config.split_k is ignored."""
     M, K = x.shape
     N = weight_t.shape[1]
     device = x.device
@@ -144,7 +146,7 @@ def bind_quantized_linear(
         FLOOR=ABSMAX_FLOOR,
         W_PER_CHANNEL=w_per_channel,
         HAS_BIAS=bias is not None,
-        ACC_DTYPE=tl.int32 if weight_t.dtype == torch.int8 else tl.float32,
+        **accumulator_kwargs(weight_t.dtype, config.block_k, precise),
         EVEN_K=K % config.block_k == 0,
         MASK_M=M < config.block_m,
         SWAP_AB=bool(config.swap_ab),

@@ -25,7 +25,7 @@ import triton.language as tl
 from scaledmm.configs import MatmulConfig, device_limits
 from scaledmm.kernels import matmul_tma
 from scaledmm.kernels.common import epilogue_operands, grouped_tile, scale_and_store, tile_count
-from scaledmm.kernels.launch import BoundLaunch, bind_launch, epilogue_arguments, tile_kwargs
+from scaledmm.kernels.launch import BoundLaunch, accumulator_kwargs, bind_launch, epilogue_arguments, tile_kwargs
 from scaledmm.kernels.revision import revision
 from scaledmm.kernels.split_k import split_k_buffers, split_k_finish, split_range
 
@@ -40,7 +40,8 @@ def _scaled_mm_kernel(
     stride_scale_a, stride_scale_b, stride_bias,
     GROUP_M,
     A_PER_TOKEN: tl.constexpr, B_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, EVEN_K: tl.constexpr, MASK_M: tl.constexpr, PRELOAD_EPILOGUE: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, MAX_IMPRECISE: tl.constexpr,
+    EVEN_K: tl.constexpr, MASK_M: tl.constexpr, PRELOAD_EPILOGUE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -86,7 +87,7 @@ def _scaled_mm_kernel(
             k_left = K - k * BLOCK_K
             a = tl.load(a_ptrs, mask=a_rows & (offs_k[None, :] < k_left), other=0.0)
             b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
-        acc = tl.dot(a, b, acc, out_dtype=ACC_DTYPE)
+        acc = tl.dot(a, b, acc, out_dtype=ACC_DTYPE, max_num_imprecise_acc=MAX_IMPRECISE)
         a_ptrs += a_step
         b_ptrs += b_step
 
@@ -111,7 +112,7 @@ def _scaled_mm_swap_kernel(
     stride_am, stride_ak, stride_bk, stride_bn, stride_om, stride_on,
     stride_scale_a, stride_scale_b, stride_bias,
     A_PER_TOKEN: tl.constexpr, B_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, EVEN_K: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, MAX_IMPRECISE: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):  # fmt: skip
     # The operand-swapped form for small M: the same [BLOCK_M, BLOCK_N] output tile computed as
@@ -155,7 +156,7 @@ def _scaled_mm_swap_kernel(
             k_left = K - k * BLOCK_K
             w = tl.load(w_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
             x = tl.load(x_ptrs, mask=x_cols & (offs_k[:, None] < k_left), other=0.0)
-        acc = tl.dot(w, x, acc, out_dtype=ACC_DTYPE)
+        acc = tl.dot(w, x, acc, out_dtype=ACC_DTYPE, max_num_imprecise_acc=MAX_IMPRECISE)
         w_ptrs += b_step
         x_ptrs += a_step
 
@@ -196,7 +197,7 @@ PRELOAD_MAX_ACCUMULATORS = 64 * 128
 
 
 def _launch_arguments(
-    a, b, scale_a, scale_b, bias, out, partials, arrivals, config: MatmulConfig
+    a, b, scale_a, scale_b, bias, out, partials, arrivals, config: MatmulConfig, precise: bool
 ) -> tuple[tuple, tuple, dict]:
     """(grid, positional arguments, keyword arguments) of one launch of the pointer kernel, or with
     config.swap_ab of the swapped one; the first eight positional arguments are the tensors that
@@ -211,7 +212,13 @@ def _launch_arguments(
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
         *strides,
     )  # fmt: skip
-    kwargs = dict(**epilogue, EVEN_K=K % config.block_k == 0, SPLIT_K=config.split_k, **tile_kwargs(config))
+    kwargs = dict(
+        **epilogue,
+        **accumulator_kwargs(a.dtype, config.block_k, precise),
+        EVEN_K=K % config.block_k == 0,
+        SPLIT_K=config.split_k,
+        **tile_kwargs(config),
+    )
     if config.swap_ab:
         return grid, args, kwargs
     kwargs.update(
@@ -222,7 +229,7 @@ def _launch_arguments(
 
 
 def _kernel_and_arguments(
-    a, b, scale_a, scale_b, bias, out, config: MatmulConfig, device: torch.device
+    a, b, scale_a, scale_b, bias, out, config: MatmulConfig, precise: bool, device: torch.device
 ) -> tuple[triton.JITFunction, tuple, tuple, dict, int]:
     """The kernel that computes this call on `device` under `config`, its grid, positional and keyword
     arguments, and how many leading positional arguments change per call. A TMA config runs the TMA
@@ -230,11 +237,11 @@ def _kernel_and_arguments(
     fits the device's shared memory, else the pointer kernel with the same tiles."""
     if config.tma and matmul_tma.tma_eligible(a, b, out, device):
         num_sms, shared_memory = device_limits(device)
-        grid, args, kwargs = matmul_tma.launch_arguments(a, b, scale_a, scale_b, bias, out, config, num_sms)
+        grid, args, kwargs = matmul_tma.launch_arguments(a, b, scale_a, scale_b, bias, out, config, num_sms, precise)
         if matmul_tma.fits_in_shared_memory(grid, args, kwargs, device, shared_memory):
             return matmul_tma.scaled_mm_tma_kernel, grid, args, kwargs, 6
     partials, arrivals = split_k_buffers(a.shape[0], b.shape[1], config, a.dtype, a.device)
-    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, partials, arrivals, config)
+    grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, partials, arrivals, config, precise)
     return _scaled_mm_swap_kernel if config.swap_ab else _scaled_mm_kernel, grid, args, kwargs, 8
 
 
@@ -246,12 +253,14 @@ def launch_scaled_mm(
     bias: torch.Tensor | None,
     out: torch.Tensor,
     config: MatmulConfig,
+    precise: bool = False,
 ) -> None:
-    """Write (a @ b) * scale_a * scale_b + bias into `out` ([M, N], any strides).
+    """Write (a @ b) * scale_a * scale_b + bias into `out` ([M, N], any strides); `precise`: fp8
+    accumulation promoted to fp32 (kernels/launch.accumulator_kwargs).
 
-    The inputs must already be validated (scaledmm.api does that); M must be >= 1.
+    The inputs must already be checked (scaledmm.checks); M must be >= 1.
     """
-    kernel, grid, args, kwargs, _ = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config, a.device)
+    kernel, grid, args, kwargs, _ = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config, precise, a.device)
     kernel[grid](*args, **kwargs)
 
 
@@ -260,10 +269,13 @@ class MatmulLaunch:
     writes the product of new tensors with the dtypes, shapes, strides and pointer alignment of the
     ones it was bound with. `kernel` names the kernel ("pointer", "swapped" or "tma")."""
 
-    def __init__(self, bound: BoundLaunch, config: MatmulConfig, kernel: str, M: int, N: int, dtype: torch.dtype):
+    def __init__(
+        self, bound: BoundLaunch, config: MatmulConfig, kernel: str, precise: bool, M: int, N: int, dtype: torch.dtype
+    ):
         self.bound = bound
         self.config = config
         self.kernel = kernel
+        self.precise = precise
         self.M, self.N, self.dtype = M, N, dtype
 
     def __call__(self, a, b, scale_a, scale_b, bias, out) -> None:
@@ -274,7 +286,8 @@ class MatmulLaunch:
             self.bound(a, b, out, scale_a, scale_b, bias, partials, arrivals)
 
     def __repr__(self) -> str:
-        return f"MatmulLaunch(kernel={self.kernel}, config={self.config})"
+        accumulation = "precise" if self.precise else "fast"
+        return f"MatmulLaunch(kernel={self.kernel}, config={self.config}, accumulation={accumulation})"
 
 
 def bind_scaled_mm(
@@ -285,14 +298,17 @@ def bind_scaled_mm(
     bias: torch.Tensor | None,
     out: torch.Tensor,
     config: MatmulConfig,
+    precise: bool = False,
 ) -> MatmulLaunch:
     """Write scaled_mm into `out` now (the inputs checked, M >= 1), and return the MatmulLaunch that
     does it again for new tensors of this signature."""
     device = a.device
-    kernel, grid, args, kwargs, leading = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config, device)
+    kernel, grid, args, kwargs, leading = _kernel_and_arguments(
+        a, b, scale_a, scale_b, bias, out, config, precise, device
+    )
     bound = bind_launch(kernel, grid, args, kwargs, leading=leading, device=device)
     name = "tma" if kernel is matmul_tma.scaled_mm_tma_kernel else ("swapped" if config.swap_ab else "pointer")
-    return MatmulLaunch(bound, config, name, a.shape[0], b.shape[1], a.dtype)
+    return MatmulLaunch(bound, config, name, precise, a.shape[0], b.shape[1], a.dtype)
 
 
 def compile_scaled_mm(
@@ -303,11 +319,12 @@ def compile_scaled_mm(
     bias: torch.Tensor | None,
     out: torch.Tensor,
     config: MatmulConfig,
+    precise: bool = False,
 ) -> None:
     """Compile the kernel for these arguments without launching it (fills Triton's on-disk cache,
     so a later launch in another process only loads the binary). Only dtypes, pointer alignment and
     the integer arguments matter: the tensors' contents are never read, and they may be meta tensors,
     compiled then for the current CUDA device."""
     device = torch.device("cuda", torch.cuda.current_device()) if a.device.type == "meta" else a.device
-    kernel, grid, args, kwargs, _ = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config, device)
+    kernel, grid, args, kwargs, _ = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config, precise, device)
     kernel.warmup(*args, grid=grid, **kwargs)

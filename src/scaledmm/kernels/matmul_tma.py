@@ -27,7 +27,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from scaledmm.configs import MatmulConfig
 from scaledmm.kernels.common import grouped_tile, tile_count
-from scaledmm.kernels.launch import epilogue_arguments, tile_kwargs
+from scaledmm.kernels.launch import accumulator_kwargs, epilogue_arguments, tile_kwargs
 
 _TMA_ALIGNMENT = 16  # bytes: data pointers and every stride but the last
 
@@ -55,6 +55,7 @@ def scaled_mm_tma_kernel(
     M, N, K, stride_scale_a, stride_scale_b, stride_bias,
     GROUP_M, NUM_PROGRAMS,
     A_PER_TOKEN: tl.constexpr, B_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    MAX_IMPRECISE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     tiles_m = tl.cdiv(M, BLOCK_M)
@@ -71,7 +72,7 @@ def scaled_mm_tma_kernel(
         for k in range(k_steps):
             a = a_desc.load([first_row, k * BLOCK_K])
             b = b_desc.load([first_col, k * BLOCK_K])  # [BLOCK_N, BLOCK_K]: B is K-major
-            acc = tl.dot(a, b.T, acc, out_dtype=ACC_DTYPE)
+            acc = tl.dot(a, b.T, acc, out_dtype=ACC_DTYPE, max_num_imprecise_acc=MAX_IMPRECISE)
 
         # Epilogue in fp32, in the order of the definition: ((a @ b) * scale_a) * scale_b + bias.
         result = acc.to(tl.float32)
@@ -150,10 +151,11 @@ def programs(M: int, N: int, config: MatmulConfig, num_sms: int) -> int:
 
 
 def launch_arguments(
-    a, b, scale_a, scale_b, bias, out, config: MatmulConfig, num_sms: int
+    a, b, scale_a, scale_b, bias, out, config: MatmulConfig, num_sms: int, precise: bool
 ) -> tuple[tuple, tuple, dict]:
-    """(grid, positional arguments, keyword arguments) of one launch; the first six positional
-    arguments change per call (three descriptors, the scales and the bias)."""
+    """(grid, positional arguments, keyword arguments) of one launch (`precise`: fp8 accumulation
+    promoted to fp32); the first six positional arguments change per call (three descriptors, the
+    scales and the bias)."""
     M, K = a.shape
     N = b.shape[1]
     grid_size = programs(M, N, config, num_sms)
@@ -162,4 +164,5 @@ def launch_arguments(
         *descriptors(a, b, out, config), scale_a, scale_b, bias,
         M, N, K, *strides, config.group_m, grid_size,
     )  # fmt: skip
-    return (grid_size,), args, dict(**epilogue, **tile_kwargs(config))
+    kwargs = dict(**epilogue, **accumulator_kwargs(a.dtype, config.block_k, precise), **tile_kwargs(config))
+    return (grid_size,), args, kwargs

@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from scaledmm.api import quantize_per_tensor, quantize_per_token, scaled_mm
-from scaledmm.checks import OUT_DTYPES, check_quantize_args, check_static_scale
+from scaledmm.checks import (
+    DEFAULT_ACCUMULATION,
+    OUT_DTYPES,
+    check_accumulation,
+    check_quantize_args,
+    check_static_scale,
+)
 from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.kernels.quant import ABSMAX_FLOOR, QMAX
 from scaledmm.runtime import eager, prepare_linear, tensor_signature
@@ -107,8 +113,10 @@ class W8A8Linear(nn.Module):
         device=None,
         out_dtype: torch.dtype = torch.bfloat16,
         backend: str = "auto",
+        accumulation: str = DEFAULT_ACCUMULATION,
     ):
         super().__init__()
+        check_accumulation(accumulation)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be 'dynamic' or 'static', got {activation!r}")
         self.in_features = in_features
@@ -116,6 +124,7 @@ class W8A8Linear(nn.Module):
         self.qdtype = dtype_of(dtype)
         self.activation = activation
         self.backend = backend  # scaled_mm's backend: "auto", "triton", or "torch" (the vendor kernel)
+        self.accumulation = accumulation  # scaled_mm's fp8 accumulation: "fast" or "precise"
         if out_dtype not in OUT_DTYPES:
             names = ", ".join(map(str, OUT_DTYPES))
             raise TypeError(f"out_dtype must be one of {names} (what scaled_mm writes), got {out_dtype!r}")
@@ -132,6 +141,7 @@ class W8A8Linear(nn.Module):
 
     def __setstate__(self, pickled: dict) -> None:
         super().__setstate__(pickled)
+        self.__dict__.setdefault("accumulation", "fast")  # pickled before the choice existed: what ran then
         # Pickled by an earlier version: no prepared forwards, or a plain dict of them.
         if not isinstance(self.__dict__.get("_forwards"), PreparedForwards):
             self._forwards = PreparedForwards()
@@ -144,7 +154,7 @@ class W8A8Linear(nn.Module):
         w, ws = buffers.get("weight"), buffers.get("weight_scale")
         bias, s = buffers.get("bias"), buffers.get("input_scale")
         return (
-            state.generation, self.qdtype, self.activation, self.out_dtype, self.backend,
+            state.generation, self.qdtype, self.activation, self.out_dtype, self.backend, self.accumulation,
             id(w), id(ws), id(bias), id(s),
             w.data_ptr() if w is not None else 0,
             ws.data_ptr() if ws is not None else 0,
@@ -160,6 +170,7 @@ class W8A8Linear(nn.Module):
         activation: str = "dynamic",
         input_scale: float | torch.Tensor | None = None,
         backend: str = "auto",
+        accumulation: str = DEFAULT_ACCUMULATION,
     ) -> W8A8Linear:
         """Quantize an nn.Linear. Static activations need `input_scale` (x ~= q * input_scale), or a
         `calibrate(x)` call on representative inputs before use. The output dtype is the weight's
@@ -180,6 +191,7 @@ class W8A8Linear(nn.Module):
             device=weight.device,
             out_dtype=out_dtype,
             backend=backend,
+            accumulation=accumulation,
         )
         q, scale = quantize_weight(weight, layer.qdtype)
         layer.weight.copy_(q)
@@ -248,7 +260,10 @@ class W8A8Linear(nn.Module):
             q, scale = quantize_per_token(x, self.qdtype)
             scale = scale.reshape(-1, 1)
         q = q.reshape(-1, K)
-        out = scaled_mm(q, self.weight.t(), scale, self.weight_scale, self.out_dtype, self.bias, backend=self.backend)
+        weight_t, weight_scale, out_dtype, bias = self.weight.t(), self.weight_scale, self.out_dtype, self.bias
+        out = scaled_mm(
+            q, weight_t, scale, weight_scale, out_dtype, bias, backend=self.backend, accumulation=self.accumulation
+        )
         return out.reshape(*lead, self.out_features)
 
     def _prepare_forward(self, x: torch.Tensor, owner_state: tuple) -> torch.Tensor:
@@ -263,8 +278,9 @@ class W8A8Linear(nn.Module):
                     "inputs, or pass input_scale= to W8A8Linear.from_linear"
                 )
         out, forward = prepare_linear(
-            x, self.weight.t(), self.weight_scale, self.bias, self.qdtype, input_scale, self.out_dtype, self.backend
-        )
+            x, self.weight.t(), self.weight_scale, self.bias, self.qdtype, input_scale, self.out_dtype, self.backend,
+            self.accumulation,
+        )  # fmt: skip
         self._forwards.put(x, owner_state, forward)
         return out
 
@@ -272,5 +288,6 @@ class W8A8Linear(nn.Module):
         dtype = "int8" if self.qdtype == torch.int8 else "fp8"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"dtype={dtype}, activation={self.activation}, out_dtype={self.out_dtype}, backend={self.backend}"
+            f"dtype={dtype}, activation={self.activation}, out_dtype={self.out_dtype}, backend={self.backend}, "
+            f"accumulation={self.accumulation}"
         )

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from scaledmm.checks import OUT_DTYPES
+from scaledmm.checks import DEFAULT_ACCUMULATION, OUT_DTYPES, check_accumulation
 from scaledmm.nn.linear import W8A8Linear, dtype_of
 from scaledmm.nn.siblings import fuse_siblings
 
@@ -61,9 +61,10 @@ def quantize_model(
     filter: Callable[[str, nn.Linear], bool] | None = None,
     backend: str = "auto",
     fuse: bool = True,
+    accumulation: str = DEFAULT_ACCUMULATION,
 ) -> QuantizationReport:
     """Replace, in place, every nn.Linear of `model` that `filter(name, module)` accepts (default:
-    all but `lm_head`) by a W8A8Linear calling scaled_mm with `backend`. Returns what was swapped and
+    all but `lm_head`) by a W8A8Linear calling scaled_mm with `backend` and `accumulation`. Returns what was swapped and
     what was skipped, with reasons. With `fuse`, dynamic siblings named as in SIBLING_NAMES (q/k/v,
     gate/up) under one parent run as one scaled_mm within each forward of the parent (FusedSiblings):
     their outputs are then column views of one tensor (not contiguous), and their weight buffers
@@ -74,6 +75,7 @@ def quantize_model(
     one weight (tied) share one quantized weight. A weight tied to a module that stays in float (an
     embedding tied to an lm_head included by the filter) cannot stay tied: the report notes it."""
     qdtype = dtype_of(dtype)
+    check_accumulation(accumulation)
     accept = filter or _default_filter
     report = QuantizationReport()
     float_holders: dict[int, list[str]] = {}  # the modules other than Linears holding each parameter, by its id
@@ -93,7 +95,7 @@ def quantize_model(
             first_name, layer = swapped[id(module)]
             report.notes[name] = f"the same module as {first_name}: one W8A8Linear serves both"
         else:
-            layer = W8A8Linear.from_linear(module, dtype, activation, backend=backend)
+            layer = W8A8Linear.from_linear(module, dtype, activation, backend=backend, accumulation=accumulation)
             tied = by_weight.get(id(module.weight))
             if tied is not None:
                 layer.weight, layer.weight_scale = tied[1].weight, tied[1].weight_scale

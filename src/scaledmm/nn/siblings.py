@@ -68,7 +68,7 @@ class FusedSiblings:
         tensors = [t for m in self.members for t in (m.weight, m.weight_scale, m.bias) if t is not None]
         return (
             tuple((t.data_ptr(), t.dtype) for t in tensors),
-            tuple((m.qdtype, m.out_dtype, m.backend) for m in self.members),
+            tuple((m.qdtype, m.out_dtype, m.backend, m.accumulation) for m in self.members),
         )
 
     def _concatenate(self) -> None:
@@ -111,14 +111,18 @@ class FusedSiblings:
         if not eager(x):
             q, scale = quantize_per_token(x, first.qdtype)
             weight_t, out_dtype, backend = self.weight.t(), first.out_dtype, first.backend
-            return scaled_mm(q, weight_t, scale, self.weight_scale, out_dtype, self.bias, backend=backend)
+            return scaled_mm(
+                q, weight_t, scale, self.weight_scale, out_dtype, self.bias, backend=backend,
+                accumulation=first.accumulation,
+            )  # fmt: skip
         owner_state = (state.generation,)
         forward = self._forwards.get(x, owner_state)
         if forward is not None:
             return forward(x)
         out, forward = prepare_linear(
-            x, self.weight.t(), self.weight_scale, self.bias, first.qdtype, None, first.out_dtype, first.backend
-        )
+            x, self.weight.t(), self.weight_scale, self.bias, first.qdtype, None, first.out_dtype, first.backend,
+            first.accumulation,
+        )  # fmt: skip
         self._forwards.put(x, owner_state, forward)
         return out
 
@@ -181,7 +185,8 @@ def fuse_siblings(model: nn.Module) -> list[list[str]]:
             if not all(isinstance(m, W8A8Linear) and m.activation == "dynamic" and m.fused is None for m in members):
                 continue
             settings = {
-                (m.in_features, m.qdtype, m.out_dtype, m.backend, m.bias is None, m.weight.device) for m in members
+                (m.in_features, m.qdtype, m.out_dtype, m.backend, m.accumulation, m.bias is None, m.weight.device)
+                for m in members
             }
             if len(settings) > 1:
                 continue

@@ -174,7 +174,7 @@ def _run_protocol(
         store.add(recovered)
         if settings.retune:
             # The files hold every job already; what an interrupted --retune did is what its journal says.
-            done = {Job(r["n"], r["k"], r["dtype"], r["m"]) for r in recovered if r.get("retune")}
+            done = {Job(r["n"], r["k"], r["dtype"], r["m"], r["accumulation"]) for r in recovered if r.get("retune")}
         else:
             done = store.done(settings.jobs)
         remaining = [j for j in settings.jobs if j not in done]

@@ -21,7 +21,7 @@ from scaledmm.configs import MatmulConfig, device_limits, heuristic_config
 from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.kernels.matmul import compile_scaled_mm, kernel_revision
 from scaledmm.kernels.matmul_tma import device_has_tma
-from scaledmm.kernels.vendor import unsupported_reason, vendor_scaled_mm
+from scaledmm.kernels.vendor import fast_accum_refused, unsupported_reason, vendor_scaled_mm
 from scaledmm.testing import OUT_DTYPE, ErrorCheck, make_operands
 from scaledmm.tune.space import candidate_configs, group_variants
 
@@ -37,6 +37,7 @@ class Job:
     k: int
     dtype: str
     m: int
+    accumulation: str = "fast"  # fp8's accumulation mode (int8 jobs are exact and always "fast")
 
     @property
     def cost(self) -> float:
@@ -92,7 +93,7 @@ def _compile(job: Job, config: MatmulConfig) -> str | None:
     bias = torch.empty(job.n, dtype=OUT_DTYPE, **meta)
     out = torch.empty(job.m, job.n, dtype=OUT_DTYPE, **meta)
     try:
-        compile_scaled_mm(a, b, scale_a, scale_b, bias, out, config)
+        compile_scaled_mm(a, b, scale_a, scale_b, bias, out, config, job.accumulation == "precise")
     except Exception as err:  # a candidate that does not compile is dropped, with the reason
         return f"{type(err).__name__}: {err}"
     return None
@@ -117,6 +118,17 @@ class Precompiler:
 # ----------------------------------------------------------------------------- timing one job
 
 
+def _vendor_takes_fast_accum(inputs: tuple) -> bool:
+    """Whether cuBLAS runs this fp8 call with fast accumulation (it refuses some shapes)."""
+    try:
+        vendor_scaled_mm(*inputs, OUT_DTYPE, True)
+    except RuntimeError as err:
+        if fast_accum_refused(err):
+            return False
+        raise
+    return True
+
+
 def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replays: int = 20) -> dict:
     """Time every candidate at one point, then the best few, the heuristic and the vendor kernel
     together; return the bucket entry for the config file (with the job's coordinates), or raise if
@@ -125,11 +137,11 @@ def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replay
     copies = rotation_count(job.n * job.k, device)
     ops = [make_operands(job.m, job.n, job.k, dtype, device) for _ in range(copies)]
     inputs = [(*o.args(), o.bias) for o in ops]
-    check = ErrorCheck(ops[0], OUT_DTYPE)
+    check = ErrorCheck(ops[0], OUT_DTYPE, job.accumulation)
 
     def runner(config: MatmulConfig):
         def run(a, b, sa, sb, bias):
-            return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, config=config)
+            return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, config=config, accumulation=job.accumulation)
 
         return run
 
@@ -165,22 +177,31 @@ def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replay
         finalists.append(heuristic)
     contenders = [(runner(c), inputs) for c in finalists]
     vendor = unsupported_reason(*ops[0].args(), ops[0].bias, OUT_DTYPE) is None
+    # The vendor kernel in the same accumulation mode (like for like); where cuBLAS refuses fast
+    # accumulation for this shape, in its precise mode, and the bucket says so.
+    fast_accum = vendor and job.dtype == "fp8" and job.accumulation == "fast" and _vendor_takes_fast_accum(inputs[0])
     if vendor:
-        contenders.append((lambda a, b, sa, sb, bias: vendor_scaled_mm(a, b, sa, sb, bias, OUT_DTYPE), inputs))
+
+        def vendor_run(a, b, sa, sb, bias):
+            return vendor_scaled_mm(a, b, sa, sb, bias, OUT_DTYPE, fast_accum)
+
+        contenders.append((vendor_run, inputs))
     final = [t.median_us for t in time_interleaved(contenders, replays, warmup_ms=CANDIDATE_WARMUP_MS)]
     final_times = dict(zip(finalists, final))
     vendor_us = final[-1] if vendor else None
 
+    refused = vendor and job.dtype == "fp8" and job.accumulation == "fast" and not fast_accum
+    torch_name = "torch (precise: fast accumulation refused)" if refused else "torch"
     best = min(final_times, key=final_times.get)
     triton_us = final_times[best]
     backend = "torch" if vendor_us is not None and vendor_us < triton_us else "triton"
     return {
-        "n": job.n, "k": job.k, "dtype": job.dtype, "m": job.m,
+        "n": job.n, "k": job.k, "dtype": job.dtype, "m": job.m, "accumulation": job.accumulation,
         "backend": backend,
         "config": best.to_dict(),
         "time_us": round(min(triton_us, vendor_us or math.inf), 3),
         "baselines_us": {
-            "torch": None if vendor_us is None else round(vendor_us, 3),
+            torch_name: None if vendor_us is None else round(vendor_us, 3),
             "heuristic": round(final_times[heuristic], 3) if heuristic in final_times else None,
             "triton": round(triton_us, 3),
         },

@@ -71,11 +71,14 @@ def validate_result(result: object, where: object = "result") -> dict:
     dtype = result.get("dtype")
     if not (isinstance(dtype, str) and dtype in DTYPE_BY_NAME):
         raise ConfigFileError(f"{where}: dtype must be one of {sorted(DTYPE_BY_NAME)}, got {_shown(dtype)}")
+    accumulation = result.get("accumulation", "fast")
+    if accumulation not in ("fast", "precise") or (dtype == "int8" and accumulation != "fast"):
+        raise ConfigFileError(f"{where}: accumulation must be 'fast' or (fp8) 'precise', got {_shown(accumulation)}")
     n, k, m = result["n"], result["k"], result["m"]
     bucket = {f: result[f] for f in BUCKET_FIELDS if f in result}
     one_bucket = {"format_version": FORMAT_VERSION, "device_name": "journal", "n": n, "k": k, "dtype": dtype}
     checked_table(Path(str(where)), {**one_bucket, "buckets": {str(m): bucket}})
-    clean = {"n": n, "k": k, "dtype": dtype, "m": m, **bucket}
+    clean = {"n": n, "k": k, "dtype": dtype, "m": m, "accumulation": accumulation, **bucket}
     if "retune" in result:
         if type(result["retune"]) is not bool:
             raise ConfigFileError(f"{where}: retune must be true or false, got {_shown(result['retune'])}")
@@ -96,39 +99,40 @@ class ResultStore:
         self.device_name = device_name
         self.metadata = metadata
 
-    def _path(self, n: int, k: int, dtype: str) -> Path:
-        return self.directory / file_name(self.device_name, n, k, dtype)
+    def _path(self, n: int, k: int, dtype: str, accumulation: str) -> Path:
+        return self.directory / file_name(self.device_name, n, k, dtype, accumulation)
 
     def done(self, jobs: list[Job]) -> set[Job]:
         """The jobs whose M bucket the existing files hold, tuned with the kernel their config runs as it is now. A
         bucket of another kernel revision is stale and tuned again; a file that does not validate
         counts as holding nothing, and is rewritten."""
         held: set[Job] = set()
-        for n, k, dtype in {(j.n, j.k, j.dtype) for j in jobs}:
-            path = self._path(n, k, dtype)
+        for n, k, dtype, accumulation in {(j.n, j.k, j.dtype, j.accumulation) for j in jobs}:
+            path = self._path(n, k, dtype, accumulation)
             if path.exists():
                 try:
                     buckets = load_table(path).buckets
                 except ValueError:
                     continue
-                held |= {Job(n, k, dtype, b.m) for b in buckets if b.kernel == kernel_revision(b.config)}
+                current = {b.m for b in buckets if b.kernel == kernel_revision(b.config)}
+                held |= {Job(n, k, dtype, m, accumulation) for m in current}
         return held & set(jobs)
 
     def add(self, results: list[dict]) -> None:
         """Merge results into their files (one atomic rewrite per file touched), under the folder's lock.
         A result that does not validate raises ValueError: results come from the tuner or a journal's
         validated lines."""
-        by_file: dict[tuple[int, int, str], list[dict]] = {}
+        by_file: dict[tuple[int, int, str, str], list[dict]] = {}
         for r in map(validate_result, results):
-            by_file.setdefault((r["n"], r["k"], r["dtype"]), []).append(r)
+            by_file.setdefault((r["n"], r["k"], r["dtype"], r["accumulation"]), []).append(r)
         if not by_file:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         lock = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released by the close
-            for (n, k, dtype), rows in by_file.items():
-                path = self._path(n, k, dtype)
+            for (n, k, dtype, accumulation), rows in by_file.items():
+                path = self._path(n, k, dtype, accumulation)
                 buckets = self._buckets(path)
                 for r in rows:
                     buckets[str(r["m"])] = {f: r[f] for f in BUCKET_FIELDS if f in r}
@@ -138,6 +142,7 @@ class ResultStore:
                     "n": n,
                     "k": k,
                     "dtype": dtype,
+                    **({"accumulation": accumulation} if dtype == "fp8" else {}),
                     **self.metadata,
                     "buckets": dict(sorted(buckets.items(), key=lambda kv: int(kv[0]))),
                 }
