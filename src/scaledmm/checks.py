@@ -24,6 +24,11 @@ SCALE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BIAS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 BACKEND_CHOICES = ("auto", "triton", "torch")
+# How fp8 products are summed (int8 sums exactly in int32 either way). "fast": Hopper's tensor-core
+# accumulator over the whole K loop, as Triton's default and torch._scaled_mm(use_fast_accum=True);
+# "precise": promoted into fp32 at least every 128 K-elements, as torch._scaled_mm's default.
+ACCUMULATIONS = ("fast", "precise")
+DEFAULT_ACCUMULATION = "fast"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 QUANT_DTYPES = tuple(QMAX)  # int8, float8_e4m3fn
 # int8 products are at most 128 * 128 = 2**14 in size, so an int32 sum of K of them is exact while
@@ -83,6 +88,7 @@ def check_scaled_mm_args(
     bias: object,
     config: object,
     backend: object = "auto",
+    accumulation: object = DEFAULT_ACCUMULATION,
 ) -> None:
     """Raise TypeError (wrong type or dtype) or ValueError (wrong shape, layout or device) naming the
     offending argument; return None for arguments `scaled_mm` can compute."""
@@ -136,6 +142,7 @@ def check_scaled_mm_args(
         raise TypeError(f"backend must be a str, one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
+    check_accumulation(accumulation)
     if backend == "torch" and config is not None:
         raise ValueError("config is a Triton launch config; it cannot go with backend='torch'")
     if config is not None and config.split_k > 1:
@@ -156,6 +163,13 @@ def check_scaled_mm_args(
     check_runnable_device(a.device, "scaled_mm")
     if backend == "torch" and (reason := unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype)):
         raise ValueError(f"backend='torch' cannot compute this call: {reason}; use backend='auto' or 'triton'")
+
+
+def check_accumulation(accumulation: object) -> None:
+    if not isinstance(accumulation, str):
+        raise TypeError(f"accumulation must be a str, one of {ACCUMULATIONS}, got {accumulation!r}")
+    if accumulation not in ACCUMULATIONS:
+        raise ValueError(f"accumulation must be one of {ACCUMULATIONS}, got {accumulation!r}")
 
 
 def check_runnable_device(device: torch.device, what: str) -> None:

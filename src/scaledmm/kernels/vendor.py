@@ -73,8 +73,13 @@ def vendor_scaled_mm(
     scale_b: torch.Tensor,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
+    fast_accum: bool = False,
 ) -> torch.Tensor:
-    """(a @ b) * scale_a * scale_b + bias through the vendor kernels (call only where supported)."""
+    """(a @ b) * scale_a * scale_b + bias through the vendor kernels (call only where supported).
+
+    fast_accum: fp8's `use_fast_accum` (Hopper's reduced-precision accumulator, never promoted; our
+    "fast" accumulation); False promotes to fp32 as our "precise" mode does. cuBLAS refuses it for
+    some shapes (a RuntimeError, CUBLAS_STATUS_NOT_SUPPORTED): `fast_accum_refused` tells."""
     if a.dtype == torch.int8:
         out = torch._int_mm(a, b).float() * scale_a.reshape(-1, 1) * scale_b.reshape(1, -1)
         if bias is not None:
@@ -85,4 +90,9 @@ def vendor_scaled_mm(
         scale_a, scale_b = scale_a.reshape(-1, 1), scale_b.reshape(1, -1)
     else:
         scale_a, scale_b = scale_a.reshape(()), scale_b.reshape(())
-    return torch._scaled_mm(a, b, scale_a, scale_b, bias=bias, out_dtype=out_dtype)
+    return torch._scaled_mm(a, b, scale_a, scale_b, bias=bias, out_dtype=out_dtype, use_fast_accum=fast_accum)
+
+
+def fast_accum_refused(err: RuntimeError) -> bool:
+    """Whether a vendor call failed because cuBLAS has no fast-accumulation kernel for its shape."""
+    return "NOT_SUPPORTED" in str(err)
