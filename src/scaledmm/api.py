@@ -343,7 +343,7 @@ def _scaled_mm_op(
     config: list[int] | None,
     backend: str,
 ) -> torch.Tensor:
-    config = None if config is None else MatmulConfig(*config)
+    config = None if config is None else MatmulConfig.from_list(config)
     return _run_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype, config, backend)
 
 
@@ -622,4 +622,4 @@ def _fused_linear_config(q, weight_t, scale, weight_scale, bias, out_dtype, back
     if backend == "auto":
         backend = _auto_backend(chosen.backend, q, weight_t, scale, weight_scale, bias, out_dtype)
     config = chosen.config
-    return config if backend == "triton" and config.split_k == 1 and not config.tma else None
+    return config if backend == "triton" and config.split_k == 1 and config.kernel != "tma" else None

@@ -8,11 +8,11 @@ import json
 import os
 from pathlib import Path
 
-from scaledmm.configs.files import FORMAT_VERSION, file_name, load_table, write_json_atomic
+from scaledmm.configs.files import FORMAT_VERSION, file_name, load_table, upgrade, upgrade_bucket, write_json_atomic
 from scaledmm.kernels.matmul import kernel_revision
 from scaledmm.tune.runner import Job
 
-BUCKET_FIELDS = ("backend", "config", "time_us", "baselines_us", "candidates", "kernel")
+BUCKET_FIELDS = ("backend", "config", "time_us", "baselines_us", "candidates", "revision")
 
 
 class ResultStore:
@@ -38,7 +38,7 @@ class ResultStore:
                     buckets = load_table(path).buckets
                 except ValueError:
                     continue
-                held |= {Job(n, k, dtype, b.m) for b in buckets if b.kernel == kernel_revision(b.config)}
+                held |= {Job(n, k, dtype, b.m) for b in buckets if b.revision == kernel_revision(b.config)}
         return held & set(jobs)
 
     def add(self, results: list[dict]) -> None:
@@ -48,15 +48,20 @@ class ResultStore:
             by_file.setdefault((r["n"], r["k"], r["dtype"]), []).append(r)
         for (n, k, dtype), rows in by_file.items():
             path = self._path(n, k, dtype)
-            buckets = {}
+            existing = {"buckets": {}}
             if path.exists():
                 try:
                     load_table(path)
-                    buckets = json.loads(path.read_text())["buckets"]
+                    existing = upgrade(path, json.loads(path.read_text()))  # a format-1 file is rewritten in 2
                 except ValueError:
-                    buckets = {}
+                    pass
+            buckets = existing["buckets"]
             for r in rows:
+                if "kernel" in r:  # a result journaled by a version that wrote format-1 files
+                    r = upgrade_bucket(path, f"the journaled result for M={r['m']}", r)
                 buckets[str(r["m"])] = {f: r[f] for f in BUCKET_FIELDS if f in r}
+            # The run's metadata replaces the file's; a note on re-stamped revisions stays with them.
+            carried = {"restamped": existing["restamped"]} if "restamped" in existing else {}
             data = {
                 "format_version": FORMAT_VERSION,
                 "device_name": self.device_name,
@@ -64,6 +69,7 @@ class ResultStore:
                 "k": k,
                 "dtype": dtype,
                 **self.metadata,
+                **carried,
                 "buckets": dict(sorted(buckets.items(), key=lambda kv: int(kv[0]))),
             }
             write_json_atomic(path, data)
