@@ -15,7 +15,7 @@ from scaledmm import MatmulConfig
 from scaledmm.configs import clear_cache, heuristic_config, plan
 from scaledmm.configs.files import ConfigFileError, file_name, load_table, parse_file_name
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, list_config_files
-from scaledmm.kernels.matmul import KERNEL_REVISION
+from scaledmm.kernels.matmul import REVISIONS
 from scaledmm.tune.store import Journal, ResultStore, read_journals, validate_result
 
 CPU = torch.device("cpu")
@@ -30,7 +30,7 @@ SPECIALS = {
 }
 
 GOOD_TABLE = {
-    "format_version": 1,
+    "format_version": 2,
     "device_name": "cpu",
     "n": N,
     "k": K,
@@ -44,16 +44,16 @@ GOOD_TABLE = {
             "time_us": 9.0,
             "baselines_us": {"triton": 11.0, "heuristic": None},
             "candidates": 3,
-            "kernel": "abc123",
+            "revision": "abc123",
         },
     },
 }
 
 GOOD_RESULT = {
-    "n": 48, "k": 64, "dtype": "int8", "m": 2, "backend": "triton",
+    "n": 48, "k": 64, "dtype": "int8", "m": 2, "accumulation": "fast", "backend": "triton",
     "config": MatmulConfig(16, 16, 64).to_dict(), "time_us": 5.0,
     "baselines_us": {"torch": None, "heuristic": 6.0, "triton": 5.0},
-    "candidates": 1, "kernel": KERNEL_REVISION, "retune": False, "at": 1.0,
+    "candidates": 1, "revision": REVISIONS["pointer"], "retune": False, "at": 1.0,
 }  # fmt: skip
 
 keys = st.sampled_from(["n", "m", "buckets", "config", "block_m", "1", "0", "-3", "@@HUGE_KEY@@"]) | st.text(max_size=6)

@@ -113,10 +113,12 @@ def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch):
         (dict(block_m=16, block_n=32, block_k=32, num_warps=3), ValueError),
         (dict(block_m=16, block_n=32, block_k=32, split_k=0), ValueError),
         (dict(block_m=16, block_n=32, block_k=32, split_k=17), ValueError),
-        (dict(block_m=16, block_n=32, block_k=32, tma=2), ValueError),
-        (dict(block_m=16, block_n=32, block_k=32, tma=1, split_k=2), ValueError),  # the TMA kernel does not split
-        (dict(block_m=16, block_n=32, block_k=32, swap_ab=2), ValueError),
-        (dict(block_m=16, block_n=32, block_k=32, tma=1, swap_ab=1), ValueError),  # two kernels asked for
+        (dict(block_m=16, block_n=32, block_k=32, kernel="TMA"), ValueError),  # not one of KERNELS
+        (
+            dict(block_m=16, block_n=32, block_k=32, kernel="tma", split_k=2),
+            ValueError,
+        ),  # the TMA kernel does not split
+        (dict(block_m=16, block_n=32, block_k=32, kernel=2), TypeError),  # a name, not an index
         (dict(block_m=16.0, block_n=32, block_k=32), TypeError),
         (dict(block_m=True, block_n=32, block_k=32), TypeError),
     ],

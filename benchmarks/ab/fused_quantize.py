@@ -34,7 +34,7 @@ def point(dtype, N, K, M, device) -> tuple[list[float], object]:
         weight_t = random_8bit((N, K), dtype, device).t()
         inputs.append((x, weight_t, torch.rand(N, device=device) + 0.5, torch.randn(N, device=device)))
     config = scaledmm.select_config(M, N, K, dtype, device)
-    unsplit = dataclasses.replace(config, split_k=1, tma=0)
+    unsplit = dataclasses.replace(config, split_k=1, kernel="pointer" if config.kernel == "tma" else config.kernel)
     q, s = scaledmm.quantize_per_token(inputs[0][0], dtype)
 
     def two(x, w, ws, b):

@@ -23,7 +23,7 @@ from scaledmm.configs import device_limits, heuristic_config
 from scaledmm.testing import ErrorCheck, make_operands
 
 BF16 = torch.bfloat16
-SWAP = MatmulConfig(16, 64, 256, num_warps=4, num_stages=5, swap_ab=1)
+SWAP = MatmulConfig(16, 64, 256, num_warps=4, num_stages=5, kernel="swapped")
 
 
 def main():

@@ -19,7 +19,7 @@ from scaledmm.testing import ErrorCheck, make_operands
 FP8 = torch.float8_e4m3fn
 BF16 = torch.bfloat16
 EXTRA = [
-    MatmulConfig(16, bn, bk, num_warps=w, num_stages=s, split_k=k, swap_ab=1)
+    MatmulConfig(16, bn, bk, num_warps=w, num_stages=s, split_k=k, kernel="swapped")
     for bn, bk, w, s, k in [
         (32, 256, 4, 5, 1), (32, 512, 4, 4, 1), (32, 256, 4, 5, 2),
         (64, 256, 8, 5, 1), (64, 256, 4, 6, 1), (64, 128, 4, 8, 1), (64, 512, 4, 5, 1),

@@ -28,7 +28,7 @@ FP8 = torch.float8_e4m3fn
 def tma_configs():
     for bn, bk, stages in itertools.product((32, 64, 128), (128, 256), (4, 6, 8)):
         if stages * (16 + bn) * bk + 16 * bn * 2 <= 200 * 1024:
-            yield MatmulConfig(16, bn, bk, group_m=8, num_warps=4, num_stages=stages, tma=1)
+            yield MatmulConfig(16, bn, bk, group_m=8, num_warps=4, num_stages=stages, kernel="tma")
 
 
 def main():

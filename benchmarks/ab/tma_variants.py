@@ -27,12 +27,12 @@ from scaledmm.testing import ErrorCheck, make_operands
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 TMA_CONFIGS = [
-    MatmulConfig(128, 128, 128, num_warps=8, num_stages=4, tma=1),
-    MatmulConfig(128, 128, 128, num_warps=4, num_stages=4, tma=1),
-    MatmulConfig(128, 256, 128, num_warps=8, num_stages=3, tma=1),
-    MatmulConfig(256, 128, 128, num_warps=8, num_stages=3, tma=1),
-    MatmulConfig(128, 256, 64, num_warps=8, num_stages=4, tma=1),
-    MatmulConfig(128, 128, 64, num_warps=4, num_stages=5, tma=1),
+    MatmulConfig(128, 128, 128, num_warps=8, num_stages=4, kernel="tma"),
+    MatmulConfig(128, 128, 128, num_warps=4, num_stages=4, kernel="tma"),
+    MatmulConfig(128, 256, 128, num_warps=8, num_stages=3, kernel="tma"),
+    MatmulConfig(256, 128, 128, num_warps=8, num_stages=3, kernel="tma"),
+    MatmulConfig(128, 256, 64, num_warps=8, num_stages=4, kernel="tma"),
+    MatmulConfig(128, 128, 64, num_warps=4, num_stages=5, kernel="tma"),
 ]
 
 

@@ -384,4 +384,4 @@ def _fused_linear_config(
     if backend == "auto":
         backend = auto_backend(chosen.backend, q, weight_t, scale, weight_scale, out_dtype, bias)
     config = chosen.config
-    return config if backend == "triton" and config.split_k == 1 and not config.tma else None
+    return config if backend == "triton" and config.split_k == 1 and config.kernel != "tma" else None

@@ -14,6 +14,7 @@ from scaledmm import MatmulConfig
 from scaledmm.cli import main
 from scaledmm.configs import clear_cache, heuristic_config, plan, select_config
 from scaledmm.configs.files import (
+    FORMAT_VERSION,
     MAX_FILE_BYTES,
     ConfigFileError,
     device_family,
@@ -37,7 +38,7 @@ TUNED = {
 def table_json(device="cpu", n=N, k=K, dtype="int8", buckets=None, backend="triton"):
     buckets = buckets or TUNED
     return {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "device_name": device,
         "n": n,
         "k": k,
@@ -76,7 +77,12 @@ def config_dir(tmp_path, monkeypatch):
 def test_file_names():
     name = file_name("NVIDIA H100 80GB HBM3", 6144, 4096, "fp8")
     assert name == "N=6144,K=4096,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8.json"
-    assert parse_file_name(name) == ("NVIDIA_H100_80GB_HBM3", 6144, 4096, "fp8")
+    assert parse_file_name(name) == ("NVIDIA_H100_80GB_HBM3", 6144, 4096, "fp8", "fast")
+    precise = file_name("NVIDIA H200", 6144, 4096, "fp8", "precise")
+    assert precise == "N=6144,K=4096,device_name=NVIDIA_H200,dtype=fp8_w8a8,accumulation=precise.json"
+    assert parse_file_name(precise) == ("NVIDIA_H200", 6144, 4096, "fp8", "precise")
+    assert file_name("NVIDIA H200", 6144, 4096, "int8", "precise").endswith("dtype=int8_w8a8.json")  # exact anyway
+    assert parse_file_name("N=1,K=1,device_name=x,dtype=int8_w8a8,accumulation=precise.json") is None
     assert parse_file_name("notes.json") is None
     assert normalize_device_name(" NVIDIA H100 PCIe ") == "NVIDIA_H100_PCIe"
 
@@ -181,7 +187,13 @@ def bad_files():
         "not an object": ("[1, 2]", "top level must be an object"),
         "unknown top-level key": (edit(lambda d: d.update(speed="fast")), "unknown keys ['speed']"),
         "missing buckets": (edit(lambda d: d.pop("buckets")), "lacks ['buckets']"),
-        "wrong format version": (edit(lambda d: d.update(format_version=2)), "format_version"),
+        "unknown format version": (edit(lambda d: d.update(format_version=3)), "format_version"),
+        "format-1 key in a format-2 config": (
+            edit(lambda d: bucket(d)["config"].update(tma=0)),
+            "unknown MatmulConfig",
+        ),
+        "unknown kernel": (edit(lambda d: bucket(d)["config"].update(kernel="stream-k")), "kernel must be one of"),
+        "revision not hexadecimal": (edit(lambda d: bucket(d).update(revision="v2")), "revision must be"),
         "n as a string": (edit(lambda d: d.update(n="96")), "n must be an integer"),
         "dtype unknown": (edit(lambda d: d.update(dtype="int4")), "dtype must be"),
         "empty buckets": (edit(lambda d: d.update(buckets={})), "non-empty object"),
@@ -215,7 +227,7 @@ def test_bad_file_is_skipped_with_one_warning_and_the_heuristic_serves(config_di
 
 def test_content_must_match_the_file_name(config_dir):
     path = write(config_dir, table_json(), name=file_name("cpu", N + 1, K, "int8"))
-    with pytest.raises(ConfigFileError, match=r"the name says \(device, N, K, dtype\) = \('cpu', 97"):
+    with pytest.raises(ConfigFileError, match=r"the name says \(device, N, K, dtype, accumulation\) = \('cpu', 97"):
         load_table(path)
     other_card = write(config_dir, table_json(device="NVIDIA H100 PCIe"), name=file_name("NVIDIA H200", N, K, "int8"))
     with pytest.raises(ConfigFileError, match="NVIDIA_H200"):
@@ -348,3 +360,39 @@ def test_an_unreadable_config_dir_is_ignored_with_a_warning(config_dir, monkeypa
     clear_cache()
     with pytest.warns(UserWarning, match="not a directory"):
         assert plan(3, N, K, torch.int8, CPU).source is None
+
+
+def format_1(config: MatmulConfig, **bucket) -> dict:
+    """A table of one bucket at M = 1 as format 1 wrote it: tma and swap_ab flags, the revision as `kernel`."""
+    old_config = {**config.to_dict(), "tma": int(config.kernel == "tma"), "swap_ab": int(config.kernel == "swapped")}
+    del old_config["kernel"]
+    data = table_json(buckets={1: config})
+    data["format_version"] = 1
+    data["buckets"]["1"].update(config=old_config, **bucket)
+    return data
+
+
+@pytest.mark.parametrize("kernel", ["pointer", "swapped", "tma"])
+def test_format_1_files_are_read(config_dir, kernel):
+    config = MatmulConfig(16, 32, 64, kernel=kernel)
+    path = write(config_dir, format_1(config, kernel="0123456789ab"))
+    (bucket,) = load_table(path).buckets
+    assert bucket.config == config and bucket.revision == "0123456789ab"
+    assert select_config(1, N, K, torch.int8, CPU) == config
+
+
+@pytest.mark.parametrize(
+    "edit,words",
+    [
+        (lambda c: c.update(tma=2), "MatmulConfig.tma must be 0 or 1"),
+        (lambda c: c.update(swap_ab="1"), "MatmulConfig.swap_ab must be 0 or 1"),
+        (lambda c: c.update(tma=1, swap_ab=1), "exclude each other"),
+        (lambda c: c.update(kernel="tma"), "a format-1 config has no key 'kernel'"),
+    ],
+    ids=["tma=2", "swap_ab a string", "both", "format-2 key"],
+)
+def test_bad_format_1_configs_are_refused(config_dir, edit, words):
+    data = format_1(MatmulConfig(16, 32, 64))
+    edit(data["buckets"]["1"]["config"])
+    with pytest.raises(ConfigFileError, match=f"bucket 1: .*{words}"):
+        load_table(write(config_dir, data))

@@ -28,8 +28,8 @@ def test_small_m_takes_the_swapped_tile_then_64_rows_in_fp8_where_n_is_narrow_an
     for dtype in (torch.int8, FP8):
         for M in (1, 16):
             config = heuristic_config(M, 4096, 4096, dtype, **H100)
-            assert config.swap_ab and (config.block_m, config.block_n, config.block_k) == (16, 64, 256)
-    assert not heuristic_config(17, 4096, 4096, FP8, **H100).swap_ab
+            assert config.kernel == "swapped" and (config.block_m, config.block_n, config.block_k) == (16, 64, 256)
+    assert heuristic_config(17, 4096, 4096, FP8, **H100).kernel != "swapped"
     assert heuristic_config(32, 8448, 4096, FP8, **H100).block_m == 64
     assert heuristic_config(32, 8449, 4096, FP8, **H100).block_m == 32
     assert heuristic_config(32, 4096, 4096, torch.int8, **H100).block_m == 32
@@ -62,8 +62,8 @@ def test_select_config_is_cached_and_pure():
 
 
 def test_large_m_takes_the_tma_tile_where_shared_memory_holds_it():
-    assert heuristic_config(4096, 4096, 4096, torch.int8, **H100).tma == 1
-    assert heuristic_config(1024, 4096, 4096, torch.int8, **H100).tma == 0
-    assert heuristic_config(4096, 4096, 4096, torch.int8, **ADA).tma == 0
-    assert heuristic_config(4096, 2560, 8192, torch.int8, **H100).tma == 0  # 320 tiles, under 3 per SM
-    assert heuristic_config(8192, 2560, 8192, torch.int8, **H100).tma == 1
+    assert heuristic_config(4096, 4096, 4096, torch.int8, **H100).kernel == "tma"
+    assert heuristic_config(1024, 4096, 4096, torch.int8, **H100).kernel != "tma"
+    assert heuristic_config(4096, 4096, 4096, torch.int8, **ADA).kernel != "tma"
+    assert heuristic_config(4096, 2560, 8192, torch.int8, **H100).kernel != "tma"  # 320 tiles, under 3 per SM
+    assert heuristic_config(8192, 2560, 8192, torch.int8, **H100).kernel == "tma"

@@ -57,7 +57,7 @@ def test_a_file_bucket_that_cannot_run_is_skipped_with_a_warning(tmp_path, monke
     M, N, K = 8192, 4096, 64
     name = device_name(torch.device(DEVICE, 0) if DEVICE == "cuda" else torch.device("cpu"))
     data = {
-        "format_version": 1,
+        "format_version": 2,
         "device_name": name,
         "n": N,
         "k": K,

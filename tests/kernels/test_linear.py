@@ -59,9 +59,9 @@ def operands(M, N, K, dtype, static, per_channel, bias, x_dtype=torch.bfloat16, 
         (1, 64, MatmulConfig(16, 32, 64, num_warps=4, num_stages=2)),
         (5, 70, MatmulConfig(16, 16, 32, group_m=2, num_warps=4, num_stages=2)),  # ragged K, masked rows
         (20, 96, MatmulConfig(16, 32, 32, group_m=2, num_warps=2, num_stages=3)),  # two tile rows, wrapped
-        (1, 64, MatmulConfig(16, 64, 64, num_warps=4, num_stages=2, swap_ab=1)),  # the swapped MMA
-        (5, 70, MatmulConfig(16, 32, 32, num_warps=4, num_stages=2, swap_ab=1)),
-        (20, 96, MatmulConfig(16, 32, 32, group_m=2, num_warps=4, num_stages=3, swap_ab=1)),
+        (1, 64, MatmulConfig(16, 64, 64, num_warps=4, num_stages=2, kernel="swapped")),  # the swapped MMA
+        (5, 70, MatmulConfig(16, 32, 32, num_warps=4, num_stages=2, kernel="swapped")),
+        (20, 96, MatmulConfig(16, 32, 32, group_m=2, num_warps=4, num_stages=3, kernel="swapped")),
     ],
 )
 def test_equals_quantize_then_scaled_mm_bitwise(dtype, static, per_channel, bias, M, K, config):
@@ -81,7 +81,7 @@ def test_equals_quantize_then_scaled_mm_bitwise(dtype, static, per_channel, bias
 def test_equals_scaled_mm_bitwise_with_the_shipped_swapped_tile(dtype, M):
     # The tile the heuristic and most decode buckets take, over several K steps (the last ragged),
     # N wider than one weight tile.
-    config = MatmulConfig(16, 64, 256, num_warps=4, num_stages=5, swap_ab=1)
+    config = MatmulConfig(16, 64, 256, num_warps=4, num_stages=5, kernel="swapped")
     args = operands(M, 130, 600, dtype, False, True, True)
     out, _ = one_launch(*args, torch.bfloat16, config)
     torch.testing.assert_close(out, two_launches(*args, torch.bfloat16, config), atol=0, rtol=0)

@@ -43,10 +43,10 @@ def padded_view(src: torch.Tensor, fill) -> tuple[torch.Tensor, torch.Tensor]:
         (33, 130, 257, None),  # the heuristic's config for this shape
         (37, 45, 70, MatmulConfig(16, 32, 32, group_m=2, num_warps=2, num_stages=2)),
         (37, 45, 70, MatmulConfig(16, 32, 32, group_m=2, num_warps=2, num_stages=2, split_k=2)),
-        (5, 130, 96, MatmulConfig(16, 64, 64, num_warps=4, num_stages=2, swap_ab=1)),  # one tile row, swapped
-        (37, 45, 70, MatmulConfig(16, 32, 32, num_warps=4, num_stages=2, swap_ab=1)),  # three tile rows
-        (37, 45, 70, MatmulConfig(16, 32, 32, num_warps=4, num_stages=2, split_k=2, swap_ab=1)),
-        (37, 130, 300, MatmulConfig(16, 64, 64, num_warps=4, num_stages=3, split_k=2, swap_ab=1)),  # wgmma-sized
+        (5, 130, 96, MatmulConfig(16, 64, 64, num_warps=4, num_stages=2, kernel="swapped")),  # one tile row, swapped
+        (37, 45, 70, MatmulConfig(16, 32, 32, num_warps=4, num_stages=2, kernel="swapped")),  # three tile rows
+        (37, 45, 70, MatmulConfig(16, 32, 32, num_warps=4, num_stages=2, split_k=2, kernel="swapped")),
+        (37, 130, 300, MatmulConfig(16, 64, 64, num_warps=4, num_stages=3, split_k=2, kernel="swapped")),  # wgmma-sized
     ],
     ids=str,
 )
@@ -70,8 +70,8 @@ def test_writes_whole_output_and_nothing_outside(dtype, a_col, b_col, out_dtype,
 
 
 @pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "e4m3"])
-@pytest.mark.parametrize("swap_ab", [0, 1], ids=["pointer", "swapped"])
-def test_offsets_beyond_int32(dtype, swap_ab):
+@pytest.mark.parametrize("kernel", ["pointer", "swapped"])
+def test_offsets_beyond_int32(dtype, kernel):
     # Row strides of 2**27 put the last of 17 rows at element 2**31 of a and of out: 32-bit offset
     # arithmetic would wrap there. The buffers are allocated but only the used rows are touched.
     M, N, K, row_stride = 17, 16, 32, 2**27
@@ -83,7 +83,7 @@ def test_offsets_beyond_int32(dtype, swap_ab):
     out = out_store.as_strided((M, N), (row_stride, 1))
     out.fill_(float("nan"))
 
-    config = MatmulConfig(16, 16, 32, swap_ab=swap_ab)
+    config = MatmulConfig(16, 16, 32, kernel=kernel)
     launch_scaled_mm(a, small.b, small.scale_a, small.scale_b, small.bias, out, config)
 
     assert_close(out, Operands(a, small.b, small.scale_a, small.scale_b, small.bias))
@@ -95,11 +95,11 @@ def test_offsets_beyond_int32(dtype, swap_ab):
     [(2, 256), (3, 257), (8, 96)],
     ids=["even", "ragged-K", "idle-splits"],  # 96 is 3 K steps of 32: five of the eight splits get none
 )
-@pytest.mark.parametrize("swap_ab", [0, 1], ids=["pointer", "swapped"])
-def test_split_k_is_correct_and_repeats_bitwise(dtype, split_k, K, swap_ab):
+@pytest.mark.parametrize("kernel", ["pointer", "swapped"])
+def test_split_k_is_correct_and_repeats_bitwise(dtype, split_k, K, kernel):
     M, N = 20, 70
     ops = make_operands(M, N, K, dtype, DEVICE)
-    config = MatmulConfig(16, 32, 32, split_k=split_k, swap_ab=swap_ab)
+    config = MatmulConfig(16, 32, 32, split_k=split_k, kernel=kernel)
     outs = []
     for _ in range(2):
         outs.append(torch.empty(M, N, dtype=torch.bfloat16, device=DEVICE))
@@ -207,9 +207,9 @@ def tma_launches(monkeypatch):
 @pytest.mark.parametrize(
     "M,N,K,config",
     [
-        (37, 72, 80, MatmulConfig(32, 32, 32, group_m=2, num_warps=4, num_stages=2, tma=1)),  # ragged M, N, K
-        (130, 48, 64, MatmulConfig(64, 32, 32, group_m=8, num_warps=4, num_stages=3, tma=1)),
-        (8, 40, 48, MatmulConfig(16, 16, 32, group_m=1, num_warps=4, num_stages=2, tma=1)),
+        (37, 72, 80, MatmulConfig(32, 32, 32, group_m=2, num_warps=4, num_stages=2, kernel="tma")),  # ragged M, N, K
+        (130, 48, 64, MatmulConfig(64, 32, 32, group_m=8, num_warps=4, num_stages=3, kernel="tma")),
+        (8, 40, 48, MatmulConfig(16, 16, 32, group_m=1, num_warps=4, num_stages=2, kernel="tma")),
     ],
 )
 def test_tma_kernel_writes_whole_output_and_nothing_outside(tma_launches, dtype, out_dtype, M, N, K, config):
@@ -237,7 +237,7 @@ def test_tma_kernel_scale_and_bias_modes(tma_launches, per_token, per_channel, b
     ops = make_operands(
         50, 64, 96, torch.float8_e4m3fn, DEVICE, per_token=per_token, per_channel=per_channel, bias_dtype=bias_dtype
     )
-    out = scaledmm.scaled_mm(*ops.args(), torch.bfloat16, ops.bias, config=MatmulConfig(32, 32, 32, tma=1))
+    out = scaledmm.scaled_mm(*ops.args(), torch.bfloat16, ops.bias, config=MatmulConfig(32, 32, 32, kernel="tma"))
     assert_close(out, ops)
     assert len(tma_launches) == int(not ON_GPU or torch.cuda.get_device_capability() >= (9, 0))
 
@@ -248,7 +248,7 @@ def test_tma_kernel_scale_and_bias_modes(tma_launches, per_token, per_channel, b
 )
 def test_tma_config_runs_the_pointer_kernel_where_tma_cannot(tma_launches, why, K, b_col):
     ops = make_operands(24, 32, K, torch.int8, DEVICE, b_column_major=b_col)
-    out = scaledmm.scaled_mm(*ops.args(), torch.bfloat16, ops.bias, config=MatmulConfig(16, 32, 32, tma=1))
+    out = scaledmm.scaled_mm(*ops.args(), torch.bfloat16, ops.bias, config=MatmulConfig(16, 32, 32, kernel="tma"))
     assert_close(out, ops)
     assert tma_launches == [], why
 
@@ -265,7 +265,7 @@ def test_every_tma_candidate_runs_correctly(tma_launches, out_dtype):
     M, N, K = 300, 512, 256
     num_sms, shared = device_limits(torch.device(DEVICE))
     ops = make_operands(M, N, K, torch.float8_e4m3fn, DEVICE)
-    configs = [c for c in candidate_configs(4096, N, K, shared, num_sms) if c.tma]
+    configs = [c for c in candidate_configs(4096, N, K, shared, num_sms) if c.kernel == "tma"]
     assert configs
     for config in configs:
         out = torch.empty(M, N, dtype=out_dtype, device=DEVICE)
@@ -283,7 +283,9 @@ def test_tma_kernel_compiles_ahead_from_meta_tensors(tma_launches):
     b = torch.empty(384, 512, dtype=torch.float8_e4m3fn, **meta).t()
     out = torch.empty(256, 384, dtype=torch.bfloat16, **meta)
     scale_a, scale_b = torch.empty(256, 1, **meta), torch.empty(1, 384, **meta)
-    compile_scaled_mm(a, b, scale_a, scale_b, None, out, MatmulConfig(128, 128, 128, num_warps=4, num_stages=3, tma=1))
+    compile_scaled_mm(
+        a, b, scale_a, scale_b, None, out, MatmulConfig(128, 128, 128, num_warps=4, num_stages=3, kernel="tma")
+    )
     assert len(tma_launches) == int(torch.cuda.get_device_capability() >= (9, 0))
 
 
@@ -318,18 +320,18 @@ def test_split_k_with_the_epilogue_loaded_before_or_after_the_loop(dtype, M, bia
 @pytest.mark.parametrize(
     "config,kernel,revision",
     [
-        (MatmulConfig(16, 64, 128), matmul._scaled_mm_kernel, matmul.KERNEL_REVISION),
-        (MatmulConfig(16, 64, 128, swap_ab=1), matmul._scaled_mm_swap_kernel, matmul.SWAP_KERNEL_REVISION),
+        (MatmulConfig(16, 64, 128), matmul._scaled_mm_kernel, matmul.REVISIONS["pointer"]),
+        (MatmulConfig(16, 64, 128, kernel="swapped"), matmul._scaled_mm_swap_kernel, matmul.REVISIONS["swapped"]),
     ],
     ids=["pointer", "swapped"],
 )
-def test_swap_ab_runs_the_swapped_kernel_under_its_own_revision(config, kernel, revision):
+def test_a_swapped_config_runs_the_swapped_kernel_under_its_own_revision(config, kernel, revision):
     ops = make_operands(3, 96, 256, torch.float8_e4m3fn, DEVICE)
     out = torch.empty(3, 96, dtype=torch.bfloat16, device=DEVICE)
     chosen = matmul._kernel_and_arguments(*ops.args(), ops.bias, out, config, ops.a.device)
     assert chosen[0] is kernel
     assert matmul.kernel_revision(config) == revision
-    assert len({matmul.KERNEL_REVISION, matmul.SWAP_KERNEL_REVISION, matmul.TMA_KERNEL_REVISION}) == 3
+    assert len(set(matmul.REVISIONS.values())) == 3
 
 
 @pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "e4m3"])
@@ -340,5 +342,5 @@ def test_swap_ab_runs_the_swapped_kernel_under_its_own_revision(config, kernel, 
 @pytest.mark.parametrize("M", [9, 40], ids=["one-token-tile", "three-token-tiles"])
 def test_swapped_kernel_scale_and_bias_modes(dtype, per_token, per_channel, bias_dtype, M):
     ops = make_operands(M, 80, 160, dtype, DEVICE, per_token=per_token, per_channel=per_channel, bias_dtype=bias_dtype)
-    config = MatmulConfig(16, 64, 64, num_warps=4, num_stages=2, swap_ab=1)
+    config = MatmulConfig(16, 64, 64, num_warps=4, num_stages=2, kernel="swapped")
     assert_close(scaledmm.scaled_mm(*ops.args(), torch.bfloat16, ops.bias, config=config), ops)

@@ -76,9 +76,9 @@ def test_closing_table_names_the_whole_config():
 
 
 def test_tma_candidates_only_at_compute_bound_m_and_sized_for_fp32_outputs():
-    assert not any(c.tma for c in candidate_configs(64, 4096, 4096, H100_SHARED, H100_SMS))
-    assert not any(c.tma for c in candidate_configs(4096, 40, 50, H100_SHARED, H100_SMS))
-    tma = [c for c in candidate_configs(4096, 4096, 4096, H100_SHARED, H100_SMS) if c.tma]
+    assert not any(c.kernel == "tma" for c in candidate_configs(64, 4096, 4096, H100_SHARED, H100_SMS))
+    assert not any(c.kernel == "tma" for c in candidate_configs(4096, 40, 50, H100_SHARED, H100_SMS))
+    tma = [c for c in candidate_configs(4096, 4096, 4096, H100_SHARED, H100_SMS) if c.kernel == "tma"]
     assert {(c.block_m, c.block_n) for c in tma} == {(64, 128), (64, 256), (128, 128), (128, 256), (256, 128)}
     for c in tma:
         assert c.split_k == 1
@@ -87,20 +87,21 @@ def test_tma_candidates_only_at_compute_bound_m_and_sized_for_fp32_outputs():
 
 
 def test_no_tma_candidates_for_a_gpu_without_tma():
-    assert not any(c.tma for c in candidate_configs(4096, 4096, 4096, H100_SHARED, H100_SMS, tma=False))
+    assert not any(c.kernel == "tma" for c in candidate_configs(4096, 4096, 4096, H100_SHARED, H100_SMS, tma=False))
 
 
 def test_swapped_candidates_only_at_small_m_with_one_tile_row_of_tokens():
     for M in (1, 4, 16, 24, 64):
-        swapped = [c for c in candidate_configs(M, 2560, 9728, H100_SHARED, H100_SMS) if c.swap_ab]
+        swapped = [c for c in candidate_configs(M, 2560, 9728, H100_SHARED, H100_SMS) if c.kernel == "swapped"]
         assert swapped and all(c.block_m == max(16, triton.next_power_of_2(M)) for c in swapped)
         assert {c.block_n for c in swapped} <= {64, 128} and {c.num_warps for c in swapped} == {4}
-        assert all(not c.tma for c in swapped)
         assert any(c.split_k > 1 for c in swapped)  # 40 or 20 weight tiles leave SMs idle
         assert all(group_variants(c, M) == [] for c in swapped)
     # the winner of the first A/B is a candidate
-    assert MatmulConfig(16, 64, 256, num_warps=4, num_stages=5, swap_ab=1) in candidate_configs(
+    assert MatmulConfig(16, 64, 256, num_warps=4, num_stages=5, kernel="swapped") in candidate_configs(
         1, 6144, 4096, H100_SHARED, H100_SMS
     )
-    assert not any(c.swap_ab for c in candidate_configs(96, 2560, 9728, H100_SHARED, H100_SMS))
-    assert not any(c.swap_ab and c.split_k > 1 for c in candidate_configs(1, 28672, 4096, H100_SHARED, H100_SMS))
+    assert not any(c.kernel == "swapped" for c in candidate_configs(96, 2560, 9728, H100_SHARED, H100_SMS))
+    assert not any(
+        c.kernel == "swapped" and c.split_k > 1 for c in candidate_configs(1, 28672, 4096, H100_SHARED, H100_SMS)
+    )

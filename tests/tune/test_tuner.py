@@ -16,7 +16,7 @@ from scaledmm.cli import main
 from scaledmm.configs import MatmulConfig, clear_cache
 from scaledmm.configs.files import file_name, load_table
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, device_name, plan
-from scaledmm.kernels.matmul import KERNEL_REVISION, kernel_revision
+from scaledmm.kernels.matmul import REVISIONS, kernel_revision
 from scaledmm.tune.runner import Job
 from scaledmm.tune.store import Journal, ResultStore
 
@@ -108,7 +108,7 @@ def test_journaled_results_are_recovered_without_tuning_them_again(tmp_path, mon
         "time_us": 5.0,
         "baselines_us": {"torch": None, "heuristic": 6.0, "triton": 5.0},
         "candidates": 1,
-        "kernel": KERNEL_REVISION,
+        "revision": REVISIONS["pointer"],
     }
     # Rank 1 of a killed two-GPU run; the rerun uses one GPU and must still pick it up.
     journal = Journal(tmp_path / ".journal" / f"{socket.gethostname()}-rank1.jsonl")
@@ -155,7 +155,7 @@ def test_a_job_without_a_correct_candidate_is_reported_and_the_rest_tuned(tmp_pa
 
     monkeypatch.setattr(distributed, "tune_job", fails_at_m2)
     assert tune(tmp_path, ms="1,2,4") == 0
-    assert "skipped Job(n=48, k=64, dtype='int8', m=2)" in capsys.readouterr().err
+    assert "skipped Job(n=48, k=64, dtype='int8', m=2," in capsys.readouterr().err
     assert [b.m for b in load_table(config_file(tmp_path)).buckets] == [1, 4]
 
 
@@ -164,8 +164,8 @@ def test_buckets_of_another_kernel_revision_are_tuned_again(tmp_path, monkeypatc
     path = config_file(tmp_path)
     data = json.loads(path.read_text())
     for bucket in data["buckets"].values():  # the revision of the kernel the bucket's config runs
-        assert bucket["kernel"] == kernel_revision(MatmulConfig.from_dict(bucket["config"]))
-    data["buckets"]["2"]["kernel"] = "0123456789ab"  # as if the kernel had changed since
+        assert bucket["revision"] == kernel_revision(MatmulConfig.from_dict(bucket["config"]))
+    data["buckets"]["2"]["revision"] = "0123456789ab"  # as if the kernel had changed since
     path.write_text(json.dumps(data))
     tuned = []
     real = distributed.tune_job
@@ -173,7 +173,7 @@ def test_buckets_of_another_kernel_revision_are_tuned_again(tmp_path, monkeypatc
     assert tune(tmp_path, ms="1,2") == 0
     assert tuned == [2]
     retuned = json.loads(path.read_text())["buckets"]["2"]  # its winner may differ: CPU timings are noise
-    assert retuned["kernel"] == kernel_revision(MatmulConfig.from_dict(retuned["config"])) != "0123456789ab"
+    assert retuned["revision"] == kernel_revision(MatmulConfig.from_dict(retuned["config"])) != "0123456789ab"
 
 
 def test_retune_tunes_current_buckets_again(tmp_path, monkeypatch):
@@ -220,7 +220,7 @@ def test_journals_merge_oldest_first_so_a_retune_result_wins(tmp_path, monkeypat
             "n": N, "k": K, "dtype": "int8", "m": 2, "backend": "triton",
             "config": MatmulConfig(16, 16, 64).to_dict(), "time_us": time_us,
             "baselines_us": {"torch": None, "heuristic": 9.0, "triton": time_us},
-            "candidates": 1, "kernel": KERNEL_REVISION, "retune": retune, "at": at,
+            "candidates": 1, "revision": REVISIONS["pointer"], "retune": retune, "at": at,
         }  # fmt: skip
 
     journals = tmp_path / ".journal"
@@ -243,10 +243,10 @@ def test_journals_merge_oldest_first_so_a_retune_result_wins(tmp_path, monkeypat
 def result(m, n=N, k=K, **changes):
     """A journal line as the tuner writes it."""
     entry = {
-        "n": n, "k": k, "dtype": "int8", "m": m, "backend": "triton",
+        "n": n, "k": k, "dtype": "int8", "m": m, "accumulation": "fast", "backend": "triton",
         "config": MatmulConfig(16, 16, 64).to_dict(), "time_us": 5.0,
         "baselines_us": {"torch": None, "heuristic": 6.0, "triton": 5.0},
-        "candidates": 1, "kernel": KERNEL_REVISION, "retune": False, "at": 1.0,
+        "candidates": 1, "revision": REVISIONS["pointer"], "retune": False, "at": 1.0,
     }  # fmt: skip
     entry.update(changes)
     return entry
@@ -271,7 +271,7 @@ def bad_journal_lines():
         line(time_us=-1.0),
         line(time_us="fast"),
         line(baselines_us=[1.0]),
-        line(kernel="../x"),
+        line(revision="../x"),
         line(retune="yes"),
         line(at="yesterday"),  # the merge sorts by it
         line(at=float("nan")),
@@ -399,3 +399,28 @@ def test_each_tuner_process_writes_its_own_journal(tmp_path, monkeypatch):
     assert tune(tmp_path, ms="1,2") == 0
     assert len(names) == 2 and names[0] != names[1]
     assert all(name.startswith(socket.gethostname()) and name.endswith("-rank0.jsonl") for name in names)
+
+
+def test_format_1_files_and_journals_are_merged_into_format_2(tmp_path):
+    # A file and a journaled result of the version that wrote format 1: the configs said tma/swap_ab,
+    # and the buckets named their revision `kernel`.
+    old_config = {**MatmulConfig(16, 64, 64).to_dict(), "tma": 0, "swap_ab": 1}
+    del old_config["kernel"]
+    old_bucket = {"backend": "triton", "config": old_config, "time_us": 4.0, "kernel": REVISIONS["swapped"]}
+    config_file(tmp_path).write_text(
+        json.dumps(
+            {
+                "format_version": 1, "device_name": DEVICE_NAME, "n": N, "k": K, "dtype": "int8",
+                "restamped": "a note", "buckets": {"1": old_bucket},
+            }
+        )
+    )  # fmt: skip
+    store = ResultStore(tmp_path, DEVICE_NAME, {"command": "test"})
+    assert store.done([Job(N, K, "int8", 1), Job(N, K, "int8", 2)]) == {Job(N, K, "int8", 1)}
+    store.add([{"n": N, "k": K, "dtype": "int8", "m": 2, **old_bucket, "kernel": "0123456789ab"}])
+    data = json.loads(config_file(tmp_path).read_text())
+    assert data["format_version"] == 2 and data["restamped"] == "a note" and data["command"] == "test"
+    for m, revision in (("1", REVISIONS["swapped"]), ("2", "0123456789ab")):
+        assert data["buckets"][m]["config"] == MatmulConfig(16, 64, 64, kernel="swapped").to_dict()
+        assert data["buckets"][m]["revision"] == revision and "kernel" not in data["buckets"][m]
+    assert [b.revision for b in load_table(config_file(tmp_path)).buckets] == [REVISIONS["swapped"], "0123456789ab"]

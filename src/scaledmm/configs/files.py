@@ -4,12 +4,18 @@ One JSON file per (device, N, K, dtype), named as vLLM names its tuned files:
 
     N=6144,K=4096,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8.json
 
-holding metadata (versions, card, date, command, scaling mode) and `buckets`: for each tuned M, the
-backend that won, the best Triton config, and the measured times of the winner and the baselines.
-Files are read with `json` only and validated field by field; a file that fails raises
-ConfigFileError, which the lookup turns into one warning and the heuristic. A file is untrusted: only
-a regular file (or a symlink to one) of at most MAX_FILE_BYTES is read, without blocking, as UTF-8, and
-nothing in it can raise anything but ConfigFileError (`load_table`).
+holding metadata (versions, card, date, command, scaling mode, fp8 accumulation mode; "restamped"
+where revisions were carried over to a refactored kernel that compiles to the same code) and
+`buckets`: for each tuned M, the backend that won, the best Triton config, the measured times of the
+winner and the baselines, and the revision of the kernel it was tuned with. Files are read with
+`json` only and validated field by field; a file that fails raises ConfigFileError, which the lookup
+turns into one warning and the heuristic. A file is untrusted: only a regular file (or a symlink to
+one) of at most MAX_FILE_BYTES is read, without blocking, as UTF-8, and nothing in it can raise
+anything but ConfigFileError (`load_table`).
+
+Format 2 names the kernel a config runs (`"kernel": "pointer"`, "swapped" or "tma") and the bucket's
+kernel revision `revision`. Format 1 files, whose configs said `"tma": 0|1, "swap_ab": 0|1` and
+whose buckets named the revision `kernel`, are still read (`upgrade` converts them).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import torch
 
 from scaledmm.configs.config import MatmulConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BACKENDS = ("triton", "torch")  # ours, or the vendor kernel (torch._scaled_mm / torch._int_mm + epilogue)
 DTYPE_NAMES = {torch.int8: "int8", torch.float8_e4m3fn: "fp8", torch.float8_e5m2: "fp8"}
 DTYPE_BY_NAME = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}  # what the tuner and the bench run
@@ -39,9 +45,12 @@ _NAME = re.compile(
     r"^N=(\d+),K=(\d+),device_name=([A-Za-z0-9_.\-]+),dtype=(int8|fp8)_w8a8(,accumulation=precise)?\.json$"
 )
 _REQUIRED = {"format_version", "device_name", "n", "k", "dtype", "buckets"}
-_OPTIONAL = {"compute_capability", "scales", "triton", "torch", "scaledmm", "date", "command", "accumulation"}
+_OPTIONAL = {"compute_capability", "scales", "triton", "torch", "scaledmm", "date", "command"} | {
+    "accumulation",  # the fp8 accumulation mode the buckets were tuned in; "fast" where absent
+    "restamped",  # a note on revisions carried over to a refactored kernel (format 2)
+}
 _BUCKET_REQUIRED = {"backend", "config"}
-_BUCKET_OPTIONAL = {"time_us", "baselines_us", "candidates", "kernel"}
+_BUCKET_OPTIONAL = {"time_us", "baselines_us", "candidates", "revision"}
 
 # How far past its largest tuned M a file still serves: the tuner's grid steps by at most 2x, and its
 # default ends at 8192, so 16384 still takes the 8192 bucket.
@@ -95,7 +104,7 @@ class Bucket:
     backend: str
     config: MatmulConfig
     time_us: float | None = None
-    kernel: str | None = None  # the kernel revision it was tuned with (kernels.matmul.KERNEL_REVISION)
+    revision: str | None = None  # of the kernel it was tuned with (kernels.matmul.kernel_revision)
 
 
 @dataclass(frozen=True)
@@ -153,13 +162,53 @@ def _check_keys(path: Path, where: str, data: dict, required: set[str], optional
         raise _fail(path, f"{where} has unknown keys {sorted(unknown)}")
 
 
+def _upgrade_config(path: Path, where: str, config: dict) -> dict:
+    """A format-1 config (tma and swap_ab, 0 or 1, at most one set) with its kernel named instead."""
+    config = dict(config)
+    if "kernel" in config:
+        raise _fail(path, f"{where}: a format-1 config has no key 'kernel'")
+    flags = {name: config.pop(name, 0) for name in ("tma", "swap_ab")}
+    for name, value in flags.items():
+        if type(value) is not int or value not in (0, 1):
+            raise _fail(path, f"{where}: MatmulConfig.{name} must be 0 or 1 in a format-1 file, got {value!r}")
+    if flags["tma"] and flags["swap_ab"]:
+        raise _fail(path, f"{where}: MatmulConfig.tma and MatmulConfig.swap_ab exclude each other: set at most one")
+    config["kernel"] = "tma" if flags["tma"] else "swapped" if flags["swap_ab"] else "pointer"
+    return config
+
+
+def upgrade_bucket(path: Path, where: str, entry: dict) -> dict:
+    """A format-1 bucket (or a tuning result of then) in the current format: its config names its
+    kernel, and its revision is `revision`, no longer `kernel`."""
+    entry = dict(entry)
+    if isinstance(entry.get("config"), dict):
+        entry["config"] = _upgrade_config(path, where, entry["config"])
+    if "kernel" in entry:
+        entry["revision"] = entry.pop("kernel")
+    return entry
+
+
+def upgrade(path: Path, data: object) -> object:
+    """The decoded JSON of a config file in the current format: a format-1 file converted
+    (`upgrade_bucket`), anything else as it is. Validation is parse_table's: what is not as format 1
+    has it is left for it to report."""
+    if not (isinstance(data, dict) and data.get("format_version") == 1 and isinstance(data.get("buckets"), dict)):
+        return data
+    buckets = {
+        key: upgrade_bucket(path, f"bucket {key}", entry) if isinstance(entry, dict) else entry
+        for key, entry in data["buckets"].items()
+    }
+    return {**data, "format_version": FORMAT_VERSION, "buckets": buckets}
+
+
 def parse_table(path: Path, data: object) -> TunedTable:
-    """Validate the decoded JSON of a config file."""
+    """Validate the decoded JSON of a config file (of the current format, or format 1)."""
     if not isinstance(data, dict):
         raise _fail(path, f"the top level must be an object, got {type(data).__name__}")
     _check_keys(path, "the file", data, _REQUIRED, _OPTIONAL)
-    if data["format_version"] != FORMAT_VERSION:
-        raise _fail(path, f"format_version {data['format_version']!r} is not {FORMAT_VERSION}")
+    if data["format_version"] not in (1, FORMAT_VERSION):
+        raise _fail(path, f"format_version {data['format_version']!r} is not {FORMAT_VERSION} (or 1, still read)")
+    data = upgrade(path, data)
     if not isinstance(data["device_name"], str) or not data["device_name"]:
         raise _fail(path, f"device_name must be a non-empty string, got {data['device_name']!r}")
     n = _positive_int(path, "n", data["n"])
@@ -201,10 +250,10 @@ def parse_table(path: Path, data: object) -> TunedTable:
             _time(path, f"{where}: baselines_us[{name!r}]", value)
         if "candidates" in entry:
             _positive_int(path, f"{where}: candidates", entry["candidates"], 10**6)
-        kernel = entry.get("kernel")
-        if kernel is not None and not (isinstance(kernel, str) and re.fullmatch(r"[0-9a-f]{1,64}", kernel)):
-            raise _fail(path, f"{where}: kernel must be a hexadecimal revision, got {kernel!r}")
-        buckets.append(Bucket(m, entry["backend"], config, time_us, kernel))
+        revision = entry.get("revision")
+        if revision is not None and not (isinstance(revision, str) and re.fullmatch(r"[0-9a-f]{1,64}", revision)):
+            raise _fail(path, f"{where}: revision must be a hexadecimal kernel revision, got {revision!r}")
+        buckets.append(Bucket(m, entry["backend"], config, time_us, revision))
     buckets.sort(key=lambda b: b.m)
     return TunedTable(path, data["device_name"], n, k, data["dtype"], tuple(buckets), accumulation)
 

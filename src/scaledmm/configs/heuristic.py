@@ -19,7 +19,7 @@ _MIN_STAGES = 2
 # from M = 2048 on where it makes at least 3 tiles per SM: with fewer, the last round of the
 # persistent grid leaves SMs idle, and on llama3-70b's qkv at tp 4 (N = 2560) it lost to the
 # 128x128 tile at M = 2048 and 4096 (heuristic_tma_ab.log, from which this rule was read).
-_TMA_TILE = MatmulConfig(128, 256, 128, group_m=8, num_warps=8, num_stages=3, tma=1)
+_TMA_TILE = MatmulConfig(128, 256, 128, group_m=8, num_warps=8, num_stages=3, kernel="tma")
 _TMA_MIN_M = 2048
 _TMA_MIN_TILES_PER_SM = 3
 # Its pipeline plus half an fp32 output tile staged for the store: only Hopper-class GPUs (227 KB
@@ -38,7 +38,7 @@ _TMA_TILE_SHARED_MEMORY = (
 # split as here (benchmarks/results/h100-2026-11-27-swap/heuristic_swap_ab.log; splitting the wider
 # grids or the shorter K as well ran 0.79-0.97x the unsplit tile). Measured on an H100 only; before
 # Hopper the MMA has no 64-row form to fill, and the rule has not been timed there.
-_SWAP_TILE = MatmulConfig(16, 64, 256, group_m=8, num_warps=4, num_stages=5, swap_ab=1)
+_SWAP_TILE = MatmulConfig(16, 64, 256, group_m=8, num_warps=4, num_stages=5, kernel="swapped")
 _SWAP_SPLIT_MIN_K = 8192
 
 # fp8 at 16 < M <= 32 with few column tiles (N <= 8448 on an H100): 64-row tiles, their rows past M

@@ -174,7 +174,7 @@ def unfit_reason(config: MatmulConfig, M: int, N: int, shared_memory: int) -> st
     config must not need more scratch than an explicit `config=` may allocate.
     """
     pipeline = (config.block_m + config.block_n) * config.block_k * config.num_stages
-    if config.tma:
+    if config.kernel == "tma":
         pipeline += config.block_m * config.block_n // 2 * 4
     if pipeline > shared_memory:
         return f"it needs about {pipeline // 1024} KiB of shared memory, the device has {shared_memory // 1024} KiB"

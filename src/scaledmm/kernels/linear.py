@@ -15,7 +15,7 @@ capture only, where the host time it saves is what the caller waits for.
 
 The tiles, their order (`common.grouped_tile`), the masking of rows past M (M < BLOCK_M) or their
 wrapping, and the epilogue (`common.scale_and_store`) are `matmul._scaled_mm_kernel`'s, and with a
-swap_ab config the MMA is `matmul._scaled_mm_swap_kernel`'s (weight tile first); there is no
+swapped config the MMA is `matmul._scaled_mm_swap_kernel`'s (weight tile first); there is no
 split-K, and the epilogue's operands are loaded after the K loop (the matmul kernel's early loads at
 decode have not been tried here).
 """
@@ -149,7 +149,7 @@ def bind_quantized_linear(
         **accumulator_kwargs(weight_t.dtype, config.block_k, precise),
         EVEN_K=K % config.block_k == 0,
         MASK_M=M < config.block_m,
-        SWAP_AB=bool(config.swap_ab),
+        SWAP_AB=config.kernel == "swapped",
         **tile_kwargs(config),
     )
     grid = (triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n),)

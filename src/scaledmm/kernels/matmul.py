@@ -9,7 +9,7 @@ The exception is M < BLOCK_M (decode): there the rows past M are masked instead,
 row loads M rows of A rather than BLOCK_M copies of them. Measured on an H100 (docs/performance.md):
 masking is 1.0-1.45x faster at M = 1 and even at M = 4; wrapping is up to 1.18x faster at M >= 48.
 
-A config with swap_ab runs the operand-swapped form of the same kernel (`_scaled_mm_swap_kernel`),
+A swapped config runs the operand-swapped form of the same kernel (`_scaled_mm_swap_kernel`),
 which the tuner offers at small M: the weight tile as the tall MMA operand, the tokens as the narrow.
 
 What the matmul kernels share is in common.py (the grouped tile order, the epilogue) and split_k.py
@@ -170,17 +170,19 @@ def _scaled_mm_swap_kernel(
         )  # fmt: skip
 
 
-# The kernels' revisions (kernels/revision.py): a tuned bucket records the one of the kernel its config runs.
-KERNEL_REVISION = revision(_scaled_mm_kernel)
-TMA_KERNEL_REVISION = revision(matmul_tma.scaled_mm_tma_kernel)
-SWAP_KERNEL_REVISION = revision(_scaled_mm_swap_kernel)
+# The kernel each MatmulConfig.kernel names (configs.config.KERNELS), and its revision (kernels/revision.py),
+# which a tuned bucket records.
+KERNEL_FUNCTIONS = {
+    "pointer": _scaled_mm_kernel,
+    "swapped": _scaled_mm_swap_kernel,
+    "tma": matmul_tma.scaled_mm_tma_kernel,
+}
+REVISIONS = {name: revision(kernel) for name, kernel in KERNEL_FUNCTIONS.items()}
 
 
 def kernel_revision(config: MatmulConfig) -> str:
     """The revision of the kernel that runs `config`."""
-    if config.tma:
-        return TMA_KERNEL_REVISION
-    return SWAP_KERNEL_REVISION if config.swap_ab else KERNEL_REVISION
+    return REVISIONS[config.kernel]
 
 
 # The kernel loads the epilogue's scales and bias before its K loop (PRELOAD_EPILOGUE) for one tile
@@ -199,8 +201,8 @@ PRELOAD_MAX_ACCUMULATORS = 64 * 128
 def _launch_arguments(
     a, b, scale_a, scale_b, bias, out, partials, arrivals, config: MatmulConfig, precise: bool
 ) -> tuple[tuple, tuple, dict]:
-    """(grid, positional arguments, keyword arguments) of one launch of the pointer kernel, or with
-    config.swap_ab of the swapped one; the first eight positional arguments are the tensors that
+    """(grid, positional arguments, keyword arguments) of one launch of the pointer kernel, or of the
+    swapped one for a swapped config; the first eight positional arguments are the tensors that
     change per call."""
     M, K = a.shape
     N = b.shape[1]
@@ -219,7 +221,7 @@ def _launch_arguments(
         SPLIT_K=config.split_k,
         **tile_kwargs(config),
     )
-    if config.swap_ab:
+    if config.kernel == "swapped":
         return grid, args, kwargs
     kwargs.update(
         MASK_M=M < config.block_m,
@@ -235,14 +237,15 @@ def _kernel_and_arguments(
     arguments, and how many leading positional arguments change per call. A TMA config runs the TMA
     kernel where the operands and the device allow it (matmul_tma.tma_eligible) and its compiled form
     fits the device's shared memory, else the pointer kernel with the same tiles."""
-    if config.tma and matmul_tma.tma_eligible(a, b, out, device):
+    if config.kernel == "tma" and matmul_tma.tma_eligible(a, b, out, device):
         num_sms, shared_memory = device_limits(device)
         grid, args, kwargs = matmul_tma.launch_arguments(a, b, scale_a, scale_b, bias, out, config, num_sms, precise)
         if matmul_tma.fits_in_shared_memory(grid, args, kwargs, device, shared_memory):
             return matmul_tma.scaled_mm_tma_kernel, grid, args, kwargs, 6
     partials, arrivals = split_k_buffers(a.shape[0], b.shape[1], config, a.dtype, a.device)
     grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, partials, arrivals, config, precise)
-    return _scaled_mm_swap_kernel if config.swap_ab else _scaled_mm_kernel, grid, args, kwargs, 8
+    kernel = _scaled_mm_swap_kernel if config.kernel == "swapped" else _scaled_mm_kernel
+    return kernel, grid, args, kwargs, 8
 
 
 def launch_scaled_mm(
@@ -307,7 +310,8 @@ def bind_scaled_mm(
         a, b, scale_a, scale_b, bias, out, config, precise, device
     )
     bound = bind_launch(kernel, grid, args, kwargs, leading=leading, device=device)
-    name = "tma" if kernel is matmul_tma.scaled_mm_tma_kernel else ("swapped" if config.swap_ab else "pointer")
+    # A TMA config the TMA kernel cannot serve (kernel_and_arguments) runs the pointer kernel.
+    name = "pointer" if config.kernel == "tma" and kernel is not matmul_tma.scaled_mm_tma_kernel else config.kernel
     return MatmulLaunch(bound, config, name, precise, a.shape[0], b.shape[1], a.dtype)
 
 

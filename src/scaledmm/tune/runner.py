@@ -63,8 +63,7 @@ def candidates(job: Job, device: torch.device, max_candidates: int | None) -> li
             sum(abs(math.log2(x / y)) for x, y in pairs)
             + abs(c.num_stages - heuristic.num_stages) / 2
             + math.log2(c.split_k)
-            + (c.tma != heuristic.tma)
-            + (c.swap_ab != heuristic.swap_ab)
+            + (c.kernel != heuristic.kernel)
         )
 
     space = candidate_configs(job.m, job.n, job.k, shared_memory, num_sms, tma=device_has_tma(device))
@@ -206,5 +205,5 @@ def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replay
             "triton": round(triton_us, 3),
         },
         "candidates": len(times),
-        "kernel": kernel_revision(best),
+        "revision": kernel_revision(best),
     }  # fmt: skip

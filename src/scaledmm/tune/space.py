@@ -107,7 +107,7 @@ def _swap_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int) -> l
             continue
         if block_m * bn // (4 * 32) < MIN_ACCUMULATORS_PER_THREAD:
             continue
-        config = MatmulConfig(block_m, bn, bk, group_m=8, num_warps=4, num_stages=stages, swap_ab=1)
+        config = MatmulConfig(block_m, bn, bk, group_m=8, num_warps=4, num_stages=stages, kernel="swapped")
         configs += [dataclasses.replace(config, split_k=s) for s in _splits(M, N, K, config, num_sms)]
     return configs
 
@@ -129,13 +129,13 @@ def _tma_configs(M: int, N: int, K: int, shared_memory: int) -> list[MatmulConfi
             continue
         if not MIN_ACCUMULATORS_PER_THREAD <= bm * bn // (warps * 32) <= MAX_ACCUMULATORS_PER_THREAD:
             continue
-        configs.append(MatmulConfig(bm, bn, TMA_BLOCK_K, group_m=8, num_warps=warps, num_stages=stages, tma=1))
+        configs.append(MatmulConfig(bm, bn, TMA_BLOCK_K, group_m=8, num_warps=warps, num_stages=stages, kernel="tma"))
     return configs
 
 
 def group_variants(config: MatmulConfig, M: int) -> list[MatmulConfig]:
     """The same tile with other program groupings; none where one tile row covers M or for the
     swapped kernel (no effect)."""
-    if config.swap_ab or triton.cdiv(M, config.block_m) <= 1:
+    if config.kernel == "swapped" or triton.cdiv(M, config.block_m) <= 1:
         return []
     return [dataclasses.replace(config, group_m=g) for g in GROUP_M_CHOICES if g != config.group_m]

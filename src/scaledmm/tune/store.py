@@ -36,12 +36,14 @@ from scaledmm.configs.files import (
     parse_json,
     read_capped,
     read_json,
+    upgrade,
+    upgrade_bucket,
     write_json_atomic,
 )
 from scaledmm.kernels.matmul import kernel_revision
 from scaledmm.tune.runner import Job
 
-BUCKET_FIELDS = ("backend", "config", "time_us", "baselines_us", "candidates", "kernel")
+BUCKET_FIELDS = ("backend", "config", "time_us", "baselines_us", "candidates", "revision")
 LOCK_NAME = ".lock"  # in the output folder; the lookup reads only *.json
 MAX_JOURNAL_BYTES = 256 << 20  # a result is about 400 bytes: far more lines than any tuning grid
 
@@ -75,6 +77,8 @@ def validate_result(result: object, where: object = "result") -> dict:
     if accumulation not in ("fast", "precise") or (dtype == "int8" and accumulation != "fast"):
         raise ConfigFileError(f"{where}: accumulation must be 'fast' or (fp8) 'precise', got {_shown(accumulation)}")
     n, k, m = result["n"], result["k"], result["m"]
+    if "kernel" in result:  # journaled by a version that wrote format-1 files
+        result = upgrade_bucket(Path(str(where)), f"the result for M={m}", result)
     bucket = {f: result[f] for f in BUCKET_FIELDS if f in result}
     one_bucket = {"format_version": FORMAT_VERSION, "device_name": "journal", "n": n, "k": k, "dtype": dtype}
     checked_table(Path(str(where)), {**one_bucket, "buckets": {str(m): bucket}})
@@ -114,7 +118,7 @@ class ResultStore:
                     buckets = load_table(path).buckets
                 except ValueError:
                     continue
-                current = {b.m for b in buckets if b.kernel == kernel_revision(b.config)}
+                current = {b.m for b in buckets if b.revision == kernel_revision(b.config)}
                 held |= {Job(n, k, dtype, m, accumulation) for m in current}
         return held & set(jobs)
 
@@ -133,7 +137,8 @@ class ResultStore:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released by the close
             for (n, k, dtype, accumulation), rows in by_file.items():
                 path = self._path(n, k, dtype, accumulation)
-                buckets = self._buckets(path)
+                existing = self._existing(path)
+                buckets = dict(existing["buckets"])
                 for r in rows:
                     buckets[str(r["m"])] = {f: r[f] for f in BUCKET_FIELDS if f in r}
                 data = {
@@ -144,6 +149,8 @@ class ResultStore:
                     "dtype": dtype,
                     **({"accumulation": accumulation} if dtype == "fp8" else {}),
                     **self.metadata,
+                    # A note on re-stamped revisions stays with the buckets it is about.
+                    **({"restamped": existing["restamped"]} if "restamped" in existing else {}),
                     "buckets": dict(sorted(buckets.items(), key=lambda kv: int(kv[0]))),
                 }
                 write_json_atomic(path, data)
@@ -151,15 +158,15 @@ class ResultStore:
             os.close(lock)
 
     @staticmethod
-    def _buckets(path: Path) -> dict:
-        """The buckets of a file as written (every field kept); none if it is missing or invalid (it is
-        then rewritten with the new results)."""
+    def _existing(path: Path) -> dict:
+        """A file's content in the current format (a format-1 file converted; every field kept); no
+        buckets if it is missing or invalid (it is then rewritten with the new results)."""
         try:
             data = read_json(path)
             checked_table(path, data)
         except ConfigFileError:
-            return {}
-        return dict(data["buckets"])
+            return {"buckets": {}}
+        return upgrade(path, data)
 
 
 def _parse_journal(path: Path, raw: bytes) -> list[dict]:
