@@ -48,7 +48,7 @@ def test_the_registered_op_checks_its_arguments(case, error, words):
     elif case == "float operands":
         args[0], args[1] = torch.randn(M, K, device=DEVICE), torch.randn(K, N, device=DEVICE)
     else:
-        args[6] = [0, 0, 0, 8, 4, 3, 1]
+        args[6] = [0, *scaledmm.MatmulConfig(16, 16, 32).as_list()[1:]]  # block_m = 0
     clear_cache()
     with pytest.raises(error, match=words):
         op(*args)

@@ -2,13 +2,14 @@
 
 from scaledmm import reference
 from scaledmm.api import quantize_per_tensor, quantize_per_token, scaled_mm
-from scaledmm.configs import MatmulConfig, select_config
+from scaledmm.configs import MatmulConfig, clear_cache, select_config
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MatmulConfig",
     "__version__",
+    "clear_cache",
     "quantize_per_tensor",
     "quantize_per_token",
     "reference",

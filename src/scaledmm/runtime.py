@@ -124,7 +124,8 @@ class TritonScaledMM:
 
     def __repr__(self) -> str:
         return (
-            f"TritonScaledMM(kernel={self.kernel}, config={self.config}, out={list(self.out_shape)} {self.out_dtype})"
+            f"TritonScaledMM(kernel={self.kernel}, config={self.config}, accumulation={self.accumulation}, "
+            f"out={list(self.out_shape)} {self.out_dtype})"
         )
 
 

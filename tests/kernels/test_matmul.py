@@ -303,7 +303,7 @@ def test_tma_kernel_compiles_ahead_from_meta_tensors(tma_launches):
 def test_the_epilogue_is_loaded_before_the_k_loop_for_one_row_of_small_tiles(M, config, preload):
     ops = make_operands(M, 160, 256, torch.float8_e4m3fn, DEVICE)
     out = torch.empty(M, 160, dtype=torch.bfloat16, device=DEVICE)
-    _, _, kwargs = matmul._launch_arguments(*ops.args(), ops.bias, out, None, None, config)
+    _, _, kwargs = matmul._launch_arguments(*ops.args(), ops.bias, out, None, None, config, False)
     assert kwargs["PRELOAD_EPILOGUE"] is preload
 
 
@@ -328,7 +328,7 @@ def test_split_k_with_the_epilogue_loaded_before_or_after_the_loop(dtype, M, bia
 def test_a_swapped_config_runs_the_swapped_kernel_under_its_own_revision(config, kernel, revision):
     ops = make_operands(3, 96, 256, torch.float8_e4m3fn, DEVICE)
     out = torch.empty(3, 96, dtype=torch.bfloat16, device=DEVICE)
-    chosen = matmul._kernel_and_arguments(*ops.args(), ops.bias, out, config, ops.a.device)
+    chosen = matmul._kernel_and_arguments(*ops.args(), ops.bias, out, config, False, ops.a.device)
     assert chosen[0] is kernel
     assert matmul.kernel_revision(config) == revision
     assert len(set(matmul.REVISIONS.values())) == 3
