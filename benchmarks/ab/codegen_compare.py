@@ -2,22 +2,28 @@
 with the kernels of two source trees and compare what Triton generates.
 
 Each bucket of the shipped config files (src/scaledmm/configs/data) is compiled as its launch would
-specialise it: M the bucket's, 8-bit operands of the file's dtype (A row-major, B = weight.t()),
-per-token x per-channel fp32 scales, bf16 bias, bf16 output (the tuned case), pointers 16-byte
-aligned, the integer arguments and constexprs as each tree's own launcher computes them
-(`matmul._kernel_and_arguments`; a TMA config runs the TMA kernel, as on an H100). Each tree loads
-the shipped tables with its own `configs.files.load_table`, in a process of its own. The TTGIR
-(location info and value names left out) and the PTX (debug lines left out) of the two are compared
-per bucket. Triton compiles for sm_90 without a GPU, so this runs on any machine:
+specialise it, at its M and at the smallest M it serves: 8-bit operands of the file's dtype (A
+row-major, B = weight.t()), per-token x per-channel fp32 scales, bf16 bias, bf16 output (the tuned
+case), pointers 16-byte aligned, the integer arguments and constexprs as each tree's own launcher
+computes them (`matmul._kernel_and_arguments`; a TMA config runs the TMA kernel, as on an H100). Each
+tree loads the shipped tables with its own `configs.files.load_table`, in a process of its own.
+Compared per bucket, in the order Triton makes them:
+- TTGIR, without location info and with values renamed in order (Triton names them after variables);
+- PTX, without debug info (line table, debug sections and the labels only they use);
+- the machine code: every non-debug section of the cubin (nvdisasm), its resource usage (cuobjdump)
+  and the launch metadata (shared memory, warps...). This is what the GPU runs, so a bucket whose
+  machine code is identical keeps its measured times; ptxas can turn a reordered TTGIR into the same
+  code, and identical PTX into another register allocation (the debug labels steer it).
+Triton compiles for sm_90 without a GPU, so this runs on any machine (a few minutes):
 
-    PYTHONPATH=src python3 benchmarks/ab/codegen_compare.py --old 310729a
-    PYTHONPATH=src python3 benchmarks/ab/codegen_compare.py --old 310729a --restamp
+    PYTHONPATH=src python3 benchmarks/ab/codegen_compare.py --old 310729a [--keep DIR] [--restamp]
 
 `--old` is a commit (its src/ is taken with `git archive`) or a source folder; `--new` the source
-folder of this tree. With `--restamp` the buckets whose TTGIR and PTX are both identical are given
-their kernel's new revision in the new tree's files, which are rewritten in the current format with a
-"restamped" note in their metadata; the others keep their revision and count as stale (the tuner
-re-tunes them; their configs stay in service). The last line says how many were identical.
+folder of this tree. With `--restamp` the buckets whose machine code is identical, and which were
+tuned with the old kernel as it was, get their kernel's new revision in the new tree's files, with a
+"restamped" note in the file's metadata, and every file is rewritten in the current format; the
+other buckets keep their revision, so the tuner sees them stale (their configs stay in service).
+`--keep DIR` keeps the compared texts and prints a diff command for each difference.
 """
 
 from __future__ import annotations
@@ -177,6 +183,7 @@ def dump(data_dir: Path, out: Path, texts: Path, limit: int | None) -> None:
                     "config": str(bucket.config),
                     "kernel": launches[-1][0],
                     "revision": matmul.kernel_revision(bucket.config),
+                    "recorded": getattr(bucket, "revision", None) or getattr(bucket, "kernel", None),
                     **{form: [forms[form] for _, forms in launches] for form in FORMS},
                 }
             )
@@ -210,27 +217,65 @@ def _run_tree(src: Path, out: Path, texts: Path, limit: int | None, cache: Path)
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def restamp(new_src: Path, identical: list[dict], old: str) -> None:
-    """Give the identical buckets their new revision in the new tree's files, in the current format,
-    with a provenance note; the other buckets are left as they are."""
+def compare(old_rows: list[dict], new_rows: list[dict], texts: Path | None) -> list[dict]:
+    """Print the table of buckets and what compiled the same, and return the new tree's rows of the
+    buckets to re-stamp: same machine code, and tuned with the old tree's kernel as it was."""
+    new_by_bucket = {(r["file"], r["m"]): r for r in new_rows}
+    restampable = []
+    counts = dict.fromkeys(FORMS, 0)
+    print(f"{'file':70} {'M':>5}  {'config':30} {'kernel':23} {'  '.join(f.upper() for f in FORMS)}")
+    for old in old_rows:
+        new = new_by_bucket.pop((old["file"], old["m"]), None)
+        if new is None or new["config"] != old["config"]:
+            print(f"{old['file']:70} {old['m']:>5}  missing or another config in the new tree")
+            continue
+        same = {form: old[form] == new[form] for form in FORMS}
+        counts = {form: counts[form] + same[form] for form in FORMS}
+        current = old["recorded"] == old["revision"]
+        if same["sass"] and current:
+            restampable.append({**new, "same_ttgir": same["ttgir"]})
+        marks = "  ".join(f"{'same' if same[f] else 'DIFF':{len(f)}}" for f in FORMS)
+        stale = "" if current else f"  (stale before: {old['recorded']} is not {old['revision']})"
+        print(f"{old['file']:70} {old['m']:>5}  {old['config']:30} {old['kernel']:23} {marks}{stale}")
+        for form in FORMS if texts is not None else ():
+            for M, old_sha, new_sha in zip(old["ms"], old[form], new[form]):
+                if old_sha != new_sha:
+                    print(f"    M={M}: diff {texts}/old/{old_sha}.{form} {texts}/new/{new_sha}.{form}")
+    for file, m in new_by_bucket:
+        print(f"{file:70} {m:>5}  only in the new tree")
+    print("identical: " + ", ".join(f"{form.upper()} {counts[form]}" for form in FORMS) + f" of {len(old_rows)}")
+    revisions = sorted({(r["kernel"], r["revision"]) for r in new_rows})
+    print("new revisions: " + ", ".join(f"{kernel} {revision}" for kernel, revision in revisions))
+    return restampable
+
+
+def restamp(new_src: Path, restampable: list[dict], old: str) -> None:
+    """Give the buckets to re-stamp their new revision in the new tree's files, with a provenance
+    note, and rewrite every file in the current format; the other buckets keep their revision."""
     sys.path.insert(0, str(new_src))
     from scaledmm.configs.files import FORMAT_VERSION, upgrade, write_json_atomic
 
-    by_file: dict[str, dict[int, str]] = {}
-    for row in identical:
-        by_file.setdefault(row["file"], {})[row["m"]] = row["revision"]
+    by_file: dict[str, list[dict]] = {}
+    for row in restampable:
+        by_file.setdefault(row["file"], []).append(row)
     today = datetime.date.today().isoformat()
     for path in sorted((new_src / "scaledmm" / "configs" / "data").glob("*.json")):
         data = upgrade(path, json.loads(path.read_text()))
-        stamps = by_file.get(path.name, {})
-        for m, revision in stamps.items():
-            data["buckets"][str(m)]["revision"] = revision
-        if stamps:
+        rows = by_file.get(path.name, [])
+        for row in rows:
+            data["buckets"][str(row["m"])]["revision"] = row["revision"]
+        if rows:
+            kept = sorted(set(map(int, data["buckets"])) - {row["m"] for row in rows})
+            buckets = data.pop("buckets")  # the note goes with the metadata, before the buckets
             data["restamped"] = (
-                f"{today}: the revisions of {len(stamps)} of {len(data['buckets'])} buckets re-stamped from "
-                f"the kernels of {old} to the current ones, whose TTGIR and PTX for sm_90 are identical for "
-                "each bucket's launch (benchmarks/ab/codegen_compare.py); their times are those measured before"
-            )
+                f"{today}: the revisions of {len(rows)} of {len(buckets)} buckets were carried over from the "
+                f"kernels of commit {old} to their refactored form, which compiles to the same machine code for "
+                f"sm_90 at each bucket's launch (cubin code, resources and launch metadata; the TTGIR is identical "
+                f"too for {sum(row['same_ttgir'] for row in rows)} of them; benchmarks/ab/codegen_compare.py). "
+                "Their times are those measured before. "
+                + (f"Not carried over (another machine code, stale): M = {', '.join(map(str, kept))}." if kept else "")
+            ).strip()
+            data["buckets"] = buckets
         assert data["format_version"] == FORMAT_VERSION
         write_json_atomic(path, data)
 
@@ -257,36 +302,13 @@ def main() -> int:
         start = time.monotonic()
         old_rows = _run_tree(_old_tree(args.old, workdir), workdir / "old.jsonl", texts / "old", args.limit, cache)
         new_rows = _run_tree(args.new.resolve(), workdir / "new.jsonl", texts / "new", args.limit, cache)
-        new_by_bucket = {(r["file"], r["m"]): r for r in new_rows}
-        identical, differ = [], []
-        counts = dict.fromkeys(FORMS, 0)
-        print(f"{'file':70} {'M':>5}  {'config':30} {'kernel':23} {'  '.join(f.upper() for f in FORMS)}")
-        for old in old_rows:
-            new = new_by_bucket.pop((old["file"], old["m"]), None)
-            if new is None or new["config"] != old["config"]:
-                print(f"{old['file']:70} {old['m']:>5}  missing or another config in the new tree")
-                differ.append(old)
-                continue
-            same = {form: old[form] == new[form] for form in FORMS}
-            counts = {form: counts[form] + same[form] for form in FORMS}
-            (identical if same["sass"] else differ).append(new)
-            marks = "  ".join(f"{'same' if same[f] else 'DIFF':{len(f)}}" for f in FORMS)
-            print(f"{old['file']:70} {old['m']:>5}  {old['config']:30} {old['kernel']:23} {marks}")
-            for form in FORMS if args.keep else ():
-                for M, old_sha, new_sha in zip(old["ms"], old[form], new[form]):
-                    if old_sha != new_sha:
-                        print(f"    M={M}: diff {texts}/old/{old_sha}.{form} {texts}/new/{new_sha}.{form}")
-        for file, m in new_by_bucket:
-            print(f"{file:70} {m:>5}  only in the new tree")
-        print("identical: " + ", ".join(f"{form.upper()} {counts[form]}" for form in FORMS) + f" of {len(old_rows)}")
-        kernels = sorted({(r["kernel"], r["revision"]) for r in new_rows})
-        print("new revisions: " + ", ".join(f"{k} {r}" for k, r in kernels))
+        restampable = compare(old_rows, new_rows, args.keep)
         print(f"{time.monotonic() - start:.0f} s")
-        if args.restamp and identical:
-            restamp(args.new.resolve(), identical, args.old)
-            print(f"re-stamped {len(identical)} buckets in {args.new / 'scaledmm/configs/data'}")
-        print(f"{len(identical)} of {len(old_rows)} buckets run identical machine code; {len(differ)} differ")
-    return 0 if not differ else 1
+        if args.restamp:
+            restamp(args.new.resolve(), restampable, args.old)
+            print(f"re-stamped {len(restampable)} buckets in {args.new / 'scaledmm/configs/data'} (format 2)")
+        print(f"{len(restampable)} of {len(old_rows)} buckets run identical machine code and were current")
+    return 0 if len(restampable) == len(old_rows) else 1
 
 
 if __name__ == "__main__":
