@@ -21,21 +21,34 @@ from scaledmm.testing import make_operands
 ROOT = os.path.dirname(scaledmm.__file__)
 
 
-def is_jit(code) -> bool:
-    """A @triton.jit function's body, run by the interpreter: kernels and their helpers are not hops
-    of the host path."""
-    source = code.co_filename
-    return os.path.basename(os.path.dirname(source)) == "kernels" and code.co_name.startswith(
-        ("_scaled_mm", "scaled_mm_tma", "_epilogue", "_scale_and", "_split_k", "_quantize", "_tile", "_k_range")
-    )
+def jit_code() -> set:
+    """(file, name) of every @triton.jit function of the package: the interpreter runs their bodies
+    as Python (as code objects of its own), and they are the kernels' device code, not host hops."""
+    import importlib
+    import pkgutil
+    import types
+
+    import scaledmm.kernels
+
+    codes = set()
+    for info in pkgutil.iter_modules(scaledmm.kernels.__path__):
+        module = importlib.import_module(f"scaledmm.kernels.{info.name}")
+        jitted = [f.fn for f in vars(module).values() if isinstance(getattr(f, "fn", None), types.FunctionType)]
+        codes |= {(fn.__code__.co_filename, fn.__name__) for fn in jitted}
+    return codes
 
 
 def path_of(call) -> list[tuple[str, str]]:
     seen: list[tuple[str, str]] = []
+    device_code = jit_code()
 
     def profile(frame, event, arg):
         code = frame.f_code
-        if event == "call" and code.co_filename.startswith(ROOT) and not is_jit(code):
+        if (
+            event == "call"
+            and code.co_filename.startswith(ROOT)
+            and (code.co_filename, code.co_name) not in device_code
+        ):
             key = (os.path.relpath(code.co_filename, ROOT), code.co_name)
             if key not in seen:
                 seen.append(key)

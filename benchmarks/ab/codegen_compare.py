@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -145,7 +146,11 @@ def dump(data_dir: Path, out: Path, texts: Path, limit: int | None) -> None:
         scale_a, scale_b = torch.empty(M, 1, device=meta), torch.empty(1, N, device=meta)
         bias = torch.empty(N, dtype=torch.bfloat16, device=meta)
         out = torch.empty(M, N, dtype=torch.bfloat16, device=meta)
-        kernel, _, args, kwargs, _ = matmul._kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config, meta)
+        # The shipped buckets were tuned in fast accumulation: a tree with the choice compiles that mode.
+        mode = (False,) if "precise" in inspect.signature(matmul._kernel_and_arguments).parameters else ()
+        kernel, _, args, kwargs, _ = matmul._kernel_and_arguments(
+            a, b, scale_a, scale_b, bias, out, config, *mode, meta
+        )
         # What JITFunction.run does before compiling, for the sm_90 backend instead of the driver's.
         kwargs = dict(kwargs, debug=False, instrumentation_mode=triton.knobs.compilation.instrumentation_mode)
         binder = create_function_from_signature(kernel.signature, kernel.params, backend)
