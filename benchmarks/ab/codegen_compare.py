@@ -19,10 +19,11 @@ Triton compiles for sm_90 without a GPU, so this runs on any machine (a few minu
     PYTHONPATH=src python3 benchmarks/ab/codegen_compare.py --old 310729a [--keep DIR] [--restamp]
 
 `--old` is a commit (its src/ is taken with `git archive`) or a source folder; `--new` the source
-folder of this tree. With `--restamp` the buckets whose machine code is identical, and which were
-tuned with the old kernel as it was, get their kernel's new revision in the new tree's files, with a
-"restamped" note in the file's metadata, and every file is rewritten in the current format; the
-other buckets keep their revision, so the tuner sees them stale (their configs stay in service).
+folder of this tree. With `--restamp` the buckets whose machine code is identical (or with `--same
+ttgir` or `--same ptx` that form), and which were tuned with the old kernel as it was, get their
+kernel's new revision in the new tree's files, with a "restamped" note in the file's metadata, and
+every file is rewritten in the current format; the other buckets keep their revision, so the tuner
+sees them stale (their configs stay in service).
 `--keep DIR` keeps the compared texts and prints a diff command for each difference.
 """
 
@@ -44,6 +45,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FORMS = ("ttgir", "ptx", "sass")  # what is compared, in the order Triton makes them
+FORM_NAMES = {
+    "ttgir": "TTGIR",
+    "ptx": "PTX",
+    "sass": "machine code (cubin code, resources and launch metadata)",
+}
 
 
 # ----------------------------------------------------------------------------- normal forms of the IR
@@ -222,9 +228,9 @@ def _run_tree(src: Path, out: Path, texts: Path, limit: int | None, cache: Path)
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def compare(old_rows: list[dict], new_rows: list[dict], texts: Path | None) -> list[dict]:
+def compare(old_rows: list[dict], new_rows: list[dict], texts: Path | None, criterion: str) -> list[dict]:
     """Print the table of buckets and what compiled the same, and return the new tree's rows of the
-    buckets to re-stamp: same machine code, and tuned with the old tree's kernel as it was."""
+    buckets to re-stamp: the same `criterion` form, and tuned with the old tree's kernel as it was."""
     new_by_bucket = {(r["file"], r["m"]): r for r in new_rows}
     restampable = []
     counts = dict.fromkeys(FORMS, 0)
@@ -237,7 +243,7 @@ def compare(old_rows: list[dict], new_rows: list[dict], texts: Path | None) -> l
         same = {form: old[form] == new[form] for form in FORMS}
         counts = {form: counts[form] + same[form] for form in FORMS}
         current = old["recorded"] == old["revision"]
-        if same["sass"] and current:
+        if same[criterion] and current:
             restampable.append({**new, "same_ttgir": same["ttgir"]})
         marks = "  ".join(f"{'same' if same[f] else 'DIFF':{len(f)}}" for f in FORMS)
         stale = "" if current else f"  (stale before: {old['recorded']} is not {old['revision']})"
@@ -254,7 +260,7 @@ def compare(old_rows: list[dict], new_rows: list[dict], texts: Path | None) -> l
     return restampable
 
 
-def restamp(new_src: Path, restampable: list[dict], old: str) -> None:
+def restamp(new_src: Path, restampable: list[dict], old: str, criterion: str) -> None:
     """Give the buckets to re-stamp their new revision in the new tree's files, with a provenance
     note, and rewrite every file in the current format; the other buckets keep their revision."""
     sys.path.insert(0, str(new_src))
@@ -274,11 +280,11 @@ def restamp(new_src: Path, restampable: list[dict], old: str) -> None:
             buckets = data.pop("buckets")  # the note goes with the metadata, before the buckets
             data["restamped"] = (
                 f"{today}: the revisions of {len(rows)} of {len(buckets)} buckets were carried over from the "
-                f"kernels of commit {old} to their refactored form, which compiles to the same machine code for "
-                f"sm_90 at each bucket's launch (cubin code, resources and launch metadata; the TTGIR is identical "
-                f"too for {sum(row['same_ttgir'] for row in rows)} of them; benchmarks/ab/codegen_compare.py). "
+                f"kernels of commit {old} to their refactored form, which compiles to the same {FORM_NAMES[criterion]} "
+                f"for sm_90 at each bucket's launch (the TTGIR is identical too for "
+                f"{sum(row['same_ttgir'] for row in rows)} of them; benchmarks/ab/codegen_compare.py). "
                 "Their times are those measured before. "
-                + (f"Not carried over (another machine code, stale): M = {', '.join(map(str, kept))}." if kept else "")
+                + (f"Not carried over (other code, stale): M = {', '.join(map(str, kept))}." if kept else "")
             ).strip()
             data["buckets"] = buckets
         assert data["format_version"] == FORMAT_VERSION
@@ -292,6 +298,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, help="only the first LIMIT buckets (a quick check)")
     parser.add_argument("--keep", type=Path, help="keep the normal TTGIR and PTX texts here, to diff them")
     parser.add_argument("--restamp", action="store_true", help="re-stamp the identical buckets (see above)")
+    parser.add_argument(
+        "--same", choices=FORMS, default="sass", help="what must be identical to re-stamp (default: %(default)s)"
+    )
     parser.add_argument("--dump", type=Path, help=argparse.SUPPRESS)  # the child: a data folder to compile
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--texts", type=Path, help=argparse.SUPPRESS)
@@ -307,12 +316,12 @@ def main() -> int:
         start = time.monotonic()
         old_rows = _run_tree(_old_tree(args.old, workdir), workdir / "old.jsonl", texts / "old", args.limit, cache)
         new_rows = _run_tree(args.new.resolve(), workdir / "new.jsonl", texts / "new", args.limit, cache)
-        restampable = compare(old_rows, new_rows, args.keep)
+        restampable = compare(old_rows, new_rows, args.keep, args.same)
         print(f"{time.monotonic() - start:.0f} s")
         if args.restamp:
-            restamp(args.new.resolve(), restampable, args.old)
+            restamp(args.new.resolve(), restampable, args.old, args.same)
             print(f"re-stamped {len(restampable)} buckets in {args.new / 'scaledmm/configs/data'} (format 2)")
-        print(f"{len(restampable)} of {len(old_rows)} buckets run identical machine code and were current")
+        print(f"{len(restampable)} of {len(old_rows)} buckets have the same {args.same.upper()} and were current")
     return 0 if len(restampable) == len(old_rows) else 1
 
 

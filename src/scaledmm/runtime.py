@@ -306,47 +306,42 @@ def run_quantize(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype
 
 class PreparedLinear:
     """A W8A8Linear forward for one input signature, with these weights: y = quantize(x) @ weight_t,
-    scaled, plus bias. Two prepared launches (quantize, scaled_mm), or, for a few rows outside
-    CUDA-graph capture, one launch of the quantized linear kernel (kernels/linear.py), the same bits:
-    there it saves more host time than it costs GPU time. A graph being captured, where host time is
-    gone, records the two launches."""
+    scaled, plus bias, over x's rows. Two prepared launches (quantize, scaled_mm), or, for a few rows
+    outside CUDA-graph capture, one launch of the quantized linear kernel (kernels/linear.py), the
+    same bits: there it saves more host time than it costs GPU time. A graph being captured, where
+    host time is gone, records the two launches."""
 
-    def __init__(self, quantize, matmul, weight_t, weight_scale, bias, input_scale, out_shape, fused_config, precise):
-        self.quantize = quantize
-        self.matmul = matmul
-        self.weight_t, self.weight_scale, self.bias, self.input_scale = weight_t, weight_scale, bias, input_scale
-        self.out_shape = out_shape
+    def __init__(self, x, quantize, matmul, weights, fused_config, precise):
+        self.quantize = quantize  # a PreparedQuantize of x's rows
+        self.matmul = matmul  # a prepared scaled_mm of the quantized rows
+        self.weight_t, self.weight_scale, self.bias, self.input_scale = weights
+        self.flat = x.dim() != 2  # x [..., K] runs as its rows [M, K]
+        self.rows = (math.prod(x.shape[:-1]), x.shape[-1])
+        self.out_rows = (self.rows[0], self.weight_t.shape[1])
+        self.out_shape = (*x.shape[:-1], self.weight_t.shape[1])
         self.fused_config = fused_config  # the one-launch kernel's config, or None
         self.precise = precise  # the one-launch kernel's accumulation, the matmul's
         self.fused: QuantizedLinearLaunch | None = None  # bound at its first eager call
 
-    def two_launches(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_scale is None:
-            q, scale = self.quantize(x)
-        else:
-            q, scale = self.quantize(x, self.input_scale), self.input_scale
-        return self.matmul(q.view(-1, q.shape[-1]), self.weight_t, scale.view(-1, 1), self.weight_scale, self.bias)
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(self.rows) if self.flat else x
         if self.fused_config is None or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-            return self.two_launches(x).view(self.out_shape)
-        x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
-        out = torch.empty((x2.shape[0], self.out_shape[-1]), dtype=self.matmul.out_dtype, device=x.device)
-        if self.fused is None:
-            with _device_guard(x.device):
-                self.fused = bind_quantized_linear(
-                    x2,
-                    self.weight_t,
-                    self.input_scale,
-                    self.weight_scale,
-                    self.bias,
-                    out,
-                    self.fused_config,
-                    self.precise,
-                )
+            if self.input_scale is None:
+                q, scale = self.quantize(rows)
+            else:
+                q, scale = self.quantize(rows, self.input_scale), self.input_scale
+            out = self.matmul(q, self.weight_t, scale, self.weight_scale, self.bias)
         else:
-            self.fused(x2, out)
-        return out.view(self.out_shape)
+            out = torch.empty(self.out_rows, dtype=self.matmul.out_dtype, device=x.device)
+            if self.fused is not None:
+                self.fused(rows, out)
+            else:
+                with _device_guard(x.device):
+                    self.fused = bind_quantized_linear(
+                        rows, self.weight_t, self.input_scale, self.weight_scale, self.bias, out, self.fused_config,
+                        self.precise,
+                    )  # fmt: skip
+        return out.view(self.out_shape) if self.flat else out
 
     def __repr__(self) -> str:
         one = f", one launch for eager calls: config={self.fused_config}" if self.fused_config else ""
@@ -358,18 +353,16 @@ def prepare_linear(x, weight_t, weight_scale, bias, dtype, input_scale, out_dtyp
     per-token activations where `input_scale` is None): return y [..., N] and the PreparedLinear that
     computes it again for a new x of the same signature with these weights (their contents may
     change in place)."""
-    quantize = PreparedQuantize(x, dtype, dynamic=input_scale is None)
-    quantized = quantize(x, input_scale)
+    rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+    quantize = PreparedQuantize(rows, dtype, dynamic=input_scale is None)
+    quantized = quantize(rows, input_scale)
     q, scale = quantized if input_scale is None else (quantized, input_scale)
-    q2, scale2 = q.view(-1, x.shape[-1]), scale.view(-1, 1)
-    check_scaled_mm_args(q2, weight_t, scale2, weight_scale, out_dtype, bias, None, backend, accumulation)
-    out, matmul = prepare_scaled_mm(q2, weight_t, scale2, weight_scale, out_dtype, bias, None, backend, accumulation)
-    out_shape = (*x.shape[:-1], weight_t.shape[1])
-    fused_config = _fused_linear_config(q2, weight_t, scale2, weight_scale, out_dtype, bias, backend, accumulation)
-    linear = PreparedLinear(
-        quantize, matmul, weight_t, weight_scale, bias, input_scale, out_shape, fused_config, accumulation == "precise"
-    )
-    return out.view(out_shape), linear
+    check_scaled_mm_args(q, weight_t, scale, weight_scale, out_dtype, bias, None, backend, accumulation)
+    out, matmul = prepare_scaled_mm(q, weight_t, scale, weight_scale, out_dtype, bias, None, backend, accumulation)
+    fused_config = _fused_linear_config(q, weight_t, scale, weight_scale, out_dtype, bias, backend, accumulation)
+    weights = (weight_t, weight_scale, bias, input_scale)
+    linear = PreparedLinear(x, quantize, matmul, weights, fused_config, accumulation == "precise")
+    return (out.view(linear.out_shape) if linear.flat else out), linear
 
 
 def _fused_linear_config(
