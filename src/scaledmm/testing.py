@@ -77,19 +77,23 @@ def make_operands(
 
 
 # Accumulation error allowed for fp8 operands, relative to S = sum_k |a_ik b_kj| |scales| (fp8
-# products are exact in fp32). The model (docs/accumulation-notes.md): Hopper's tensor core keeps
-# about 14 significant bits, truncating, in every 32-element instruction (u_t = 2**-13 relative).
+# products are exact in fp32). The model (docs/accumulation-notes.md): Hopper's tensor core keeps a
+# truncated partial sum in every 32-element instruction, relative error u_t, so 2 * u_t of the running
+# partial sum per instruction. The literature says 14 bits (u_t = 2**-13); an H200 erred by up to
+# twice what 14 bits allow (all-positive operands; precise mode at K = 512, fast at K = 16384;
+# benchmarks/ab/accumulation.py and tests/test_accumulation.py, docs/performance.md "Accumulation"),
+# so the bounds take 12 bits, u_t = 2**-11:
 # - fp32 accumulation (the interpreter, GPUs without a reduced-precision accumulator): K * 2**-24.
-# - "precise", promoted into fp32 every 128 K-elements: at most 2 * u_t * 128 / 32 = 2**-10 inside a
-#   promotion interval, plus K / 128 fp32 additions: 2**-10 + K * 2**-31.
-# - "fast", the tensor-core accumulator over a program's whole K range: 2 * u_t per instruction of
-#   the running partial sum, |S_j| <= S, so K / 32 * 2 * u_t. With 14 bits that is K * 2**-17, but an
-#   H200 erred by 1.8 times that (all-positive operands, K = 16384, benchmarks/ab/accumulation.py,
-#   docs/performance.md "Accumulation"), so the bound takes 12 bits (u_t = 2**-11): K * 2**-15,
-#   16x the precise bound at K = 512 and 128x at K = 4096. Loose; it is what the hardware allows.
-FP8_PRECISE_EPS = 2.0**-10
+# - "precise", promoted into fp32 every 128 K-elements: 128 / 32 * 2 * u_t = 2**-8 inside a promotion
+#   interval, plus K / 128 fp32 additions: 2**-8 + K * 2**-31.
+# - "fast", the tensor-core accumulator over a program's whole K range: K / 32 * 2 * u_t = K * 2**-15
+#   (2**-6 at K = 512, 2**-3 at K = 4096: loose, and what the hardware allows).
+FP8_PRECISE_EPS = 2.0**-8
 FP8_FAST_EPS_PER_K = 2.0**-15
 FP32_SUM_EPS_PER_K = 2.0**-24
+# Where fp8 sums in fp32 (exact products): the package's bound before the modes existed, which covers
+# the fp32 sum up to K = 16384 with room, and the sum's own bound beyond.
+FP8_EXACT_SUM_EPS = 2.0**-10
 # int8 products sum exactly in int32; what is left is the fp32 epilogue: the int32 -> fp32 cast, two
 # scale products and the bias add, each at most half an fp32 ulp: 4 * 2**-24 with room.
 EPILOGUE_EPS = 2.0**-22
@@ -107,7 +111,7 @@ def accumulation_eps(K: int, operand_dtype: torch.dtype, accumulation: str, devi
         return 0.0
     fp32 = K * FP32_SUM_EPS_PER_K
     if not reduced_precision_accumulator(device):
-        return max(fp32, FP8_PRECISE_EPS)
+        return max(fp32, FP8_EXACT_SUM_EPS)
     if accumulation == "precise":
         return max(fp32, FP8_PRECISE_EPS + K * 2.0**-31)
     return max(fp32, K * FP8_FAST_EPS_PER_K)
