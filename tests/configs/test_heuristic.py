@@ -5,6 +5,7 @@ import torch
 
 from scaledmm import MatmulConfig, select_config
 from scaledmm.configs import heuristic_config
+from scaledmm.configs.heuristic import untuned_backend
 
 FP8 = torch.float8_e4m3fn
 H100 = dict(num_sms=132, shared_memory=227 * 1024)
@@ -67,3 +68,35 @@ def test_large_m_takes_the_tma_tile_where_shared_memory_holds_it():
     assert heuristic_config(4096, 4096, 4096, torch.int8, **ADA).kernel != "tma"
     assert heuristic_config(4096, 2560, 8192, torch.int8, **H100).kernel != "tma"  # 320 tiles, under 3 per SM
     assert heuristic_config(8192, 2560, 8192, torch.int8, **H100).kernel == "tma"
+
+
+@pytest.mark.parametrize(
+    "M,dtype,capability,backend",
+    [
+        (64, torch.float8_e4m3fn, (9, 0), "triton"),  # decode: ours won at every H200 point
+        (65, torch.float8_e4m3fn, (9, 0), "torch"),
+        (4096, torch.float8_e4m3fn, (9, 0), "torch"),
+        (4096, torch.int8, (9, 0), "triton"),  # int8: ours, far ahead of torch._int_mm + epilogue
+        (4096, torch.float8_e4m3fn, (8, 9), "triton"),  # unmeasured cards keep ours
+        (4096, torch.float8_e4m3fn, (0, 0), "triton"),  # the interpreter
+    ],
+)
+def test_untuned_backend(M, dtype, capability, backend):
+    assert untuned_backend(M, dtype, capability) == backend
+
+
+def test_an_untuned_plan_on_hopper_names_the_vendor_and_a_cpu_call_still_runs(monkeypatch):
+    import scaledmm
+    from scaledmm.configs import clear_cache, lookup
+    from scaledmm.testing import assert_close, make_operands
+
+    clear_cache()
+    monkeypatch.setattr(lookup, "device_capability", lambda device: (9, 0))
+    try:
+        assert lookup.plan(256, 64, 128, torch.float8_e4m3fn, torch.device("cpu")).backend == "torch"
+        assert lookup.plan(16, 64, 128, torch.float8_e4m3fn, torch.device("cpu")).backend == "triton"
+        if not torch.cuda.is_available():  # the vendor cannot serve CPU tensors: auto runs ours
+            ops = make_operands(256, 64, 128, torch.float8_e4m3fn, "cpu")
+            assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias), ops)
+    finally:
+        clear_cache()

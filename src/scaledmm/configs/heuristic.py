@@ -119,3 +119,19 @@ def _stages(block_m: int, block_n: int, block_k: int, most: int, shared_memory: 
     while num_stages > _MIN_STAGES and num_stages * stage_bytes > shared_memory - SHARED_MEMORY_RESERVE:
         num_stages -= 1
     return num_stages
+
+
+# Without a tuned bucket, which backend `auto` runs. On Hopper (compute capability 9.0) the vendor's
+# fp8 kernel from M = 65 on: in the H200 bench of 2026-12-01 the heuristic's tiles lost to
+# torch._scaled_mm at all 8 public shapes from M = 256 on (0.70-0.97x fast, 0.59-0.71x precise, like
+# for like) and at 5 of 8 at M = 128, and won at every point up to M = 64 (1.07-2.71x;
+# benchmarks/results/h200-2026-12-01/bench-accumulation). INT8 stays ours (2.3x torch._int_mm plus
+# its epilogue on an H100, docs/performance.md); other GPUs stay ours too, unmeasured. Where the
+# vendor cannot serve a call, `auto` runs ours anyway (runtime.auto_backend).
+UNTUNED_VENDOR_MIN_M = 65
+
+
+def untuned_backend(M: int, dtype: torch.dtype, capability: tuple[int, int]) -> str:
+    """The backend `auto` takes for a shape no tuned file covers."""
+    hopper = capability == (9, 0)
+    return "torch" if hopper and dtype != torch.int8 and M >= UNTUNED_VENDOR_MIN_M else "triton"

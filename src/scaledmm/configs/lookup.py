@@ -6,12 +6,13 @@ device synchronisation. Sources, first match wins:
 1. the directory named by SCALEDMM_CONFIG_DIR (files a user tuned), then
 2. the files shipped in scaledmm/configs/data,
 
-each first for the card's exact name, then for another card of its family (H100 or H200 variants);
-then the heuristic. Within a file the bucket is the smallest tuned M >= M, else the largest up to
-twice its M; further out (a file tuned for decode only, asked for a prefill) the next file or the
-heuristic serves.
-SCALEDMM_DISABLED_BACKENDS (comma-separated: torch, triton) keeps backends out of the automatic
-choice (scaledmm.api applies it), as vLLM's VLLM_DISABLED_KERNELS does.
+each first for the card's exact name, then for another card of its family (H100 or H200 variants),
+and for the call's fp8 accumulation mode; then the heuristic, whose config runs where `auto` keeps
+ours and whose backend rule (`heuristic.untuned_backend`) gives fp8 from M = 65 to the vendor
+on Hopper. Within a file the bucket is the smallest tuned M >= M, else the largest up to twice its M;
+further out (a file tuned for decode only, asked for a prefill) the next file or the heuristic
+serves. SCALEDMM_DISABLED_BACKENDS (comma-separated: torch, triton) keeps backends out of the
+automatic choice (runtime.auto_backend applies it), as vLLM's VLLM_DISABLED_KERNELS does.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from scaledmm.configs.files import (
     normalize_device_name,
     parse_file_name,
 )
-from scaledmm.configs.heuristic import heuristic_config
+from scaledmm.configs.heuristic import heuristic_config, untuned_backend
 from scaledmm.state import state
 
 CONFIG_DIR_ENV = "SCALEDMM_CONFIG_DIR"
@@ -84,6 +85,12 @@ def device_limits(device: torch.device) -> tuple[int, int]:
     props = torch.cuda.get_device_properties(device)
     shared = getattr(props, "shared_memory_per_block_optin", _DEFAULT_SHARED_MEMORY)
     return props.multi_processor_count, shared
+
+
+@state.cached
+def device_capability(device: torch.device) -> tuple[int, int]:
+    """The CUDA compute capability, or (0, 0) off CUDA (the interpreter)."""
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else (0, 0)
 
 
 @state.cached
@@ -204,7 +211,8 @@ def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device, accum
             "skipped (the next file, or the heuristic, serves)",
             stacklevel=2,
         )
-    return Plan("triton", heuristic_config(M, N, K, dtype, *device_limits(device)), None)
+    backend = untuned_backend(M, dtype, device_capability(device))
+    return Plan(backend, heuristic_config(M, N, K, dtype, *device_limits(device)), None)
 
 
 def _check_dimension(name: str, value: object) -> int:
