@@ -18,8 +18,6 @@ the same tile config (`matmul.py` chooses).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -28,6 +26,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from scaledmm.configs import MatmulConfig
 from scaledmm.kernels.common import grouped_tile, tile_count
 from scaledmm.kernels.launch import accumulator_kwargs, epilogue_arguments, tile_kwargs
+from scaledmm.state import state
 
 _TMA_ALIGNMENT = 16  # bytes: data pointers and every stride but the last
 
@@ -93,7 +92,7 @@ def scaled_mm_tma_kernel(
         )  # fmt: skip
 
 
-@functools.cache
+@state.cached
 def device_has_tma(device: torch.device) -> bool:
     """Compute capability 9.0 or newer, or Triton's interpreter (CPU tensors), which emulates TMA."""
     if device.type != "cuda":
