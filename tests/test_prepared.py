@@ -200,6 +200,7 @@ def test_layer_forward_is_prepared_and_equals_the_checked_path(monkeypatch, dtyp
     with torch.no_grad():
         first = layer(xs[0])
         assert len(layer._forwards) == 1
+        assert f"runs: [M={xs[0].numel() // K}: " in repr(layer)  # print(layer) says what a forward runs
 
         def no_checks(*args, **kwargs):
             raise AssertionError("a prepared forward ran a check")

@@ -343,6 +343,13 @@ class PreparedLinear:
                     )  # fmt: skip
         return out.view(self.out_shape) if self.flat else out
 
+    def describe(self) -> str:
+        """One line for a layer's repr: the rows, and the kernel and config the forward runs."""
+        if self.fused_config is not None:
+            return f"M={self.rows[0]}: quantize+{self.matmul.kernel} in one launch {self.fused_config}"
+        config = f" {self.matmul.config}" if self.matmul.config is not None else ""
+        return f"M={self.rows[0]}: {self.matmul.backend} {self.matmul.kernel}{config}"
+
     def __repr__(self) -> str:
         one = f", one launch for eager calls: config={self.fused_config}" if self.fused_config else ""
         return f"PreparedLinear({self.quantize!r}, {self.matmul!r}{one})"

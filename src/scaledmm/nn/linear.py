@@ -75,6 +75,13 @@ class PreparedForwards:
     def __len__(self) -> int:
         return len(self._by_signature)
 
+    def summary(self) -> str:
+        """What the prepared forwards run, for the owner's repr: ", runs: [M=16: ..., M=512: ...]"."""
+        if not self._by_signature:
+            return ""
+        runs = [f"{forward.describe()}" for _, forward in self._by_signature.values() if hasattr(forward, "describe")]
+        return f", runs: [{', '.join(runs)}]" if runs else ""
+
     def get(self, x: torch.Tensor, owner_state: tuple) -> Callable[[torch.Tensor], torch.Tensor] | None:
         entry = self._by_signature.get(tensor_signature(x))
         return entry[1] if entry is not None and entry[0] == owner_state else None
@@ -289,5 +296,5 @@ class W8A8Linear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"dtype={dtype}, activation={self.activation}, out_dtype={self.out_dtype}, backend={self.backend}, "
-            f"accumulation={self.accumulation}"
+            f"accumulation={self.accumulation}{self._forwards.summary()}"
         )
