@@ -14,12 +14,23 @@ OPERAND_PAIRS = [(torch.int8, torch.int8), (E4M3, E4M3), (E5M2, E5M2), (E4M3, E5
 
 
 def prepared_call(
-    a, b, scale_a, scale_b, out_dtype=torch.bfloat16, bias=None, config=None, backend="auto", accumulation="fast"
+    a,
+    b,
+    scale_a,
+    scale_b,
+    out_dtype=torch.bfloat16,
+    bias=None,
+    config=None,
+    backend="auto",
+    accumulation="fast",
+    block_size=None,
 ):
     """The prepared call scaled_mm keeps for this signature (it says which backend and kernel ran), or None."""
     from scaledmm import runtime
 
-    key = runtime.scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation)
+    key = runtime.scaled_mm_signature(
+        a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation, block_size
+    )
     return runtime.prepared.get(key)
 
 

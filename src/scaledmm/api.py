@@ -36,6 +36,7 @@ def scaled_mm(
     config: MatmulConfig | None = None,
     backend: str = "auto",
     accumulation: str = DEFAULT_ACCUMULATION,
+    block_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """(a @ b) * scale_a * scale_b + bias, accumulated exactly (int32) or in fp32, scaled in fp32.
 
@@ -57,6 +58,12 @@ def scaled_mm(
             torch._scaled_mm(use_fast_accum=True), vLLM's CUTLASS kernels and Triton's default do;
             "precise": promoted into fp32 every 128 K-elements, as torch._scaled_mm's default. The
             vendor backend runs in the same mode. Other GPUs and int8 (exact in int32) ignore it.
+        block_size: (block_n, block_k) for block-scaled fp8 (DeepSeek-style, e.g. (128, 128)):
+            scale_a is then [M, ceil(K / block_k)], one fp32 scale per 1 x block_k group of a row, and
+            scale_b [ceil(K / block_k), ceil(N / block_n)], one per block of b; for a weight [N, K]
+            with `weight_scale_inv` [N / 128, K / 128] pass `weight.t()` and `weight_scale_inv.t()`.
+            Each block's product is scaled as it is accumulated (so in fp32 every block_k). None:
+            the per-tensor, per-token and per-channel scales above.
 
     Returns:
         A new contiguous [M, N] tensor of `out_dtype` on the operands' device.
@@ -65,20 +72,25 @@ def scaled_mm(
         TypeError: an argument of the wrong type or dtype.
         ValueError: a wrong shape, layout or device.
     """
+    if isinstance(block_size, list):
+        block_size = tuple(block_size)
     if eager(a, b, scale_a, scale_b, bias):
         # An unhashable config cannot make a key; the checks name it.
         try:
-            key = scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation)
+            key = scaled_mm_signature(
+                a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation, block_size
+            )
             call = prepared.get(key)
         except TypeError:
             call = None
         if call is not None:
             return call(a, b, scale_a, scale_b, bias)
-        check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation)
-        return run_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation)
-    check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation)
+        check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation, block_size)
+        return run_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation, block_size)
+    check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation, block_size)
     config_list = None if config is None else config.as_list()
-    return ops.scaled_mm_op(a, b, scale_a, scale_b, bias, out_dtype, config_list, backend, accumulation)
+    blocks = None if block_size is None else list(block_size)
+    return ops.scaled_mm_op(a, b, scale_a, scale_b, bias, out_dtype, config_list, backend, accumulation, blocks)
 
 
 def _prepared_quantize(x: object, scale: object, dtype: object):

@@ -89,6 +89,7 @@ def check_scaled_mm_args(
     config: object,
     backend: object = "auto",
     accumulation: object = DEFAULT_ACCUMULATION,
+    block_size: object = None,
 ) -> None:
     """Raise TypeError (wrong type or dtype) or ValueError (wrong shape, layout or device) naming the
     offending argument; return None for arguments `scaled_mm` can compute."""
@@ -124,8 +125,11 @@ def check_scaled_mm_args(
                 f"{name} must be row-major or column-major (unit stride in one dimension), got strides "
                 f"{list(t.stride())}; call .contiguous() on it first"
             )
-    _check_scale("scale_a", scale_a, M)
-    _check_scale("scale_b", scale_b, N)
+    if block_size is None:
+        _check_scale("scale_a", scale_a, M)
+        _check_scale("scale_b", scale_b, N)
+    else:
+        _check_block_scales(a, N, scale_a, scale_b, block_size, config, backend)
     if bias is not None:
         bias = check_tensor("bias", bias)
         if bias.dtype not in BIAS_DTYPES:
@@ -163,6 +167,55 @@ def check_scaled_mm_args(
     check_runnable_device(a.device, "scaled_mm")
     if backend == "torch" and (reason := unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype)):
         raise ValueError(f"backend='torch' cannot compute this call: {reason}; use backend='auto' or 'triton'")
+
+
+# The weight's K block and the activation's group size that the block-scaled kernel takes: its K step
+# is the block (kernels/matmul_block.py), and 8-bit dots need K steps of 32 to 256.
+BLOCK_K_CHOICES = (32, 64, 128, 256)
+
+
+def check_block_size(block_size: object) -> tuple[int, int]:
+    if not (isinstance(block_size, (tuple, list)) and len(block_size) == 2):
+        raise TypeError(f"block_size must be a pair (block_n, block_k) of ints, got {block_size!r}")
+    block_n, block_k = block_size
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (block_n, block_k)):
+        raise TypeError(f"block_size must be a pair (block_n, block_k) of ints, got {block_size!r}")
+    if block_n < 1 or block_k not in BLOCK_K_CHOICES:
+        raise ValueError(
+            f"block_size (block_n, block_k) needs block_n >= 1 and block_k in {BLOCK_K_CHOICES}, got {block_size!r}"
+        )
+    return block_n, block_k
+
+
+def _check_block_scales(a, N, scale_a, scale_b, block_size, config, backend) -> None:
+    """Block scales: fp8 operands, fp32 scales of [M, ceil(K / block_k)] and [ceil(K / block_k),
+    ceil(N / block_n)], any strides; the Triton kernel only, K steps of the block."""
+    block_n, block_k = check_block_size(block_size)
+    if a.dtype == torch.int8:
+        raise TypeError("block_size is for fp8 operands (DeepSeek-style block scales); int8 takes per-channel scales")
+    M, K = a.shape
+    blocks_k, blocks_n = -(-K // block_k), -(-N // block_n)
+    for name, scale, rows, cols, meaning in (
+        ("scale_a", scale_a, M, blocks_k, "[M, ceil(K / block_k)]"),
+        ("scale_b", scale_b, blocks_k, blocks_n, "[ceil(K / block_k), ceil(N / block_n)]"),
+    ):
+        scale = check_tensor(name, scale)
+        if scale.dtype != torch.float32:
+            raise TypeError(f"{name} must be float32 with block_size, got {scale.dtype}")
+        if not (scale.dim() == 2 and scale.shape[0] == rows and scale.shape[1] == cols):
+            raise ValueError(
+                f"{name} must be {meaning} = [{rows}, {cols}] with block_size={tuple(block_size)}, "
+                f"got shape {list(scale.shape)}"
+            )
+    if backend == "torch":
+        raise ValueError("backend='torch' does not take block scales here yet; use backend='auto' or 'triton'")
+    if isinstance(config, MatmulConfig) and (
+        config.block_k != block_k or config.kernel != "pointer" or config.split_k != 1
+    ):
+        raise ValueError(
+            f"with block_size, config must be a pointer-kernel config with block_k = {block_k} (the scale "
+            f"block) and split_k = 1, got {config}"
+        )
 
 
 def check_accumulation(accumulation: object) -> None:

@@ -45,19 +45,26 @@ def scaled_mm_op(
     config: list[int] | None,
     backend: str,
     accumulation: str = DEFAULT_ACCUMULATION,
+    block_size: list[int] | None = None,
 ) -> torch.Tensor:
     matmul_config = _config_from_list(config)
-    key = scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, matmul_config, backend, accumulation)
+    blocks = None if block_size is None else tuple(block_size)
+    key = scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, matmul_config, backend, accumulation, blocks)
     call = prepared.get(key)
     if call is not None:
         return call(a, b, scale_a, scale_b, bias)
-    check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, matmul_config, backend, accumulation)
-    return run_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, matmul_config, backend, accumulation)
+    check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, matmul_config, backend, accumulation, blocks)
+    return run_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, matmul_config, backend, accumulation, blocks)
 
 
 @scaled_mm_op.register_fake
-def _scaled_mm_fake(a, b, scale_a, scale_b, bias, out_dtype, config, backend, accumulation=DEFAULT_ACCUMULATION):
-    check_scaled_mm_args(a, b, scale_a, scale_b, out_dtype, bias, _config_from_list(config), backend, accumulation)
+def _scaled_mm_fake(
+    a, b, scale_a, scale_b, bias, out_dtype, config, backend, accumulation=DEFAULT_ACCUMULATION, block_size=None
+):
+    blocks = None if block_size is None else tuple(block_size)
+    check_scaled_mm_args(
+        a, b, scale_a, scale_b, out_dtype, bias, _config_from_list(config), backend, accumulation, blocks
+    )
     return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
 
 

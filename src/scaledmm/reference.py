@@ -28,6 +28,30 @@ def scaled_mm_ref(
     return out.to(out_dtype)
 
 
+def block_scaled_mm_ref(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale_a: torch.Tensor,
+    scale_b: torch.Tensor,
+    block_size: tuple[int, int],
+    out_dtype: torch.dtype = torch.float64,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The block-scaled product in float64: a [M, K] with scale_a [M, ceil(K / block_k)] (one scale per
+    1 x block_k group of a row), b [K, N] with scale_b [ceil(K / block_k), ceil(N / block_n)] (one per
+    block_k x block_n block), block_size = (block_n, block_k); each operand is scaled element by element,
+    then multiplied, then the bias added."""
+    block_n, block_k = block_size
+    f64 = torch.float64
+    K, N = b.shape
+    a_scaled = a.to(f64) * scale_a.to(f64).repeat_interleave(block_k, dim=1)[:, :K]
+    b_scales = scale_b.to(f64).repeat_interleave(block_k, dim=0)[:K].repeat_interleave(block_n, dim=1)[:, :N]
+    out = a_scaled @ (b.to(f64) * b_scales)
+    if bias is not None:
+        out = out + bias.to(f64)
+    return out.to(out_dtype)
+
+
 def quantize_ref(
     x: torch.Tensor, dtype: torch.dtype, scale: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

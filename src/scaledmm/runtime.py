@@ -28,6 +28,7 @@ from scaledmm.configs import MatmulConfig, device_limits, heuristic_config, plan
 from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, disabled_backends, unfit_reason
 from scaledmm.kernels.linear import FUSED_QUANTIZE_MAX_M, QuantizedLinearLaunch, bind_quantized_linear
 from scaledmm.kernels.matmul import MatmulLaunch, bind_scaled_mm
+from scaledmm.kernels.matmul_block import bind_block_scaled_mm, block_heuristic_config
 from scaledmm.kernels.quant import bind_quantize_rows
 from scaledmm.kernels.vendor import fast_accum_refused, misaligned_pointer, unsupported_reason, vendor_scaled_mm
 from scaledmm.state import state
@@ -61,7 +62,7 @@ def tensor_signature(t: torch.Tensor | None) -> tuple | None:
     return None if t is None else (t.dtype, t.shape, t.stride(), t.device, t.data_ptr() & 15)
 
 
-def scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation) -> tuple:
+def scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation, block_size) -> tuple:
     return (
         "scaled_mm",
         tensor_signature(a),
@@ -73,6 +74,7 @@ def scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend
         config,
         backend,
         accumulation,
+        block_size,
     )
 
 
@@ -203,7 +205,7 @@ def auto_backend(preferred: str, a, b, scale_a, scale_b, out_dtype, bias) -> str
 
 
 def prepare_scaled_mm(
-    a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation
+    a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation, block_size=None
 ) -> tuple[torch.Tensor, PreparedScaledMM]:
     """Plan a checked call, compute it, and return the result with its prepared call (which computes
     the same for new tensors of this signature)."""
@@ -212,6 +214,8 @@ def prepare_scaled_mm(
         empty = EmptyScaledMM(N, out_dtype, a.device)
         return empty(a, b, scale_a, scale_b, bias), empty
     check_device_supports(a.device, a.dtype != torch.int8)
+    if block_size is not None:
+        return _prepare_block_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, tuple(block_size))
     explicit = config is not None
     if explicit:
         backend = "triton"
@@ -245,13 +249,28 @@ def prepare_scaled_mm(
     return out, TritonScaledMM(launch, (M, N), out_dtype, a.device)
 
 
-def run_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation) -> torch.Tensor:
+def _prepare_block_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, block_size):
+    """The block-scaled product (kernels/matmul_block.py): our kernel, an untuned tile unless given."""
+    M, N = a.shape[0], b.shape[1]
+    if config is None:
+        config = block_heuristic_config(M, N, block_size[1], device_limits(a.device)[1])
+    elif reason := unfit_reason(config, M, N, device_limits(a.device)[1]):
+        raise ValueError(f"config {config} cannot run on {a.device}: {reason}")
+    with _device_guard(a.device):
+        out = torch.empty((M, N), dtype=out_dtype, device=a.device)
+        launch = bind_block_scaled_mm(a, b, scale_a, scale_b, bias, out, config, block_size)
+    return out, TritonScaledMM(launch, (M, N), out_dtype, a.device)
+
+
+def run_scaled_mm(
+    a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation, block_size=None
+) -> torch.Tensor:
     """A checked call, through its prepared call (prepared now if this is its signature's first)."""
-    key = scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation)
+    key = scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation, block_size)
     call = prepared.get(key)
     if call is not None:
         return call(a, b, scale_a, scale_b, bias)
-    out, call = prepare_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation)
+    out, call = prepare_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation, block_size)
     prepared.remember(key, call)
     return out
 

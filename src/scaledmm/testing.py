@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from scaledmm.reference import scaled_mm_ref
+from scaledmm.reference import block_scaled_mm_ref, scaled_mm_ref
 
 FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
 OUT_DTYPE = torch.bfloat16  # the output of every benchmark and tuning measurement
@@ -25,6 +25,7 @@ class Operands:
     scale_a: torch.Tensor
     scale_b: torch.Tensor
     bias: torch.Tensor | None
+    block_size: tuple[int, int] | None = None  # (block_n, block_k): block scales (make_block_operands)
 
     def args(self) -> tuple:
         return self.a, self.b, self.scale_a, self.scale_b
@@ -117,6 +118,34 @@ def accumulation_eps(K: int, operand_dtype: torch.dtype, accumulation: str, devi
     return max(fp32, K * FP8_FAST_EPS_PER_K)
 
 
+def make_block_operands(
+    M: int,
+    N: int,
+    K: int,
+    device: torch.device | str,
+    block_size: tuple[int, int] = (128, 128),
+    bias_dtype: torch.dtype | None = torch.bfloat16,
+    gen: torch.Generator | None = None,
+) -> Operands:
+    """Block-scaled fp8 operands as a DeepSeek-style checkpoint holds them: a [M, K] e4m3 with fp32
+    scales per 1 x block_k group of a row, the weight [N, K] with `weight_scale_inv` [N / block_n,
+    K / block_k] (rounded up), passed as b = weight.t() and scale_b = weight_scale_inv.t() (views)."""
+    block_n, block_k = block_size
+    a = random_8bit((M, K), torch.float8_e4m3fn, device, gen)
+    weight = random_8bit((N, K), torch.float8_e4m3fn, device, gen)
+    blocks_k, blocks_n = -(-K // block_k), -(-N // block_n)
+    scale_a = torch.rand(M, blocks_k, device=device, generator=gen) + 0.5
+    weight_scale_inv = torch.rand(blocks_n, blocks_k, device=device, generator=gen) + 0.5
+    bias = None if bias_dtype is None else torch.randn(N, device=device, generator=gen).to(bias_dtype)
+    return Operands(a, weight.t(), scale_a, weight_scale_inv.t(), bias, block_size)
+
+
+def _reference(ops: Operands, bias: torch.Tensor | None) -> torch.Tensor:
+    if ops.block_size is None:
+        return scaled_mm_ref(*ops.args(), bias=bias)
+    return block_scaled_mm_ref(*ops.args(), ops.block_size, bias=bias)
+
+
 def error_bound(ops: Operands, out_dtype: torch.dtype, accumulation: str = "fast") -> torch.Tensor:
     """Per-element bound on |out - exact| for a correct kernel in this fp8 accumulation mode, in float64.
 
@@ -125,11 +154,18 @@ def error_bound(ops: Operands, out_dtype: torch.dtype, accumulation: str = "fast
     sum_k |a_ik b_kj| * |scale_a_i| * |scale_b_j| (+ |bias_j|).
     """
     abs_ops = Operands(
-        ops.a.to(torch.float64).abs(), ops.b.to(torch.float64).abs(), ops.scale_a.abs(), ops.scale_b.abs(), None
+        ops.a.to(torch.float64).abs(),
+        ops.b.to(torch.float64).abs(),
+        ops.scale_a.abs(),
+        ops.scale_b.abs(),
+        None,
+        ops.block_size,
     )
-    magnitude = scaled_mm_ref(*abs_ops.args())
-    exact = scaled_mm_ref(*ops.args(), bias=ops.bias)
-    eps = accumulation_eps(ops.a.shape[1], ops.a.dtype, accumulation, ops.a.device)
+    magnitude = _reference(abs_ops, None)
+    exact = _reference(ops, ops.bias)
+    # Block scales promote every block (kernels/matmul_block.py): the precise mode's bound.
+    mode = "precise" if ops.block_size is not None else accumulation
+    eps = accumulation_eps(ops.a.shape[1], ops.a.dtype, mode, ops.a.device)
     epilogue = magnitude if ops.bias is None else magnitude + ops.bias.to(torch.float64).abs()
     ulp = torch.finfo(out_dtype).eps  # the spacing at 1.0: one ulp of x is at most eps * |x|
     return ulp * exact.abs() + eps * magnitude + EPILOGUE_EPS * epilogue + torch.finfo(out_dtype).tiny
@@ -140,7 +176,7 @@ class ErrorCheck:
     outputs (the tuner's candidates) are each checked with one elementwise pass."""
 
     def __init__(self, ops: Operands, out_dtype: torch.dtype, accumulation: str = "fast"):
-        self.exact = scaled_mm_ref(*ops.args(), bias=ops.bias)
+        self.exact = _reference(ops, ops.bias)
         self.bound = error_bound(ops, out_dtype, accumulation)
 
     def ratio(self, out: torch.Tensor) -> float:

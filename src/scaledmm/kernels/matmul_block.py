@@ -1,0 +1,138 @@
+"""The block-scaled FP8 matmul: one scale per 1 x block_k group of each activation row and one per
+block_k x block_n block of the weight, DeepSeek-V3's format (1 x 128 and 128 x 128):
+
+    out[m, n] = sum over K blocks j of (sum_{k in block j} a[m, k] b[k, n]) * scale_a[m, j]
+                * scale_b[j, n // block_n]  + bias[n]
+
+The kernel's K step is the scale block (BLOCK_K = block_k). Each step's product comes from a fresh
+tensor-core accumulator, is scaled by its block's factors in fp32 and added to the fp32 accumulator:
+the partial sums are promoted every block_k K-elements by construction, so this kernel runs the same
+code in both accumulation modes. Tiles, grouped order, wrapped edges and the epilogue are the pointer
+kernel's (common.py); the weight's scale is gathered per column (`cols // SCALE_N`), so BLOCK_N need
+not match block_n. No split-K yet, and no swapped or TMA form (issue 20's next steps).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from scaledmm.configs import MatmulConfig
+from scaledmm.kernels.common import grouped_tile, scale_and_store, tile_count
+from scaledmm.kernels.launch import BoundLaunch, bind_launch, tile_kwargs
+
+
+@triton.jit(do_not_specialize=["GROUP_M"])
+def _block_scaled_mm_kernel(
+    a_ptr, b_ptr, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr,
+    M, N, K,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_om, stride_on,
+    stride_sam, stride_sak, stride_sbk, stride_sbn, stride_bias,
+    GROUP_M,
+    SCALE_N: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    tile_m, tile_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = (offs_m % M).to(tl.int64)  # wrapped, as in the pointer kernel: the store masks them
+    cols = (offs_n % N).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
+    a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn
+    scale_a_ptrs = scale_a_ptr + rows * stride_sam
+    scale_b_ptrs = scale_b_ptr + (cols // SCALE_N) * stride_sbn
+    a_step = tl.full((), BLOCK_K, tl.int64) * stride_ak
+    b_step = tl.full((), BLOCK_K, tl.int64) * stride_bk
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for block in range(tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            k_left = K - block * BLOCK_K
+            a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        partial = tl.dot(a, b)  # a fresh accumulator per block: promoted to fp32 below
+        scale_a = tl.load(scale_a_ptrs + block * stride_sak)
+        scale_b = tl.load(scale_b_ptrs + block * stride_sbk)
+        acc += partial * scale_a[:, None] * scale_b[None, :]
+        a_ptrs += a_step
+        b_ptrs += b_step
+
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols * stride_bias).to(tl.float32)[None, :]
+    else:
+        bias = tl.full((1, 1), 0, tl.float32)
+    scale_and_store(acc, 1.0, 1.0, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS)
+
+
+class BlockLaunch:
+    """One call signature's bound launch of the block-scaled kernel: `launch(a, b, scale_a, scale_b,
+    bias, out)` writes the product of new tensors of that signature."""
+
+    kernel = "block"
+    precise = True  # promoted every scale block whatever the mode
+
+    def __init__(self, bound: BoundLaunch, config: MatmulConfig):
+        self.bound = bound
+        self.config = config
+
+    def __call__(self, a, b, scale_a, scale_b, bias, out) -> None:
+        self.bound(a, b, out, scale_a, scale_b, bias)
+
+    def __repr__(self) -> str:
+        return f"BlockLaunch(config={self.config})"
+
+
+def block_launch_arguments(a, b, scale_a, scale_b, bias, out, config: MatmulConfig, block_size: tuple[int, int]):
+    """(grid, positional arguments, keyword arguments) of one launch; the first six positional
+    arguments change per call. config.block_k is the scale block's K (the checks ensure it)."""
+    M, K = a.shape
+    N = b.shape[1]
+    args = (
+        a, b, out, scale_a, scale_b, bias,
+        M, N, K,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+        scale_a.stride(0), scale_a.stride(1), scale_b.stride(0), scale_b.stride(1),
+        bias.stride(0) if bias is not None else 0,
+        config.group_m,
+    )  # fmt: skip
+    kwargs = dict(SCALE_N=block_size[0], HAS_BIAS=bias is not None, EVEN_K=K % config.block_k == 0)
+    return (tile_count(M, N, config),), args, dict(**kwargs, **tile_kwargs(config))
+
+
+def bind_block_scaled_mm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale_a: torch.Tensor,
+    scale_b: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+    config: MatmulConfig,
+    block_size: tuple[int, int],
+) -> BlockLaunch:
+    """Write the block-scaled product into `out` now (the inputs checked, M >= 1), and return the
+    launch that does it again for new tensors of this signature."""
+    grid, args, kwargs = block_launch_arguments(a, b, scale_a, scale_b, bias, out, config, block_size)
+    return BlockLaunch(bind_launch(_block_scaled_mm_kernel, grid, args, kwargs, leading=6, device=a.device), config)
+
+
+def block_heuristic_config(M: int, N: int, block_k: int, shared_memory: int) -> MatmulConfig:
+    """An untuned tile for the block-scaled kernel: K steps of the scale block, rows by M, and the
+    deepest pipeline up to 4 stages that shared memory holds."""
+    if M <= 16:
+        block_m, block_n, warps = 16, 64, 4
+    elif M <= 64:
+        block_m, block_n, warps = 64, 64, 4
+    elif M <= 256:
+        block_m, block_n, warps = 64, 128, 4
+    else:
+        block_m, block_n, warps = 128, 128, 8
+    block_n = min(block_n, max(16, triton.next_power_of_2(N)))
+    stages = 4
+    while stages > 2 and stages * (block_m + block_n) * block_k > shared_memory - 16 * 1024:
+        stages -= 1
+    return MatmulConfig(block_m, block_n, block_k, group_m=8, num_warps=warps, num_stages=stages)
