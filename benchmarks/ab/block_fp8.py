@@ -32,9 +32,9 @@ BLOCK = (128, 128)
 
 
 def vendor_args(ops):
-    """torch._scaled_mm's block-mode arguments: scale_a outer-dim-major, scale_b [K/128, N/128]."""
-    scale_a = ops.scale_a.t().contiguous().t()
-    return ops.a, ops.b, scale_a, ops.scale_b.contiguous()
+    """torch._scaled_mm's block-mode arguments: scale_a [M, K/128] and scale_b [K/128, N/128], both
+    outer-dim-major (scale_b is weight_scale_inv.t(), which is)."""
+    return ops.a, ops.b, ops.scale_a.t().contiguous().t(), ops.scale_b
 
 
 def main() -> None:
