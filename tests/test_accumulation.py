@@ -16,7 +16,14 @@ from scaledmm.configs import clear_cache, select_config
 from scaledmm.configs.files import file_name
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, device_name
 from scaledmm.nn import W8A8Linear
-from scaledmm.testing import accumulation_eps, assert_close, make_operands, reduced_precision_accumulator
+from scaledmm.reference import scaled_mm_ref
+from scaledmm.testing import (
+    ErrorCheck,
+    accumulation_error,
+    assert_close,
+    make_operands,
+    reduced_precision_accumulator,
+)
 
 FP8 = torch.float8_e4m3fn
 
@@ -72,15 +79,30 @@ def test_the_one_launch_linear_takes_the_mode(accumulation):
     torch.testing.assert_close(fused, expected, atol=0, rtol=0)
 
 
-def test_the_bounds():
-    cpu = torch.device("cpu")
-    assert accumulation_eps(4096, torch.int8, "fast", cpu) == 0.0
-    assert accumulation_eps(4096, FP8, "fast", cpu) == accumulation_eps(4096, FP8, "precise", cpu) == 2.0**-10
-    assert accumulation_eps(2**16, FP8, "fast", cpu) == 2**16 * 2.0**-24  # the fp32 sum's own bound
-    if reduced_precision_accumulator(torch.device(DEVICE)):
-        gpu = torch.device(DEVICE)
-        assert accumulation_eps(4096, FP8, "fast", gpu) == 4096 * 2.0**-15
-        assert accumulation_eps(4096, FP8, "precise", gpu) == 2.0**-8 + 4096 * 2.0**-31
+def test_the_bounds_off_hopper_are_the_fp32_sums():
+    ops = make_operands(8, 16, 4096, FP8, "cpu", bias_dtype=None)
+    magnitude = torch.ones(8, 16, dtype=torch.float64)
+    for accumulation in ("fast", "precise"):
+        assert torch.equal(accumulation_error(ops, magnitude, accumulation, True), 2.0**-10 * magnitude)
+    long = make_operands(2, 4, 2**16, FP8, "cpu", bias_dtype=None)
+    assert torch.equal(accumulation_error(long, torch.ones(2, 4), "fast", True), torch.full((2, 4), 2.0**-8))
+    int8 = make_operands(8, 16, 64, torch.int8, "cpu")
+    assert not accumulation_error(int8, magnitude, "fast", True).any()
+
+
+@pytest.mark.parametrize("accumulation,split", [("fast", False), ("fast", True), ("precise", True)])
+@pytest.mark.parametrize("K", [512, 4096, 16384])
+def test_the_hopper_bounds_still_catch_skipped_work(monkeypatch, accumulation, split, K):
+    """The partial-sum bounds are loose where sums only grow, tight on mixed-sign operands: a product
+    that skipped half of K, or all of it, lands outside them."""
+    monkeypatch.setattr("scaledmm.testing.reduced_precision_accumulator", lambda device: True)
+    ops = make_operands(32, 64, K, FP8, "cpu")
+    check = ErrorCheck(ops, torch.bfloat16, accumulation, split)
+    half = dataclasses.replace(ops, a=ops.a.clone())
+    half.a[:, K // 2 :] = 0
+    assert check.ratio(scaled_mm_ref(*half.args(), bias=ops.bias)) > 1
+    assert check.ratio(ops.bias.double().expand(32, 64)) > 1
+    assert check.ratio(scaled_mm_ref(*ops.args(), bias=ops.bias).to(torch.bfloat16)) <= 1
 
 
 def test_tuned_files_serve_only_their_mode(tmp_path, monkeypatch):

@@ -474,3 +474,20 @@ def test_fusion_from_several_threads_stays_on():
     for got, want in zip(results, expected):
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, atol=0, rtol=0)
+
+
+def test_fused_siblings_check_their_input_as_a_layer_does():
+    fused, _, _ = fused_and_alone("int8")
+    with torch.no_grad(), pytest.raises(TypeError, match="x must have dtype"):
+        fused(torch.randn(3, 64, device=DEVICE, dtype=torch.float64))
+    with torch.no_grad(), pytest.raises(TypeError, match=r"x must be a torch\.Tensor"):
+        fused.q_proj(None)
+    with pytest.raises(ValueError, match=r"x must be \[\.\.\., K\]"):
+        fused.q_proj(torch.tensor(1.0, device=DEVICE, requires_grad=True))
+
+
+def test_layer_arguments_are_checked_when_the_layer_is_made():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        W8A8Linear(32, 16, backend="tritn")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        quantize_model(nn.Sequential(nn.Linear(32, 16, device=DEVICE)), "int8", backend="tritn")

@@ -6,7 +6,7 @@ instruction of 32 K-elements (docs/accumulation-notes.md). The modes compared, e
 of the package's three kernels (pointer, swapped, persistent TMA; the package's own kernels are not
 touched), selected by one constexpr:
 
-- fast:     `tl.dot(a, b, acc)`, what the package runs today;
+- fast:     `tl.dot(a, b, acc)`, Triton's default (the package's "fast" accumulation);
 - mnia:     `tl.dot(a, b, acc, max_num_imprecise_acc=min(BLOCK_K, 128))`: Triton accumulates each
             128 K-elements in a fresh wgmma accumulator and adds it into the fp32 one;
 - twolevel: `acc += tl.dot(a, b)` on K steps of at most 128 (a BLOCK_K of 256 is loaded in two halves);
@@ -73,19 +73,19 @@ U_TENSOR_CORE = 2.0**-13
 U_FP32 = 2.0**-24
 
 PRECISION_FORMS = [
-    MatmulConfig(16, 64, 256, num_warps=4, num_stages=5, swap_ab=1),  # the heuristic's decode tile
+    MatmulConfig(16, 64, 256, num_warps=4, num_stages=5, kernel="swapped"),  # the heuristic's decode tile
     MatmulConfig(32, 64, 256, num_warps=4, num_stages=4),  # 32 rows: mma.sync, not wgmma (M < 64)
     MatmulConfig(64, 64, 256, num_warps=4, num_stages=4),
     MatmulConfig(128, 128, 128, num_warps=8, num_stages=4),
-    MatmulConfig(128, 256, 128, num_warps=8, num_stages=3, tma=1),  # the heuristic's prefill tile
+    MatmulConfig(128, 256, 128, num_warps=8, num_stages=3, kernel="tma"),  # the heuristic's prefill tile
 ]
 SHAPES = {"qkv": (6144, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 # Also timed where the heuristic runs the TMA kernel's 128x256 tile: with a second accumulator the
 # precise modes spill registers there (255 registers and 92 bytes of spills in --compile-report), on
 # these tiles they do not (128x128: 170 registers; 256x128 with mnia: 254).
 ALT_TMA_TILES = (
-    MatmulConfig(128, 128, 128, num_warps=8, num_stages=4, tma=1),
-    MatmulConfig(256, 128, 128, num_warps=8, num_stages=3, tma=1),
+    MatmulConfig(128, 128, 128, num_warps=8, num_stages=4, kernel="tma"),
+    MatmulConfig(256, 128, 128, num_warps=8, num_stages=3, kernel="tma"),
 )
 
 
@@ -340,7 +340,7 @@ def promotion_interval(mode: str, config: MatmulConfig, K: int) -> int:
 
 
 def form_name(config: MatmulConfig) -> str:
-    kind = "tma" if config.tma else "swap" if config.swap_ab else "ptr"
+    kind = "tma" if config.kernel == "tma" else "swap" if config.kernel == "swapped" else "ptr"
     split = f" k{config.split_k}" if config.split_k > 1 else ""
     return f"{kind} {config.block_m}x{config.block_n}x{config.block_k} w{config.num_warps} s{config.num_stages}{split}"
 
@@ -367,7 +367,7 @@ class Runner:
         )  # fmt: skip
         bias_arg = bias if bias is not None else scale_b  # a placeholder pointer without bias
         strides = (scale_a.stride(0), scale_b.stride(1))
-        if c.tma:
+        if c.kernel == "tma":
             step_k = constexprs["STEP_K"]
             descs = (
                 TensorDescriptor(a, [M, K], [a.stride(0), 1], [c.block_m, step_k]),
@@ -385,14 +385,20 @@ class Runner:
             M, N, K, a.stride(0), b.stride(1), out.stride(0), *strides,
         )  # fmt: skip
         constexprs.update(EVEN_K=K % c.block_k == 0, SPLIT_K=c.split_k)
-        if c.swap_ab:
+        if c.kernel == "swapped":
             return (self.tiles, c.split_k), args, constexprs
         preload = M <= c.block_m and c.block_m * c.block_n <= 64 * 128  # the package's rule
         constexprs.update(MASK_M=M < c.block_m, PRELOAD=preload)
         return (self.tiles, c.split_k), (*args, c.group_m), constexprs
 
     def kernel(self):
-        return tma_kernel if self.config.tma else swap_kernel if self.config.swap_ab else pointer_kernel
+        return (
+            tma_kernel
+            if self.config.kernel == "tma"
+            else swap_kernel
+            if self.config.kernel == "swapped"
+            else pointer_kernel
+        )
 
     def __call__(self, a, b, scale_a, scale_b, bias):
         out = torch.empty((self.M, self.N), dtype=self.out_dtype, device=a.device)
@@ -559,7 +565,7 @@ def speed(device, num_sms: int, shared: int, modes: list[str], shapes: dict, ms:
     for name, (N, K) in shapes.items():
         for M in ms:
             config = (configs or {}).get(M) or heuristic_config(M, N, K, FP8, num_sms, shared)
-            tiles = [config, *(alt_tiles if config.tma else ())]
+            tiles = [config, *(alt_tiles if config.kernel == "tma" else ())]
             ops = [make_operands(M, N, K, FP8, device) for _ in range(rotation_count(N * K, device))]
             inputs = [(*o.args(), o.bias) for o in ops]
             rows_checked = min(M, 128)
@@ -669,7 +675,9 @@ def compile_report(modes: list[str]) -> None:
                     torch.empty(M, K, dtype=FP8), torch.empty(N, K, dtype=FP8).t(),
                     torch.empty(M, 1), torch.empty(1, N), torch.empty(N, dtype=BF16),
                 )  # fmt: skip
-                for tile, mode in itertools.product([config, *(ALT_TMA_TILES if config.tma else ())], modes):
+                for tile, mode in itertools.product(
+                    [config, *(ALT_TMA_TILES if config.kernel == "tma" else ())], modes
+                ):
                     runner = Runner(tile, mode, M, N, BF16, cpu, num_sms)
                     try:
                         compiled = runner.warmup(*ops.args(), ops.bias)
@@ -701,16 +709,16 @@ def main() -> None:
         device = torch.device("cpu")
         num_sms, shared = device_limits(device)
         forms = [
-            MatmulConfig(16, 64, 256, num_warps=4, num_stages=2, swap_ab=1),
-            MatmulConfig(16, 32, 256, num_warps=4, num_stages=2, split_k=2, swap_ab=1),
+            MatmulConfig(16, 64, 256, num_warps=4, num_stages=2, kernel="swapped"),
+            MatmulConfig(16, 32, 256, num_warps=4, num_stages=2, split_k=2, kernel="swapped"),
             MatmulConfig(32, 32, 256, num_warps=4, num_stages=2, split_k=2),
             MatmulConfig(64, 64, 128, num_warps=4, num_stages=2),
-            MatmulConfig(32, 64, 128, num_warps=4, num_stages=2, tma=1),
+            MatmulConfig(32, 64, 128, num_warps=4, num_stages=2, kernel="tma"),
         ]
         # K = 640 leaves a ragged last K step for the 256-wide tiles (masked), whole for the 128-wide
         precision(device, num_sms, [*modes, "mnia32"], (640,), 48, 64, forms)
         configs = {1: forms[1], 40: forms[2], 96: forms[4]}
-        alt = (MatmulConfig(64, 64, 128, num_warps=4, num_stages=2, tma=1),)
+        alt = (MatmulConfig(64, 64, 128, num_warps=4, num_stages=2, kernel="tma"),)
         speed(device, num_sms, shared, modes, {"tiny": (96, 512)}, (1, 40, 96), configs, alt)
         return
 

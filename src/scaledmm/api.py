@@ -38,7 +38,7 @@ def scaled_mm(
     accumulation: str = DEFAULT_ACCUMULATION,
     block_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """(a @ b) * scale_a * scale_b + bias, accumulated exactly (int32) or in fp32, scaled in fp32.
+    """(a @ b) * scale_a * scale_b + bias: int8 summed exactly in int32, fp8 as `accumulation` says, scaled in fp32.
 
     Args:
         a: [M, K] activation, int8, float8_e4m3fn or float8_e5m2; row- or column-major.

@@ -13,6 +13,7 @@ import os
 import torch
 
 from scaledmm.configs import MatmulConfig
+from scaledmm.configs.files import ACCUMULATIONS
 from scaledmm.configs.lookup import SPLIT_K_SCRATCH_LIMIT, split_k_scratch_bytes
 from scaledmm.kernels.quant import QMAX
 from scaledmm.kernels.vendor import unsupported_reason
@@ -27,7 +28,6 @@ BACKEND_CHOICES = ("auto", "triton", "torch")
 # How fp8 products are summed (int8 sums exactly in int32 either way). "fast": Hopper's tensor-core
 # accumulator over the whole K loop, as Triton's default and torch._scaled_mm(use_fast_accum=True);
 # "precise": promoted into fp32 at least every 128 K-elements, as torch._scaled_mm's default.
-ACCUMULATIONS = ("fast", "precise")
 DEFAULT_ACCUMULATION = "fast"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 QUANT_DTYPES = tuple(QMAX)  # int8, float8_e4m3fn
@@ -142,10 +142,7 @@ def check_scaled_mm_args(
         )
     if config is not None and not isinstance(config, MatmulConfig):
         raise TypeError(f"config must be a scaledmm.MatmulConfig or None, got {type(config).__name__}")
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
-    if backend not in BACKEND_CHOICES:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
+    check_backend(backend)
     check_accumulation(accumulation)
     if backend == "torch" and config is not None:
         raise ValueError("config is a Triton launch config; it cannot go with backend='torch'")
@@ -216,6 +213,13 @@ def _check_block_scales(a, N, scale_a, scale_b, block_size, config, backend) -> 
             f"with block_size, config must be a pointer-kernel config with block_k = {block_k} (the scale "
             f"block) and split_k = 1, got {config}"
         )
+
+
+def check_backend(backend: object) -> None:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
 
 
 def check_accumulation(accumulation: object) -> None:

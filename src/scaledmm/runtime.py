@@ -23,7 +23,7 @@ import warnings
 import torch
 from triton.runtime.errors import OutOfResources
 
-from scaledmm.checks import check_device_supports, check_scaled_mm_args
+from scaledmm.checks import check_device_supports, check_quantize_args, check_scaled_mm_args, check_static_scale
 from scaledmm.configs import MatmulConfig, device_limits, heuristic_config, plan
 from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, disabled_backends, unfit_reason
 from scaledmm.kernels.linear import FUSED_QUANTIZE_MAX_M, QuantizedLinearLaunch, bind_quantized_linear
@@ -355,11 +355,15 @@ class PreparedLinear:
             if self.fused is not None:
                 self.fused(rows, out)
             else:
-                with _device_guard(x.device):
-                    self.fused = bind_quantized_linear(
-                        rows, self.weight_t, self.input_scale, self.weight_scale, self.bias, out, self.fused_config,
-                        self.precise,
-                    )  # fmt: skip
+                try:
+                    with _device_guard(x.device):
+                        self.fused = bind_quantized_linear(
+                            rows, self.weight_t, self.input_scale, self.weight_scale, self.bias, out,
+                            self.fused_config, self.precise,
+                        )  # fmt: skip
+                except OutOfResources:  # it stages x in float, more than scaled_mm's tile: two launches
+                    self.fused_config = None
+                    return self(x)
         return out.view(self.out_shape) if self.flat else out
 
     def describe(self) -> str:
@@ -375,33 +379,32 @@ class PreparedLinear:
 
 
 def prepare_linear(x, weight_t, weight_scale, bias, dtype, input_scale, out_dtype, backend, accumulation):
-    """y = quantize(x) @ weight_t, scaled, plus bias, for an eager, checked x [..., K] (dynamic
-    per-token activations where `input_scale` is None): return y [..., N] and the PreparedLinear that
-    computes it again for a new x of the same signature with these weights (their contents may
-    change in place)."""
+    """y = quantize(x) @ weight_t, scaled, plus bias, for an eager x [..., K] (dynamic per-token
+    activations where `input_scale` is None): check the call, and return y [..., N] and the
+    PreparedLinear that computes it again for a new x of the same signature with these weights (their
+    contents may change in place)."""
+    check_quantize_args(x, dtype)
+    if input_scale is not None:
+        check_static_scale(input_scale, x)
     rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
     quantize = PreparedQuantize(rows, dtype, dynamic=input_scale is None)
     quantized = quantize(rows, input_scale)
     q, scale = quantized if input_scale is None else (quantized, input_scale)
     check_scaled_mm_args(q, weight_t, scale, weight_scale, out_dtype, bias, None, backend, accumulation)
     out, matmul = prepare_scaled_mm(q, weight_t, scale, weight_scale, out_dtype, bias, None, backend, accumulation)
-    fused_config = _fused_linear_config(q, weight_t, scale, weight_scale, out_dtype, bias, backend, accumulation)
+    fused_config = _fused_linear_config(q, weight_t, matmul)
     weights = (weight_t, weight_scale, bias, input_scale)
     linear = PreparedLinear(x, quantize, matmul, weights, fused_config, accumulation == "precise")
     return (out.view(linear.out_shape) if linear.flat else out), linear
 
 
-def _fused_linear_config(
-    q, weight_t, scale, weight_scale, out_dtype, bias, backend, accumulation
-) -> MatmulConfig | None:
-    """The config of the one-launch quantized linear: for 1..FUSED_QUANTIZE_MAX_M rows, where
-    scaled_mm runs the pointer or swapped kernel unsplit (so both compute the same bits), its config;
-    else None."""
-    (M, K), N = q.shape, weight_t.shape[1]
-    if not 1 <= M <= FUSED_QUANTIZE_MAX_M or backend == "torch" or q.dtype != weight_t.dtype:
+def _fused_linear_config(q: torch.Tensor, weight_t: torch.Tensor, matmul: PreparedScaledMM) -> MatmulConfig | None:
+    """The config of the one-launch quantized linear: for 1..FUSED_QUANTIZE_MAX_M rows where the
+    prepared scaled_mm runs the pointer or swapped kernel unsplit (so both compute the same bits),
+    that config; else None."""
+    M = q.shape[0]
+    if not 1 <= M <= FUSED_QUANTIZE_MAX_M or q.dtype != weight_t.dtype or matmul.backend != "triton":
         return None
-    chosen = plan(M, N, K, q.dtype, q.device, accumulation)
-    if backend == "auto":
-        backend = auto_backend(chosen.backend, q, weight_t, scale, weight_scale, out_dtype, bias)
-    config = chosen.config
-    return config if backend == "triton" and config.split_k == 1 and config.kernel != "tma" else None
+    config = matmul.config
+    same_kernel = config.kernel == matmul.kernel and config.kernel in ("pointer", "swapped")
+    return config if same_kernel and config.split_k == 1 else None

@@ -77,23 +77,23 @@ def make_operands(
     return Operands(a, b, scale_a, scale_b, bias)
 
 
-# Accumulation error allowed for fp8 operands, relative to S = sum_k |a_ik b_kj| |scales| (fp8
-# products are exact in fp32). The model (docs/accumulation-notes.md): Hopper's tensor core keeps a
-# truncated partial sum in every 32-element instruction, relative error u_t, so 2 * u_t of the running
-# partial sum per instruction. The literature says 14 bits (u_t = 2**-13); an H200 erred by up to
-# twice what 14 bits allow (all-positive operands; precise mode at K = 512, fast at K = 16384;
-# benchmarks/ab/accumulation.py and tests/test_accumulation.py, docs/performance.md "Accumulation"),
-# so the bounds take 12 bits, u_t = 2**-11:
-# - fp32 accumulation (the interpreter, GPUs without a reduced-precision accumulator): K * 2**-24.
-# - "precise", promoted into fp32 every 128 K-elements: 128 / 32 * 2 * u_t = 2**-8 inside a promotion
-#   interval, plus K / 128 fp32 additions: 2**-8 + K * 2**-31.
-# - "fast", the tensor-core accumulator over a program's whole K range: K / 32 * 2 * u_t = K * 2**-15
-#   (2**-6 at K = 512, 2**-3 at K = 4096: loose, and what the hardware allows).
-FP8_PRECISE_EPS = 2.0**-8
-FP8_FAST_EPS_PER_K = 2.0**-15
+# The accumulation error allowed for fp8 operands. fp8 products are exact in fp32; what errs is the
+# sum. Where it is an fp32 sum (Triton's interpreter, GPUs without a reduced-precision accumulator),
+# at most K * 2**-24 of S = sum_k |a_ik b_kj| |scales|, or the package's long-standing 2**-10 of S,
+# whichever is larger. On Hopper and Ada the tensor core keeps a truncated partial sum inside its
+# accumulator (docs/accumulation-notes.md): every 32-element instruction errs by at most u_t of the
+# running partial sum S_j it leaves, so the sum errs by at most 2 * u_t * sum_j |S_j|, computed here
+# from the operands in float64 (`partial_sum_error`): tight on mixed-sign data, where the partial sums
+# stay small, so a skipped K step or a wrong tile still lands far outside the bound. The literature
+# says 14 bits (u_t = 2**-13); an H200 erred by up to 3.6 times that model (all-positive operands,
+# K = 16384, benchmarks/ab/accumulation.py, docs/performance.md "Accumulation"), so u_t = 2**-11
+# here (12 bits). "precise" restarts the partial sum every PROMOTE_EVERY K-elements (and adds it to
+# fp32: K / 128 roundings of 2**-24); "fast" keeps it over a program's whole K range, which split-K
+# cuts into pieces starting anywhere: with `split=True` the bound allows for restarts at any chunk.
+U_TENSOR_CORE = 2.0**-11
+MMA_K = 32  # K-elements of one fp8 wgmma instruction
+PROMOTE_EVERY = 128  # kernels.launch.PROMOTE_EVERY: precise mode's promotion interval
 FP32_SUM_EPS_PER_K = 2.0**-24
-# Where fp8 sums in fp32 (exact products): the package's bound before the modes existed, which covers
-# the fp32 sum up to K = 16384 with room, and the sum's own bound beyond.
 FP8_EXACT_SUM_EPS = 2.0**-10
 # int8 products sum exactly in int32; what is left is the fp32 epilogue: the int32 -> fp32 cast, two
 # scale products and the bias add, each at most half an fp32 ulp: 4 * 2**-24 with room.
@@ -106,16 +106,52 @@ def reduced_precision_accumulator(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) in ((8, 9), (9, 0))
 
 
-def accumulation_eps(K: int, operand_dtype: torch.dtype, accumulation: str, device: torch.device) -> float:
-    """The accumulation term of the bound, relative to S (see the constants above)."""
-    if operand_dtype == torch.int8:
-        return 0.0
-    fp32 = K * FP32_SUM_EPS_PER_K
-    if not reduced_precision_accumulator(device):
-        return max(fp32, FP8_EXACT_SUM_EPS)
-    if accumulation == "precise":
-        return max(fp32, FP8_PRECISE_EPS + K * 2.0**-31)
-    return max(fp32, K * FP8_FAST_EPS_PER_K)
+def partial_sum_error(ops: Operands, restart_every: int | None, split: bool) -> torch.Tensor:
+    """2 * u_t * sum_j |S_j| in the output's units (float64 [M, N]): S_j the partial sum of a's row and
+    b's column after the j-th chunk of MMA_K products, restarting every `restart_every` K-elements
+    (precise mode, block scales) or never (fast mode; with `split`, as if it could restart anywhere).
+    Block-scaled operands weigh each block's partial sums by that block's scales."""
+    a, b = ops.a.to(torch.float64), ops.b.to(torch.float64)
+    M, K = a.shape
+    N = b.shape[1]
+    running = torch.zeros(M, N, dtype=torch.float64, device=a.device)
+    total, largest = torch.zeros_like(running), torch.zeros_like(running)
+    if ops.block_size is not None:
+        block_n, block_k = ops.block_size
+        column_block = torch.arange(N, device=a.device) // block_n
+    for start in range(0, K, MMA_K):
+        if restart_every is not None and start % restart_every == 0:
+            running.zero_()
+        running += a[:, start : start + MMA_K] @ b[start : start + MMA_K]
+        term = running.abs()
+        if ops.block_size is not None:
+            block = start // block_k
+            term = (
+                term * ops.scale_a[:, block].double().abs()[:, None] * ops.scale_b[block, column_block].double().abs()
+            )
+        total += term
+        if split:
+            torch.maximum(largest, term, out=largest)
+    if split:  # a split's partial sums are S_j - S_start, |S_start| at most the largest |S_j|
+        total += -(-K // MMA_K) * largest
+    if ops.block_size is None:
+        total *= ops.scale_a.double().abs().reshape(-1, 1) * ops.scale_b.double().abs().reshape(1, -1)
+    return 2 * U_TENSOR_CORE * total
+
+
+def accumulation_error(ops: Operands, magnitude: torch.Tensor, accumulation: str, split: bool) -> torch.Tensor:
+    """The accumulation term of the bound (float64 [M, N]; see the constants above)."""
+    K = ops.a.shape[1]
+    if ops.a.dtype == torch.int8:
+        return torch.zeros_like(magnitude)
+    if not reduced_precision_accumulator(ops.a.device):
+        return max(K * FP32_SUM_EPS_PER_K, FP8_EXACT_SUM_EPS) * magnitude
+    if ops.block_size is not None:  # promoted every block, whatever the mode
+        interval: int | None = ops.block_size[1]
+    else:
+        interval = PROMOTE_EVERY if accumulation == "precise" else None
+    promotions = 0 if interval is None else -(-K // interval) * FP32_SUM_EPS_PER_K * magnitude
+    return partial_sum_error(ops, interval, split and interval is None) + promotions
 
 
 def make_block_operands(
@@ -146,8 +182,9 @@ def _reference(ops: Operands, bias: torch.Tensor | None) -> torch.Tensor:
     return block_scaled_mm_ref(*ops.args(), ops.block_size, bias=bias)
 
 
-def error_bound(ops: Operands, out_dtype: torch.dtype, accumulation: str = "fast") -> torch.Tensor:
-    """Per-element bound on |out - exact| for a correct kernel in this fp8 accumulation mode, in float64.
+def error_bound(ops: Operands, out_dtype: torch.dtype, accumulation: str = "fast", split: bool = True) -> torch.Tensor:
+    """Per-element bound on |out - exact| for a correct kernel in this fp8 accumulation mode, in float64
+    (`split=False`: for a launch known not to split K, which tightens the fast mode's bound).
 
     One ulp of the output format (round-to-nearest needs half; Triton's interpreter truncates and
     needs a whole one) plus the accumulation and epilogue error, which scale with
@@ -163,21 +200,19 @@ def error_bound(ops: Operands, out_dtype: torch.dtype, accumulation: str = "fast
     )
     magnitude = _reference(abs_ops, None)
     exact = _reference(ops, ops.bias)
-    # Block scales promote every block (kernels/matmul_block.py): the precise mode's bound.
-    mode = "precise" if ops.block_size is not None else accumulation
-    eps = accumulation_eps(ops.a.shape[1], ops.a.dtype, mode, ops.a.device)
+    accumulated = accumulation_error(ops, magnitude, accumulation, split)
     epilogue = magnitude if ops.bias is None else magnitude + ops.bias.to(torch.float64).abs()
     ulp = torch.finfo(out_dtype).eps  # the spacing at 1.0: one ulp of x is at most eps * |x|
-    return ulp * exact.abs() + eps * magnitude + EPILOGUE_EPS * epilogue + torch.finfo(out_dtype).tiny
+    return ulp * exact.abs() + accumulated + EPILOGUE_EPS * epilogue + torch.finfo(out_dtype).tiny
 
 
 class ErrorCheck:
     """The exact result and the error bound of one set of operands, computed once, so that many
     outputs (the tuner's candidates) are each checked with one elementwise pass."""
 
-    def __init__(self, ops: Operands, out_dtype: torch.dtype, accumulation: str = "fast"):
+    def __init__(self, ops: Operands, out_dtype: torch.dtype, accumulation: str = "fast", split: bool = True):
         self.exact = _reference(ops, ops.bias)
-        self.bound = error_bound(ops, out_dtype, accumulation)
+        self.bound = error_bound(ops, out_dtype, accumulation, split)
 
     def ratio(self, out: torch.Tensor) -> float:
         """max |out - exact| / bound over all elements: <= 1 for a correct kernel; inf for NaN."""

@@ -40,6 +40,8 @@ BACKENDS = ("triton", "torch")  # ours, or the vendor kernel (torch._scaled_mm /
 DTYPE_NAMES = {torch.int8: "int8", torch.float8_e4m3fn: "fp8", torch.float8_e5m2: "fp8"}
 DTYPE_BY_NAME = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}  # what the tuner and the bench run
 MAX_M = 2**31 - 1
+# fp8's accumulation modes (scaledmm.scaled_mm's `accumulation`); int8 sums exactly and is "fast" here.
+ACCUMULATIONS = ("fast", "precise")
 
 _NAME = re.compile(
     r"^N=(\d+),K=(\d+),device_name=([A-Za-z0-9_.\-]+),dtype=(int8|fp8)_w8a8(,accumulation=precise)?\.json$"
@@ -216,7 +218,7 @@ def parse_table(path: Path, data: object) -> TunedTable:
     if data["dtype"] not in ("int8", "fp8"):
         raise _fail(path, f"dtype must be 'int8' or 'fp8', got {data['dtype']!r}")
     accumulation = data.get("accumulation", "fast")
-    if accumulation not in ("fast", "precise") or (data["dtype"] == "int8" and accumulation != "fast"):
+    if accumulation not in ACCUMULATIONS or (data["dtype"] == "int8" and accumulation != "fast"):
         raise _fail(path, f"accumulation must be 'fast' or (fp8 only) 'precise', got {accumulation!r}")
     named = parse_file_name(path.name)
     content = (normalize_device_name(data["device_name"]), n, k, data["dtype"], accumulation)

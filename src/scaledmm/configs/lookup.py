@@ -26,6 +26,7 @@ import torch
 
 from scaledmm.configs.config import MatmulConfig
 from scaledmm.configs.files import (
+    ACCUMULATIONS,
     BACKENDS,
     DTYPE_NAMES,
     ConfigFileError,
@@ -239,7 +240,7 @@ def select_config(
     M, N, K = (_check_dimension(name, value) for name, value in (("M", M), ("N", N), ("K", K)))
     if dtype not in DTYPE_NAMES:
         raise TypeError(f"dtype must be one of {', '.join(map(str, DTYPE_NAMES))}, got {dtype}")
-    if accumulation not in ("fast", "precise"):
+    if accumulation not in ACCUMULATIONS:
         raise ValueError(f"accumulation must be 'fast' or 'precise', got {accumulation!r}")
     return plan(M, N, K, dtype, _resolve_device(device), accumulation).config
 

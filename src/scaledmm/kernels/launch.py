@@ -158,7 +158,7 @@ def epilogue_arguments(
 # fp8 dots on Hopper accumulate in the tensor core's reduced-precision accumulator (about 14 bits;
 # Triton's default on sm_90) unless told to promote. "precise" accumulation promotes the partial sum
 # into the fp32 accumulator every PROMOTE_EVERY K-elements and at the end of every K step, as
-# DeepSeek-V3 and CUTLASS do (tl.dot's max_num_imprecise_acc; docs/design.md, "Accumulation").
+# DeepSeek-V3 and CUTLASS do (tl.dot's max_num_imprecise_acc; docs/performance.md, "Accumulation").
 PROMOTE_EVERY = 128
 
 

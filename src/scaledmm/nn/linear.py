@@ -19,8 +19,8 @@ from scaledmm.checks import (
     DEFAULT_ACCUMULATION,
     OUT_DTYPES,
     check_accumulation,
+    check_backend,
     check_quantize_args,
-    check_static_scale,
 )
 from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.kernels.quant import ABSMAX_FLOOR, QMAX
@@ -123,6 +123,7 @@ class W8A8Linear(nn.Module):
         accumulation: str = DEFAULT_ACCUMULATION,
     ):
         super().__init__()
+        check_backend(backend)
         check_accumulation(accumulation)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be 'dynamic' or 'static', got {activation!r}")
@@ -258,6 +259,7 @@ class W8A8Linear(nn.Module):
                 return forward(x)
             if eager(self.weight, self.weight_scale, self.bias, self.input_scale):
                 return self._prepare_forward(x, owner_state)
+        x = check_quantize_args(x, self.qdtype)  # off the prepared path: traced, or the fused group's
         lead, K = x.shape[:-1], x.shape[-1]
         if self.fused is not None and (out := self.fused.output_for(self, x)) is not None:
             return out.reshape(*lead, self.out_features)
@@ -277,7 +279,6 @@ class W8A8Linear(nn.Module):
         input_scale = self.input_scale if self.activation == "static" else None
         x = check_quantize_args(x, self.qdtype)
         if input_scale is not None:
-            check_static_scale(input_scale, x)
             capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
             if not capturing and input_scale.isnan().item():  # once per input signature
                 raise ValueError(

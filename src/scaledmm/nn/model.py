@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from scaledmm.checks import DEFAULT_ACCUMULATION, OUT_DTYPES, check_accumulation
+from scaledmm.checks import DEFAULT_ACCUMULATION, OUT_DTYPES, check_accumulation, check_backend
 from scaledmm.nn.linear import W8A8Linear, dtype_of
 from scaledmm.nn.siblings import fuse_siblings
 
@@ -75,6 +75,7 @@ def quantize_model(
     one weight (tied) share one quantized weight. A weight tied to a module that stays in float (an
     embedding tied to an lm_head included by the filter) cannot stay tied: the report notes it."""
     qdtype = dtype_of(dtype)
+    check_backend(backend)
     check_accumulation(accumulation)
     accept = filter or _default_filter
     report = QuantizationReport()

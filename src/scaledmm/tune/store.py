@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 from scaledmm.configs.files import (
+    ACCUMULATIONS,
     DTYPE_BY_NAME,
     FORMAT_VERSION,
     MAX_M,
@@ -74,7 +75,7 @@ def validate_result(result: object, where: object = "result") -> dict:
     if not (isinstance(dtype, str) and dtype in DTYPE_BY_NAME):
         raise ConfigFileError(f"{where}: dtype must be one of {sorted(DTYPE_BY_NAME)}, got {_shown(dtype)}")
     accumulation = result.get("accumulation", "fast")
-    if accumulation not in ("fast", "precise") or (dtype == "int8" and accumulation != "fast"):
+    if accumulation not in ACCUMULATIONS or (dtype == "int8" and accumulation != "fast"):
         raise ConfigFileError(f"{where}: accumulation must be 'fast' or (fp8) 'precise', got {_shown(accumulation)}")
     n, k, m = result["n"], result["k"], result["m"]
     if "kernel" in result:  # journaled by a version that wrote format-1 files
