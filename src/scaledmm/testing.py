@@ -81,10 +81,12 @@ def make_operands(
 # sum. Where it is an fp32 sum (Triton's interpreter, GPUs without a reduced-precision accumulator),
 # at most K * 2**-24 of S = sum_k |a_ik b_kj| |scales|, or the package's long-standing 2**-10 of S,
 # whichever is larger. On Hopper and Ada the tensor core keeps a truncated partial sum inside its
-# accumulator (docs/accumulation-notes.md): every 32-element instruction errs by at most u_t of the
-# running partial sum S_j it leaves, so the sum errs by at most 2 * u_t * sum_j |S_j|, computed here
-# from the operands in float64 (`partial_sum_error`): tight on mixed-sign data, where the partial sums
-# stay small, so a skipped K step or a wrong tile still lands far outside the bound. The literature
+# accumulator (docs/accumulation-notes.md): every 32-element instruction aligns its addends (the
+# partial sum it takes, its 32 products) and truncates, erring by at most u_t of their magnitudes,
+# |S_j-1| + sum of its |products|. So the sum errs by at most u_t * (sum_j |S_j| + S), taken twice
+# here for room, and computed from the operands in float64 (`partial_sum_error`): tight on mixed-sign
+# data, where the partial sums stay small, so a skipped K step or a wrong tile still lands outside
+# the bound (the S term alone is the package's old 2**-10 bound). The literature
 # says 14 bits (u_t = 2**-13); an H200 erred by up to 3.6 times that model (all-positive operands,
 # K = 16384, benchmarks/ab/accumulation.py, docs/performance.md "Accumulation"), so u_t = 2**-11
 # here (12 bits). "precise" restarts the partial sum every PROMOTE_EVERY K-elements (and adds it to
@@ -151,7 +153,8 @@ def accumulation_error(ops: Operands, magnitude: torch.Tensor, accumulation: str
     else:
         interval = PROMOTE_EVERY if accumulation == "precise" else None
     promotions = 0 if interval is None else -(-K // interval) * FP32_SUM_EPS_PER_K * magnitude
-    return partial_sum_error(ops, interval, split and interval is None) + promotions
+    addends = 2 * U_TENSOR_CORE * magnitude  # each instruction's own products
+    return partial_sum_error(ops, interval, split and interval is None) + addends + promotions
 
 
 def make_block_operands(
