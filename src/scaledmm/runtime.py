@@ -25,10 +25,11 @@ from triton.runtime.errors import OutOfResources
 
 from scaledmm.checks import check_device_supports, check_quantize_args, check_scaled_mm_args, check_static_scale
 from scaledmm.configs import MatmulConfig, device_limits, heuristic_config, plan
+from scaledmm.configs.heuristic import block_heuristic_config
 from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, disabled_backends, unfit_reason
 from scaledmm.kernels.linear import FUSED_QUANTIZE_MAX_M, QuantizedLinearLaunch, bind_quantized_linear
 from scaledmm.kernels.matmul import MatmulLaunch, bind_scaled_mm
-from scaledmm.kernels.matmul_block import bind_block_scaled_mm, block_heuristic_config
+from scaledmm.kernels.matmul_block import bind_block_scaled_mm
 from scaledmm.kernels.quant import bind_quantize_rows
 from scaledmm.kernels.vendor import fast_accum_refused, misaligned_pointer, unsupported_reason, vendor_scaled_mm
 from scaledmm.state import state

@@ -135,3 +135,20 @@ def untuned_backend(M: int, dtype: torch.dtype, capability: tuple[int, int]) -> 
     """The backend `auto` takes for a shape no tuned file covers."""
     hopper = capability == (9, 0)
     return "torch" if hopper and dtype != torch.int8 and M >= UNTUNED_VENDOR_MIN_M else "triton"
+
+
+def block_heuristic_config(M: int, N: int, block_k: int, shared_memory: int) -> MatmulConfig:
+    """An untuned tile for block-scaled fp8 (kernels/matmul_block.py): K steps of the scale block, rows
+    by M, and the deepest pipeline up to 4 stages that shared memory holds. A first rule, not yet
+    timed against alternatives (docs/performance.md, "Block-scaled FP8")."""
+    if M <= 16:
+        block_m, block_n, num_warps = 16, 64, 4
+    elif M <= 64:
+        block_m, block_n, num_warps = 64, 64, 4
+    elif M <= 256:
+        block_m, block_n, num_warps = 64, 128, 4
+    else:
+        block_m, block_n, num_warps = 128, 128, 8
+    block_n = min(block_n, max(16, triton.next_power_of_2(N)))
+    stages = _stages(block_m, block_n, block_k, 4, shared_memory)
+    return MatmulConfig(block_m, block_n, block_k, group_m=8, num_warps=num_warps, num_stages=stages)

@@ -118,21 +118,3 @@ def bind_block_scaled_mm(
     launch that does it again for new tensors of this signature."""
     grid, args, kwargs = block_launch_arguments(a, b, scale_a, scale_b, bias, out, config, block_size)
     return BlockLaunch(bind_launch(_block_scaled_mm_kernel, grid, args, kwargs, leading=6, device=a.device), config)
-
-
-def block_heuristic_config(M: int, N: int, block_k: int, shared_memory: int) -> MatmulConfig:
-    """An untuned tile for the block-scaled kernel: K steps of the scale block, rows by M, and the
-    deepest pipeline up to 4 stages that shared memory holds."""
-    if M <= 16:
-        block_m, block_n, warps = 16, 64, 4
-    elif M <= 64:
-        block_m, block_n, warps = 64, 64, 4
-    elif M <= 256:
-        block_m, block_n, warps = 64, 128, 4
-    else:
-        block_m, block_n, warps = 128, 128, 8
-    block_n = min(block_n, max(16, triton.next_power_of_2(N)))
-    stages = 4
-    while stages > 2 and stages * (block_m + block_n) * block_k > shared_memory - 16 * 1024:
-        stages -= 1
-    return MatmulConfig(block_m, block_n, block_k, group_m=8, num_warps=warps, num_stages=stages)
