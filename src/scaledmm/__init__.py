@@ -1,7 +1,7 @@
 """scaledmm: Triton kernels for W8A8 (INT8 and FP8) scaled matrix multiplication, tuned ahead of time."""
 
 from scaledmm import reference
-from scaledmm.api import quantize_per_tensor, quantize_per_token, scaled_mm
+from scaledmm.api import quantize_per_tensor, quantize_per_token, quantize_per_token_group, scaled_mm
 from scaledmm.configs import MatmulConfig, clear_cache, select_config
 
 __version__ = "0.1.0"
@@ -12,6 +12,7 @@ __all__ = [
     "clear_cache",
     "quantize_per_tensor",
     "quantize_per_token",
+    "quantize_per_token_group",
     "reference",
     "scaled_mm",
     "select_config",

@@ -13,7 +13,13 @@ from __future__ import annotations
 import torch
 
 from scaledmm import ops
-from scaledmm.checks import DEFAULT_ACCUMULATION, check_quantize_args, check_scaled_mm_args, check_static_scale
+from scaledmm.checks import (
+    DEFAULT_ACCUMULATION,
+    check_group_size,
+    check_quantize_args,
+    check_scaled_mm_args,
+    check_static_scale,
+)
 from scaledmm.configs import MatmulConfig
 from scaledmm.runtime import (
     eager,
@@ -93,12 +99,12 @@ def scaled_mm(
     return ops.scaled_mm_op(a, b, scale_a, scale_b, bias, out_dtype, config_list, backend, accumulation, blocks)
 
 
-def _prepared_quantize(x: object, scale: object, dtype: object):
+def _prepared_quantize(x: object, scale: object, dtype: object, group_size: object = None):
     """The prepared call of an eager quantization seen before, else None."""
     if not eager(x, scale):
         return None
     try:
-        return prepared.get(quantize_signature(x, scale, dtype))
+        return prepared.get(quantize_signature(x, scale, dtype, group_size))
     except TypeError:  # an unhashable dtype: the checks name it
         return None
 
@@ -131,3 +137,25 @@ def quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
         return run_quantize(x, scale, dtype)
     K = x.shape[-1]
     return ops.quantize_per_tensor_op(x.reshape(-1, K), scale, dtype).reshape(x.shape)
+
+
+def quantize_per_token_group(
+    x: torch.Tensor, group_size: int = 128, dtype: torch.dtype = torch.float8_e4m3fn
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic quantization of an activation [..., K] with one scale per 1 x group_size group of each
+    row, the activation side of block-scaled fp8 (DeepSeek-V3's 1 x 128).
+
+    Returns (q, scale): q float8_e4m3fn of x's shape, scale float32 [..., ceil(K / group_size)] with
+    x ~= q * scale group by group (the last group may be shorter); scale = max(|group|) / 448, floored
+    so that zero groups stay finite, NaN propagating as in quantize_per_token. `q.reshape(-1, K)` and
+    `scale.reshape(-1, groups)` are scaled_mm's `a` and `scale_a` with block_size=(block_n, group_size).
+    """
+    if (call := _prepared_quantize(x, None, dtype, group_size)) is not None:
+        return call(x)
+    x = check_quantize_args(x, dtype)
+    check_group_size(group_size, dtype)
+    if eager(x):
+        return run_quantize(x, None, dtype, group_size)
+    K = x.shape[-1]
+    q, scale = ops.quantize_per_token_group_op(x.reshape(-1, K), group_size, dtype)
+    return q.reshape(x.shape), scale.reshape(*x.shape[:-1], scale.shape[-1])

@@ -184,6 +184,17 @@ def check_block_size(block_size: object) -> tuple[int, int]:
     return block_n, block_k
 
 
+def check_group_size(group_size: object, dtype: torch.dtype) -> int:
+    """Activation groups for block-scaled fp8: 1 x group_size, the weight's block_k."""
+    if dtype != torch.float8_e4m3fn:
+        raise TypeError(f"per-token-group quantization is for float8_e4m3fn (block-scaled fp8), got {dtype!r}")
+    if not isinstance(group_size, int) or isinstance(group_size, bool):
+        raise TypeError(f"group_size must be an int, got {group_size!r}")
+    if group_size not in BLOCK_K_CHOICES:
+        raise ValueError(f"group_size must be one of {BLOCK_K_CHOICES} (the block_k scaled_mm takes), got {group_size}")
+    return group_size
+
+
 def _check_block_scales(a, N, scale_a, scale_b, block_size, config, backend) -> None:
     """Block scales: fp8 operands, fp32 scales of [M, ceil(K / block_k)] and [ceil(K / block_k),
     ceil(N / block_n)], any strides; the Triton kernel only, K steps of the block."""

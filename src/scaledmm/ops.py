@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from scaledmm.checks import DEFAULT_ACCUMULATION, check_quantize_args, check_scaled_mm_args, check_static_scale
+from scaledmm.checks import (
+    DEFAULT_ACCUMULATION,
+    check_group_size,
+    check_quantize_args,
+    check_scaled_mm_args,
+    check_static_scale,
+)
 from scaledmm.configs import MatmulConfig
 from scaledmm.runtime import (
     prepared,
@@ -97,3 +103,21 @@ def _quantize_per_tensor_fake(x, scale, dtype):
     check_quantize_args(x, dtype)
     check_static_scale(scale, x)
     return x.new_empty(x.shape, dtype=dtype)
+
+
+@torch.library.custom_op("scaledmm::quantize_per_token_group", mutates_args=())
+def quantize_per_token_group_op(
+    x: torch.Tensor, group_size: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if prepared.get(quantize_signature(x, None, dtype, group_size)) is None:
+        check_quantize_args(x, dtype)
+        check_group_size(group_size, dtype)
+    return run_quantize(x, None, dtype, group_size)
+
+
+@quantize_per_token_group_op.register_fake
+def _quantize_per_token_group_fake(x, group_size, dtype):
+    check_quantize_args(x, dtype)
+    check_group_size(group_size, dtype)
+    groups = -(-x.shape[-1] // group_size)
+    return x.new_empty(x.shape, dtype=dtype), x.new_empty((*x.shape[:-1], groups), dtype=torch.float32)

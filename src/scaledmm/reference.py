@@ -68,3 +68,14 @@ def quantize_ref(
     if dtype == torch.int8:
         values = values.round()  # half to even
     return values.to(dtype), scale
+
+
+def quantize_groups_ref(x: torch.Tensor, dtype: torch.dtype, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What scaledmm.quantize_per_token_group computes, in torch: a scale per 1 x group_size group of
+    each row of x [..., K] (the last group may be shorter), the same fp32 operations as quantize_ref."""
+    K = x.shape[-1]
+    groups = -(-K // group_size)
+    padded = torch.nn.functional.pad(x.to(torch.float32), (0, groups * group_size - K))
+    blocks = padded.reshape(*x.shape[:-1], groups, group_size)
+    q, scale = quantize_ref(blocks, dtype)
+    return q.reshape(*x.shape[:-1], groups * group_size)[..., :K], scale.squeeze(-1)

@@ -30,7 +30,7 @@ from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, disabled_backends, un
 from scaledmm.kernels.linear import FUSED_QUANTIZE_MAX_M, QuantizedLinearLaunch, bind_quantized_linear
 from scaledmm.kernels.matmul import MatmulLaunch, bind_scaled_mm
 from scaledmm.kernels.matmul_block import bind_block_scaled_mm
-from scaledmm.kernels.quant import bind_quantize_rows
+from scaledmm.kernels.quant import bind_quantize_groups, bind_quantize_rows
 from scaledmm.kernels.vendor import fast_accum_refused, misaligned_pointer, unsupported_reason, vendor_scaled_mm
 from scaledmm.state import state
 
@@ -79,8 +79,8 @@ def scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend
     )
 
 
-def quantize_signature(x, scale, dtype) -> tuple:
-    return ("quantize", tensor_signature(x), tensor_signature(scale), dtype)
+def quantize_signature(x, scale, dtype, group_size=None) -> tuple:
+    return ("quantize", tensor_signature(x), tensor_signature(scale), dtype, group_size)
 
 
 class PreparedCalls(dict):
@@ -280,43 +280,49 @@ def run_scaled_mm(
 
 
 class PreparedQuantize:
-    """A prepared quantization of x [..., K]: dynamic per token (returns (q, scale)) or with a given
+    """A prepared quantization of x [..., K]: dynamic per token (returns (q, scale [..., 1])), per
+    1 x group_size group (returns (q, scale [..., ceil(K / group_size)])), or with a given
     per-tensor scale (returns q)."""
 
-    def __init__(self, x: torch.Tensor, dtype: torch.dtype, dynamic: bool):
+    def __init__(self, x: torch.Tensor, dtype: torch.dtype, dynamic: bool, group_size: int | None = None):
         self.shape = x.shape
         self.K = x.shape[-1]
         self.M = math.prod(x.shape[:-1])
         self.dtype = dtype
         self.dynamic = dynamic
+        self.group_size = group_size
+        self.scales = 1 if group_size is None else -(-self.K // group_size)  # per row
         self.device = x.device
         self.launch = None  # bound at the first call with rows
 
     def __call__(self, x: torch.Tensor, scale: torch.Tensor | None = None):
         q = torch.empty(self.shape, dtype=self.dtype, device=self.device)
         if self.dynamic:
-            scale = torch.empty((*self.shape[:-1], 1), dtype=torch.float32, device=self.device)
+            scale = torch.empty((*self.shape[:-1], self.scales), dtype=torch.float32, device=self.device)
         if self.M:
             rows = (x.reshape(self.M, self.K), q.view(self.M, self.K), scale)
-            if self.launch is None:
-                check_device_supports(self.device, self.dtype != torch.int8)
-                with _device_guard(self.device):
-                    self.launch = bind_quantize_rows(*rows, self.dynamic)
-            else:
+            if self.launch is not None:
                 self.launch(*rows)
+                return (q, scale) if self.dynamic else q
+            check_device_supports(self.device, self.dtype != torch.int8)
+            with _device_guard(self.device):
+                if self.group_size is None:
+                    self.launch = bind_quantize_rows(*rows, self.dynamic)
+                else:
+                    self.launch = bind_quantize_groups(*rows[:2], scale.view(self.M, self.scales), self.group_size)
         return (q, scale) if self.dynamic else q
 
     def __repr__(self) -> str:
-        mode = "per-token" if self.dynamic else "per-tensor"
+        mode = "per-tensor" if not self.dynamic else "per-token" if self.group_size is None else "per-token-group"
         return f"PreparedQuantize({mode}, shape={list(self.shape)}, dtype={self.dtype})"
 
 
-def run_quantize(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype):
+def run_quantize(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype, group_size: int | None = None):
     """A checked quantization, through its prepared call (prepared now if this is its first)."""
-    key = quantize_signature(x, scale, dtype)
+    key = quantize_signature(x, scale, dtype, group_size)
     call = prepared.get(key)
     if call is None:
-        call = PreparedQuantize(x, dtype, dynamic=scale is None)
+        call = PreparedQuantize(x, dtype, dynamic=scale is None, group_size=group_size)
         prepared.remember(key, call)
     return call(x, scale)
 

@@ -212,3 +212,63 @@ def test_w8a8_linear_nan_row_is_nan(dtype, rows):
     for _ in range(2):  # the first call of a signature runs the two launches, the next ones the fused kernel
         out = layer(x)
         assert out[1].isnan().all() and out[0].isfinite().all() and out[2:].isfinite().all()
+
+
+# ----------------------------------------------------------------------------- per-token-group (block-scaled fp8)
+
+
+@pytest.mark.parametrize("shape,group_size", [((5, 256), 128), ((2, 3, 300), 128), ((4, 96), 32), ((1, 64), 256)])
+def test_per_token_group_matches_the_reference(shape, group_size):
+    from scaledmm.reference import quantize_groups_ref
+
+    x = torch.randn(*shape, device=DEVICE, dtype=torch.bfloat16) * 3
+    x[..., 0] = 40.0  # an outlier in the first group of every row
+    if shape[-1] > group_size:
+        x[..., group_size : 2 * group_size] = 0.0  # an all-zero group: a floored scale, zeros out
+    q, scale = scaledmm.quantize_per_token_group(x, group_size)
+    ref_q, ref_scale = quantize_groups_ref(x, torch.float8_e4m3fn, group_size)
+    groups = -(-shape[-1] // group_size)
+    assert q.shape == x.shape and scale.shape == (*shape[:-1], groups) and scale.dtype == torch.float32
+    torch.testing.assert_close(scale, ref_scale, atol=0, rtol=0)
+    assert_matches(q, ref_q, torch.float8_e4m3fn)
+
+
+def test_per_token_group_then_block_scaled_mm_is_the_float_product():
+    M, N, K = 6, 96, 300
+    x = torch.randn(M, K, device=DEVICE)
+    w = torch.randn(N, K, device=DEVICE)
+    q, scale_x = scaledmm.quantize_per_token_group(x, 128)
+    w_q, w_scale = quantize_weight_blocks(w, 128)
+    out = scaledmm.scaled_mm(q, w_q.t(), scale_x, w_scale.t(), torch.float32, block_size=(128, 128))
+    expected = x @ w.t()
+    assert (out - expected).norm() / expected.norm() < 0.08  # two fp8 roundings (e4m3: 2**-4)
+
+
+def quantize_weight_blocks(w, block):
+    """A weight [N, K] in e4m3 with one scale per block x block block (weight_scale_inv [N/b, K/b])."""
+    N, K = w.shape
+    nb, kb = -(-N // block), -(-K // block)
+    padded = torch.nn.functional.pad(w, (0, kb * block - K, 0, nb * block - N))
+    blocks = padded.reshape(nb, block, kb, block)
+    scale = blocks.abs().amax(dim=(1, 3)).clamp_min(1e-10) / 448.0
+    q = (blocks / scale[:, None, :, None]).clamp(-448, 448).to(torch.float8_e4m3fn)
+    return q.reshape(nb * block, kb * block)[:N, :K], scale
+
+
+@pytest.mark.parametrize(
+    "args,error,words",
+    [
+        (dict(group_size=100), ValueError, "group_size must be one of"),
+        (dict(group_size=128.0), TypeError, "group_size must be an int"),
+        (dict(dtype=torch.int8), TypeError, "per-token-group quantization is for float8_e4m3fn"),
+    ],
+)
+def test_per_token_group_checks_its_arguments(args, error, words):
+    x = torch.randn(2, 128, device=DEVICE)
+    with pytest.raises(error, match=words):
+        scaledmm.quantize_per_token_group(x, **args)
+    if isinstance(args.get("group_size", 128), int):  # the op's schema takes an int
+        with pytest.raises(error, match=words):
+            torch.ops.scaledmm.quantize_per_token_group(
+                x, args.get("group_size", 128), args.get("dtype", torch.float8_e4m3fn)
+            )
