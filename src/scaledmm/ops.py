@@ -74,12 +74,16 @@ def _scaled_mm_fake(
     return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
 
 
-def _quantize(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype):
-    if prepared.get(quantize_signature(x, scale, dtype)) is None:
-        check_quantize_args(x, dtype)
-        if scale is not None:
-            check_static_scale(scale, x)
-    return run_quantize(x, scale, dtype)
+def _quantize(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype, group_size: int | None = None):
+    call = prepared.get(quantize_signature(x, scale, dtype, group_size))
+    if call is not None:
+        return call(x, scale)
+    check_quantize_args(x, dtype)
+    if scale is not None:
+        check_static_scale(scale, x)
+    if group_size is not None:
+        check_group_size(group_size, dtype)
+    return run_quantize(x, scale, dtype, group_size)
 
 
 @torch.library.custom_op("scaledmm::quantize_per_token", mutates_args=())
@@ -109,10 +113,7 @@ def _quantize_per_tensor_fake(x, scale, dtype):
 def quantize_per_token_group_op(
     x: torch.Tensor, group_size: int, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if prepared.get(quantize_signature(x, None, dtype, group_size)) is None:
-        check_quantize_args(x, dtype)
-        check_group_size(group_size, dtype)
-    return run_quantize(x, None, dtype, group_size)
+    return _quantize(x, None, dtype, group_size)
 
 
 @quantize_per_token_group_op.register_fake

@@ -284,6 +284,8 @@ class MatmulLaunch:
     def __call__(self, a, b, scale_a, scale_b, bias, out) -> None:
         if self.kernel == "tma":
             self.bound(*matmul_tma.descriptors(a, b, out, self.config), scale_a, scale_b, bias)
+        elif self.config.split_k == 1:
+            self.bound(a, b, out, scale_a, scale_b, bias, None, None)
         else:
             partials, arrivals = split_k_buffers(self.M, self.N, self.config, self.dtype, out.device)
             self.bound(a, b, out, scale_a, scale_b, bias, partials, arrivals)
