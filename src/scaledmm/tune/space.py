@@ -21,6 +21,14 @@ TMA_TILES = ((64, 128), (64, 256), (128, 128), (128, 256), (256, 128))
 TMA_BLOCK_K = 128
 TMA_MIN_M = 128  # below, the weight streams (memory-bound) and the pointer kernel's small tiles win
 OUT_BYTES_BUDGETED = 4  # the TMA kernel stages half an output tile in shared memory: fp32, the widest
+# The pointer kernel's pipeline depths, warps and tallest tile, pruned by what won the 459 tuned
+# buckets of the H100 and H200 files: two stages won 3, eight warps at M <= 64 one (with two stages),
+# 256-row pointer tiles none (at large M the TMA kernel's 256-row tiles win where so tall a tile
+# pays). Pruning them halves the space and the compile work with it; the A/B of the pruned tuner
+# against the exhaustive one is benchmarks/ab/tuner_cost.py.
+POINTER_STAGES = (3, 4, 5)
+POINTER_MAX_BLOCK_M = 128
+POINTER_DECODE_WARPS = (4,)  # M <= 64
 SWAP_MAX_M = 64  # the swapped kernel's candidates: M small enough for one tile row of tokens
 SWAP_BLOCK_N = (64, 128)  # its weight rows per program: Hopper's wgmma takes 64 per warp group
 
@@ -41,6 +49,16 @@ def _block_m_choices(M: int) -> tuple[int, ...]:
     if M <= 512:
         return (64, 128)
     return (64, 128, 256)
+
+
+def _pointer_block_k_choices(M: int) -> tuple[int, ...]:
+    # K steps of 64 won none of the 459 tuned buckets of the H100 and H200 files, where they were
+    # tried from M = 65 up: the pipeline's fixed cost per step is too large a share of so short a step.
+    if M <= 64:
+        return (128, 256, 512)
+    if M <= 512:
+        return (128, 256)
+    return (128,)
 
 
 def _splits(M: int, N: int, K: int, config: MatmulConfig, num_sms: int) -> list[int]:
@@ -70,12 +88,15 @@ def candidate_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int, 
     n_cap = max(32, triton.next_power_of_2(N))
     k_cap = max(32, triton.next_power_of_2(K))
     block_n_choices = sorted({min(bn, n_cap) for bn in (32, 64, 128, 256)})
-    block_k_choices = sorted(
-        {min(bk, k_cap) for bk in ((128, 256, 512) if M <= 64 else (64, 128, 256) if M <= 512 else (64, 128))}
-    )
+    block_k_choices = sorted({min(bk, k_cap) for bk in _pointer_block_k_choices(M)})
+    block_m_choices = [bm for bm in _block_m_choices(M) if bm <= POINTER_MAX_BLOCK_M]
     configs = []
     for bm, bn, bk, warps, stages in itertools.product(
-        _block_m_choices(M), block_n_choices, block_k_choices, (4, 8), (2, 3, 4, 5)
+        block_m_choices,
+        block_n_choices,
+        block_k_choices,
+        POINTER_DECODE_WARPS if M <= SWAP_MAX_M else (4, 8),
+        POINTER_STAGES,
     ):
         if stages * (bm + bn) * bk > shared_memory - SHARED_MEMORY_RESERVE:
             continue
