@@ -110,8 +110,9 @@ def test_tuned_buckets_are_used_by_the_smallest_tuned_m_at_least_m(config_dir):
     # Far past the tuned range the file's tiles are too small: the heuristic serves.
     assert plan(513, N, K, torch.int8, CPU).source is None
     assert plan(3, N, K, torch.int8, CPU).source.parent == config_dir
-    # Other shapes and dtypes are not in the file: the heuristic serves them.
-    assert select_config(3, N + 1, K, torch.int8, CPU) == heuristic_config(3, N + 1, K, torch.int8, 132, 227 * 1024)
+    # A neighbouring shape borrows the file's buckets; far shapes and other dtypes get the heuristic.
+    assert select_config(3, N + 1, K, torch.int8, CPU) == TUNED[16]
+    assert select_config(3, 4 * N, K, torch.int8, CPU) == heuristic_config(3, 4 * N, K, torch.int8, 132, 227 * 1024)
     assert plan(3, N, K, torch.float8_e4m3fn, CPU).source is None
 
 

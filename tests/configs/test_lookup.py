@@ -2,6 +2,7 @@
 this device (shared memory, split-K scratch) is skipped with a warning instead of failing the call."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -84,3 +85,46 @@ def test_an_explicit_config_that_cannot_run_is_refused_before_launch():
     ops = make_operands(16, 64, 64, torch.int8, DEVICE)
     with pytest.raises(ValueError, match="shared memory"):
         scaledmm.scaled_mm(*ops.args(), config=MatmulConfig(256, 256, 512, num_stages=8))
+
+
+def _write_table(folder, N, K, buckets, dtype="int8"):
+    name = device_name(torch.device(DEVICE, 0) if DEVICE == "cuda" else torch.device("cpu"))
+    data = {"format_version": 2, "device_name": name, "n": N, "k": K, "dtype": dtype, "buckets": buckets}
+    path = folder / file_name(name, N, K, dtype)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_shape_without_a_file_borrows_the_nearest_tuned_neighbours_bucket(tmp_path, monkeypatch):
+    """Transfer from tuned data: N and K each within a factor of 2 of a tuned shape's, the nearest
+    file's bucket for M serves (backend included); farther, or with a bucket that cannot run here,
+    the heuristic does; a shape's own file always comes first."""
+    from scaledmm.configs.lookup import TRANSFER_MAX_RATIO, plan
+
+    device = torch.device(DEVICE, 0) if DEVICE == "cuda" else torch.device("cpu")
+    near = MatmulConfig(32, 64, 128, num_stages=3)
+    nearer = MatmulConfig(64, 32, 64, num_stages=4)
+    unfit = MatmulConfig(256, 256, 512, num_stages=8)
+    bucket = lambda config, backend="triton": {"backend": backend, "config": config.to_dict()}
+    far_path = _write_table(tmp_path, 1024, 1024, {"64": bucket(near)})
+    near_path = _write_table(tmp_path, 1024, 3000, {"64": bucket(nearer, "torch"), "4096": bucket(unfit)})
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
+    clear_cache()
+    try:
+        heuristic = plan(64, 1024, 16384, torch.int8, device)  # K 5.5x the nearest: too far to borrow
+        assert heuristic.source is None
+        assert plan(64, int(1024 * TRANSFER_MAX_RATIO) + 1, 1024, torch.int8, device).source is None
+        borrowed = plan(64, 1100, 2048, torch.int8, device)  # nearer (1024, 3000) than (1024, 1024)
+        assert (borrowed.source, borrowed.config, borrowed.backend) == (near_path, nearer, "torch")
+        assert plan(64, 1100, 1024, torch.int8, device).source == far_path
+        # The nearest neighbour's bucket for M = 4096 cannot run here: the next neighbour has none,
+        # so the heuristic serves, without a warning (nothing the user chose failed).
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert plan(4096, 1100, 2048, torch.int8, device).source is None
+        own = _write_table(tmp_path, 1100, 2048, {"64": bucket(near)})
+        clear_cache()
+        assert plan(64, 1100, 2048, torch.int8, device).source == own
+        assert plan(64, 1100, 2048, torch.float8_e4m3fn, device).source is None  # another dtype's files only
+    finally:
+        clear_cache()

@@ -7,16 +7,20 @@ device synchronisation. Sources, first match wins:
 2. the files shipped in scaledmm/configs/data,
 
 each first for the card's exact name, then for another card of its family (H100 or H200 variants),
-and for the call's fp8 accumulation mode; then the heuristic, whose config runs where `auto` keeps
-ours and whose backend rule (`heuristic.untuned_backend`) gives fp8 from M = 65 to the vendor
-on Hopper. Within a file the bucket is the smallest tuned M >= M, else the largest up to twice its M;
-further out (a file tuned for decode only, asked for a prefill) the next file or the heuristic
-serves. SCALEDMM_DISABLED_BACKENDS (comma-separated: torch, triton) keeps backends out of the
-automatic choice (runtime.auto_backend applies it), as vLLM's VLLM_DISABLED_KERNELS does.
+and for the call's fp8 accumulation mode; then a file tuned on the card (or its family) for the
+nearest other shape, N and K each within a factor of TRANSFER_MAX_RATIO (`nearby_files`: a bucket
+tuned for a neighbour is a better guess than a rule, benchmarks/ab/transfer.py); then the heuristic,
+whose config runs where `auto` keeps ours and whose backend rule (`heuristic.untuned_backend`) gives
+fp8 from M = 65 to the vendor on Hopper. Within a file the bucket is the smallest tuned M >= M,
+else the largest up to twice its M; further out (a file tuned for decode only, asked for a
+prefill) the next file or the heuristic serves. SCALEDMM_DISABLED_BACKENDS (comma-separated:
+torch, triton) keeps backends out of the automatic choice (runtime.auto_backend applies it), as
+vLLM's VLLM_DISABLED_KERNELS does.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -48,6 +52,7 @@ SHIPPED_DIR = Path(__file__).parent / "data"
 _DEFAULT_NUM_SMS = 132
 _DEFAULT_SHARED_MEMORY = 227 * 1024
 SPLIT_K_SCRATCH_LIMIT = 256 * 2**20  # bytes of split-K partial sums one call may allocate
+TRANSFER_MAX_RATIO = 2.0  # a tuned shape lends its buckets to shapes whose N and K are within this factor
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class Plan:
 
     backend: str
     config: MatmulConfig
-    source: Path | None  # the tuned file, or None for the heuristic
+    source: Path | None  # the tuned file (for this shape, or a neighbour's: see its name), or None for the heuristic
 
 
 def config_dirs() -> list[Path]:
@@ -141,6 +146,27 @@ def _candidate_files(name: str, n: int, k: int, dtype: str, accumulation: str) -
 
 
 @state.cached
+def nearby_files(name: str, n: int, k: int, dtype: str, accumulation: str) -> tuple[Path, ...]:
+    """Files of this card (or its family), dtype and accumulation mode tuned for other shapes whose N
+    and K are each within a factor of TRANSFER_MAX_RATIO of the call's: nearest first (the sum of
+    |log2| ratios of N and K), then this card's before its family's, then the nearer K (K sets the
+    pipeline's length, which the tile choice follows most)."""
+    exact = normalize_device_name(name)
+    family = device_family(name)
+    reach = math.log2(TRANSFER_MAX_RATIO)
+    ranked = []
+    for d, fn, fk, fdtype, facc, path in _file_index():
+        if (fdtype, facc) != (dtype, accumulation) or (fn, fk) == (n, k):
+            continue
+        if d != exact and (family is None or device_family(d) != family):
+            continue
+        n_off, k_off = abs(math.log2(fn / n)), abs(math.log2(fk / k))
+        if max(n_off, k_off) <= reach:
+            ranked.append((n_off + k_off, d != exact, k_off, str(path), path))
+    return tuple(entry[-1] for entry in sorted(ranked))
+
+
+@state.cached
 def _table(path: Path) -> TunedTable | None:
     """The file's table, read when the lookup first reaches it; None (and one warning) if it does not
     validate."""
@@ -194,8 +220,9 @@ def unfit_reason(config: MatmulConfig, M: int, N: int, shared_memory: int) -> st
 @state.cached(maxsize=8192)
 def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device, accumulation: str = "fast") -> Plan:
     """The cached plan for one call shape (device must be resolved: cuda with an index, or cpu) in an
-    fp8 accumulation mode, from the files tuned in that mode (int8, exact in either, from its files).
-    A tuned bucket whose config cannot run here (unfit_reason) is skipped with a warning."""
+    fp8 accumulation mode, from the files tuned in that mode (int8, exact in either, from its files):
+    this shape's, else a neighbour's (`nearby_files`), else the heuristic. A bucket tuned for this
+    shape whose config cannot run here (unfit_reason) is skipped with a warning."""
     shared_memory = device_limits(device)[1]
     dtype_name = DTYPE_NAMES[dtype]
     mode = accumulation if dtype_name == "fp8" else "fast"
@@ -212,6 +239,12 @@ def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device, accum
             "skipped (the next file, or the heuristic, serves)",
             stacklevel=2,
         )
+    # A neighbour's bucket that cannot run here is not lent (no warning: nothing the user chose failed).
+    for path in nearby_files(device_name(device), N, K, dtype_name, mode):
+        table = _table(path)
+        bucket = table.bucket_for(M) if table is not None else None
+        if bucket is not None and unfit_reason(bucket.config, M, N, shared_memory) is None:
+            return Plan(bucket.backend, bucket.config, table.path)
     backend = untuned_backend(M, dtype, device_capability(device))
     return Plan(backend, heuristic_config(M, N, K, dtype, *device_limits(device)), None)
 
