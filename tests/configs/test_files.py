@@ -77,10 +77,10 @@ def config_dir(tmp_path, monkeypatch):
 def test_file_names():
     name = file_name("NVIDIA H100 80GB HBM3", 6144, 4096, "fp8")
     assert name == "N=6144,K=4096,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8.json"
-    assert parse_file_name(name) == ("NVIDIA_H100_80GB_HBM3", 6144, 4096, "fp8", "fast")
+    assert parse_file_name(name) == ("NVIDIA_H100_80GB_HBM3", 6144, 4096, "fp8", "fast", None)
     precise = file_name("NVIDIA H200", 6144, 4096, "fp8", "precise")
     assert precise == "N=6144,K=4096,device_name=NVIDIA_H200,dtype=fp8_w8a8,accumulation=precise.json"
-    assert parse_file_name(precise) == ("NVIDIA_H200", 6144, 4096, "fp8", "precise")
+    assert parse_file_name(precise) == ("NVIDIA_H200", 6144, 4096, "fp8", "precise", None)
     assert file_name("NVIDIA H200", 6144, 4096, "int8", "precise").endswith("dtype=int8_w8a8.json")  # exact anyway
     assert parse_file_name("N=1,K=1,device_name=x,dtype=int8_w8a8,accumulation=precise.json") is None
     assert parse_file_name("notes.json") is None
