@@ -65,7 +65,9 @@ def test_configs_lists_them_as_json(capsys, monkeypatch):
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == len(SHIPPED)
     for row in rows:
-        assert set(row) == {"device", "N", "K", "dtype", "accumulation", "m_buckets", "path", "triton_version"}
+        assert set(row) == {
+            "device", "N", "K", "dtype", "accumulation", "block_shape", "m_buckets", "path", "triton_version"
+        }  # fmt: skip
         assert row["dtype"] in ("int8", "fp8") and row["m_buckets"] == sorted(row["m_buckets"])
     clear_cache()
 
