@@ -16,7 +16,7 @@ from scaledmm.configs.files import ConfigFileError, file_name, load_table
 from scaledmm.configs.heuristic import block_heuristic_config
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, block_unfit_reason, device_limits, device_name
 from scaledmm.kernels.matmul_block import BLOCK_REVISION
-from scaledmm.tune.runner import Job, candidates
+from scaledmm.tune.runner import Job, _compile, candidates
 from scaledmm.tune.space import block_candidate_configs
 from scaledmm.tune.store import job_of, validate_result
 
@@ -116,3 +116,9 @@ def test_a_bad_block_size_is_refused_naming_it(command, value, words, capsys):
 def test_block_size_takes_fp8_only(tmp_path):
     with pytest.raises(SystemExit, match="--block-size is for fp8"):
         main(["tune", "--shape", "48,256", "--block-size", "128,128", "--dtype", "int8", "--out", str(tmp_path)])
+
+
+@pytest.mark.skipif(not ON_GPU, reason="compiles for a CUDA device")
+def test_a_block_candidate_compiles_ahead_from_meta_tensors():
+    # The tuner's compile workers hold no data: the block kernel must compile from meta tensors.
+    assert _compile(Job(7168, 2048, "fp8", 64, "fast", BLOCK), MatmulConfig(64, 128, 128, num_stages=3)) is None
