@@ -424,3 +424,40 @@ def test_format_1_files_and_journals_are_merged_into_format_2(tmp_path):
         assert data["buckets"][m]["config"] == MatmulConfig(16, 64, 64, kernel="swapped").to_dict()
         assert data["buckets"][m]["revision"] == revision and "kernel" not in data["buckets"][m]
     assert [b.revision for b in load_table(config_file(tmp_path)).buckets] == [REVISIONS["swapped"], "0123456789ab"]
+
+
+def test_the_screen_shortlists_the_fastest_correct_candidates_and_only_they_reach_the_final(monkeypatch):
+    """Successive halving: the final round times the SHORTLIST fastest screened candidates that are
+    correct (a fast wrong one gives its place to the next) plus the heuristic, never the rest."""
+    import scaledmm.tune.runner as runner
+    from scaledmm.bench.timing import Timing
+    from scaledmm.tune.space import candidate_configs
+
+    device = torch.device("cuda", 0) if ON_GPU else torch.device("cpu")
+    job = Job(N, K, "int8", 16)
+    space = candidate_configs(job.m, N, K, 227 * 1024, 132, tma=False)
+    configs = [*space[: runner.SHORTLIST + 4], space[-1]]  # the last plays the heuristic
+    screen_us = {c: 10.0 + i for i, c in enumerate(configs)}  # the screen ranks them in list order
+    screen_us[configs[-1]] = 1000.0  # the heuristic screens slowest, and still reaches the final
+    wrong = configs[0]  # the fastest, and wrong
+
+    class WrongForOne(runner.CandidateCall):
+        def __call__(self, *args):
+            out = super().__call__(*args)
+            return out + 1000 if self.config == wrong else out
+
+    finalists = []
+
+    def final_round(contenders, replays, warmup_ms):
+        finalists.extend(fn.config for fn, _ in contenders if isinstance(fn, runner.CandidateCall))
+        return [Timing(5.0 + i, 5.0, 5.0) for i in range(len(contenders))]
+
+    monkeypatch.setattr(runner, "CandidateCall", WrongForOne)
+    monkeypatch.setattr(runner, "screen_time_us", lambda fn, inputs, warmup_ms=0.0: screen_us[fn.config])
+    monkeypatch.setattr(runner, "time_interleaved", final_round)
+    monkeypatch.setattr(runner, "group_variants", lambda config, m: [])
+
+    result = runner.tune_job(job, device, configs)
+    assert finalists == [*configs[1 : runner.SHORTLIST + 1], configs[-1]]
+    assert MatmulConfig.from_dict(result["config"]) == configs[1]  # the fastest of the final round
+    assert result["candidates"] == len(configs)

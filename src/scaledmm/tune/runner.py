@@ -1,5 +1,9 @@
-"""Tuning one point (N, K, dtype, M) on one device: time every candidate config, each checked
-against the reference first, next to the vendor kernel and the heuristic, and keep the winner.
+"""Tuning one point (N, K, dtype, M) on one device, by successive halving: every candidate config
+is timed briefly (a screen of a few CUDA-graph replays), the fastest few that compute the right
+result (checked against the reference) are timed properly next to the heuristic and the vendor
+kernel, interleaved as the benchmark protocol says, and the fastest is kept. The screen makes a
+point about 4x cheaper than timing every candidate properly, at the same winners within noise
+(benchmarks/ab/tuner_cost.py).
 
 Candidates are compiled ahead in a pool of worker processes (`Precompiler`), so the GPU times one
 point while the CPUs compile the next; the launch in this process then only loads the binary from
@@ -7,7 +11,7 @@ Triton's cache.
 
 A job with a `block_size` tunes block-scaled fp8 (kernels/matmul_block.py): its operands, the call
 timed, the reference check, the vendor baseline (torch._scaled_mm's block mode) and the kernel
-revision are the block mode's (`job_operands`, `job_runner`, `job_vendor`, `job_revision`); the
+revision are the block mode's (`job_operands`, `CandidateCall`, `job_vendor`, `job_revision`); the
 timing is the same.
 """
 
@@ -17,12 +21,13 @@ import math
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import triton
 
 import scaledmm
-from scaledmm.bench.timing import rotation_count, time_calls, time_interleaved
+from scaledmm.bench.timing import rotation_count, screen_time_us, time_interleaved
 from scaledmm.configs import MatmulConfig, device_limits, heuristic_config
 from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.configs.heuristic import block_heuristic_config
@@ -33,8 +38,9 @@ from scaledmm.kernels.vendor import fast_accum_refused, unsupported_reason, vend
 from scaledmm.testing import OUT_DTYPE, ErrorCheck, Operands, make_block_operands, make_operands
 from scaledmm.tune.space import block_candidate_configs, candidate_configs, group_variants
 
+SHORTLIST = 8  # the fastest screened candidates timed again, properly, in the final round
 REFINED = 3  # how many of the best tiles also try other program groupings
-CANDIDATE_WARMUP_MS = 5.0  # the GPU is busy between candidates; only the first timing needs 25 ms
+FINAL_WARMUP_MS = 5.0  # the screen has just kept the GPU busy; the final round needs little warm-up
 
 
 @dataclass(frozen=True, order=True)
@@ -132,6 +138,36 @@ class Precompiler:
         self.pool.shutdown(cancel_futures=True)
 
 
+# ----------------------------------------------------------------------------- timing one job
+
+
+def _vendor_takes_fast_accum(inputs: tuple) -> bool:
+    """Whether cuBLAS runs this fp8 call with fast accumulation (it refuses some shapes)."""
+    try:
+        vendor_scaled_mm(*inputs, OUT_DTYPE, True)
+    except RuntimeError as err:
+        if fast_accum_refused(err):
+            return False
+        raise
+    return True
+
+
+class CandidateCall:
+    """One candidate config of a job, called as the tuner times it: `(a, b, scale_a, scale_b, bias)`,
+    in the job's accumulation mode, or with its block scales."""
+
+    def __init__(self, config: MatmulConfig, accumulation: str, block_size: tuple[int, int] | None = None):
+        self.config = config
+        self.accumulation = accumulation
+        self.block_size = block_size
+
+    def __call__(self, a, b, scale_a, scale_b, bias):
+        return scaledmm.scaled_mm(
+            a, b, scale_a, scale_b, OUT_DTYPE, bias,
+            config=self.config, accumulation=self.accumulation, block_size=self.block_size,
+        )  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- what a job runs, by its mode
 
 
@@ -140,17 +176,6 @@ def job_operands(job: Job, device: torch.device) -> Operands:
     if job.block_size is not None:
         return make_block_operands(job.m, job.n, job.k, device, job.block_size)
     return make_operands(job.m, job.n, job.k, DTYPE_BY_NAME[job.dtype], device)
-
-
-def job_runner(job: Job, config: MatmulConfig):
-    """scaled_mm with `config` in the job's mode, over one copy of the inputs (a, b, sa, sb, bias)."""
-
-    def run(a, b, sa, sb, bias):
-        return scaledmm.scaled_mm(
-            a, b, sa, sb, OUT_DTYPE, bias, config=config, accumulation=job.accumulation, block_size=job.block_size
-        )
-
-    return run
 
 
 def job_vendor(job: Job, ops: Operands, inputs: tuple):
@@ -185,67 +210,71 @@ def job_revision(job: Job, config: MatmulConfig) -> str:
     return BLOCK_REVISION if job.block_size is not None else kernel_revision(config)
 
 
-# ----------------------------------------------------------------------------- timing one job
-
-
-def _vendor_takes_fast_accum(inputs: tuple) -> bool:
-    """Whether cuBLAS runs this fp8 call with fast accumulation (it refuses some shapes)."""
-    try:
-        vendor_scaled_mm(*inputs, OUT_DTYPE, True)
-    except RuntimeError as err:
-        if fast_accum_refused(err):
-            return False
-        raise
-    return True
-
-
 def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replays: int = 20) -> dict:
-    """Time every candidate at one point, then the best few, the heuristic and the vendor kernel
-    together; return the bucket entry for the config file (with the job's coordinates), or raise if
-    no candidate is correct."""
+    """Screen every candidate at one point, then time the fastest correct few, the heuristic and the
+    vendor kernel together; return the bucket entry for the config file (with the job's
+    coordinates), or raise if no candidate is correct."""
     copies = rotation_count(job.n * job.k, device)
     ops = [job_operands(job, device) for _ in range(copies)]
     inputs = [(*o.args(), o.bias) for o in ops]
     check = ErrorCheck(ops[0], OUT_DTYPE, job.accumulation)
 
-    def runner(config: MatmulConfig):
-        return job_runner(job, config)
+    runner = partial(CandidateCall, accumulation=job.accumulation, block_size=job.block_size)
 
-    # 1. Every candidate alone, each checked against the reference before it is timed.
-    times: dict[MatmulConfig, float] = {}
+    # 1. Screen: every candidate timed briefly (a few graph replays), fastest first. Most of a
+    # space is far from its best, and ranking it needs no precise times; the shortlist is timed
+    # properly in the final round. A candidate that fails to run is dropped with the reason.
+    screened: dict[MatmulConfig, float] = {}
     rejected = []
 
-    def try_config(config: MatmulConfig, warmup_ms: float = CANDIDATE_WARMUP_MS) -> None:
-        run = runner(config)
+    def screen(config: MatmulConfig, warmup_ms: float = 0.0) -> None:
         try:
-            ratio = check.ratio(run(*inputs[0]))
+            screened[config] = screen_time_us(runner(config), inputs, warmup_ms=warmup_ms)
         except Exception as err:  # out of resources and the like: not a candidate on this GPU
             rejected.append(f"{config}: {type(err).__name__}")
-            return
-        if not ratio <= 1.0:
-            rejected.append(f"{config}: wrong result ({ratio:.3g}x the error bound)")
-            return
-        times[config] = time_calls(run, inputs, replays, warmup_ms=warmup_ms).median_us
 
     for i, config in enumerate(configs):
-        try_config(config, warmup_ms=25.0 if i == 0 else CANDIDATE_WARMUP_MS)  # the first finds the GPU idle
-    for config in sorted(times, key=times.get)[:REFINED]:
+        screen(config, warmup_ms=25.0 if i == 0 else 0.0)  # the first finds the GPU idle
+
+    # 2. The shortlist: the fastest screened candidates that compute the right result, checked
+    # against the reference in order of speed (a wrong candidate gives its place to the next);
+    # the best few also try other program groupings.
+    checked: dict[MatmulConfig, bool] = {}
+
+    def correct(config: MatmulConfig) -> bool:
+        if config not in checked:
+            ratio = check.ratio(runner(config)(*inputs[0]))
+            checked[config] = ratio <= 1.0
+            if not checked[config]:
+                rejected.append(f"{config}: wrong result ({ratio:.3g}x the error bound)")
+        return checked[config]
+
+    def shortlist() -> list[MatmulConfig]:
+        fastest = []
+        for config in sorted(screened, key=screened.get):
+            if len(fastest) == SHORTLIST:
+                break
+            if correct(config):
+                fastest.append(config)
+        return fastest
+
+    for config in shortlist()[:REFINED]:
         for variant in group_variants(config, job.m):
-            try_config(variant)
-    if not times:
+            screen(variant)
+    finalists = shortlist()
+    if not finalists:
         raise RuntimeError(f"{job}: no candidate config ran correctly: {rejected[:3]}")
 
-    # 2. The finalists, the heuristic and the vendor kernel timed together (interleaved), so that
+    # 3. The finalists, the heuristic and the vendor kernel timed together (interleaved), so that
     # the winner and the backend are chosen on times that clock drift has not set apart.
     heuristic = configs[-1]
-    finalists = sorted(times, key=times.get)[:REFINED]
-    if heuristic in times and heuristic not in finalists:
+    if heuristic in screened and heuristic not in finalists and correct(heuristic):
         finalists.append(heuristic)
     contenders = [(runner(c), inputs) for c in finalists]
     vendor_run, torch_name = job_vendor(job, ops[0], inputs[0])
     if vendor_run is not None:
         contenders.append((vendor_run, inputs))
-    final = [t.median_us for t in time_interleaved(contenders, replays, warmup_ms=CANDIDATE_WARMUP_MS)]
+    final = [t.median_us for t in time_interleaved(contenders, replays, warmup_ms=FINAL_WARMUP_MS)]
     final_times = dict(zip(finalists, final))
     vendor_us = final[-1] if vendor_run is not None else None
 
@@ -263,6 +292,6 @@ def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replay
             "heuristic": round(final_times[heuristic], 3) if heuristic in final_times else None,
             "triton": round(triton_us, 3),
         },
-        "candidates": len(times),
+        "candidates": len(screened),
         "revision": job_revision(job, best),
     }  # fmt: skip
