@@ -168,3 +168,18 @@ def test_a_torch_bucket_runs_ours_where_the_vendor_cannot_serve(config_dir):
     assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias, block_size=BLOCK), ops)
     prepared = prepared_call(*ops.args(), bias=ops.bias, block_size=BLOCK)
     assert prepared.backend == "triton" and prepared.config == TUNED[4]
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the vendor kernels need CUDA")
+def test_a_torch_bucket_runs_the_vendors_block_mode(config_dir):
+    n, k, M = 256, 512, 32
+    write(config_dir, block_json(n=n, k=k, backend="torch", buckets={64: TUNED[64]}))
+    ops = make_block_operands(M, n, k, DEVICE, BLOCK)  # scale_a row-major: copied into the vendor's layout
+    assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias, block_size=BLOCK), ops)
+    prepared = prepared_call(*ops.args(), bias=ops.bias, block_size=BLOCK)
+    assert prepared.backend == "torch" and "block" in prepared.kernel
+    assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias, block_size=BLOCK, backend="torch"), ops)
+    # M = 1: the vendor refuses block scales, so `auto` runs ours for the same bucket.
+    one = make_block_operands(1, n, k, DEVICE, BLOCK)
+    assert_close(scaledmm.scaled_mm(*one.args(), bias=one.bias, block_size=BLOCK), one)
+    assert prepared_call(*one.args(), bias=one.bias, block_size=BLOCK).backend == "triton"
