@@ -1,8 +1,11 @@
 """Block-scaled FP8 (1 x 128 activations, 128 x 128 weights): scaledmm's untuned kernel against
 torch._scaled_mm in its block mode, on the block-FP8 shapes of ../shared/shapes.json, in one run.
 
-Protocol of ../shared/BENCHMARKING.md: R copies of the inputs (cold weights), the calls of each method
-captured in a CUDA graph and replayed in turn (bench.timing.time_interleaved), bf16 bias and output.
+`scaledmm bench --block-size 128,128` runs the same comparison with tuned files (SCALEDMM_CONFIG_DIR);
+this script stays as the A/B of the first slice (with tuned files in SCALEDMM_CONFIG_DIR, "ours" is
+scaled_mm as `auto` runs it). Protocol of ../shared/BENCHMARKING.md: R copies of the inputs (cold
+weights), the calls of each method captured in a CUDA graph and replayed in turn
+(bench.timing.time_interleaved), bf16 bias and output.
 torch._scaled_mm takes scale_a [M, K/128] outer-dim-major and scale_b [K/128, N/128]; it refuses
 M = 1 (skipped). Each of our outputs is checked against the float64 reference first.
 
@@ -17,17 +20,15 @@ import math
 import torch
 
 import scaledmm
+from scaledmm.bench.shapes import BLOCK_FP8_MODELS, preset_shapes
 from scaledmm.bench.timing import rotation_count, time_interleaved
 from scaledmm.testing import make_block_operands, max_error_ratio
 
-# The block-FP8 shapes (N, K) of ../shared/shapes.json ("block_fp8"), which does not travel to the GPU.
+# The block-FP8 shapes (N, K) of ../shared/shapes.json ("block_fp8"), as the bench's presets hold them.
 SHAPES = {
-    "deepseek-v3": {
-        "q_a_kv_a": (2112, 7168), "q_b": (24576, 1536), "o": (7168, 16384),
-        "dense_gate_up": (4096, 7168), "dense_down": (7168, 2048),
-    },
-    "qwen3-8b-fp8": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (24576, 4096), "down": (4096, 12288)},
-}  # fmt: skip
+    model: {shape.name.split(".", 1)[1]: (shape.n, shape.k) for shape in preset_shapes(model)}
+    for model in BLOCK_FP8_MODELS
+}
 BLOCK = (128, 128)
 
 

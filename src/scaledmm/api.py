@@ -68,8 +68,10 @@ def scaled_mm(
             scale_a is then [M, ceil(K / block_k)], one fp32 scale per 1 x block_k group of a row, and
             scale_b [ceil(K / block_k), ceil(N / block_n)], one per block of b; for a weight [N, K]
             with `weight_scale_inv` [N / 128, K / 128] pass `weight.t()` and `weight_scale_inv.t()`.
-            Each block's product is scaled as it is accumulated (so in fp32 every block_k). None:
-            the per-tensor, per-token and per-channel scales above.
+            Each block's product is scaled as it is accumulated (so in fp32 every block_k). Tuned
+            files of that block shape choose the tile, and where torch._scaled_mm's block mode (1 x 128
+            and 128 x 128 only, M >= 16, bf16 out) won, `auto` runs it. None: the per-tensor,
+            per-token and per-channel scales above.
 
     Returns:
         A new contiguous [M, N] tensor of `out_dtype` on the operands' device.

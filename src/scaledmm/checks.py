@@ -14,7 +14,7 @@ import torch
 
 from scaledmm.configs import MatmulConfig
 from scaledmm.configs.files import ACCUMULATIONS
-from scaledmm.configs.lookup import SPLIT_K_SCRATCH_LIMIT, split_k_scratch_bytes
+from scaledmm.configs.lookup import SPLIT_K_SCRATCH_LIMIT, block_unfit_reason, split_k_scratch_bytes
 from scaledmm.kernels.quant import QMAX
 from scaledmm.kernels.vendor import unsupported_reason
 from scaledmm.state import state
@@ -129,7 +129,7 @@ def check_scaled_mm_args(
         _check_scale("scale_a", scale_a, M)
         _check_scale("scale_b", scale_b, N)
     else:
-        _check_block_scales(a, N, scale_a, scale_b, block_size, config, backend)
+        _check_block_scales(a, N, scale_a, scale_b, block_size, config)
     if bias is not None:
         bias = check_tensor("bias", bias)
         if bias.dtype not in BIAS_DTYPES:
@@ -162,7 +162,7 @@ def check_scaled_mm_args(
         if t.device != a.device:
             raise ValueError(f"{name} is on {t.device} but a is on {a.device}; all tensors must share a device")
     check_runnable_device(a.device, "scaled_mm")
-    if backend == "torch" and (reason := unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype)):
+    if backend == "torch" and (reason := unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype, block_size)):
         raise ValueError(f"backend='torch' cannot compute this call: {reason}; use backend='auto' or 'triton'")
 
 
@@ -195,9 +195,10 @@ def check_group_size(group_size: object, dtype: torch.dtype) -> int:
     return group_size
 
 
-def _check_block_scales(a, N, scale_a, scale_b, block_size, config, backend) -> None:
+def _check_block_scales(a, N, scale_a, scale_b, block_size, config) -> None:
     """Block scales: fp8 operands, fp32 scales of [M, ceil(K / block_k)] and [ceil(K / block_k),
-    ceil(N / block_n)], any strides; the Triton kernel only, K steps of the block."""
+    ceil(N / block_n)], any strides; configs of the block kernel, K steps of the block. backend='torch'
+    is checked with the other backends (vendor.unsupported_reason)."""
     block_n, block_k = check_block_size(block_size)
     if a.dtype == torch.int8:
         raise TypeError("block_size is for fp8 operands (DeepSeek-style block scales); int8 takes per-channel scales")
@@ -215,11 +216,7 @@ def _check_block_scales(a, N, scale_a, scale_b, block_size, config, backend) -> 
                 f"{name} must be {meaning} = [{rows}, {cols}] with block_size={tuple(block_size)}, "
                 f"got shape {list(scale.shape)}"
             )
-    if backend == "torch":
-        raise ValueError("backend='torch' does not take block scales here yet; use backend='auto' or 'triton'")
-    if isinstance(config, MatmulConfig) and (
-        config.block_k != block_k or config.kernel != "pointer" or config.split_k != 1
-    ):
+    if isinstance(config, MatmulConfig) and block_unfit_reason(config, (block_n, block_k)):
         raise ValueError(
             f"with block_size, config must be a pointer-kernel config with block_k = {block_k} (the scale "
             f"block) and split_k = 1, got {config}"

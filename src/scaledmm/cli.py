@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from scaledmm.bench.shapes import DEFAULT_M, PRESETS, TUNE_M, collect_shapes
-from scaledmm.checks import ACCUMULATIONS, DEFAULT_ACCUMULATION
+from scaledmm.bench.shapes import BLOCK_FP8_MODELS, DEFAULT_M, TUNE_M, collect_shapes, preset_names
+from scaledmm.checks import ACCUMULATIONS, DEFAULT_ACCUMULATION, check_block_size
 
 DEFAULT_MODELS = ["llama3-8b", "qwen3-4b"]
+DEFAULT_DTYPES = ["int8", "fp8"]
 
 
 def _comma_list(text: str) -> list[str]:
@@ -39,8 +40,9 @@ def _add_shape_args(parser: argparse.ArgumentParser) -> None:
         action="append",
         type=_comma_list,
         default=[],
-        help=f"model preset(s), repeatable or comma-separated: {', '.join(sorted(PRESETS))} "
-        f"(default: {','.join(DEFAULT_MODELS)} when no shape is given)",
+        help=f"model preset(s), repeatable or comma-separated: {', '.join(preset_names())} "
+        f"(default: {','.join(DEFAULT_MODELS)} when no shape is given; with --block-size "
+        f"{','.join(BLOCK_FP8_MODELS)})",
     )
     parser.add_argument(
         "--hf-config",
@@ -73,7 +75,7 @@ def _add_grid_args(parser: argparse.ArgumentParser, default_m: tuple[int, ...]) 
         default=list(default_m),
         help=f"comma-separated M values (default: {','.join(map(str, default_m))})",
     )
-    parser.add_argument("--dtype", type=_comma_list, default=["int8", "fp8"], help="int8, fp8 or both (default)")
+    parser.add_argument("--dtype", type=_comma_list, help="int8, fp8 or both (default: both; fp8 with --block-size)")
     parser.add_argument("--replays", type=int, default=20, help="CUDA graph replays per timing (>= 20)")
     parser.add_argument(
         "--accumulation",
@@ -81,8 +83,32 @@ def _add_grid_args(parser: argparse.ArgumentParser, default_m: tuple[int, ...]) 
         default=[DEFAULT_ACCUMULATION],
         help="fp8 accumulation: fast (the tensor core's, as torch._scaled_mm(use_fast_accum=True)), precise "
         f"(promoted to fp32 every 128 K-elements), or fast,precise; the vendor runs in the same mode "
-        f"(default: {DEFAULT_ACCUMULATION})",
+        f"(default: {DEFAULT_ACCUMULATION}); block scales are promoted every block in either",
     )
+    parser.add_argument(
+        "--block-size",
+        type=_block_size,
+        metavar="BLOCK_N,BLOCK_K",
+        help="block-scaled fp8 (scaled_mm's block_size): 1 x BLOCK_K activation groups and BLOCK_N x BLOCK_K "
+        "weight blocks, e.g. 128,128 (DeepSeek-V3's); timed against torch._scaled_mm's block mode",
+    )
+
+
+def _block_size(text: str) -> tuple[int, int]:
+    try:
+        block = tuple(int(t) for t in text.split(","))
+        return check_block_size(block)
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(f"expected BLOCK_N,BLOCK_K (e.g. 128,128): {err}") from None
+
+
+def _dtypes(args: argparse.Namespace, command: str) -> list[str]:
+    """The dtypes asked for: --dtype, else int8 and fp8; block scales take fp8 only."""
+    if args.block_size is None:
+        return args.dtype or DEFAULT_DTYPES
+    if args.dtype not in (None, ["fp8"]):
+        sys.exit(f"scaledmm {command}: --block-size is for fp8 (block-scaled fp8), got --dtype {','.join(args.dtype)}")
+    return ["fp8"]
 
 
 def _accumulations(text: str) -> list[str]:
@@ -145,7 +171,14 @@ def cmd_bench(args: argparse.Namespace, command: str) -> int:
 
     shapes = _shapes_or_exit(args, "bench")
     result = run_bench(
-        shapes, args.m, args.dtype, device, command=command, replays=args.replays, accumulations=args.accumulation
+        shapes,
+        args.m,
+        _dtypes(args, "bench"),
+        device,
+        command=command,
+        replays=args.replays,
+        accumulations=args.accumulation,
+        block_size=args.block_size,
     )
     print(table(result))
     for path in write_results(result, out_dir):
@@ -195,7 +228,7 @@ def cmd_demo(args: argparse.Namespace, command: str) -> int:
 def _shapes_or_exit(args: argparse.Namespace, command: str):
     models = [m for group in args.model for m in group]
     if not (models or args.hf_config or args.shape):
-        models = DEFAULT_MODELS
+        models = list(BLOCK_FP8_MODELS) if getattr(args, "block_size", None) else DEFAULT_MODELS
     try:
         return collect_shapes(models, args.hf_config, args.shape, args.tp, fused=not args.unfused)
     except (ValueError, OSError) as err:
@@ -210,18 +243,26 @@ def cmd_tune(args: argparse.Namespace, command: str) -> int:
     from scaledmm.tune.runner import Job
 
     shapes = _shapes_or_exit(args, "tune")
-    unknown = set(args.dtype) - {"int8", "fp8"}
+    dtypes = _dtypes(args, "tune")
+    unknown = set(dtypes) - {"int8", "fp8"}
     if unknown:
         sys.exit(f"scaledmm tune: unknown dtypes {sorted(unknown)}; choose int8, fp8")
     out_dir = Path(args.out or os.environ.get(CONFIG_DIR_ENV) or "scaledmm-configs")
     if len(args.accumulation) != 1:
         sys.exit("scaledmm tune: one --accumulation per run (fast or precise); run it again for the other")
+    block = args.block_size
+    # Block-scaled jobs have no accumulation mode (promoted every block): "fast", as their files say.
     jobs = [
-        Job(s.n, s.k, d, m, args.accumulation[0] if d == "fp8" else "fast")
+        Job(s.n, s.k, d, m, args.accumulation[0] if d == "fp8" and block is None else "fast", block)
         for s in shapes
-        for d in args.dtype
+        for d in dtypes
         for m in args.m
     ]
+    scales = {}
+    if block is not None:
+        scales["scales"] = (
+            f"block scales: 1 x {block[1]} groups of a, {block[0]} x {block[1]} blocks of b, bf16 bias, bf16 out"
+        )
     deadline = None if args.time_limit is None else time.time() + args.time_limit
     settings = TuneSettings(
         deadline=deadline,
@@ -232,6 +273,7 @@ def cmd_tune(args: argparse.Namespace, command: str) -> int:
         max_candidates=args.max_candidates,
         compile_workers=args.compile_workers,
         retune=args.retune,
+        **scales,
     )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         tune_under_torchrun(settings)
@@ -248,7 +290,8 @@ def cmd_tune(args: argparse.Namespace, command: str) -> int:
         if not 1 <= world <= torch.cuda.device_count():
             sys.exit(f"scaledmm tune: --gpus {world}, but this host has {torch.cuda.device_count()} GPUs")
     print(
-        f"tuning {len(jobs)} points ({len(shapes)} shapes x {len(args.dtype)} dtypes x {len(args.m)} M) "
+        f"tuning {len(jobs)} points ({len(shapes)} shapes x {len(dtypes)} dtypes x {len(args.m)} M"
+        f"{'' if block is None else f', block scales {block[0]}x{block[1]}'}) "
         f"on {world} {'GPU' if device.type == 'cuda' else 'CPU process'}{'s' if world > 1 else ''} "
         f"into {out_dir}",
         flush=True,
@@ -277,6 +320,7 @@ def cmd_configs(args: argparse.Namespace, command: str) -> int:
                     "K": table.k,
                     "dtype": table.dtype,
                     "accumulation": table.accumulation,
+                    "block_shape": None if table.block_shape is None else list(table.block_shape),
                     "m_buckets": [b.m for b in table.buckets],
                     "path": str(path),
                     "triton_version": meta.get("triton") if isinstance(meta, dict) else None,
@@ -294,8 +338,10 @@ def cmd_configs(args: argparse.Namespace, command: str) -> int:
         if isinstance(table, TunedTable):
             ms = [b.m for b in table.buckets]
             backends = sorted({b.backend for b in table.buckets})
+            block = table.block_shape
+            mode = table.accumulation if block is None else f"{block[0]}x{block[1]}"
             print(
-                f"  {table.device_name:<24} N={table.n:<6} K={table.k:<6} {table.dtype:<5} {table.accumulation:<8} "
+                f"  {table.device_name:<24} N={table.n:<6} K={table.k:<6} {table.dtype:<5} {mode:<8} "
                 f"{len(ms):>2} buckets (M {ms[0]}..{ms[-1]}; {'/'.join(backends)})  {path}"
             )
         else:

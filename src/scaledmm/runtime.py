@@ -135,15 +135,19 @@ class TritonScaledMM:
 class VendorScaledMM:
     """A prepared scaled_mm through the vendor kernels (kernels/vendor.py), in the call's fp8
     accumulation mode; where cuBLAS refuses fast accumulation for the shape, in its precise mode
-    (`accumulation` says which ran)."""
+    (`accumulation` says which ran). With `block_size`, torch._scaled_mm's block mode (promoted
+    every block: "precise")."""
 
     backend = "torch"
     config = None
 
-    def __init__(self, out_dtype: torch.dtype, fp8: bool, accumulation: str):
+    def __init__(self, out_dtype: torch.dtype, fp8: bool, accumulation: str, block_size: tuple[int, int] | None = None):
         self.out_dtype = out_dtype
         self.kernel = "torch._scaled_mm" if fp8 else "torch._int_mm"
+        if block_size is not None:
+            self.kernel += f" (block scales {block_size[0]}x{block_size[1]})"
         self.accumulation = accumulation
+        self.block_size = block_size
 
     def first_call(self, a, b, scale_a, scale_b, bias=None) -> torch.Tensor:
         try:
@@ -156,7 +160,7 @@ class VendorScaledMM:
 
     def __call__(self, a, b, scale_a, scale_b, bias=None) -> torch.Tensor:
         fast = self.accumulation == "fast"
-        return vendor_scaled_mm(a, b, scale_a, scale_b, bias, self.out_dtype, fast)
+        return vendor_scaled_mm(a, b, scale_a, scale_b, bias, self.out_dtype, fast, self.block_size)
 
     def __repr__(self) -> str:
         return f"VendorScaledMM(kernel={self.kernel}, accumulation={self.accumulation}, out_dtype={self.out_dtype})"
@@ -182,20 +186,20 @@ class EmptyScaledMM:
 PreparedScaledMM = TritonScaledMM | VendorScaledMM | EmptyScaledMM
 
 
-def auto_backend(preferred: str, a, b, scale_a, scale_b, out_dtype, bias) -> str:
+def auto_backend(preferred: str, a, b, scale_a, scale_b, out_dtype, bias, block_size=None) -> str:
     """The plan's backend unless SCALEDMM_DISABLED_BACKENDS rules it out or the vendor kernel
-    cannot serve this call; then the other backend."""
+    cannot serve this call (with block scales of `block_size`, if given); then the other backend."""
     disabled = disabled_backends()
     for backend in (preferred, "torch" if preferred == "triton" else "triton"):
         if backend in disabled:
             continue
         if backend == "torch" and (
-            unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype)
+            unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype, block_size)
             or misaligned_pointer(a, b, scale_a, scale_b, bias)
         ):
             continue
         return backend
-    why_not_torch = unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype) or (
+    why_not_torch = unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype, block_size) or (
         "the vendor kernels need 16-byte aligned data pointers"
         if misaligned_pointer(a, b, scale_a, scale_b, bias)
         else "both are disabled"
@@ -216,7 +220,7 @@ def prepare_scaled_mm(
         return empty(a, b, scale_a, scale_b, bias), empty
     check_device_supports(a.device, a.dtype != torch.int8)
     if block_size is not None:
-        return _prepare_block_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, tuple(block_size))
+        return _prepare_block_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend, tuple(block_size))
     explicit = config is not None
     if explicit:
         backend = "triton"
@@ -250,16 +254,45 @@ def prepare_scaled_mm(
     return out, TritonScaledMM(launch, (M, N), out_dtype, a.device)
 
 
-def _prepare_block_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, block_size):
-    """The block-scaled product (kernels/matmul_block.py): our kernel, an untuned tile unless given."""
-    M, N = a.shape[0], b.shape[1]
-    if config is None:
-        config = block_heuristic_config(M, N, block_size[1], device_limits(a.device)[1])
-    elif reason := unfit_reason(config, M, N, device_limits(a.device)[1]):
-        raise ValueError(f"config {config} cannot run on {a.device}: {reason}")
+def _prepare_block_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend, block_size):
+    """The block-scaled product: our kernel (kernels/matmul_block.py) with the tile of a tuned block
+    bucket or the block heuristic's (configs.lookup.plan), or the vendor's block mode where the bucket
+    says it won (`auto`) or `backend='torch'` asks for it."""
+    (M, K), N = a.shape, b.shape[1]
+    explicit = config is not None
+    chosen_by_auto = not explicit and backend == "auto"
+    if explicit:
+        backend = "triton"
+        if reason := unfit_reason(config, M, N, device_limits(a.device)[1]):
+            raise ValueError(f"config {config} cannot run on {a.device}: {reason}")
+    else:
+        chosen = plan(M, N, K, a.dtype, a.device, block_size=block_size)
+        config = chosen.config
+        if backend == "auto":
+            backend = auto_backend(chosen.backend, a, b, scale_a, scale_b, out_dtype, bias, block_size)
+    if backend == "torch":
+        if misaligned_pointer(a, b, scale_a, scale_b, bias):
+            raise ValueError(
+                "backend='torch' cannot compute this call: the vendor kernels need 16-byte aligned "
+                "data pointers (a view at an odd offset); use backend='auto' or 'triton'"
+            )
+        vendor = VendorScaledMM(out_dtype, True, "precise", block_size)
+        try:
+            return vendor(a, b, scale_a, scale_b, bias), vendor
+        except RuntimeError as err:  # a layout or size this torch refuses that unsupported_reason passed
+            if not chosen_by_auto:
+                raise
+            warnings.warn(f"torch._scaled_mm refused block scales here ({err}); scaledmm's kernel runs", stacklevel=3)
     with _device_guard(a.device):
         out = torch.empty((M, N), dtype=out_dtype, device=a.device)
-        launch = bind_block_scaled_mm(a, b, scale_a, scale_b, bias, out, config, block_size)
+        try:
+            launch = bind_block_scaled_mm(a, b, scale_a, scale_b, bias, out, config, block_size)
+        except OutOfResources as err:  # a tuned config that passed the estimate and still does not fit
+            if explicit:
+                raise ValueError(f"config {config} cannot run on {a.device}: {err}") from None
+            warnings.warn(f"config {config} cannot run on {a.device} ({err}); the heuristic's runs", stacklevel=2)
+            config = block_heuristic_config(M, N, block_size[1], device_limits(a.device)[1])
+            launch = bind_block_scaled_mm(a, b, scale_a, scale_b, bias, out, config, block_size)
     return out, TritonScaledMM(launch, (M, N), out_dtype, a.device)
 
 

@@ -77,10 +77,10 @@ def config_dir(tmp_path, monkeypatch):
 def test_file_names():
     name = file_name("NVIDIA H100 80GB HBM3", 6144, 4096, "fp8")
     assert name == "N=6144,K=4096,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8.json"
-    assert parse_file_name(name) == ("NVIDIA_H100_80GB_HBM3", 6144, 4096, "fp8", "fast")
+    assert parse_file_name(name) == ("NVIDIA_H100_80GB_HBM3", 6144, 4096, "fp8", "fast", None)
     precise = file_name("NVIDIA H200", 6144, 4096, "fp8", "precise")
     assert precise == "N=6144,K=4096,device_name=NVIDIA_H200,dtype=fp8_w8a8,accumulation=precise.json"
-    assert parse_file_name(precise) == ("NVIDIA_H200", 6144, 4096, "fp8", "precise")
+    assert parse_file_name(precise) == ("NVIDIA_H200", 6144, 4096, "fp8", "precise", None)
     assert file_name("NVIDIA H200", 6144, 4096, "int8", "precise").endswith("dtype=int8_w8a8.json")  # exact anyway
     assert parse_file_name("N=1,K=1,device_name=x,dtype=int8_w8a8,accumulation=precise.json") is None
     assert parse_file_name("notes.json") is None
@@ -228,7 +228,9 @@ def test_bad_file_is_skipped_with_one_warning_and_the_heuristic_serves(config_di
 
 def test_content_must_match_the_file_name(config_dir):
     path = write(config_dir, table_json(), name=file_name("cpu", N + 1, K, "int8"))
-    with pytest.raises(ConfigFileError, match=r"the name says \(device, N, K, dtype, accumulation\) = \('cpu', 97"):
+    with pytest.raises(
+        ConfigFileError, match=r"the name says \(device, N, K, dtype, accumulation, block shape\) = \(.cpu., 97"
+    ):
         load_table(path)
     other_card = write(config_dir, table_json(device="NVIDIA H100 PCIe"), name=file_name("NVIDIA H200", N, K, "int8"))
     with pytest.raises(ConfigFileError, match="NVIDIA_H200"):

@@ -21,13 +21,13 @@ def test_files_are_shipped():
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_file_is_valid_and_from_the_tuner(path):
     table = load_table(path)  # raises on anything invalid
-    device, n, k, dtype, accumulation = parse_file_name(path.name)
-    assert (device, n, k, dtype, accumulation) == (
+    assert parse_file_name(path.name) == (
         normalize_device_name(table.device_name),
         table.n,
         table.k,
         table.dtype,
         table.accumulation,
+        table.block_shape,
     )
     data = json.loads(path.read_text())
     assert data["command"].startswith("scaledmm tune")
@@ -65,7 +65,9 @@ def test_configs_lists_them_as_json(capsys, monkeypatch):
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == len(SHIPPED)
     for row in rows:
-        assert set(row) == {"device", "N", "K", "dtype", "accumulation", "m_buckets", "path", "triton_version"}
+        assert set(row) == {
+            "device", "N", "K", "dtype", "accumulation", "block_shape", "m_buckets", "path", "triton_version"
+        }  # fmt: skip
         assert row["dtype"] in ("int8", "fp8") and row["m_buckets"] == sorted(row["m_buckets"])
     clear_cache()
 

@@ -59,7 +59,7 @@ def test_a_repeated_call_reuses_its_prepared_launch_with_new_data():
         ("scale bf16", TypeError, "scale_a must be float32 with block_size"),
         ("block_k 100", ValueError, "block_k in"),
         ("block_size 3 values", TypeError, "block_size must be a pair"),
-        ("torch backend", ValueError, "backend='torch' does not take block scales"),
+        ("torch backend", ValueError, "backend='torch' cannot compute this call"),
         ("config of another block_k", ValueError, "config must be a pointer-kernel config with block_k = 128"),
     ],
 )

@@ -1,5 +1,6 @@
 """The micro benchmark behind `scaledmm bench`: scaledmm against the vendor kernels, point by point,
-in one run on one card (../shared/BENCHMARKING.md)."""
+in one run on one card (../shared/BENCHMARKING.md). With a block size (`scaledmm bench --block-size
+128,128`), block-scaled fp8 against torch._scaled_mm's block mode, in rows labelled "fp8-block"."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from scaledmm.bench.shapes import LinearShape, m_range
 from scaledmm.bench.timing import host_time_per_call, rotation_count, time_calls, time_interleaved
 from scaledmm.configs import device_limits, heuristic_config
 from scaledmm.configs.files import DTYPE_BY_NAME
+from scaledmm.configs.heuristic import block_heuristic_config
 from scaledmm.kernels.matmul import launch_scaled_mm
-from scaledmm.kernels.vendor import fast_accum_refused, unsupported_reason, vendor_scaled_mm
-from scaledmm.testing import OUT_DTYPE, Operands, make_operands, max_error_ratio
+from scaledmm.kernels.vendor import block_scale_a, fast_accum_refused, unsupported_reason, vendor_scaled_mm
+from scaledmm.testing import OUT_DTYPE, ErrorCheck, Operands, make_block_operands, make_operands
 
 SCALEDMM = "scaledmm"
 TRITON = "scaledmm-triton"
@@ -37,7 +39,9 @@ BASELINES = {
     "fp8": (TORCH_SCALED_MM, HEURISTIC, BF16),
     "fp8-precise": (TORCH_SCALED_MM, HEURISTIC, BF16),
     "int8": (TORCH_INT_MM, TORCH_SCALED_MM, HEURISTIC, BF16),
+    "fp8-block": (TORCH_SCALED_MM, HEURISTIC, BF16),
 }
+BLOCK_LABEL = "fp8-block"  # the rows of block-scaled fp8, all its methods promoted every block
 # The rows' dtype labels: the operands and the fp8 accumulation mode every method of the label runs
 # in, the vendor's included (like for like). "fp8" is fast accumulation, as Triton's and
 # torch._scaled_mm(use_fast_accum=True)'s default on Hopper; "fp8-precise" promotes to fp32.
@@ -164,6 +168,7 @@ class Method:
     checked: bool = False  # compare its output with the reference before timing
     accumulation: str = "fast"  # the fp8 accumulation mode its output is checked against
     note: str = ""  # shown with its row (a vendor kernel that ran in another accumulation mode)
+    block_size: tuple[int, int] | None = None  # its inputs' block scales (checked as such)
 
 
 def _row(shape: LinearShape, M: int, dtype: str, method: str, **fields) -> dict:
@@ -229,6 +234,44 @@ def _eight_bit_methods(shape: LinearShape, M: int, label: str, device: torch.dev
     ]
 
 
+def _block_methods(shape: LinearShape, M: int, block_size: tuple[int, int], device: torch.device) -> list[Method]:
+    """Block-scaled fp8: scaledmm as users call it (backend auto: a tuned bucket's backend, else our
+    kernel with the block heuristic's tile), forced to Triton, with the heuristic's tile, and
+    torch._scaled_mm's block mode given scale_a already in its layout (its best case: the run-time's
+    vendor path copies a row-major scale_a per call), on the same R copies of the inputs."""
+    copies = rotation_count(shape.n * shape.k, device)
+    ops = [make_block_operands(M, shape.n, shape.k, device, block_size) for _ in range(copies)]
+    inputs = [(*o.args(), o.bias) for o in ops]
+    heuristic = block_heuristic_config(M, shape.n, block_size[1], device_limits(device)[1])
+
+    def ours(a, b, sa, sb, bias):
+        return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, block_size=block_size)
+
+    def ours_triton(a, b, sa, sb, bias):
+        return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, backend="triton", block_size=block_size)
+
+    def ours_heuristic(a, b, sa, sb, bias):
+        return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, config=heuristic, block_size=block_size)
+
+    def vendor(a, b, sa, sb, bias):
+        return torch._scaled_mm(a, b, sa, sb, bias=bias, out_dtype=OUT_DTYPE)
+
+    reason = unsupported_reason(*ops[0].args(), ops[0].bias, OUT_DTYPE, block_size)
+    vendor_inputs = [(a, b, block_scale_a(sa), sb, bias) for a, b, sa, sb, bias in inputs]
+    if reason is None:
+        try:
+            vendor(*vendor_inputs[0])
+        except RuntimeError as err:
+            reason = f"refused: {str(err).splitlines()[0][:120]}"
+    checked = dict(checked=True, accumulation="precise", block_size=block_size)
+    return [
+        Method(SCALEDMM, ours, inputs, **checked),
+        Method(TRITON, ours_triton, inputs, **checked),
+        Method(HEURISTIC, ours_heuristic, inputs, **checked),
+        Method(TORCH_SCALED_MM, None, skipped=reason) if reason else Method(TORCH_SCALED_MM, vendor, vendor_inputs),
+    ]
+
+
 def _bf16_method(shape: LinearShape, M: int, device: torch.device) -> Method:
     copies = rotation_count(2 * shape.n * shape.k, device)
     inputs = [
@@ -241,10 +284,16 @@ def _bf16_method(shape: LinearShape, M: int, device: torch.device) -> Method:
     return Method(BF16, F.linear, inputs)
 
 
-def _check(method: Method, shape: LinearShape, M: int, dtype: str) -> dict:
-    """The method's output against the reference, once, before it is timed."""
-    a, b, sa, sb, bias = method.inputs[0]
-    ratio = max_error_ratio(method.fn(*method.inputs[0]), Operands(a, b, sa, sb, bias), method.accumulation)
+def _check(method: Method, shape: LinearShape, M: int, dtype: str, references: dict) -> dict:
+    """The method's output against the reference, once, before it is timed. The reference and its
+    bound are computed once per set of inputs and accumulation mode (in `references`), shared by the
+    methods that run on them."""
+    key = (id(method.inputs), method.accumulation)
+    if key not in references:
+        a, b, sa, sb, bias = method.inputs[0]
+        ops = Operands(a, b, sa, sb, bias, method.block_size)
+        references[key] = ErrorCheck(ops, OUT_DTYPE, method.accumulation)
+    ratio = references[key].ratio(method.fn(*method.inputs[0]))
     if not ratio <= 1.0:
         tqdm.write(f"WRONG RESULT: {method.name} {shape.name} M={M} {dtype}: error {ratio:.3g}x the bound")
     return {"max_error_ratio": ratio}
@@ -254,7 +303,8 @@ def _measure_point(
     methods: list[tuple[str, Method]], shape: LinearShape, M: int, replays: int, ceilings: dict
 ) -> list[dict]:
     """Check, then time every method of one point together (interleaved), and make their rows."""
-    checks = {id(m): _check(m, shape, M, dtype) for dtype, m in methods if m.fn is not None and m.checked}
+    references: dict = {}
+    checks = {id(m): _check(m, shape, M, dtype, references) for dtype, m in methods if m.fn is not None and m.checked}
     runnable = [(dtype, m) for dtype, m in methods if m.fn is not None]
     timings = dict(
         zip((id(m) for _, m in runnable), time_interleaved([(m.fn, m.inputs) for _, m in runnable], replays))
@@ -288,22 +338,29 @@ def run_bench(
     replays: int = 20,
     progress: bool = True,
     accumulations: Sequence[str] = ("fast",),
+    block_size: tuple[int, int] | None = None,
 ) -> dict:
-    """Time every method at every (shape, M, dtype) in each fp8 accumulation mode asked for; return
+    """Time every method at every (shape, M, dtype) in each fp8 accumulation mode asked for, or with
+    `block_size` block-scaled fp8 (dtypes fp8 only; rows labelled BLOCK_LABEL); return
     {"environment", "ceilings", "rows", "summary"}."""
     unknown = set(dtypes) - set(DTYPE_BY_NAME)
     if unknown:
         raise ValueError(f"unknown dtypes {sorted(unknown)}; choose from {sorted(DTYPE_BY_NAME)}")
     if not accumulations or set(accumulations) - {"fast", "precise"}:
         raise ValueError(f"accumulation must be fast, precise or both, got {list(accumulations)}")
-    labels = variant_labels(dtypes, accumulations)
+    if block_size is not None and set(dtypes) != {"fp8"}:
+        raise ValueError(f"block_size is for fp8 (block-scaled fp8), got dtypes {list(dtypes)}")
+    labels = [BLOCK_LABEL] if block_size is not None else variant_labels(dtypes, accumulations)
     env = environment(device, command)
     ceilings = measure_ceilings(device) if device.type == "cuda" else {}
     rows = []
     points = [(shape, M) for shape in shapes for M in ms]
     for shape, M in tqdm(points, desc="scaledmm bench", unit="point", disable=not progress):
         methods = [("bf16", _bf16_method(shape, M, device))]
-        methods += [(label, m) for label in labels for m in _eight_bit_methods(shape, M, label, device)]
+        if block_size is not None:
+            methods += [(BLOCK_LABEL, m) for m in _block_methods(shape, M, block_size, device)]
+        else:
+            methods += [(label, m) for label in labels for m in _eight_bit_methods(shape, M, label, device)]
         rows += _measure_point(methods, shape, M, replays, ceilings)
     return {"environment": env, "ceilings": ceilings, "rows": rows, "summary": summarize(rows, labels)}
 

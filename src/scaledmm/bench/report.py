@@ -36,7 +36,11 @@ def _geomean_cell(entry: dict | None) -> str:
 
 
 # How each label's fp8 products were summed, ours and the vendor's alike (like for like).
-ACCUMULATION_OF = {"fp8": " (fast accumulation)", "fp8-precise": " (precise accumulation)"}
+ACCUMULATION_OF = {
+    "fp8": " (fast accumulation)",
+    "fp8-precise": " (precise accumulation)",
+    "fp8-block": " (block scales, promoted every block)",
+}
 
 
 def table(result: dict) -> str:
@@ -44,7 +48,8 @@ def table(result: dict) -> str:
     rows, summary = result["rows"], result["summary"]
     times = {(r["shape"], r["m"], r["dtype"], r["method"]): r["time_us"] for r in rows if r["time_us"] is not None}
     # Vendor points that ran in another accumulation mode than their label's (cuBLAS refused fast).
-    marked = {(r["shape"], r["m"], r["dtype"], r["method"]) for r in rows if r.get("note")}
+    # (A skipped method's note says why it was skipped instead.)
+    marked = {(r["shape"], r["m"], r["dtype"], r["method"]) for r in rows if r.get("note") and r["time_us"] is not None}
     lines = []
     dtypes = list(summary) or sorted({r["dtype"] for r in rows if r["dtype"] != "bf16"})
     for dtype in dtypes:
@@ -111,7 +116,7 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
     title = f"{env.get('gpu') or 'CPU (interpreter)'}, torch {env['torch']}, triton {env['triton']}"
     times = {(r["shape"], r["m"], r["dtype"], r["method"]): r["time_us"] for r in rows if r["time_us"] is not None}
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
-    dtypes = [d for d in ("fp8", "fp8-precise", "int8") if any(r["dtype"] == d for r in rows)]
+    dtypes = [d for d in ("fp8", "fp8-precise", "fp8-block", "int8") if any(r["dtype"] == d for r in rows)]
     written = []
 
     cols = min(4, len(shapes))

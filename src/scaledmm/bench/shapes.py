@@ -1,5 +1,7 @@
 """The linear-layer shapes (N, K) of decoder models: built-in presets, HuggingFace configs, tensor
-parallelism, and the default M values (tokens in flight)."""
+parallelism, and the default M values (tokens in flight). The block-scaled fp8 checkpoints of the
+public shape set ("block_fp8" in shared/shapes.json) are presets too: qwen3-8b-fp8 by its dimensions,
+deepseek-v3 (MLA, whose projections no DecoderDims describes) as its list of shapes."""
 
 from __future__ import annotations
 
@@ -44,7 +46,21 @@ PRESETS: dict[str, DecoderDims] = {
     "mistral-7b": DecoderDims(4096, 14336, 32, 8, 128),
     "qwen2.5-7b": DecoderDims(3584, 18944, 28, 4, 128),
     "qwen3-4b": DecoderDims(2560, 9728, 32, 8, 128),
+    "qwen3-8b-fp8": DecoderDims(4096, 12288, 32, 8, 128),  # Qwen/Qwen3-8B-FP8: 128 x 128 weight blocks
 }
+# Models given by their (layer, N, K) as one rank holds them at tp 1, fused as their checkpoints or
+# vLLM run them: deepseek-v3's block-scaled fp8 layers (shared/shapes.json "block_fp8"): q_a_proj and
+# kv_a_proj_with_mqa fused (1536 + 576 rows), q_b_proj, o_proj, and the dense layers' MLP.
+SHAPE_LISTS: dict[str, tuple[tuple[str, int, int], ...]] = {
+    "deepseek-v3": (
+        ("q_a_kv_a", 2112, 7168),
+        ("q_b", 24576, 1536),
+        ("o", 7168, 16384),
+        ("dense_gate_up", 4096, 7168),
+        ("dense_down", 7168, 2048),
+    ),
+}
+BLOCK_FP8_MODELS = ("deepseek-v3", "qwen3-8b-fp8")  # the block-scaled fp8 checkpoints among the presets
 
 
 @dataclass(frozen=True)
@@ -112,9 +128,18 @@ def linear_shapes(model: str, dims: DecoderDims, tp: int = 1, fused: bool = True
     ]
 
 
+def preset_names() -> list[str]:
+    """Every model preset, by its dimensions or as a list of shapes."""
+    return sorted([*PRESETS, *SHAPE_LISTS])
+
+
 def preset_shapes(model: str, tp: int = 1, fused: bool = True) -> list[LinearShape]:
+    if model in SHAPE_LISTS:
+        if tp != 1 or not fused:
+            raise ValueError(f"{model} is a fixed list of shapes (fused, tp 1): no --tp or --unfused form")
+        return [LinearShape(f"{model}.{layer}", n, k) for layer, n, k in SHAPE_LISTS[model]]
     if model not in PRESETS:
-        raise ValueError(f"unknown model preset {model!r}; known: {', '.join(sorted(PRESETS))}")
+        raise ValueError(f"unknown model preset {model!r}; known: {', '.join(preset_names())}")
     name = model if tp == 1 else f"{model}-tp{tp}"
     return linear_shapes(name, PRESETS[model], tp, fused)
 

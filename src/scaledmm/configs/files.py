@@ -16,6 +16,16 @@ anything but ConfigFileError (`load_table`).
 Format 2 names the kernel a config runs (`"kernel": "pointer"`, "swapped" or "tma") and the bucket's
 kernel revision `revision`. Format 1 files, whose configs said `"tma": 0|1, "swap_ab": 0|1` and
 whose buckets named the revision `kernel`, are still read (`upgrade` converts them).
+
+Block-scaled fp8 (scaled_mm's `block_size`) has files of its own, named as vLLM names its
+w8a8_block_fp8 files, `block_shape=[block_n,block_k]` before `.json`:
+
+    N=7168,K=2048,device_name=NVIDIA_H200,dtype=fp8_w8a8,block_shape=[128,128].json
+
+and saying `"block_shape": [block_n, block_k]` in their content; their configs run the block-scaled
+kernel (kernels/matmul_block.py), whose sums are promoted every block whatever the accumulation mode,
+so they have no accumulation mode (the name has none; the content says "fast" or nothing). The
+format is format 2 with that one key more.
 """
 
 from __future__ import annotations
@@ -44,13 +54,16 @@ MAX_M = 2**31 - 1
 ACCUMULATIONS = ("fast", "precise")
 
 _NAME = re.compile(
-    r"^N=(\d+),K=(\d+),device_name=([A-Za-z0-9_.\-]+),dtype=(int8|fp8)_w8a8(,accumulation=precise)?\.json$"
+    r"^N=(\d+),K=(\d+),device_name=([A-Za-z0-9_.\-]+),dtype=(int8|fp8)_w8a8"
+    r"(,accumulation=precise|,block_shape=\[(\d+),(\d+)\])?\.json$"
 )
 _REQUIRED = {"format_version", "device_name", "n", "k", "dtype", "buckets"}
 _OPTIONAL = {"compute_capability", "scales", "triton", "torch", "scaledmm", "date", "command"} | {
     "accumulation",  # the fp8 accumulation mode the buckets were tuned in; "fast" where absent
     "restamped",  # a note on revisions carried over to a refactored kernel (format 2)
+    "block_shape",  # [block_n, block_k] of a block-scaled fp8 file; absent in the others
 }
+MAX_BLOCK_SIDE = 4096  # a scale block larger than this is not a block-scaled format anyone uses
 _BUCKET_REQUIRED = {"backend", "config"}
 _BUCKET_OPTIONAL = {"time_us", "baselines_us", "candidates", "revision"}
 
@@ -78,24 +91,43 @@ def device_family(name: str) -> str | None:
     return None
 
 
-def file_name(device_name: str, n: int, k: int, dtype: str, accumulation: str = "fast") -> str:
-    """The file of one (card, N, K, dtype) and, for fp8, accumulation mode: fast files carry the
-    plain vLLM-style name (what every file tuned before the choice existed ran), precise ones
-    `,accumulation=precise` before `.json`."""
-    mode = ",accumulation=precise" if dtype == "fp8" and accumulation == "precise" else ""
+def file_name(
+    device_name: str,
+    n: int,
+    k: int,
+    dtype: str,
+    accumulation: str = "fast",
+    block_shape: tuple[int, int] | None = None,
+) -> str:
+    """The file of one (card, N, K, dtype) and, for fp8, accumulation mode or block shape: fast files
+    carry the plain vLLM-style name (what every file tuned before the choice existed ran), precise
+    ones `,accumulation=precise` before `.json`, block-scaled ones `,block_shape=[block_n,block_k]`."""
+    if block_shape is not None:
+        mode = f",block_shape=[{block_shape[0]},{block_shape[1]}]"
+    else:
+        mode = ",accumulation=precise" if dtype == "fp8" and accumulation == "precise" else ""
     return f"N={n},K={k},device_name={normalize_device_name(device_name)},dtype={dtype}_w8a8{mode}.json"
 
 
-def parse_file_name(name: str) -> tuple[str, int, int, str, str] | None:
-    """(normalized device, N, K, dtype, accumulation) from a file name, or None if it is not a config
-    file name. int8 files, exact in either mode, read as "fast"."""
+def parse_file_name(name: str) -> tuple[str, int, int, str, str, tuple[int, int] | None] | None:
+    """(normalized device, N, K, dtype, accumulation, block shape) from a file name, or None if it is
+    not a config file name. int8 files, exact in either mode, read as "fast"; so do block-scaled
+    files (fp8 only), and the block shape is None for the others."""
     match = _NAME.match(name)
     if not match:
         return None
-    n, k, device, dtype, precise = match.groups()
-    if precise and dtype != "fp8":
+    n, k, device, dtype, mode, block_n, block_k = match.groups()
+    if mode and dtype != "fp8":
         return None
-    return device, int(n), int(k), dtype, "precise" if precise else "fast"
+    block_shape = None
+    if block_n is not None:
+        if max(len(block_n), len(block_k)) > len(str(MAX_BLOCK_SIDE)):  # before int(): the regex bounds no length
+            return None
+        block_shape = (int(block_n), int(block_k))
+        if not all(1 <= side <= MAX_BLOCK_SIDE for side in block_shape):
+            return None
+    precise = mode == ",accumulation=precise"
+    return device, int(n), int(k), dtype, "precise" if precise else "fast", block_shape
 
 
 @dataclass(frozen=True)
@@ -120,6 +152,7 @@ class TunedTable:
     dtype: str
     buckets: tuple[Bucket, ...]
     accumulation: str = "fast"  # the fp8 accumulation mode its buckets were tuned in
+    block_shape: tuple[int, int] | None = None  # (block_n, block_k) of a block-scaled fp8 file
 
     def bucket_for(self, M: int) -> Bucket | None:
         """The bucket of the smallest tuned M >= M; beyond the last, the last up to
@@ -220,10 +253,14 @@ def parse_table(path: Path, data: object) -> TunedTable:
     accumulation = data.get("accumulation", "fast")
     if accumulation not in ACCUMULATIONS or (data["dtype"] == "int8" and accumulation != "fast"):
         raise _fail(path, f"accumulation must be 'fast' or (fp8 only) 'precise', got {accumulation!r}")
+    block_shape = _block_shape(path, data.get("block_shape"), data["dtype"], accumulation)
     named = parse_file_name(path.name)
-    content = (normalize_device_name(data["device_name"]), n, k, data["dtype"], accumulation)
+    content = (normalize_device_name(data["device_name"]), n, k, data["dtype"], accumulation, block_shape)
     if named is not None and named != content:
-        raise _fail(path, f"the name says (device, N, K, dtype, accumulation) = {named} but the content {content}")
+        raise _fail(
+            path,
+            f"the name says (device, N, K, dtype, accumulation, block shape) = {named} but the content {content}",
+        )
     buckets_in = data["buckets"]
     if not isinstance(buckets_in, dict) or not buckets_in:
         raise _fail(path, "buckets must be a non-empty object mapping M to a tuned entry")
@@ -257,7 +294,21 @@ def parse_table(path: Path, data: object) -> TunedTable:
             raise _fail(path, f"{where}: revision must be a hexadecimal kernel revision, got {revision!r}")
         buckets.append(Bucket(m, entry["backend"], config, time_us, revision))
     buckets.sort(key=lambda b: b.m)
-    return TunedTable(path, data["device_name"], n, k, data["dtype"], tuple(buckets), accumulation)
+    return TunedTable(path, data["device_name"], n, k, data["dtype"], tuple(buckets), accumulation, block_shape)
+
+
+def _block_shape(path: Path, value: object, dtype: str, accumulation: str) -> tuple[int, int] | None:
+    """A file's `block_shape` ([block_n, block_k] of a block-scaled fp8 file), or None where absent.
+    Whether its configs fit the block is the lookup's question (lookup.block_unfit_reason): a bucket
+    that does not is skipped there, the rest of the file still serves."""
+    if value is None:
+        return None
+    if not (isinstance(value, list) and len(value) == 2):
+        raise _fail(path, f"block_shape must be [block_n, block_k], got {value!r}")
+    block_shape = tuple(_positive_int(path, "block_shape", side, MAX_BLOCK_SIDE) for side in value)
+    if dtype != "fp8" or accumulation != "fast":
+        raise _fail(path, "block_shape is for fp8 files without an accumulation mode (sums are promoted every block)")
+    return block_shape
 
 
 MAX_FILE_BYTES = 1 << 20  # a tuned file is about 10 KB; a cap keeps a huge or endless file out of memory

@@ -16,6 +16,11 @@ else the largest up to twice its M; further out (a file tuned for decode only, a
 prefill) the next file or the heuristic serves. SCALEDMM_DISABLED_BACKENDS (comma-separated:
 torch, triton) keeps backends out of the automatic choice (runtime.auto_backend applies it), as
 vLLM's VLLM_DISABLED_KERNELS does.
+
+Block-scaled fp8 (`block_size`) is planned the same way from its own files (named with
+`block_shape=[block_n,block_k]`; files.py), in the same order, a bucket whose config does not fit the
+block (`block_unfit_reason`) skipped with a warning; without one the block kernel's heuristic tile
+(`heuristic.block_heuristic_config`) runs, on our kernel.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from scaledmm.configs.files import (
     normalize_device_name,
     parse_file_name,
 )
-from scaledmm.configs.heuristic import heuristic_config, untuned_backend
+from scaledmm.configs.heuristic import block_heuristic_config, heuristic_config, untuned_backend
 from scaledmm.state import state
 
 CONFIG_DIR_ENV = "SCALEDMM_CONFIG_DIR"
@@ -106,8 +111,9 @@ def device_name(device: torch.device) -> str:
 
 
 @state.cached
-def _file_index() -> tuple[tuple[str, int, int, str, str, Path], ...]:
-    """(normalized device, N, K, dtype, accumulation, path) of every config file, in search order."""
+def _file_index() -> tuple[tuple[str, int, int, str, str, tuple[int, int] | None, Path], ...]:
+    """(normalized device, N, K, dtype, accumulation, block shape, path) of every config file, in
+    search order."""
     index = []
     for directory in config_dirs():
         try:
@@ -123,7 +129,8 @@ def _file_index() -> tuple[tuple[str, int, int, str, str, Path], ...]:
             key = parse_file_name(path.name)
             if key is None:
                 warnings.warn(
-                    f"{path}: not a config file name (N=..,K=..,device_name=..,dtype=int8|fp8_w8a8.json); skipped",
+                    f"{path}: not a config file name (N=..,K=..,device_name=..,dtype=int8|fp8_w8a8.json, or "
+                    "with ,block_shape=[block_n,block_k] before .json); skipped",
                     stacklevel=2,
                 )
                 continue
@@ -132,11 +139,14 @@ def _file_index() -> tuple[tuple[str, int, int, str, str, Path], ...]:
 
 
 @state.cached
-def _candidate_files(name: str, n: int, k: int, dtype: str, accumulation: str) -> tuple[Path, ...]:
-    """The files for this card (then its family), N, K, dtype and accumulation mode, in search order."""
+def _candidate_files(
+    name: str, n: int, k: int, dtype: str, accumulation: str, block_shape: tuple[int, int] | None = None
+) -> tuple[Path, ...]:
+    """The files for this card (then its family), N, K, dtype, accumulation mode and block shape, in
+    search order."""
     exact = normalize_device_name(name)
     family = device_family(name)
-    wanted = (n, k, dtype, accumulation)
+    wanted = (n, k, dtype, accumulation, block_shape)
     matches = [p for d, *key, p in _file_index() if d == exact and tuple(key) == wanted]
     if family is not None:
         matches += [
@@ -155,8 +165,8 @@ def nearby_files(name: str, n: int, k: int, dtype: str, accumulation: str) -> tu
     family = device_family(name)
     reach = math.log2(TRANSFER_MAX_RATIO)
     ranked = []
-    for d, fn, fk, fdtype, facc, path in _file_index():
-        if (fdtype, facc) != (dtype, accumulation) or (fn, fk) == (n, k):
+    for d, fn, fk, fdtype, facc, block_shape, path in _file_index():
+        if (fdtype, facc, block_shape) != (dtype, accumulation, None) or (fn, fk) == (n, k):
             continue
         if d != exact and (family is None or device_family(d) != family):
             continue
@@ -200,13 +210,29 @@ def split_k_scratch_bytes(M: int, N: int, config: MatmulConfig) -> int:
     return config.split_k * tiles * config.block_m * config.block_n * 4
 
 
-def unfit_reason(config: MatmulConfig, M: int, N: int, shared_memory: int) -> str | None:
+def block_unfit_reason(config: MatmulConfig, block_size: tuple[int, int]) -> str | None:
+    """Why a config cannot run the block-scaled kernel (kernels/matmul_block.py) for scale blocks of
+    `block_size` = (block_n, block_k), or None. Its K step is the scale block, and it has neither a
+    swapped, a TMA nor a split-K form. BLOCK_N is free: the weight's scale is gathered per column."""
+    if config.block_k != block_size[1]:
+        return f"its K step {config.block_k} is not the scale block's block_k = {block_size[1]}"
+    if config.kernel != "pointer" or config.split_k != 1:
+        return "the block-scaled kernel runs pointer-kernel configs without split-K only"
+    return None
+
+
+def unfit_reason(
+    config: MatmulConfig, M: int, N: int, shared_memory: int, block_size: tuple[int, int] | None = None
+) -> str | None:
     """Why a config cannot run this call on a device with `shared_memory` bytes per block, or None.
 
     The estimate is the pipeline's A and B tiles, as Triton's own pruning counts them (plus half an
     fp32 output tile staged for the TMA kernel's store): a config over it fails to launch. A split-K
-    config must not need more scratch than an explicit `config=` may allocate.
+    config must not need more scratch than an explicit `config=` may allocate. With `block_size`, the
+    config must fit the block too (`block_unfit_reason`).
     """
+    if block_size is not None and (reason := block_unfit_reason(config, block_size)):
+        return reason
     pipeline = (config.block_m + config.block_n) * config.block_k * config.num_stages
     if config.kernel == "tma":
         pipeline += config.block_m * config.block_n // 2 * 4
@@ -218,20 +244,30 @@ def unfit_reason(config: MatmulConfig, M: int, N: int, shared_memory: int) -> st
 
 
 @state.cached(maxsize=8192)
-def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device, accumulation: str = "fast") -> Plan:
+def plan(
+    M: int,
+    N: int,
+    K: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    accumulation: str = "fast",
+    block_size: tuple[int, int] | None = None,
+) -> Plan:
     """The cached plan for one call shape (device must be resolved: cuda with an index, or cpu) in an
     fp8 accumulation mode, from the files tuned in that mode (int8, exact in either, from its files):
-    this shape's, else a neighbour's (`nearby_files`), else the heuristic. A bucket tuned for this
-    shape whose config cannot run here (unfit_reason) is skipped with a warning."""
+    this shape's, else a neighbour's (`nearby_files`), else the heuristic. With block scales of
+    `block_size` = (block_n, block_k), from the block-scaled files of that block shape (any
+    accumulation mode), else the block heuristic. A bucket tuned for this shape whose config cannot
+    run here (unfit_reason) is skipped with a warning."""
     shared_memory = device_limits(device)[1]
     dtype_name = DTYPE_NAMES[dtype]
-    mode = accumulation if dtype_name == "fp8" else "fast"
-    for path in _candidate_files(device_name(device), N, K, dtype_name, mode):
+    mode = accumulation if dtype_name == "fp8" and block_size is None else "fast"
+    for path in _candidate_files(device_name(device), N, K, dtype_name, mode, block_size):
         table = _table(path)
         bucket = table.bucket_for(M) if table is not None else None
         if bucket is None:
             continue
-        reason = unfit_reason(bucket.config, M, N, shared_memory)
+        reason = unfit_reason(bucket.config, M, N, shared_memory, block_size)
         if reason is None:
             return Plan(bucket.backend, bucket.config, table.path)
         warnings.warn(
@@ -239,6 +275,8 @@ def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device, accum
             "skipped (the next file, or the heuristic, serves)",
             stacklevel=2,
         )
+    if block_size is not None:  # untuned block-scaled calls run ours (not yet measured otherwise)
+        return Plan("triton", block_heuristic_config(M, N, block_size[1], shared_memory), None)
     # A neighbour's bucket that cannot run here is not lent (no warning: nothing the user chose failed).
     for path in nearby_files(device_name(device), N, K, dtype_name, mode):
         table = _table(path)
@@ -264,9 +302,11 @@ def select_config(
     dtype: torch.dtype,
     device: torch.device | str | int | None = None,
     accumulation: str = "fast",
+    block_size: tuple[int, int] | None = None,
 ) -> MatmulConfig:
     """The Triton launch config for an [M, K] x [K, N] product of 8-bit operands of `dtype`, in an fp8
-    accumulation mode ("fast" or "precise"; scaled_mm's argument of that name).
+    accumulation mode ("fast" or "precise"; scaled_mm's argument of that name), or with block scales
+    of `block_size` = (block_n, block_k) (scaled_mm's argument of that name; fp8 only).
 
     `device=None` means the current CUDA device, or the CPU (Triton's interpreter) without one.
     """
@@ -275,7 +315,13 @@ def select_config(
         raise TypeError(f"dtype must be one of {', '.join(map(str, DTYPE_NAMES))}, got {dtype}")
     if accumulation not in ACCUMULATIONS:
         raise ValueError(f"accumulation must be 'fast' or 'precise', got {accumulation!r}")
-    return plan(M, N, K, dtype, _resolve_device(device), accumulation).config
+    if block_size is not None:
+        if dtype == torch.int8:
+            raise TypeError("block_size is for fp8 operands (DeepSeek-style block scales), not int8")
+        block_size = tuple(block_size)
+        if not (len(block_size) == 2 and all(type(v) is int and v >= 1 for v in block_size)):
+            raise ValueError(f"block_size must be a pair (block_n, block_k) of ints >= 1, got {block_size!r}")
+    return plan(M, N, K, dtype, _resolve_device(device), accumulation, block_size).config
 
 
 def list_config_files() -> list[tuple[Path, TunedTable | ConfigFileError]]:

@@ -21,6 +21,7 @@ import triton.language as tl
 from scaledmm.configs import MatmulConfig
 from scaledmm.kernels.common import grouped_tile, scale_and_store, tile_count
 from scaledmm.kernels.launch import BoundLaunch, bind_launch, tile_kwargs
+from scaledmm.kernels.revision import revision
 
 
 @triton.jit(do_not_specialize=["GROUP_M"])
@@ -67,6 +68,11 @@ def _block_scaled_mm_kernel(
     else:
         bias = tl.full((1, 1), 0, tl.float32)
     scale_and_store(acc, 1.0, 1.0, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS)
+
+
+# What a tuned block-scaled bucket records as the revision of the kernel it was tuned with
+# (kernels/revision.py): an edit of the kernel makes those buckets stale for `scaledmm tune`.
+BLOCK_REVISION = revision(_block_scaled_mm_kernel)
 
 
 class BlockLaunch:
@@ -118,3 +124,19 @@ def bind_block_scaled_mm(
     launch that does it again for new tensors of this signature."""
     grid, args, kwargs = block_launch_arguments(a, b, scale_a, scale_b, bias, out, config, block_size)
     return BlockLaunch(bind_launch(_block_scaled_mm_kernel, grid, args, kwargs, leading=6, device=a.device), config)
+
+
+def compile_block_scaled_mm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale_a: torch.Tensor,
+    scale_b: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+    config: MatmulConfig,
+    block_size: tuple[int, int],
+) -> None:
+    """Compile the kernel for these arguments without launching it (the tuner's workers fill Triton's
+    on-disk cache with it); as matmul.compile_scaled_mm, the tensors may be meta tensors."""
+    grid, args, kwargs = block_launch_arguments(a, b, scale_a, scale_b, bias, out, config, block_size)
+    _block_scaled_mm_kernel.warmup(*args, grid=grid, **kwargs)

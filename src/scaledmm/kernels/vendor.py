@@ -4,6 +4,14 @@ torch._int_mm (cuBLASLt) plus an fp32 scale and bias epilogue for int8.
 `scaled_mm(backend="auto")` runs them where a tuned file says they are faster; the benchmark and the
 tuner time them as the baselines. They accept fewer layouts and scale forms than our kernel:
 `unsupported_reason` says when they cannot serve a call.
+
+Block-scaled fp8 (scaled_mm's `block_size`) runs torch._scaled_mm's block mode: 1 x 128 activation
+groups and 128 x 128 weight blocks only, scale_a [M, K/128] outer-dim-major (strides (1, M)) and
+scale_b [K/128, N/128] outer-dim-major (a checkpoint's contiguous weight_scale_inv, transposed). A
+scale_a in another layout (quantize_per_token_group's row-major one) is copied into that layout per
+call; a scale_b in another is refused (it is the weight's: transpose it once, not per call). It
+refuses M = 1 (H200, torch 2.11; benchmarks/results/h200-2026-12-01/block_fp8_ab.log), and ran every
+M >= 16 there: it is used from M = 16 on.
 """
 
 from __future__ import annotations
@@ -26,6 +34,10 @@ def misaligned_pointer(*tensors: torch.Tensor | None) -> bool:
     return any(t is not None and t.data_ptr() % 16 for t in tensors)
 
 
+BLOCK_SHAPE = (128, 128)  # the only block scales torch._scaled_mm takes: 1 x 128 and 128 x 128
+BLOCK_MIN_M = 16  # torch._scaled_mm refuses block scales at M = 1 and took every M >= 16 measured
+
+
 def unsupported_reason(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -33,14 +45,18 @@ def unsupported_reason(
     scale_b: torch.Tensor,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
+    block_size: tuple[int, int] | None = None,
 ) -> str | None:
-    """Why the vendor kernel cannot compute this (valid) call, or None if it can."""
+    """Why the vendor kernel cannot compute this (valid) call, with block scales of `block_size` if
+    given, or None if it can."""
     if not a.is_cuda:
         return "the vendor kernels need CUDA tensors"
     M, K = a.shape
     N = b.shape[1]
     if not (_row_major(a) and _column_major(b)):
         return "the vendor kernels need a row-major and b column-major, with 16-aligned leading dimensions"
+    if block_size is not None:
+        return _block_unsupported_reason(a, b, scale_b, bias, out_dtype, tuple(block_size))
     if a.dtype == torch.int8:
         if M <= 16 or K % 8 or N % 8:
             return "torch._int_mm needs M > 16 and K, N multiples of 8"
@@ -66,6 +82,38 @@ def unsupported_reason(
     return None
 
 
+def _block_unsupported_reason(a, b, scale_b, bias, out_dtype, block_size) -> str | None:
+    M, K = a.shape
+    N = b.shape[1]
+    if a.dtype != torch.float8_e4m3fn or b.dtype != torch.float8_e4m3fn:
+        return "torch._scaled_mm is used for float8_e4m3fn operands only"
+    if block_size != BLOCK_SHAPE:
+        return "torch._scaled_mm takes block scales of 1 x 128 (activations) and 128 x 128 (weights) only"
+    if M < BLOCK_MIN_M:
+        return f"torch._scaled_mm's block mode is used from M = {BLOCK_MIN_M} on (it refuses M = 1)"
+    if K % 16 or N % 16:
+        return "torch._scaled_mm needs K and N multiples of 16"
+    blocks_k, blocks_n = -(-K // BLOCK_SHAPE[1]), -(-N // BLOCK_SHAPE[0])
+    if scale_b.stride(0) != 1 or (blocks_n > 1 and scale_b.stride(1) != blocks_k):
+        return (
+            "torch._scaled_mm needs scale_b [K/128, N/128] outer-dim-major, as weight_scale_inv.t() of a "
+            "contiguous weight_scale_inv [N/128, K/128] is"
+        )
+    if out_dtype != torch.bfloat16:
+        return "torch._scaled_mm is used with block scales for bfloat16 output only"
+    if bias is not None and (bias.dtype != out_dtype or bias.stride(0) != 1):
+        return "torch._scaled_mm takes a contiguous bias of the output dtype"
+    return None
+
+
+def block_scale_a(scale_a: torch.Tensor) -> torch.Tensor:
+    """scale_a [M, K/128] in the layout torch._scaled_mm's block mode reads, outer-dim-major (strides
+    (1, M)): itself if it is, else a copy."""
+    if scale_a.stride(0) == 1 and scale_a.stride(1) == scale_a.shape[0]:
+        return scale_a
+    return scale_a.t().contiguous().t()
+
+
 def vendor_scaled_mm(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -74,12 +122,16 @@ def vendor_scaled_mm(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
     fast_accum: bool = False,
+    block_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """(a @ b) * scale_a * scale_b + bias through the vendor kernels (call only where supported).
 
     fast_accum: fp8's `use_fast_accum` (Hopper's reduced-precision accumulator, never promoted; our
     "fast" accumulation); False promotes to fp32 as our "precise" mode does. cuBLAS refuses it for
-    some shapes (a RuntimeError, CUBLAS_STATUS_NOT_SUPPORTED): `fast_accum_refused` tells."""
+    some shapes (a RuntimeError, CUBLAS_STATUS_NOT_SUPPORTED): `fast_accum_refused` tells.
+    block_size: block scales (see the module docstring), promoted every block; fast_accum unused."""
+    if block_size is not None:
+        return torch._scaled_mm(a, b, block_scale_a(scale_a), scale_b, bias=bias, out_dtype=out_dtype)
     if a.dtype == torch.int8:
         out = torch._int_mm(a, b).float() * scale_a.reshape(-1, 1) * scale_b.reshape(1, -1)
         if bias is not None:

@@ -43,7 +43,7 @@ from scaledmm.configs.files import normalize_device_name
 from scaledmm.configs.lookup import device_name as name_of_device
 from scaledmm.tune.report import closing_table
 from scaledmm.tune.runner import Job, Precompiler, candidates, tune_job
-from scaledmm.tune.store import Journal, ResultStore, read_journals
+from scaledmm.tune.store import Journal, ResultStore, job_of, read_journals
 
 GROUP_TIMEOUT = datetime.timedelta(hours=12)  # a rank may tune for hours before the final gather
 
@@ -174,7 +174,7 @@ def _run_protocol(
         store.add(recovered)
         if settings.retune:
             # The files hold every job already; what an interrupted --retune did is what its journal says.
-            done = {Job(r["n"], r["k"], r["dtype"], r["m"], r["accumulation"]) for r in recovered if r.get("retune")}
+            done = {job_of(r) for r in recovered if r.get("retune")}
         else:
             done = store.done(settings.jobs)
         remaining = [j for j in settings.jobs if j not in done]

@@ -8,6 +8,11 @@ point about 4x cheaper than timing every candidate properly, at the same winners
 Candidates are compiled ahead in a pool of worker processes (`Precompiler`), so the GPU times one
 point while the CPUs compile the next; the launch in this process then only loads the binary from
 Triton's cache.
+
+A job with a `block_size` tunes block-scaled fp8 (kernels/matmul_block.py): its operands, the call
+timed, the reference check, the vendor baseline (torch._scaled_mm's block mode) and the kernel
+revision are the block mode's (`job_operands`, `CandidateCall`, `job_vendor`, `job_revision`); the
+timing is the same.
 """
 
 from __future__ import annotations
@@ -19,16 +24,19 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+import triton
 
 import scaledmm
 from scaledmm.bench.timing import rotation_count, screen_time_us, time_interleaved
 from scaledmm.configs import MatmulConfig, device_limits, heuristic_config
 from scaledmm.configs.files import DTYPE_BY_NAME
+from scaledmm.configs.heuristic import block_heuristic_config
 from scaledmm.kernels.matmul import compile_scaled_mm, kernel_revision
+from scaledmm.kernels.matmul_block import BLOCK_REVISION, compile_block_scaled_mm
 from scaledmm.kernels.matmul_tma import device_has_tma
 from scaledmm.kernels.vendor import fast_accum_refused, unsupported_reason, vendor_scaled_mm
-from scaledmm.testing import OUT_DTYPE, ErrorCheck, make_operands
-from scaledmm.tune.space import candidate_configs, group_variants
+from scaledmm.testing import OUT_DTYPE, ErrorCheck, Operands, make_block_operands, make_operands
+from scaledmm.tune.space import block_candidate_configs, candidate_configs, group_variants
 
 SHORTLIST = 8  # the fastest screened candidates timed again, properly, in the final round
 REFINED = 3  # how many of the best tiles also try other program groupings
@@ -44,6 +52,7 @@ class Job:
     dtype: str
     m: int
     accumulation: str = "fast"  # fp8's accumulation mode (int8 jobs are exact and always "fast")
+    block_size: tuple[int, int] | None = None  # (block_n, block_k): block-scaled fp8 (always "fast")
 
     @property
     def cost(self) -> float:
@@ -56,7 +65,12 @@ def candidates(job: Job, device: torch.device, max_candidates: int | None) -> li
     """The configs timed for a job, nearest the heuristic first (so a capped run keeps the likeliest),
     ending with the heuristic itself so that tuning can never lose to it."""
     num_sms, shared_memory = device_limits(device)
-    heuristic = heuristic_config(job.m, job.n, job.k, DTYPE_BY_NAME[job.dtype], num_sms, shared_memory)
+    if job.block_size is not None:
+        heuristic = block_heuristic_config(job.m, job.n, job.block_size[1], shared_memory)
+        space = block_candidate_configs(job.m, job.n, job.block_size[1], shared_memory)
+    else:
+        heuristic = heuristic_config(job.m, job.n, job.k, DTYPE_BY_NAME[job.dtype], num_sms, shared_memory)
+        space = candidate_configs(job.m, job.n, job.k, shared_memory, num_sms, tma=device_has_tma(device))
 
     def distance(c: MatmulConfig) -> float:
         pairs = (
@@ -72,7 +86,6 @@ def candidates(job: Job, device: torch.device, max_candidates: int | None) -> li
             + (c.kernel != heuristic.kernel)
         )
 
-    space = candidate_configs(job.m, job.n, job.k, shared_memory, num_sms, tma=device_has_tma(device))
     space = sorted(space, key=distance)
     if max_candidates is not None:
         space = space[:max_candidates]
@@ -93,12 +106,17 @@ def _compile(job: Job, config: MatmulConfig) -> str | None:
     dtype = DTYPE_BY_NAME[job.dtype]
     a = torch.empty(job.m, job.k, dtype=dtype, **meta)
     b = torch.empty(job.n, job.k, dtype=dtype, **meta).t()
-    scale_a = torch.empty(job.m, 1, **meta)
-    scale_b = torch.empty(1, job.n, **meta)
     bias = torch.empty(job.n, dtype=OUT_DTYPE, **meta)
     out = torch.empty(job.m, job.n, dtype=OUT_DTYPE, **meta)
     try:
-        compile_scaled_mm(a, b, scale_a, scale_b, bias, out, config, job.accumulation == "precise")
+        if job.block_size is None:
+            scale_a, scale_b = torch.empty(job.m, 1, **meta), torch.empty(1, job.n, **meta)
+            compile_scaled_mm(a, b, scale_a, scale_b, bias, out, config, job.accumulation == "precise")
+        else:  # the scales laid out as make_block_operands lays them out
+            block_n, block_k = job.block_size
+            scale_a = torch.empty(job.m, triton.cdiv(job.k, block_k), **meta)
+            scale_b = torch.empty(triton.cdiv(job.n, block_n), triton.cdiv(job.k, block_k), **meta).t()
+            compile_block_scaled_mm(a, b, scale_a, scale_b, bias, out, config, job.block_size)
     except Exception as err:  # a candidate that does not compile is dropped, with the reason
         return f"{type(err).__name__}: {err}"
     return None
@@ -135,29 +153,73 @@ def _vendor_takes_fast_accum(inputs: tuple) -> bool:
 
 
 class CandidateCall:
-    """One candidate config of a job, called as the tuner times it: `(a, b, scale_a, scale_b, bias)`."""
+    """One candidate config of a job, called as the tuner times it: `(a, b, scale_a, scale_b, bias)`,
+    in the job's accumulation mode, or with its block scales."""
 
-    def __init__(self, config: MatmulConfig, accumulation: str):
+    def __init__(self, config: MatmulConfig, accumulation: str, block_size: tuple[int, int] | None = None):
         self.config = config
         self.accumulation = accumulation
+        self.block_size = block_size
 
     def __call__(self, a, b, scale_a, scale_b, bias):
         return scaledmm.scaled_mm(
-            a, b, scale_a, scale_b, OUT_DTYPE, bias, config=self.config, accumulation=self.accumulation
-        )
+            a, b, scale_a, scale_b, OUT_DTYPE, bias,
+            config=self.config, accumulation=self.accumulation, block_size=self.block_size,
+        )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- what a job runs, by its mode
+
+
+def job_operands(job: Job, device: torch.device) -> Operands:
+    """Fresh random operands of the job's point: per-token and per-channel scales, or block scales."""
+    if job.block_size is not None:
+        return make_block_operands(job.m, job.n, job.k, device, job.block_size)
+    return make_operands(job.m, job.n, job.k, DTYPE_BY_NAME[job.dtype], device)
+
+
+def job_vendor(job: Job, ops: Operands, inputs: tuple):
+    """(the vendor kernel over one copy of the inputs, or None where it cannot serve the job; its name
+    in the bucket's baselines). fp8 runs in the job's accumulation mode (like for like), or, where
+    cuBLAS refuses fast accumulation for the shape, in its precise mode, and the name says so. Block
+    scales run torch._scaled_mm's block mode as `backend="auto"` would (scale_a copied into its layout
+    per call); None where it refuses the job."""
+    if unsupported_reason(*ops.args(), ops.bias, OUT_DTYPE, job.block_size) is not None:
+        return None, "torch"
+    if job.block_size is not None:
+
+        def block_run(a, b, sa, sb, bias):
+            return vendor_scaled_mm(a, b, sa, sb, bias, OUT_DTYPE, block_size=job.block_size)
+
+        try:
+            block_run(*inputs)
+        except RuntimeError:  # refused by this torch or cuBLAS: no baseline, ours serves
+            return None, "torch"
+        return block_run, "torch"
+    fast_accum = job.dtype == "fp8" and job.accumulation == "fast" and _vendor_takes_fast_accum(inputs)
+
+    def vendor_run(a, b, sa, sb, bias):
+        return vendor_scaled_mm(a, b, sa, sb, bias, OUT_DTYPE, fast_accum)
+
+    refused = job.dtype == "fp8" and job.accumulation == "fast" and not fast_accum
+    return vendor_run, "torch (precise: fast accumulation refused)" if refused else "torch"
+
+
+def job_revision(job: Job, config: MatmulConfig) -> str:
+    """The revision of the kernel that runs `config` in the job's mode (a bucket records it)."""
+    return BLOCK_REVISION if job.block_size is not None else kernel_revision(config)
 
 
 def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replays: int = 20) -> dict:
     """Screen every candidate at one point, then time the fastest correct few, the heuristic and the
     vendor kernel together; return the bucket entry for the config file (with the job's
     coordinates), or raise if no candidate is correct."""
-    dtype = DTYPE_BY_NAME[job.dtype]
     copies = rotation_count(job.n * job.k, device)
-    ops = [make_operands(job.m, job.n, job.k, dtype, device) for _ in range(copies)]
+    ops = [job_operands(job, device) for _ in range(copies)]
     inputs = [(*o.args(), o.bias) for o in ops]
     check = ErrorCheck(ops[0], OUT_DTYPE, job.accumulation)
 
-    runner = partial(CandidateCall, accumulation=job.accumulation)
+    runner = partial(CandidateCall, accumulation=job.accumulation, block_size=job.block_size)
 
     # 1. Screen: every candidate timed briefly (a few graph replays), fastest first. Most of a
     # space is far from its best, and ranking it needs no precise times; the shortlist is timed
@@ -209,27 +271,19 @@ def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replay
     if heuristic in screened and heuristic not in finalists and correct(heuristic):
         finalists.append(heuristic)
     contenders = [(runner(c), inputs) for c in finalists]
-    vendor = unsupported_reason(*ops[0].args(), ops[0].bias, OUT_DTYPE) is None
-    # The vendor kernel in the same accumulation mode (like for like); where cuBLAS refuses fast
-    # accumulation for this shape, in its precise mode, and the bucket says so.
-    fast_accum = vendor and job.dtype == "fp8" and job.accumulation == "fast" and _vendor_takes_fast_accum(inputs[0])
-    if vendor:
-
-        def vendor_run(a, b, sa, sb, bias):
-            return vendor_scaled_mm(a, b, sa, sb, bias, OUT_DTYPE, fast_accum)
-
+    vendor_run, torch_name = job_vendor(job, ops[0], inputs[0])
+    if vendor_run is not None:
         contenders.append((vendor_run, inputs))
     final = [t.median_us for t in time_interleaved(contenders, replays, warmup_ms=FINAL_WARMUP_MS)]
     final_times = dict(zip(finalists, final))
-    vendor_us = final[-1] if vendor else None
+    vendor_us = final[-1] if vendor_run is not None else None
 
-    refused = vendor and job.dtype == "fp8" and job.accumulation == "fast" and not fast_accum
-    torch_name = "torch (precise: fast accumulation refused)" if refused else "torch"
     best = min(final_times, key=final_times.get)
     triton_us = final_times[best]
     backend = "torch" if vendor_us is not None and vendor_us < triton_us else "triton"
     return {
         "n": job.n, "k": job.k, "dtype": job.dtype, "m": job.m, "accumulation": job.accumulation,
+        **({"block_shape": list(job.block_size)} if job.block_size is not None else {}),
         "backend": backend,
         "config": best.to_dict(),
         "time_us": round(min(triton_us, vendor_us or math.inf), 3),
@@ -239,5 +293,5 @@ def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replay
             "triton": round(triton_us, 3),
         },
         "candidates": len(screened),
-        "revision": kernel_revision(best),
+        "revision": job_revision(job, best),
     }  # fmt: skip

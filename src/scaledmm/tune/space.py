@@ -154,6 +154,26 @@ def _tma_configs(M: int, N: int, K: int, shared_memory: int) -> list[MatmulConfi
     return configs
 
 
+def block_candidate_configs(M: int, N: int, block_k: int, shared_memory: int) -> list[MatmulConfig]:
+    """The block-scaled kernel's candidates (kernels/matmul_block.py), group_m fixed at 8: its K step
+    is the scale block (block_k), so the search is over the output tile, warps and stages. Tiles of
+    about M rows as for the pointer kernel (16- and 64-row tiles at decode), 32 to 256 columns (no
+    larger than N), 4 or 8 warps, 2 to 5 stages where shared memory holds them. The kernel holds two
+    fp32 tiles per program (a block's fresh product and the running sum), so the register rule counts
+    the accumulator twice. It has no swapped, split-K or TMA form to search yet."""
+    n_cap = max(32, triton.next_power_of_2(N))
+    configs = []
+    for bm, bn, warps, stages in itertools.product(
+        _block_m_choices(M), sorted({min(bn, n_cap) for bn in (32, 64, 128, 256)}), (4, 8), (2, 3, 4, 5)
+    ):
+        if stages * (bm + bn) * block_k > shared_memory - SHARED_MEMORY_RESERVE:
+            continue
+        if not MIN_ACCUMULATORS_PER_THREAD <= 2 * bm * bn // (warps * 32) <= MAX_ACCUMULATORS_PER_THREAD:
+            continue
+        configs.append(MatmulConfig(bm, bn, block_k, group_m=8, num_warps=warps, num_stages=stages))
+    return configs
+
+
 def group_variants(config: MatmulConfig, M: int) -> list[MatmulConfig]:
     """The same tile with other program groupings; none where one tile row covers M or for the
     swapped kernel (no effect)."""

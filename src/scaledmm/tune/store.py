@@ -42,6 +42,7 @@ from scaledmm.configs.files import (
     write_json_atomic,
 )
 from scaledmm.kernels.matmul import kernel_revision
+from scaledmm.kernels.matmul_block import BLOCK_REVISION
 from scaledmm.tune.runner import Job
 
 BUCKET_FIELDS = ("backend", "config", "time_us", "baselines_us", "candidates", "revision")
@@ -82,8 +83,12 @@ def validate_result(result: object, where: object = "result") -> dict:
         result = upgrade_bucket(Path(str(where)), f"the result for M={m}", result)
     bucket = {f: result[f] for f in BUCKET_FIELDS if f in result}
     one_bucket = {"format_version": FORMAT_VERSION, "device_name": "journal", "n": n, "k": k, "dtype": dtype}
-    checked_table(Path(str(where)), {**one_bucket, "buckets": {str(m): bucket}})
+    if "block_shape" in result:  # checked by the file's rules: [block_n, block_k], fp8 only, no accumulation
+        one_bucket |= {"block_shape": result["block_shape"], "accumulation": accumulation}
+    table = checked_table(Path(str(where)), {**one_bucket, "buckets": {str(m): bucket}})
     clean = {"n": n, "k": k, "dtype": dtype, "m": m, "accumulation": accumulation, **bucket}
+    if table.block_shape is not None:
+        clean["block_shape"] = list(table.block_shape)
     if "retune" in result:
         if type(result["retune"]) is not bool:
             raise ConfigFileError(f"{where}: retune must be true or false, got {_shown(result['retune'])}")
@@ -96,6 +101,12 @@ def validate_result(result: object, where: object = "result") -> dict:
     return clean
 
 
+def job_of(result: dict) -> Job:
+    """The job a (validated) result is of."""
+    block = tuple(result["block_shape"]) if "block_shape" in result else None
+    return Job(result["n"], result["k"], result["dtype"], result["m"], result["accumulation"], block)
+
+
 class ResultStore:
     """The config files of one device in one directory; `metadata` goes into every file written."""
 
@@ -104,42 +115,48 @@ class ResultStore:
         self.device_name = device_name
         self.metadata = metadata
 
-    def _path(self, n: int, k: int, dtype: str, accumulation: str) -> Path:
-        return self.directory / file_name(self.device_name, n, k, dtype, accumulation)
+    def _path(self, n: int, k: int, dtype: str, accumulation: str, block_shape: tuple[int, int] | None) -> Path:
+        return self.directory / file_name(self.device_name, n, k, dtype, accumulation, block_shape)
 
     def done(self, jobs: list[Job]) -> set[Job]:
         """The jobs whose M bucket the existing files hold, tuned with the kernel their config runs as it is now. A
         bucket of another kernel revision is stale and tuned again; a file that does not validate
         counts as holding nothing, and is rewritten."""
         held: set[Job] = set()
-        for n, k, dtype, accumulation in {(j.n, j.k, j.dtype, j.accumulation) for j in jobs}:
-            path = self._path(n, k, dtype, accumulation)
+        for n, k, dtype, accumulation, block in {(j.n, j.k, j.dtype, j.accumulation, j.block_size) for j in jobs}:
+            path = self._path(n, k, dtype, accumulation, block)
             if path.exists():
                 try:
                     buckets = load_table(path).buckets
                 except ValueError:
                     continue
-                current = {b.m for b in buckets if b.revision == kernel_revision(b.config)}
-                held |= {Job(n, k, dtype, m, accumulation) for m in current}
+                current = {
+                    b.m for b in buckets if b.revision == (BLOCK_REVISION if block else kernel_revision(b.config))
+                }
+                held |= {Job(n, k, dtype, m, accumulation, block) for m in current}
         return held & set(jobs)
 
     def add(self, results: list[dict]) -> None:
         """Merge results into their files (one atomic rewrite per file touched), under the folder's lock.
         A result that does not validate raises ValueError: results come from the tuner or a journal's
         validated lines."""
-        by_file: dict[tuple[int, int, str, str], list[dict]] = {}
+        by_file: dict[tuple, list[dict]] = {}
         for r in map(validate_result, results):
-            by_file.setdefault((r["n"], r["k"], r["dtype"], r["accumulation"]), []).append(r)
+            job = job_of(r)
+            by_file.setdefault((job.n, job.k, job.dtype, job.accumulation, job.block_size), []).append(r)
         if not by_file:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         lock = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released by the close
-            for (n, k, dtype, accumulation), rows in by_file.items():
-                path = self._path(n, k, dtype, accumulation)
+            for (n, k, dtype, accumulation, block), rows in by_file.items():
+                path = self._path(n, k, dtype, accumulation, block)
                 existing = self._existing(path)
                 buckets = dict(existing["buckets"])
+                mode = {"accumulation": accumulation} if dtype == "fp8" else {}
+                if block:  # block-scaled files have no accumulation mode: the block says how sums are promoted
+                    mode = {"block_shape": list(block)}
                 for r in rows:
                     buckets[str(r["m"])] = {f: r[f] for f in BUCKET_FIELDS if f in r}
                 data = {
@@ -148,7 +165,7 @@ class ResultStore:
                     "n": n,
                     "k": k,
                     "dtype": dtype,
-                    **({"accumulation": accumulation} if dtype == "fp8" else {}),
+                    **mode,
                     **self.metadata,
                     # A note on re-stamped revisions stays with the buckets it is about.
                     **({"restamped": existing["restamped"]} if "restamped" in existing else {}),

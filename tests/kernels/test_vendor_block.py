@@ -1,0 +1,53 @@
+"""The vendor's block mode as a backend: what torch._scaled_mm is given block scales for (its layout
+rules, read on CPU tensors: only the first check of `unsupported_reason` needs CUDA), and scale_a
+brought into its outer-dim-major layout."""
+
+import re
+
+import pytest
+import torch
+
+from scaledmm.kernels.vendor import _block_unsupported_reason, block_scale_a, unsupported_reason
+from scaledmm.testing import make_block_operands
+
+BF16 = torch.bfloat16
+
+
+def reason(M=32, N=256, K=512, block=(128, 128), out_dtype=BF16, edit=None):
+    ops = make_block_operands(M, N, K, "cpu", block)
+    if edit:
+        edit(ops)
+    return _block_unsupported_reason(ops.a, ops.b, ops.scale_b, ops.bias, out_dtype, block)
+
+
+def test_what_the_block_mode_takes():
+    assert reason() is None  # a checkpoint's layout: weight_scale_inv.t(), bf16 out and bias
+    assert reason(M=16) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(M=8), "from M = 16"),
+        (dict(block=(64, 128)), "1 x 128 .* and 128 x 128 .* only"),
+        (dict(out_dtype=torch.float32), "bfloat16 output only"),
+        (dict(edit=lambda ops: setattr(ops, "scale_b", ops.scale_b.contiguous())), "outer-dim-major"),
+        (dict(edit=lambda ops: setattr(ops, "bias", ops.bias.float())), "bias of the output dtype"),
+        (dict(K=520), "K and N multiples of 16"),
+    ],
+)
+def test_what_the_block_mode_refuses(kwargs, words):
+    found = reason(**kwargs)
+    assert found is not None and re.search(words, found), found
+
+
+def test_cpu_tensors_are_refused_first():
+    ops = make_block_operands(32, 256, 512, "cpu")
+    assert unsupported_reason(*ops.args(), ops.bias, BF16, (128, 128)) == "the vendor kernels need CUDA tensors"
+
+
+def test_scale_a_is_brought_into_the_outer_dim_major_layout():
+    scale_a = torch.rand(32, 4)  # quantize_per_token_group's row-major [M, K/128]
+    laid_out = block_scale_a(scale_a)
+    assert laid_out.stride() == (1, 32) and torch.equal(laid_out, scale_a)
+    assert block_scale_a(laid_out) is laid_out  # already there: no copy
