@@ -89,6 +89,22 @@ def test_block_layer_compiles_fullgraph_to_the_same_result():
         assert torch.equal(torch.compile(layer, fullgraph=True)(x), layer(x))
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
+def test_block_layer_captures_in_a_cuda_graph():
+    layer = W8A8Linear.from_linear(nn.Linear(320, 256, device=DEVICE).to(torch.bfloat16), block_size=(128, 128))
+    static_x = torch.randn(16, 320, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        layer(static_x)  # compile outside the capture
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = layer(static_x)
+        fresh = torch.randn(16, 320, device=DEVICE, dtype=torch.bfloat16)
+        static_x.copy_(fresh)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static_out, layer(fresh))
+
+
 def test_from_block_fp8_shares_the_checkpoint_tensors():
     torch.manual_seed(0)
     w = torch.randn(192, 320, device=DEVICE)
