@@ -184,6 +184,29 @@ def check_block_size(block_size: object) -> tuple[int, int]:
     return block_n, block_k
 
 
+def check_layer_block_size(
+    block_size: object, dtype: torch.dtype, activation: str, backend: str
+) -> tuple[int, int] | None:
+    """A W8A8Linear's (or quantize_model's) block_size: None, or a pair the block-scaled kernel takes
+    for an e4m3 layer with dynamic activations on the Triton backend. Returns it as a tuple."""
+    if block_size is None:
+        return None
+    blocks = check_block_size(block_size)
+    if dtype != torch.float8_e4m3fn:
+        raise ValueError(
+            "block_size is for dtype='fp8' (block-scaled float8_e4m3fn, DeepSeek-style); int8 layers take "
+            "per-channel scales: pass block_size=None"
+        )
+    if activation != "dynamic":
+        raise ValueError(
+            f"block_size needs activation='dynamic' (one scale per 1 x block_k group of each row, computed per "
+            f"call); static activation scales are not defined for block-scaled layers, got activation={activation!r}"
+        )
+    if backend == "torch":
+        raise ValueError("block_size runs on backend='auto' or 'triton'; backend='torch' takes no block scales")
+    return blocks
+
+
 def check_group_size(group_size: object, dtype: torch.dtype) -> int:
     """Activation groups for block-scaled fp8: 1 x group_size, the weight's block_k."""
     if dtype != torch.float8_e4m3fn:

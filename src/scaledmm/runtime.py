@@ -418,21 +418,28 @@ class PreparedLinear:
         return f"PreparedLinear({self.quantize!r}, {self.matmul!r}{one})"
 
 
-def prepare_linear(x, weight_t, weight_scale, bias, dtype, input_scale, out_dtype, backend, accumulation):
+def prepare_linear(
+    x, weight_t, weight_scale, bias, dtype, input_scale, out_dtype, backend, accumulation, block_size=None
+):
     """y = quantize(x) @ weight_t, scaled, plus bias, for an eager x [..., K] (dynamic per-token
-    activations where `input_scale` is None): check the call, and return y [..., N] and the
-    PreparedLinear that computes it again for a new x of the same signature with these weights (their
-    contents may change in place)."""
+    activations where `input_scale` is None; with `block_size` (block_n, block_k), dynamic per 1 x
+    block_k group and `weight_scale` the block scales [ceil(K / block_k), ceil(N / block_n)]): check
+    the call, and return y [..., N] and the PreparedLinear that computes it again for a new x of the
+    same signature with these weights (their contents may change in place)."""
     check_quantize_args(x, dtype)
     if input_scale is not None:
         check_static_scale(input_scale, x)
     rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
-    quantize = PreparedQuantize(rows, dtype, dynamic=input_scale is None)
+    group_size = None if block_size is None else block_size[1]
+    quantize = PreparedQuantize(rows, dtype, dynamic=input_scale is None, group_size=group_size)
     quantized = quantize(rows, input_scale)
     q, scale = quantized if input_scale is None else (quantized, input_scale)
-    check_scaled_mm_args(q, weight_t, scale, weight_scale, out_dtype, bias, None, backend, accumulation)
-    out, matmul = prepare_scaled_mm(q, weight_t, scale, weight_scale, out_dtype, bias, None, backend, accumulation)
-    fused_config = _fused_linear_config(q, weight_t, matmul)
+    check_scaled_mm_args(q, weight_t, scale, weight_scale, out_dtype, bias, None, backend, accumulation, block_size)
+    out, matmul = prepare_scaled_mm(
+        q, weight_t, scale, weight_scale, out_dtype, bias, None, backend, accumulation, block_size
+    )
+    # The one-launch kernel quantizes per token: block-scaled layers run their two launches.
+    fused_config = None if block_size is not None else _fused_linear_config(q, weight_t, matmul)
     weights = (weight_t, weight_scale, bias, input_scale)
     linear = PreparedLinear(x, quantize, matmul, weights, fused_config, accumulation == "precise")
     return (out.view(linear.out_shape) if linear.flat else out), linear

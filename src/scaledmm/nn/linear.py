@@ -1,8 +1,9 @@
 """W8A8Linear: a linear layer with its weight stored in 8 bits and its input quantized on the fly.
 
-A W8A8Linear holds its weight quantized once (int8 or fp8, per output channel) and, per forward,
-quantizes the activation (dynamic per token, or static with a calibrated scale) and calls
-scaled_mm with the bias fused into the epilogue. Eager forwards run prepared calls
+A W8A8Linear holds its weight quantized once (int8 or fp8, per output channel; or fp8 per
+block_n x block_k block, DeepSeek-style "fine-grained FP8") and, per forward, quantizes the
+activation (dynamic per token, static with a calibrated scale, or dynamic per 1 x block_k group for
+block-scaled layers) and calls scaled_mm with the bias fused into the epilogue. Eager forwards run prepared calls
 (runtime.PreparedLinear) kept per input signature in a PreparedForwards.
 """
 
@@ -14,13 +15,16 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from scaledmm.api import quantize_per_tensor, quantize_per_token, scaled_mm
+from scaledmm.api import quantize_per_tensor, quantize_per_token, quantize_per_token_group, scaled_mm
 from scaledmm.checks import (
     DEFAULT_ACCUMULATION,
     OUT_DTYPES,
     check_accumulation,
     check_backend,
+    check_block_size,
+    check_layer_block_size,
     check_quantize_args,
+    check_tensor,
 )
 from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.kernels.quant import ABSMAX_FLOOR, QMAX
@@ -57,6 +61,35 @@ def quantize_weight(
     if dtype == torch.int8:
         values = values.round()
     return values.to(dtype), scale
+
+
+def quantize_weight_blocks(
+    weight: torch.Tensor, block_size: tuple[int, int] = (128, 128)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float [N, K] weight -> (q [N, K] float8_e4m3fn, float32 scale [ceil(N / block_n), ceil(K /
+    block_k)]), weight ~= q * scale block by block: the "fine-grained FP8" of DeepSeek-V3 and
+    transformers (whose checkpoints call the scale `weight_scale_inv`). Scale = max |block| / 448
+    (the last blocks of a ragged N or K are partial); values rounded to nearest even. Runs once per
+    layer, in torch, on any device."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"weight must be a 2-D float tensor, got {getattr(weight, 'dtype', type(weight))}")
+    block_n, block_k = check_block_size(block_size)
+    N, K = weight.shape
+    blocks_n, blocks_k = -(-N // block_n), -(-K // block_k)
+    padding = (0, blocks_k * block_k - K, 0, blocks_n * block_n - N)  # zeros: they change no block's max
+    padded = nn.functional.pad(weight.detach().to(torch.float32), padding)
+    blocks = padded.view(blocks_n, block_n, blocks_k, block_k)
+    qmax = QMAX[torch.float8_e4m3fn]
+    scale = blocks.abs().amax(dim=(1, 3)).clamp_min(ABSMAX_FLOOR) / qmax
+    values = (blocks / scale[:, None, :, None]).clamp(-qmax, qmax).view(padded.shape)[:N, :K]
+    return values.to(torch.float8_e4m3fn), scale
+
+
+def _weight_scale_shape(out_features: int, in_features: int, block_size: tuple[int, int] | None) -> tuple[int, ...]:
+    """[N] per channel, or [ceil(N / block_n), ceil(K / block_k)] per block."""
+    if block_size is None:
+        return (out_features,)
+    return (-(-out_features // block_size[0]), -(-in_features // block_size[1]))
 
 
 class PreparedForwards:
@@ -97,6 +130,11 @@ class W8A8Linear(nn.Module):
 
     Buffers: `weight` [N, K] (int8 or float8_e4m3fn), `weight_scale` [N] float32, `bias` [N] or None
     (kept in the original layer's dtype), and for static activations `input_scale` (0-d float32).
+
+    With `block_size=(block_n, block_k)` (fp8, dynamic activations only) the weight is block-scaled:
+    `weight_scale` is [ceil(N / block_n), ceil(K / block_k)], one float32 scale per block (a
+    transformers checkpoint's `weight_scale_inv`: weight ~= q * scale), and each forward quantizes x
+    per 1 x block_k group (quantize_per_token_group) and runs scaled_mm with `block_size`.
     `fused`: the FusedSiblings group the layer belongs to (quantize_model groups q/k/v and
     gate/up), or None.
 
@@ -121,6 +159,7 @@ class W8A8Linear(nn.Module):
         out_dtype: torch.dtype = torch.bfloat16,
         backend: str = "auto",
         accumulation: str = DEFAULT_ACCUMULATION,
+        block_size: tuple[int, int] | None = None,
     ):
         super().__init__()
         check_backend(backend)
@@ -130,6 +169,8 @@ class W8A8Linear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.qdtype = dtype_of(dtype)
+        # (block_n, block_k) of a block-scaled weight, or None: per-channel scales
+        self.block_size = check_layer_block_size(block_size, self.qdtype, activation, backend)
         self.activation = activation
         self.backend = backend  # scaled_mm's backend: "auto", "triton", or "torch" (the vendor kernel)
         self.accumulation = accumulation  # scaled_mm's fp8 accumulation: "fast" or "precise"
@@ -138,7 +179,8 @@ class W8A8Linear(nn.Module):
             raise TypeError(f"out_dtype must be one of {names} (what scaled_mm writes), got {out_dtype!r}")
         self.out_dtype = out_dtype
         self.register_buffer("weight", torch.zeros(out_features, in_features, device=device).to(self.qdtype))
-        self.register_buffer("weight_scale", torch.ones(out_features, device=device))
+        scale_shape = _weight_scale_shape(out_features, in_features, self.block_size)
+        self.register_buffer("weight_scale", torch.ones(scale_shape, device=device))
         self.register_buffer("bias", torch.zeros(out_features, device=device, dtype=self.out_dtype) if bias else None)
         # A static scale starts as NaN, "not calibrated": a forward before calibrate() or input_scale=
         # is refused where it can be checked (an eager first call) and gives NaN everywhere else,
@@ -150,6 +192,7 @@ class W8A8Linear(nn.Module):
     def __setstate__(self, pickled: dict) -> None:
         super().__setstate__(pickled)
         self.__dict__.setdefault("accumulation", "fast")  # pickled before the choice existed: what ran then
+        self.__dict__.setdefault("block_size", None)  # pickled before block-scaled layers: per channel
         # Pickled by an earlier version: no prepared forwards, or a plain dict of them.
         if not isinstance(self.__dict__.get("_forwards"), PreparedForwards):
             self._forwards = PreparedForwards()
@@ -163,7 +206,7 @@ class W8A8Linear(nn.Module):
         bias, s = buffers.get("bias"), buffers.get("input_scale")
         return (
             state.generation, self.qdtype, self.activation, self.out_dtype, self.backend, self.accumulation,
-            id(w), id(ws), id(bias), id(s),
+            self.block_size, id(w), id(ws), id(bias), id(s),
             w.data_ptr() if w is not None else 0,
             ws.data_ptr() if ws is not None else 0,
             bias.data_ptr() if bias is not None else 0,
@@ -179,10 +222,13 @@ class W8A8Linear(nn.Module):
         input_scale: float | torch.Tensor | None = None,
         backend: str = "auto",
         accumulation: str = DEFAULT_ACCUMULATION,
+        block_size: tuple[int, int] | None = None,
     ) -> W8A8Linear:
         """Quantize an nn.Linear. Static activations need `input_scale` (x ~= q * input_scale), or a
         `calibrate(x)` call on representative inputs before use. The output dtype is the weight's
-        (bfloat16, float16 or float32; a float64 layer is refused: scaled_mm does not write float64)."""
+        (bfloat16, float16 or float32; a float64 layer is refused: scaled_mm does not write float64).
+        `block_size=(block_n, block_k)` (fp8, dynamic only) quantizes the weight per block
+        (quantize_weight_blocks) instead of per output channel."""
         weight = linear.weight
         if weight.dtype not in OUT_DTYPES:
             raise TypeError(
@@ -200,14 +246,66 @@ class W8A8Linear(nn.Module):
             out_dtype=out_dtype,
             backend=backend,
             accumulation=accumulation,
+            block_size=block_size,
         )
-        q, scale = quantize_weight(weight, layer.qdtype)
+        if block_size is not None and input_scale is not None:
+            raise ValueError("input_scale is for static activations; block-scaled layers scale each group per call")
+        if layer.block_size is None:
+            q, scale = quantize_weight(weight, layer.qdtype)
+        else:
+            q, scale = quantize_weight_blocks(weight, layer.block_size)
         layer.weight.copy_(q)
         layer.weight_scale.copy_(scale)
         if linear.bias is not None:
             layer.bias.copy_(linear.bias.detach())
         if activation == "static" and input_scale is not None:
             layer.input_scale.fill_(float(input_scale))
+        return layer
+
+    @classmethod
+    def from_block_fp8(
+        cls,
+        weight: torch.Tensor,
+        weight_scale_inv: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        block_size: tuple[int, int] = (128, 128),
+        out_dtype: torch.dtype = torch.bfloat16,
+        backend: str = "auto",
+    ) -> W8A8Linear:
+        """A block-scaled layer over an already quantized weight, as a fine-grained FP8 checkpoint
+        holds it (DeepSeek-V3, transformers' FP8Linear): `weight` [N, K] float8_e4m3fn and
+        `weight_scale_inv` [ceil(N / block_n), ceil(K / block_k)] float32 with weight ~= q * scale per
+        block (despite its name, the factor that dequantizes). The layer's buffers share their
+        storage: nothing is dequantized or requantized. Power-of-two float8_e8m0fnu scales (DeepSeek-V4's
+        "ue8m0") are widened to float32, exactly. `bias` [N] is kept in `out_dtype`."""
+        weight = check_tensor("weight", weight)
+        weight_scale_inv = check_tensor("weight_scale_inv", weight_scale_inv)
+        if weight.dtype != torch.float8_e4m3fn or weight.dim() != 2:
+            shape = list(weight.shape)
+            raise TypeError(f"weight must be a 2-D float8_e4m3fn tensor [N, K], got {weight.dtype} of shape {shape}")
+        if weight_scale_inv.dtype == getattr(torch, "float8_e8m0fnu", None):
+            weight_scale_inv = weight_scale_inv.to(torch.float32)
+        if weight_scale_inv.dtype != torch.float32:
+            raise TypeError(f"weight_scale_inv must be float32 (or float8_e8m0fnu), got {weight_scale_inv.dtype}")
+        N, K = weight.shape
+        blocks = check_block_size(block_size)
+        expected = _weight_scale_shape(N, K, blocks)
+        if tuple(weight_scale_inv.shape) != expected:
+            raise ValueError(
+                f"weight_scale_inv must be [ceil(N / block_n), ceil(K / block_k)] = {list(expected)} for a weight "
+                f"of {[N, K]} with block_size={blocks}, got {list(weight_scale_inv.shape)}"
+            )
+        for name, t in (("weight_scale_inv", weight_scale_inv), ("bias", bias)):
+            if t is not None and t.device != weight.device:
+                raise ValueError(f"{name} is on {t.device} but weight is on {weight.device}")
+        if bias is not None and tuple(bias.shape) != (N,):
+            raise ValueError(f"bias must be [N] = [{N}], got {list(bias.shape)}")
+        has_bias = bias is not None
+        layer = cls(K, N, has_bias, "fp8", device="meta", out_dtype=out_dtype, backend=backend, block_size=blocks)
+        layer.weight = weight.detach()
+        layer.weight_scale = weight_scale_inv.detach()
+        if bias is not None:
+            layer.bias = bias.detach().to(out_dtype)
         return layer
 
     def _apply(self, fn, recurse=True):
@@ -263,6 +361,14 @@ class W8A8Linear(nn.Module):
         lead, K = x.shape[:-1], x.shape[-1]
         if self.fused is not None and (out := self.fused.output_for(self, x)) is not None:
             return out.reshape(*lead, self.out_features)
+        if self.block_size is not None:
+            q, scale = quantize_per_token_group(x, self.block_size[1])
+            q, scale = q.reshape(-1, K), scale.reshape(-1, scale.shape[-1])
+            out = scaled_mm(
+                q, self.weight.t(), scale, self.weight_scale.t(), self.out_dtype, self.bias, backend=self.backend,
+                block_size=self.block_size,
+            )  # fmt: skip
+            return out.reshape(*lead, self.out_features)
         if self.activation == "static":
             q, scale = quantize_per_tensor(x, self.input_scale, self.qdtype), self.input_scale
         else:
@@ -285,17 +391,19 @@ class W8A8Linear(nn.Module):
                     "this static W8A8Linear has no input scale yet: call layer.calibrate(x) on representative "
                     "inputs, or pass input_scale= to W8A8Linear.from_linear"
                 )
+        weight_scale = self.weight_scale if self.block_size is None else self.weight_scale.t()  # [K blocks, N blocks]
         out, forward = prepare_linear(
-            x, self.weight.t(), self.weight_scale, self.bias, self.qdtype, input_scale, self.out_dtype, self.backend,
-            self.accumulation,
+            x, self.weight.t(), weight_scale, self.bias, self.qdtype, input_scale, self.out_dtype, self.backend,
+            self.accumulation, self.block_size,
         )  # fmt: skip
         self._forwards.put(x, owner_state, forward)
         return out
 
     def extra_repr(self) -> str:
         dtype = "int8" if self.qdtype == torch.int8 else "fp8"
+        blocks = "" if self.block_size is None else f", block_size={self.block_size}"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"dtype={dtype}, activation={self.activation}, out_dtype={self.out_dtype}, backend={self.backend}, "
+            f"dtype={dtype}{blocks}, activation={self.activation}, out_dtype={self.out_dtype}, backend={self.backend}, "
             f"accumulation={self.accumulation}{self._forwards.summary()}"
         )

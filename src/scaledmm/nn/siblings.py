@@ -11,7 +11,7 @@ import threading
 import torch
 from torch import nn
 
-from scaledmm.api import quantize_per_token, scaled_mm
+from scaledmm.api import quantize_per_token, quantize_per_token_group, scaled_mm
 from scaledmm.nn.linear import PreparedForwards, W8A8Linear
 from scaledmm.runtime import eager, prepare_linear
 from scaledmm.state import state
@@ -48,10 +48,13 @@ class FusedSiblings:
 
     The members' weights, scales and biases are views into the concatenated tensors, so no memory
     is added; after a `.to()` moved them apart, the first forward concatenates them again.
+    Block-scaled members (each out_features a multiple of block_n, which fuse_siblings checks)
+    concatenate their block scales by rows of blocks the same way.
     """
 
     def __init__(self, members: list[W8A8Linear]):
         self.members = members
+        self.block_size = members[0].block_size
         self.spans: list[tuple[int, int]] = []  # each member's columns, in the order of `members`
         start = 0
         for member in members:
@@ -68,7 +71,7 @@ class FusedSiblings:
         tensors = [t for m in self.members for t in (m.weight, m.weight_scale, m.bias) if t is not None]
         return (
             tuple((t.data_ptr(), t.dtype) for t in tensors),
-            tuple((m.qdtype, m.out_dtype, m.backend, m.accumulation) for m in self.members),
+            tuple((m.qdtype, m.out_dtype, m.backend, m.accumulation, m.block_size) for m in self.members),
         )
 
     def _concatenate(self) -> None:
@@ -77,10 +80,11 @@ class FusedSiblings:
         self.weight = torch.cat([m.weight for m in members])
         self.weight_scale = torch.cat([m.weight_scale for m in members])
         self.bias = None if members[0].bias is None else torch.cat([m.bias for m in members])
+        rows_per_scale = 1 if self.block_size is None else self.block_size[0]  # weight rows per scale row
         for member in members:
             start, end = self._span(member)
             member.weight = self.weight[start:end]
-            member.weight_scale = self.weight_scale[start:end]
+            member.weight_scale = self.weight_scale[start // rows_per_scale : end // rows_per_scale]
             if self.bias is not None:
                 member.bias = self.bias[start:end]
         self._storage = self._member_storage()
@@ -99,6 +103,7 @@ class FusedSiblings:
             self._forwards = PreparedForwards()
         if isinstance(self.spans, dict):  # keyed by id() then: in the members' order
             self.spans = list(self.spans.values())
+        self.__dict__.setdefault("block_size", None)  # pickled before block-scaled layers
 
     def _span(self, member: W8A8Linear) -> tuple[int, int]:
         # By identity, not id(): a copied or loaded model has new member objects.
@@ -107,21 +112,25 @@ class FusedSiblings:
     def _product(self, x: torch.Tensor) -> torch.Tensor:
         """The product of a 2-D x with the concatenated weight: eager, through a prepared forward per
         input signature, as W8A8Linear does; else through the functions."""
-        first = self.members[0]
+        first, blocks = self.members[0], self.block_size
+        weight_scale = self.weight_scale if blocks is None else self.weight_scale.t()  # [K blocks, N blocks]
         if not eager(x):
-            q, scale = quantize_per_token(x, first.qdtype)
+            if blocks is None:
+                q, scale = quantize_per_token(x, first.qdtype)
+            else:
+                q, scale = quantize_per_token_group(x, blocks[1])
             weight_t, out_dtype, backend = self.weight.t(), first.out_dtype, first.backend
             return scaled_mm(
-                q, weight_t, scale, self.weight_scale, out_dtype, self.bias, backend=backend,
-                accumulation=first.accumulation,
+                q, weight_t, scale, weight_scale, out_dtype, self.bias, backend=backend,
+                accumulation=first.accumulation, block_size=blocks,
             )  # fmt: skip
         owner_state = (state.generation,)
         forward = self._forwards.get(x, owner_state)
         if forward is not None:
             return forward(x)
         out, forward = prepare_linear(
-            x, self.weight.t(), self.weight_scale, self.bias, first.qdtype, None, first.out_dtype, first.backend,
-            first.accumulation,
+            x, self.weight.t(), weight_scale, self.bias, first.qdtype, None, first.out_dtype, first.backend,
+            first.accumulation, blocks,
         )  # fmt: skip
         self._forwards.put(x, owner_state, forward)
         return out
@@ -176,6 +185,12 @@ class FusedSiblings:
 SIBLING_NAMES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
+def _fusion_settings(m: W8A8Linear) -> tuple:
+    """What members must share to run as one product."""
+    settings = (m.in_features, m.qdtype, m.out_dtype, m.backend, m.accumulation, m.block_size)
+    return (*settings, m.bias is None, m.weight.device)
+
+
 def fuse_siblings(model: nn.Module) -> list[list[str]]:
     """Group swapped dynamic layers named as SIBLING_NAMES under one parent into FusedSiblings."""
     groups = []
@@ -184,12 +199,11 @@ def fuse_siblings(model: nn.Module) -> list[list[str]]:
             members = [getattr(parent, n, None) for n in names]
             if not all(isinstance(m, W8A8Linear) and m.activation == "dynamic" and m.fused is None for m in members):
                 continue
-            settings = {
-                (m.in_features, m.qdtype, m.out_dtype, m.backend, m.accumulation, m.bias is None, m.weight.device)
-                for m in members
-            }
-            if len(settings) > 1:
+            if len({_fusion_settings(m) for m in members}) > 1:
                 continue
+            blocks = members[0].block_size
+            if blocks is not None and any(m.out_features % blocks[0] for m in members):
+                continue  # a member's last block of rows would straddle the next member's: its scales cannot join
             group = FusedSiblings(members)
             for member in members:
                 member.fused = group
