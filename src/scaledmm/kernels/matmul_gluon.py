@@ -90,7 +90,7 @@ class GluonConfig:
             raise ValueError(f"GluonConfig.consumer_groups must be 1 or 2, got {self.consumer_groups}")
         if self.block_m not in (64, 128, 256) or self.block_m < 64 * self.consumer_groups:
             raise ValueError(
-                f"GluonConfig.block_m must be 64, 128 or 256 and at least 64 rows per consumer group, got {self.block_m}"
+                f"GluonConfig.block_m must be 64, 128 or 256, 64 rows or more per consumer group, got {self.block_m}"
             )
         if self.block_n not in (64, 128, 256):
             raise ValueError(f"GluonConfig.block_n must be 64, 128 or 256, got {self.block_n}")
@@ -99,7 +99,7 @@ class GluonConfig:
         if not 2 <= self.num_stages <= 8:
             raise ValueError(f"GluonConfig.num_stages must be in [2, 8], got {self.num_stages}")
         if self.epilogue_split not in (1, 2) or self.block_n // self.epilogue_split < 64:
-            raise ValueError(f"GluonConfig.epilogue_split must be 1 or 2, leaving >= 64 columns, got {self.epilogue_split}")
+            raise ValueError(f"GluonConfig.epilogue_split must be 1 or 2, leaving 64 columns or more, got {self}")
         if not 1 <= self.group_m <= 64:
             raise ValueError(f"GluonConfig.group_m must be in [1, 64], got {self.group_m}")
         per_thread = self.block_m * self.block_n // (128 * self.consumer_groups)
@@ -111,7 +111,7 @@ class GluonConfig:
         if self.instr_n is not None and (
             type(self.instr_n) is not int or self.instr_n % 16 or (self.block_n // self.epilogue_split) % self.instr_n
         ):
-            raise ValueError(f"GluonConfig.instr_n must be a multiple of 16 dividing the accumulator's width, got {self}")
+            raise ValueError(f"GluonConfig.instr_n must be a multiple of 16 dividing the accumulator width, got {self}")
 
     @property
     def num_warps(self) -> int:
@@ -123,7 +123,8 @@ class GluonConfig:
         return self.block_n // self.epilogue_split
 
     def __str__(self) -> str:
-        text = f"{self.block_m}x{self.block_n}x{self.block_k} g{self.group_m} c{self.consumer_groups} s{self.num_stages}"
+        text = f"{self.block_m}x{self.block_n}x{self.block_k} g{self.group_m}"
+        text += f" c{self.consumer_groups} s{self.num_stages}"
         if self.epilogue_split > 1:
             text += f" e{self.epilogue_split}"
         if self.instr_n is not None:
@@ -220,8 +221,9 @@ def _mma_partition(
     SPLIT: gl.constexpr = BLOCK_N // ACC_N
     NUM_STAGES: gl.constexpr = a_bufs.shape[0]
     # All warps along M: warpgroup w takes rows [64 w, 64 w + 64) of each 64 * num_warps / 4 rows.
+    INSTR_K: gl.constexpr = 256 // a_desc.dtype.primitive_bitwidth  # 32 for 8-bit operands
     layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[WGMMA_M, INSTR_N, 256 // a_desc.dtype.primitive_bitwidth]
+        version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[WGMMA_M, INSTR_N, INSTR_K]
     )
     M = a_desc.shape[0]
     N = b_desc.shape[0]
@@ -286,8 +288,10 @@ def scaled_mm_gluon_kernel(
     A_PER_TOKEN: gl.constexpr, B_PER_CHANNEL: gl.constexpr, HAS_BIAS: gl.constexpr, ACC_DTYPE: gl.constexpr,
     MAX_IMPRECISE: gl.constexpr, INSTR_N: gl.constexpr, NUM_STAGES: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
-    a_bufs = gl.allocate_shared_memory(a_desc.dtype, [NUM_STAGES] + a_desc.block_type.shape, a_desc.layout)
-    b_bufs = gl.allocate_shared_memory(b_desc.dtype, [NUM_STAGES] + b_desc.block_type.shape, b_desc.layout)
+    a_ring = [NUM_STAGES] + a_desc.block_type.shape  # noqa: RUF005 (Gluon lists take no starred items)
+    b_ring = [NUM_STAGES] + b_desc.block_type.shape  # noqa: RUF005
+    a_bufs = gl.allocate_shared_memory(a_desc.dtype, a_ring, a_desc.layout)
+    b_bufs = gl.allocate_shared_memory(b_desc.dtype, b_ring, b_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_STAGES):
