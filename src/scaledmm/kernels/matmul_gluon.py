@@ -288,10 +288,9 @@ def scaled_mm_gluon_kernel(
     A_PER_TOKEN: gl.constexpr, B_PER_CHANNEL: gl.constexpr, HAS_BIAS: gl.constexpr, ACC_DTYPE: gl.constexpr,
     MAX_IMPRECISE: gl.constexpr, INSTR_N: gl.constexpr, NUM_STAGES: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
-    a_ring = [NUM_STAGES] + a_desc.block_type.shape  # noqa: RUF005 (Gluon lists take no starred items)
-    b_ring = [NUM_STAGES] + b_desc.block_type.shape  # noqa: RUF005
-    a_bufs = gl.allocate_shared_memory(a_desc.dtype, a_ring, a_desc.layout)
-    b_bufs = gl.allocate_shared_memory(b_desc.dtype, b_ring, b_desc.layout)
+    # The rings of A and B tiles ([NUM_STAGES, rows, BLOCK_K]; Gluon lists take no starred items).
+    a_bufs = gl.allocate_shared_memory(a_desc.dtype, [NUM_STAGES] + a_desc.block_type.shape, a_desc.layout)  # noqa: RUF005
+    b_bufs = gl.allocate_shared_memory(b_desc.dtype, [NUM_STAGES] + b_desc.block_type.shape, b_desc.layout)  # noqa: RUF005
     ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_STAGES):
