@@ -24,7 +24,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from scaledmm.configs import MatmulConfig
-from scaledmm.kernels.common import grouped_tile, tile_count
+from scaledmm.kernels.common import epilogue_operands, grouped_tile, scale_and_store, tile_count
 from scaledmm.kernels.launch import accumulator_kwargs, epilogue_arguments, tile_kwargs
 from scaledmm.state import state
 
@@ -90,6 +90,44 @@ def scaled_mm_tma_kernel(
             right, first_row, first_col + BLOCK_N // 2, M, N, out_desc, scale_b_ptr, bias_ptr,
             stride_scale_b, stride_bias, B_PER_CHANNEL, HAS_BIAS, BLOCK_N // 2,
         )  # fmt: skip
+
+
+# Triton's own warp specialisation on Hopper, for the A/B of issue 17 (benchmarks/ab/warp_specialize.py;
+# not a config kind yet). Triton 3.6 runs its Hopper pass (nvgpu-warp-specialization) on a loop marked
+# warp_specialize only where the kernel has exactly 4 warps, the loops are not flattened into one and no
+# `if` has an else branch; it then splits the program into a TMA-load warpgroup and two MMA warpgroups
+# that each take half of the tile's rows (12 warps in all). The split must cover every op of the tile:
+# the TMA kernel's epilogue (tl.split into halves, a descriptor store of the whole tile) fails it, so this
+# variant loads B through the same descriptors but stores through pointers, rows and columns masked.
+@triton.jit(do_not_specialize=["GROUP_M", "NUM_PROGRAMS"])
+def scaled_mm_tma_ws_kernel(
+    a_desc, b_desc, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr,
+    M, N, K, stride_om, stride_scale_a, stride_scale_b, stride_bias,
+    GROUP_M, NUM_PROGRAMS,
+    A_PER_TOKEN: tl.constexpr, B_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    MAX_IMPRECISE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    k_steps = tl.cdiv(K, BLOCK_K)
+    for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, NUM_PROGRAMS, warp_specialize=True):
+        tile_m, tile_n = grouped_tile(tile, tiles_m, tiles_n, GROUP_M)
+        offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+        for k in range(k_steps):
+            a = a_desc.load([tile_m * BLOCK_M, k * BLOCK_K])
+            b = b_desc.load([tile_n * BLOCK_N, k * BLOCK_K])  # [BLOCK_N, BLOCK_K]: B is K-major
+            acc = tl.dot(a, b.T, acc, out_dtype=ACC_DTYPE, max_num_imprecise_acc=MAX_IMPRECISE)
+
+        # Rows and columns past M and N wrap for the epilogue's loads; the store masks them.
+        scale_a, scale_b, bias = epilogue_operands(
+            offs_m % M, offs_n % N, scale_a_ptr, scale_b_ptr, bias_ptr, stride_scale_a, stride_scale_b, stride_bias,
+            A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS,
+        )  # fmt: skip
+        scale_and_store(acc, scale_a, scale_b, bias, offs_m, offs_n, M, N, out_ptr, stride_om, 1, HAS_BIAS)
 
 
 @state.cached
@@ -165,3 +203,13 @@ def launch_arguments(
     )  # fmt: skip
     kwargs = dict(**epilogue, **accumulator_kwargs(a.dtype, config.block_k, precise), **tile_kwargs(config))
     return (grid_size,), args, kwargs
+
+
+def ws_launch_arguments(
+    a, b, scale_a, scale_b, bias, out, config: MatmulConfig, num_sms: int, precise: bool
+) -> tuple[tuple, tuple, dict]:
+    """`launch_arguments` for `scaled_mm_tma_ws_kernel`: the output as a pointer and its row stride (a
+    row-major output, as `tma_eligible` asks). Triton warp-specialises it only with config.num_warps = 4."""
+    grid, args, kwargs = launch_arguments(a, b, scale_a, scale_b, bias, out, config, num_sms, precise)
+    M, N, K, *rest = args[6:]
+    return grid, (*args[:2], out, *args[3:6], M, N, K, out.stride(0), *rest), kwargs

@@ -1,0 +1,229 @@
+"""The warp-specialised kernels of issue 17: Triton's own (matmul_tma.scaled_mm_tma_ws_kernel) and the
+Gluon kernel (matmul_gluon). Without a GPU: the Triton variant runs in the interpreter; the Gluon kernel
+(which has no interpreter) is checked for its argument plumbing and compiled for sm_90 on the host.
+On a Hopper GPU both run and are compared with the float64 reference."""
+
+import contextlib
+import re
+
+import pytest
+import torch
+from helpers import DEVICE, ON_GPU
+
+from scaledmm import MatmulConfig
+from scaledmm.kernels import matmul_gluon, matmul_tma
+from scaledmm.kernels.matmul_gluon import GluonConfig, bind_scaled_mm_gluon, launch_arguments
+from scaledmm.testing import assert_close, make_operands
+
+E4M3 = torch.float8_e4m3fn
+ON_HOPPER = ON_GPU and torch.cuda.get_device_capability()[0] == 9
+SHARED_MEMORY_SM90 = 232448  # bytes a program may use on an H100/H200
+
+
+def cpu_operands(M, N, K, dtype, out_dtype=torch.bfloat16, per_token=True, per_channel=True, bias=True):
+    """Empty CPU tensors of a call's dtypes and layouts (the plumbing reads no values)."""
+    a = torch.empty(M, K, dtype=dtype)
+    b = torch.empty(N, K, dtype=dtype).t()
+    scale_a = torch.empty(M, 1) if per_token else torch.empty(())
+    scale_b = torch.empty(1, N) if per_channel else torch.empty(())
+    bias = torch.empty(N, dtype=torch.bfloat16) if bias else None
+    return a, b, scale_a, scale_b, bias, torch.empty(M, N, dtype=out_dtype)
+
+
+# ----------------------------------------------------------------------------------------- Gluon: plumbing
+
+
+@pytest.mark.parametrize(
+    "fields, error",
+    [
+        (dict(consumer_groups=3), ValueError),
+        (dict(block_m=64, consumer_groups=2), ValueError),  # 32 rows per warpgroup
+        (dict(block_n=96), ValueError),
+        (dict(num_stages=1), ValueError),
+        (dict(epilogue_split=2, block_n=64), ValueError),  # 32-column accumulators
+        (dict(block_m=128, block_n=256, consumer_groups=1), ValueError),  # 256 accumulators per thread
+        (dict(instr_n=96), ValueError),  # does not divide 256
+        (dict(block_k=128.0), TypeError),
+    ],
+)
+def test_config_rejects_what_the_kernel_cannot_run(fields, error):
+    with pytest.raises(error):
+        GluonConfig(**fields)
+
+
+def test_config_defaults_and_name():
+    config = GluonConfig()
+    assert (config.num_warps, config.accumulator_n) == (8, 256)
+    assert str(GluonConfig(128, 256, 128, 4, 2, 2)) == "128x256x128 g8 c2 s4 e2 gluon"
+    assert matmul_gluon.register_limit(GluonConfig(128, 128, 128, 4, 1)) is None  # 8 warps: 255 fit
+    assert matmul_gluon.register_limit(config) == 168  # 12 warps share 65536 registers
+
+
+def test_instruction_n():
+    assert matmul_gluon.instruction_n(GluonConfig(), E4M3) == 256
+    assert matmul_gluon.instruction_n(GluonConfig(), torch.int8) == 128
+    assert matmul_gluon.instruction_n(GluonConfig(epilogue_split=2, num_stages=4), E4M3) == 128
+    assert matmul_gluon.instruction_n(GluonConfig(instr_n=64), torch.int8) == 64
+    with pytest.raises(ValueError, match="int8"):
+        matmul_gluon.instruction_n(GluonConfig(instr_n=256), torch.int8)
+
+
+@pytest.mark.parametrize("dtype", [E4M3, torch.int8], ids=["e4m3", "int8"])
+@pytest.mark.parametrize("precise", [False, True], ids=["fast", "precise"])
+def test_launch_arguments(dtype, precise):
+    M, N, K = 1000, 600, 320
+    a, b, scale_a, scale_b, bias, out = cpu_operands(M, N, K, dtype)
+    config = GluonConfig(128, 256, 128, 4, 2, 2, group_m=4)
+    grid, args, kwargs = launch_arguments(a, b, scale_a, scale_b, bias, out, config, num_sms=132, precise=precise)
+    assert grid == (8 * 3,)  # fewer tiles than SMs: one program per tile
+    a_desc, b_desc, out_desc = args[:3]
+    assert (a_desc.shape, a_desc.strides, a_desc.block_shape) == ([M, K], [K, 1], [128, 128])
+    assert (b_desc.shape, b_desc.strides, b_desc.block_shape) == ([N, K], [K, 1], [256, 128])
+    assert b_desc.base.data_ptr() == b.data_ptr()
+    assert (out_desc.shape, out_desc.strides, out_desc.block_shape) == ([M, N], [N, 1], [128, 128])
+    assert args[3:] == (scale_a, scale_b, bias, 1, 1, 1, 4, grid[0])
+    assert str(kwargs["ACC_DTYPE"]) == ("int32" if dtype == torch.int8 else "fp32")
+    assert kwargs["MAX_IMPRECISE"] == (128 if precise and dtype == E4M3 else None)
+    assert (kwargs["INSTR_N"], kwargs["NUM_STAGES"], kwargs["num_warps"], kwargs["maxnreg"]) == (128, 4, 8, 168)
+    assert (kwargs["A_PER_TOKEN"], kwargs["B_PER_CHANNEL"], kwargs["HAS_BIAS"]) == (True, True, True)
+
+
+def test_launch_arguments_per_tensor_scales_without_bias():
+    args = cpu_operands(300, 256, 256, E4M3, per_token=False, per_channel=False, bias=False)
+    a, b, scale_a, scale_b, bias, out = args
+    grid, args, kwargs = launch_arguments(a, b, scale_a, scale_b, bias, out, GluonConfig(), 132, False)
+    assert grid == (3,)
+    assert args[5:9] == (None, 0, 0, 0)
+    assert (kwargs["A_PER_TOKEN"], kwargs["B_PER_CHANNEL"], kwargs["HAS_BIAS"]) == (False, False, False)
+
+
+def test_gluon_refuses_calls_it_cannot_serve():
+    a, b, scale_a, scale_b, bias, out = cpu_operands(64, 64, 64, E4M3)
+    if not ON_HOPPER:
+        assert not matmul_gluon.gluon_eligible(a, b, out, a.device)
+        with pytest.raises(ValueError, match="Hopper"):
+            bind_scaled_mm_gluon(a, b, scale_a, scale_b, bias, out, GluonConfig())
+    with pytest.raises(TypeError, match="GluonConfig"):
+        bind_scaled_mm_gluon(a, b, scale_a, scale_b, bias, out, MatmulConfig(128, 128, 128, kernel="tma"))
+    device = torch.device("cuda", 0) if ON_HOPPER else a.device
+    mixed = torch.empty(64, 64, dtype=torch.float8_e5m2)
+    assert not matmul_gluon.gluon_eligible(a, mixed.t(), out, device)  # B of another dtype
+    assert not matmul_gluon.gluon_eligible(a, b, out.to(torch.float8_e4m3fn), device)  # an fp8 output
+
+
+# ----------------------------------------------------------------------------------------- Gluon: sm_90 code
+
+
+@contextlib.contextmanager
+def sm90_target():
+    """Compile for sm_90 without a GPU: Triton's active driver replaced by one that names the target."""
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime import driver
+
+    class Sm90:
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+    previous = driver._active
+    driver.set_active(Sm90())
+    try:
+        yield
+    finally:
+        driver._active = previous
+
+
+@pytest.mark.skipif(ON_GPU, reason="the GPU tests run the kernel itself")
+@pytest.mark.parametrize(
+    "dtype, config, out_dtype, instruction",
+    [
+        (E4M3, GluonConfig(128, 256, 128, 3, 2), torch.bfloat16, "m64n256k32.f32.e4m3.e4m3"),
+        (E4M3, GluonConfig(128, 256, 128, 4, 2, 2), torch.bfloat16, "m64n128k32.f32.e4m3.e4m3"),
+        (torch.int8, GluonConfig(128, 128, 128, 4, 1), torch.float32, "m64n128k32.s32.s8.s8"),
+    ],
+    ids=str,
+)
+def test_gluon_kernel_compiles_for_sm90(dtype, config, out_dtype, instruction):
+    # Ragged M, N and K: nothing in the compiled code depends on them.
+    args = cpu_operands(1000, 2856, 4000, dtype, out_dtype)
+    with sm90_target():
+        grid, positional, kwargs = launch_arguments(*args, config, num_sms=132, precise=True)
+        compiled = matmul_gluon.scaled_mm_gluon_kernel.warmup(*positional, grid=grid, **kwargs)
+    ptx = compiled.asm["ptx"]
+    assert f"wgmma.mma_async.sync.aligned.{instruction}" in ptx
+    assert "setmaxnreg.dec" in ptx and "setmaxnreg.inc" in ptx  # the load warp hands registers over
+    assert len(re.findall(r"cp\.async\.bulk\.tensor\.2d\.shared::cluster\.global", ptx)) == 2  # A and B by TMA
+    assert compiled.metadata.num_warps == config.num_warps + 4  # the load warp's warpgroup on top
+    assert compiled.metadata.shared <= SHARED_MEMORY_SM90
+
+
+# ----------------------------------------------------------------------------------------- on a Hopper GPU
+
+GPU_CONFIGS = [
+    GluonConfig(128, 256, 128, 3, 2),
+    GluonConfig(128, 256, 128, 4, 2, 2),
+    GluonConfig(128, 128, 128, 4, 1),
+    GluonConfig(256, 128, 128, 3, 2, group_m=1),
+]
+
+
+@pytest.mark.skipif(not ON_HOPPER, reason="the Gluon kernel runs on Hopper GPUs only")
+@pytest.mark.parametrize("dtype", [E4M3, torch.int8], ids=["e4m3", "int8"])
+@pytest.mark.parametrize("config", GPU_CONFIGS, ids=str)
+@pytest.mark.parametrize("M,N,K", [(1000, 2856, 4000), (4096, 1024, 512), (1, 64, 32)])
+def test_gluon_kernel_matches_the_reference(dtype, config, M, N, K):
+    ops = make_operands(M, N, K, dtype, DEVICE)
+    out = torch.full((M, N), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+    launch = bind_scaled_mm_gluon(*ops.args(), ops.bias, out, config)
+    assert_close(out, ops)
+    again = make_operands(M, N, K, dtype, DEVICE)
+    launch(*again.args(), again.bias, out)  # the bound launch, new tensors of the same signature
+    assert_close(out, again)
+
+
+@pytest.mark.skipif(not ON_HOPPER, reason="the Gluon kernel runs on Hopper GPUs only")
+@pytest.mark.parametrize("out_dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("per_token, per_channel, bias", [(False, False, False), (True, False, True)])
+@pytest.mark.parametrize("accumulation", ["fast", "precise"])
+def test_gluon_kernel_epilogue_forms(out_dtype, per_token, per_channel, bias, accumulation):
+    ops = make_operands(
+        300, 520, 1040, E4M3, DEVICE, per_token=per_token, per_channel=per_channel,
+        bias_dtype=torch.bfloat16 if bias else None,
+    )  # fmt: skip
+    out = torch.empty(300, 520, dtype=out_dtype, device=DEVICE)
+    bind_scaled_mm_gluon(*ops.args(), ops.bias, out, GluonConfig(128, 256, 128, 3, 2, 2), accumulation == "precise")
+    assert_close(out, ops, accumulation)
+
+
+# ----------------------------------------------------------------------------------------- Triton's WS variant
+
+
+# Interpreter-sized tiles on the CPU; on a GPU the tiles Triton splits between two MMA warpgroups.
+WS_CASES = (
+    [
+        (1000, 2856, 4000, MatmulConfig(128, 256, 128, num_warps=4, num_stages=3, kernel="tma")),  # ragged
+        (300, 520, 1040, MatmulConfig(128, 128, 128, group_m=2, num_warps=4, num_stages=4, kernel="tma")),
+    ]
+    if ON_GPU
+    else [
+        (37, 72, 80, MatmulConfig(32, 32, 32, group_m=2, num_warps=4, num_stages=2, kernel="tma")),  # ragged
+        (130, 48, 64, MatmulConfig(64, 32, 32, num_warps=4, num_stages=3, kernel="tma")),
+    ]
+)
+
+
+@pytest.mark.parametrize("dtype", [E4M3, torch.int8], ids=["e4m3", "int8"])
+@pytest.mark.parametrize("M,N,K,config", WS_CASES, ids=str)
+def test_tma_ws_kernel_matches_the_reference(dtype, M, N, K, config):
+    if ON_GPU and torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("tensor descriptors need Hopper")
+    ops = make_operands(M, N, K, dtype, DEVICE)
+    out = torch.full((M, N), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+    grid, args, kwargs = matmul_tma.ws_launch_arguments(*ops.args(), ops.bias, out, config, num_sms=4, precise=False)
+    matmul_tma.scaled_mm_tma_ws_kernel[grid](*args, **kwargs)
+    assert_close(out, ops)
