@@ -33,8 +33,10 @@ def test_shipped_file_is_valid_and_from_the_tuner(path):
     assert data["command"].startswith("scaledmm tune")
     assert data["compute_capability"] and data["triton"] and data["date"]
     for bucket in data["buckets"].values():
-        # The winner's time is the faster of the best Triton config and the vendor kernel.
-        times = [t for t in (bucket["baselines_us"]["triton"], bucket["baselines_us"]["torch"]) if t]
+        # The winner's time is the faster of the best Triton config and the vendor kernel (named
+        # "torch", or "torch (precise: ...)" where cuBLAS refused fast accumulation for the shape).
+        (vendor,) = [name for name in bucket["baselines_us"] if name.startswith("torch")]
+        times = [t for t in (bucket["baselines_us"]["triton"], bucket["baselines_us"][vendor]) if t]
         assert bucket["time_us"] == pytest.approx(min(times))
         assert (bucket["backend"] == "torch") == (bucket["time_us"] < bucket["baselines_us"]["triton"])
 
