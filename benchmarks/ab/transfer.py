@@ -1,0 +1,123 @@
+"""The untuned path: a neighbour's tuned bucket (the lookup's transfer) against the heuristic, both
+with their backend choice (`auto`), and the vendor kernel, in one run, on shapes without a file of
+their own. Ratios are vendor time over ours (> 1: ours faster), like for like (fp8: fast
+accumulation on both sides).
+
+    PYTHONPATH=src python3 benchmarks/ab/transfer.py --config-dir DIR --model qwen3-8b,qwen2.5-7b \
+        [--m 1,16,64,128,256,512,1024,2048,4096] [--dtype fp8,int8] [--out FILE.json]
+
+DIR holds the tuned files to borrow from (e.g. an H200 tuning run of llama3-8b); shapes that have a
+file of their own there are skipped (they are not untuned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections import defaultdict
+
+import torch
+
+from scaledmm.bench.shapes import PRESETS
+from scaledmm.bench.timing import rotation_count, time_interleaved
+from scaledmm.configs.files import DTYPE_BY_NAME
+from scaledmm.configs.heuristic import heuristic_config, untuned_backend
+from scaledmm.configs.lookup import CONFIG_DIR_ENV, Plan, clear_cache, device_capability, device_limits, plan
+from scaledmm.kernels.vendor import vendor_scaled_mm
+from scaledmm.testing import OUT_DTYPE, make_operands
+from scaledmm.tune.runner import CandidateCall
+
+
+class VendorCall:
+    def __init__(self, fast_accum: bool):
+        self.fast_accum = fast_accum
+
+    def __call__(self, a, b, scale_a, scale_b, bias):
+        return vendor_scaled_mm(a, b, scale_a, scale_b, bias, OUT_DTYPE, self.fast_accum)
+
+
+def call_of(chosen: Plan, vendor: VendorCall):
+    return vendor if chosen.backend == "torch" else CandidateCall(chosen.config, "fast")
+
+
+def label(chosen: Plan) -> str:
+    return "torch" if chosen.backend == "torch" else str(chosen.config)
+
+
+def m_range(m: int) -> str:
+    return "decode" if m <= 64 else "mid" if m <= 512 else "prefill"
+
+
+def geomean(values):
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-dir", required=True)
+    parser.add_argument("--model", default="qwen3-8b,qwen2.5-7b")
+    parser.add_argument("--m", default="1,16,64,128,256,512,1024,2048,4096")
+    parser.add_argument("--dtype", default="fp8,int8")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    os.environ[CONFIG_DIR_ENV] = args.config_dir
+    clear_cache()
+    device = torch.device("cuda", 0)
+    shapes = sorted({tuple(s) for model in args.model.split(",") for s in PRESETS[model].values()})
+    rows = []
+    for dtype_name in args.dtype.split(","):
+        dtype = DTYPE_BY_NAME[dtype_name]
+        vendor = VendorCall(fast_accum=dtype_name == "fp8")
+        for n, k in shapes:
+            for m in map(int, args.m.split(",")):
+                transfer = plan(m, n, k, dtype, device)
+                if transfer.source is not None and f"N={n},K={k}," in transfer.source.name:
+                    continue  # the shape's own file: not an untuned shape
+                rule = Plan(
+                    untuned_backend(m, dtype, device_capability(device)),
+                    heuristic_config(m, n, k, dtype, *device_limits(device)),
+                    None,
+                )
+                copies = rotation_count(n * k, device)
+                inputs = [(*o.args(), o.bias) for o in (make_operands(m, n, k, dtype, device) for _ in range(copies))]
+                jobs = [(call_of(transfer, vendor), inputs), (call_of(rule, vendor), inputs), (vendor, inputs)]
+                t_transfer, t_rule, t_vendor = (t.median_us for t in time_interleaved(jobs, 30))
+                row = {
+                    "dtype": dtype_name, "n": n, "k": k, "m": m,
+                    "borrowed_from": transfer.source.name if transfer.source else None,
+                    "transfer": label(transfer), "heuristic": label(rule),
+                    "vendor_us": round(t_vendor, 3), "transfer_us": round(t_transfer, 3),
+                    "heuristic_us": round(t_rule, 3),
+                    "transfer_x": t_vendor / t_transfer, "heuristic_x": t_vendor / t_rule,
+                }  # fmt: skip
+                rows.append(row)
+                print(
+                    f"{dtype_name:4s} N={n:6d} K={k:6d} M={m:5d}  vendor {t_vendor:8.2f} us  "
+                    f"transfer {row['transfer_x']:5.2f}x [{row['transfer']}]  heuristic {row['heuristic_x']:5.2f}x "
+                    f"[{row['heuristic']}]",
+                    flush=True,
+                )
+    summary = defaultdict(dict)
+    print(f"\n{torch.cuda.get_device_name(device)}: x vendor, geomean (min) per M range")
+    for dtype_name in args.dtype.split(","):
+        for r in ("decode", "mid", "prefill"):
+            sel = [row for row in rows if row["dtype"] == dtype_name and m_range(row["m"]) == r]
+            if not sel:
+                continue
+            t = [row["transfer_x"] for row in sel]
+            h = [row["heuristic_x"] for row in sel]
+            summary[dtype_name][r] = {"transfer": geomean(t), "transfer_min": min(t), "heuristic": geomean(h)}
+            summary[dtype_name][r]["heuristic_min"] = min(h)
+            print(
+                f"{dtype_name:4s} {r:8s} transfer {geomean(t):5.2f}x (min {min(t):4.2f})   "
+                f"heuristic {geomean(h):5.2f}x (min {min(h):4.2f})   points {len(sel)}"
+            )
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"rows": rows, "summary": summary, "card": torch.cuda.get_device_name(device)}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
