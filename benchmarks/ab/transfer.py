@@ -3,8 +3,10 @@ with their backend choice (`auto`), and the vendor kernel, in one run, on shapes
 their own. Ratios are vendor time over ours (> 1: ours faster), like for like (fp8: fast
 accumulation on both sides).
 
-    PYTHONPATH=src python3 benchmarks/ab/transfer.py --config-dir DIR --model qwen3-8b,qwen2.5-7b \
+    PYTHONPATH=src python3 benchmarks/ab/transfer.py --config-dir DIR [--shape N,K ...] \
         [--m 1,16,64,128,256,512,1024,2048,4096] [--dtype fp8,int8] [--out FILE.json]
+
+The default shapes are qwen3-8b's and qwen2.5-7b's that the llama3-8b files do not hold.
 
 DIR holds the tuned files to borrow from (e.g. an H200 tuning run of llama3-8b); shapes that have a
 file of their own there are skipped (they are not untuned).
@@ -20,7 +22,6 @@ from collections import defaultdict
 
 import torch
 
-from scaledmm.bench.shapes import PRESETS
 from scaledmm.bench.timing import rotation_count, time_interleaved
 from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.configs.heuristic import heuristic_config, untuned_backend
@@ -28,6 +29,9 @@ from scaledmm.configs.lookup import CONFIG_DIR_ENV, Plan, clear_cache, device_ca
 from scaledmm.kernels.vendor import vendor_scaled_mm
 from scaledmm.testing import OUT_DTYPE, make_operands
 from scaledmm.tune.runner import CandidateCall
+
+# qwen3-8b gate_up and down, qwen2.5-7b qkv, o, gate_up and down (shared/shapes.json).
+DEFAULT_SHAPES = [(24576, 4096), (4096, 12288), (4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944)]
 
 
 class VendorCall:
@@ -57,7 +61,7 @@ def geomean(values):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-dir", required=True)
-    parser.add_argument("--model", default="qwen3-8b,qwen2.5-7b")
+    parser.add_argument("--shape", action="append", default=[], metavar="N,K")
     parser.add_argument("--m", default="1,16,64,128,256,512,1024,2048,4096")
     parser.add_argument("--dtype", default="fp8,int8")
     parser.add_argument("--out")
@@ -65,7 +69,7 @@ def main() -> None:
     os.environ[CONFIG_DIR_ENV] = args.config_dir
     clear_cache()
     device = torch.device("cuda", 0)
-    shapes = sorted({tuple(s) for model in args.model.split(",") for s in PRESETS[model].values()})
+    shapes = [tuple(map(int, text.split(","))) for text in args.shape] or DEFAULT_SHAPES
     rows = []
     for dtype_name in args.dtype.split(","):
         dtype = DTYPE_BY_NAME[dtype_name]

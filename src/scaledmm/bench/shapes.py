@@ -46,6 +46,9 @@ PRESETS: dict[str, DecoderDims] = {
     "mistral-7b": DecoderDims(4096, 14336, 32, 8, 128),
     "qwen2.5-7b": DecoderDims(3584, 18944, 28, 4, 128),
     "qwen3-4b": DecoderDims(2560, 9728, 32, 8, 128),
+    "qwen3-8b": DecoderDims(4096, 12288, 32, 8, 128),
+    "qwen3-32b": DecoderDims(5120, 25600, 64, 8, 128),
+    "qwen2.5-72b": DecoderDims(8192, 29568, 64, 8, 128),
     "qwen3-8b-fp8": DecoderDims(4096, 12288, 32, 8, 128),  # Qwen/Qwen3-8B-FP8: 128 x 128 weight blocks
 }
 # Models given by their (layer, N, K) as one rank holds them at tp 1, fused as their checkpoints or
