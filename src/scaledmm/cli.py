@@ -304,19 +304,36 @@ def cmd_configs(args: argparse.Namespace, command: str) -> int:
 
 
 def cmd_bench_model(args: argparse.Namespace, command: str) -> int:
-    from scaledmm.bench.model import ARCHITECTURES, VARIANTS, ModelRun, model_table, run_model_bench
+    from scaledmm.bench.model import (
+        ARCHITECTURES,
+        COMPILED_VARIANTS,
+        EAGER_VARIANTS,
+        VARIANTS,
+        ModelRun,
+        model_table,
+        run_model_bench,
+    )
 
     device = _device()
     _require_kernels_runnable(device)
     models = [m for group in args.model for m in group] or ["llama3-8b", "qwen3-4b"]
-    unknown = set(models) - set(ARCHITECTURES) or set(args.variants) - set(VARIANTS)
+    variants = args.variants or list(COMPILED_VARIANTS if args.compile else EAGER_VARIANTS)
+    unknown = set(models) - set(ARCHITECTURES) or set(variants) - set(VARIANTS)
     if unknown:
         sys.exit(
             f"scaledmm bench-model: unknown {sorted(unknown)}; models: {', '.join(ARCHITECTURES)}; "
             f"variants: {', '.join(VARIANTS)}"
         )
-    run = ModelRun(batches=args.batch, context=args.context, prefill=args.prefill, replays=args.replays)
-    result = run_model_bench(models, args.variants, run, device, command, layers=args.layers)
+    run = ModelRun(
+        batches=args.batch,
+        context=args.context,
+        prefill=args.prefill,
+        replays=args.replays,
+        compile=args.compile,
+        compile_backend=args.compile_backend,
+        profile_batch=args.profile_batch or None,
+    )
+    result = run_model_bench(models, variants, run, device, command, layers=args.layers)
     print(model_table(result))
     out_dir = Path(args.out or f"scaledmm-bench/model-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -370,8 +387,22 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--variants",
         type=_comma_list,
-        default=["bf16", "scaledmm-int8", "scaledmm-fp8", "scaledmm-fp8-unfused", "torch-fp8"],
-        help="bf16, scaledmm-int8, scaledmm-fp8, scaledmm-fp8-unfused, torch-fp8 (default: all)",
+        help="bf16 or <scaledmm|torch>-<int8|fp8>[-unfused|-fusedquant|-inductor] (scaledmm.bench.model says "
+        "what each means); default: bf16, scaledmm-int8, scaledmm-fp8, scaledmm-fp8-unfused, torch-fp8; with "
+        "--compile bf16, scaledmm-int8-fusedquant, scaledmm-fp8-fusedquant, scaledmm-fp8-inductor, scaledmm-fp8, "
+        "torch-fp8-inductor",
+    )
+    model.add_argument(
+        "--compile",
+        action="store_true",
+        help="run every variant, bf16 included, under torch.compile(fullgraph=True), in our CUDA graphs",
+    )
+    model.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)  # "aot_eager" in tests
+    model.add_argument(
+        "--profile-batch",
+        type=int,
+        default=1,
+        help="the decode batch whose step is profiled (GPU time by kind of kernel); 0: none (default 1)",
     )
     model.add_argument("--batch", type=_int_list, default=[1, 8, 32, 128], help="decode batch sizes")
     model.add_argument("--context", type=int, default=512, help="cached tokens per sequence at the decode step")

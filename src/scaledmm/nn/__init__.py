@@ -1,7 +1,19 @@
-"""Layers and model quantization: W8A8Linear, quantize_weight, quantize_model and sibling fusion."""
+"""Layers and model quantization: W8A8Linear, quantize_weight, quantize_model, sibling fusion and fused producers."""
 
-from scaledmm.nn.linear import W8A8Linear, quantize_weight
+from scaledmm.nn.linear import QuantizedActivation, W8A8Linear, quantize_weight
 from scaledmm.nn.model import QuantizationReport, quantize_model
+from scaledmm.nn.producers import RMSNormQuantize, SwiGLUQuantizedMLP, fuse_producers
 from scaledmm.nn.siblings import SIBLING_NAMES, FusedSiblings
 
-__all__ = ["SIBLING_NAMES", "FusedSiblings", "QuantizationReport", "W8A8Linear", "quantize_model", "quantize_weight"]
+__all__ = [
+    "SIBLING_NAMES",
+    "FusedSiblings",
+    "QuantizationReport",
+    "QuantizedActivation",
+    "RMSNormQuantize",
+    "SwiGLUQuantizedMLP",
+    "W8A8Linear",
+    "fuse_producers",
+    "quantize_model",
+    "quantize_weight",
+]
