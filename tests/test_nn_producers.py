@@ -7,12 +7,11 @@ import pytest
 import torch
 from helpers import DEVICE, ON_GPU
 
+from scaledmm.bench.model import build_decoder
+from scaledmm.bench.shapes import DecoderDims
 from scaledmm.nn import QuantizedActivation, RMSNormQuantize, SwiGLUQuantizedMLP, W8A8Linear, quantize_model
 
 pytest.importorskip("transformers")
-
-from scaledmm.bench.model import build_decoder  # noqa: E402
-from scaledmm.bench.shapes import DecoderDims  # noqa: E402
 
 TINY = DecoderDims(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
 

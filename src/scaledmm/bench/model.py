@@ -192,14 +192,15 @@ def prefill_us(model: torch.nn.Module, tokens: int, replays: int) -> float:
     return time_calls(prefill, [(prefill.ids,)], replays).median_us
 
 
-# Kernel names by what they compute, first match wins: scaled_mm's kernels and the vendors' GEMMs
-# (cuBLAS's nvjet/xmma/gemv, CUTLASS), the activation quantizations (ours, fused or not), attention.
+# Kernel names by what they compute, first match wins: attention (before the GEMMs: flash
+# attention's split-KV kernels say "splitk"), scaled_mm's kernels and the vendors' GEMMs (cuBLAS's
+# nvjet/xmma/gemv, CUTLASS), the activation quantizations (ours, fused into a producer or not).
 # Inductor's generated kernels (triton_poi_/triton_red_/triton_per_...) count as the rest, also
 # where Inductor fused a quantization into them (the "inductor" variants).
 KERNEL_CATEGORIES = (
+    ("attention", ("flash", "fmha", "attention", "attn", "sdpa")),
     ("linears", ("scaled_mm", "quantized_linear", "gemm", "gemv", "nvjet", "cutlass", "xmma", "cublas", "splitk")),
     ("quantize", ("quantize",)),
-    ("attention", ("flash", "fmha", "attention", "attn", "sdpa")),
 )
 
 
