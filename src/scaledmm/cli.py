@@ -1,5 +1,6 @@
 """The `scaledmm` command: `demo` (a quick look), `bench` (the GEMM benchmark), `bench-model` (a whole
-decoder), `tune` (ahead-of-time tuning) and `configs` (the tuned files found)."""
+decoder), `eval-model` (perplexity of a trained model, quantized), `tune` (ahead-of-time tuning) and
+`configs` (the tuned files found)."""
 
 from __future__ import annotations
 
@@ -342,6 +343,26 @@ def cmd_bench_model(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def cmd_eval_model(args: argparse.Namespace, command: str) -> int:
+    from dataclasses import fields
+
+    from scaledmm.bench.perplexity import EvalSettings, eval_table, run_eval
+
+    device = _device()
+    _require_kernels_runnable(device)
+    if device.type == "cpu":
+        print("No GPU: training and evaluating on the CPU (kernels in Triton's interpreter); use tiny settings.")
+    names = {f.name for f in fields(EvalSettings)}
+    settings = EvalSettings(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    result = run_eval(settings, device, command)
+    print(eval_table(result))
+    out_dir = Path(args.out or f"scaledmm-bench/eval-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval_results.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out_dir / 'eval_results.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scaledmm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -411,6 +432,19 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--replays", type=int, default=20, help="CUDA graph replays per timing (>= 20)")
     model.add_argument("--out", help="where to write model_results.json (default: scaledmm-bench/model-<time>)")
 
+    evaluate = sub.add_parser(
+        "eval-model",
+        help="train a small byte-level Llama on the Python standard library, then held-out perplexity of bf16, "
+        "int8 and fp8 (per-token and static activations)",
+    )
+    evaluate.add_argument("--train-seconds", type=float, help="training time (default 100; about right on an H200)")
+    evaluate.add_argument("--max-steps", type=int, help="stop training after this many steps (quick checks)")
+    for name in ("layers", "hidden", "intermediate", "heads", "kv-heads", "seq-len", "batch", "eval-windows", "seed"):
+        evaluate.add_argument(f"--{name}", type=int, help="(default: scaledmm.bench.perplexity.EvalSettings)")
+    evaluate.add_argument("--calibration-windows", type=int, help="training windows the static scales come from")
+    evaluate.add_argument("--eval-batch", type=int, help="windows per evaluation forward")
+    evaluate.add_argument("--out", help="where to write eval_results.json (default: scaledmm-bench/eval-<time>)")
+
     configs = sub.add_parser("configs", help="list the tuned config files scaledmm finds")
     configs.add_argument("--json", action="store_true", help="a JSON list instead of a table")
     return parser
@@ -424,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": cmd_demo,
         "bench": cmd_bench,
         "bench-model": cmd_bench_model,
+        "eval-model": cmd_eval_model,
         "tune": cmd_tune,
         "configs": cmd_configs,
     }[args.command]
