@@ -90,10 +90,13 @@ def stdlib_corpus(holdout_every: int, max_bytes: int) -> tuple[torch.Tensor, tor
         size += len(data)
         if size >= max_bytes:
             break
-    as_tensor = lambda parts: torch.frombuffer(bytearray(b"".join(parts)), dtype=torch.uint8)  # noqa: E731
     info = {"root": str(root), "files": len(files), "train_bytes": sum(map(len, train))}
     info["held_out_bytes"] = sum(map(len, held_out))
-    return as_tensor(train), as_tensor(held_out), info
+    return _bytes_tensor(train), _bytes_tensor(held_out), info
+
+
+def _bytes_tensor(parts: list[bytes]) -> torch.Tensor:
+    return torch.frombuffer(bytearray(b"".join(parts)), dtype=torch.uint8)
 
 
 def build_model(settings: EvalSettings, device: torch.device) -> torch.nn.Module:
@@ -210,7 +213,8 @@ def run_eval(settings: EvalSettings, device: torch.device, command: str = "", lo
     log(f"training {parameters / 1e6:.1f}M parameters for {settings.train_seconds:.0f} s ...")
     training = train(model, train_data.to(device), settings, device)
     log(
-        f"  {training['steps']} steps in {training['seconds']:.0f} s, final train loss {training['final_train_loss']:.3f}"
+        f"  {training['steps']} steps in {training['seconds']:.0f} s, "
+        f"final train loss {training['final_train_loss']:.3f}"
     )
     model = model.to(torch.bfloat16)
 
