@@ -110,3 +110,11 @@ def test_argument_checks():
         scaledmm.silu_mul_quantize(x, x.float())
     with pytest.raises(TypeError, match="dtype"):
         scaledmm.silu_mul_quantize(x, x, torch.float16)
+
+
+def test_opcheck():
+    x, gate, up = _rows(3, 64), _rows(3, 64, seed=1), _rows(3, 64, seed=2)
+    weight = (torch.rand(64) + 0.5).to(torch.bfloat16).to(DEVICE)
+    # int8 outputs: opcheck's schema check multiplies the outputs, which torch cannot do for fp8.
+    torch.library.opcheck(torch.ops.scaledmm.rms_norm_quantize.default, (x, weight, 1e-6, torch.int8))
+    torch.library.opcheck(torch.ops.scaledmm.silu_mul_quantize.default, (gate, up, torch.int8))

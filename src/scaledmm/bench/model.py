@@ -179,19 +179,6 @@ def first_call_s(step: Callable, ids: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-@torch.no_grad()
-def decode_step_us(model: torch.nn.Module, batch: int, context: int, replays: int) -> float:
-    """One eager decode step's time (module docstring)."""
-    step = DecodeStep(model, model, batch, context)
-    return time_calls(step, [(step.ids,)], replays).median_us
-
-
-@torch.no_grad()
-def prefill_us(model: torch.nn.Module, tokens: int, replays: int) -> float:
-    prefill = Prefill(model, model, tokens)
-    return time_calls(prefill, [(prefill.ids,)], replays).median_us
-
-
 # Kernel names by what they compute, first match wins: attention (before the GEMMs: flash
 # attention's split-KV kernels say "splitk"), scaled_mm's kernels and the vendors' GEMMs (cuBLAS's
 # nvjet/xmma/gemv, CUTLASS), the activation quantizations (ours, fused into a producer or not).
