@@ -18,5 +18,5 @@ def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for command in ("demo", "bench", "bench-model", "tune", "configs"):
+    for command in ("demo", "bench", "bench-model", "eval-model", "tune", "configs"):
         assert command in out

@@ -26,7 +26,7 @@ from scaledmm.bench.timing import rotation_count, time_interleaved
 from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.configs.heuristic import heuristic_config, untuned_backend
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, Plan, clear_cache, device_capability, device_limits, plan
-from scaledmm.kernels.vendor import vendor_scaled_mm
+from scaledmm.kernels.vendor import fast_accum_refused, unsupported_reason, vendor_scaled_mm
 from scaledmm.testing import OUT_DTYPE, make_operands
 from scaledmm.tune.runner import CandidateCall
 
@@ -73,9 +73,9 @@ def main() -> None:
     rows = []
     for dtype_name in args.dtype.split(","):
         dtype = DTYPE_BY_NAME[dtype_name]
-        vendor = VendorCall(fast_accum=dtype_name == "fp8")
         for n, k in shapes:
             for m in map(int, args.m.split(",")):
+                vendor = VendorCall(fast_accum=dtype_name == "fp8")
                 transfer = plan(m, n, k, dtype, device)
                 if transfer.source is not None and f"N={n},K={k}," in transfer.source.name:
                     continue  # the shape's own file: not an untuned shape
@@ -86,6 +86,14 @@ def main() -> None:
                 )
                 copies = rotation_count(n * k, device)
                 inputs = [(*o.args(), o.bias) for o in (make_operands(m, n, k, dtype, device) for _ in range(copies))]
+                if unsupported_reason(*inputs[0], OUT_DTYPE) is not None:
+                    continue  # torch._int_mm takes M > 16 only
+                try:
+                    vendor(*inputs[0])
+                except RuntimeError as err:  # cuBLAS refuses fast accumulation for some shapes: its precise mode
+                    if not fast_accum_refused(err):
+                        raise
+                    vendor = VendorCall(fast_accum=False)
                 jobs = [(call_of(transfer, vendor), inputs), (call_of(rule, vendor), inputs), (vendor, inputs)]
                 t_transfer, t_rule, t_vendor = (t.median_us for t in time_interleaved(jobs, 30))
                 row = {

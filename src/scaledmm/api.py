@@ -17,14 +17,18 @@ from scaledmm.checks import (
     DEFAULT_ACCUMULATION,
     check_group_size,
     check_quantize_args,
+    check_rms_norm_quantize_args,
     check_scaled_mm_args,
+    check_silu_mul_quantize_args,
     check_static_scale,
 )
 from scaledmm.configs import MatmulConfig
 from scaledmm.runtime import (
     eager,
     prepared,
+    producer_signature,
     quantize_signature,
+    run_producer,
     run_quantize,
     run_scaled_mm,
     scaled_mm_signature,
@@ -161,3 +165,46 @@ def quantize_per_token_group(
     K = x.shape[-1]
     q, scale = ops.quantize_per_token_group_op(x.reshape(-1, K), group_size, dtype)
     return q.reshape(x.shape), scale.reshape(*x.shape[:-1], scale.shape[-1])
+
+
+def rms_norm_quantize(
+    x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, dtype: torch.dtype = torch.float8_e4m3fn
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm of an activation [..., K] (transformers' LlamaRMSNorm: in fp32 x * rsqrt(mean(x^2) +
+    eps), rounded to x's dtype, times `weight` [K] of x's dtype) quantized per token in the same
+    kernel: (q, scale) as `quantize_per_token` of the normalized activation returns them, without
+    writing it."""
+    if eager(x, weight):
+        try:
+            call = prepared.get(producer_signature("rms_norm", x, weight, dtype, eps))
+        except TypeError:  # unhashable arguments: the checks name them
+            call = None
+        if call is not None:
+            return call(x, weight)
+    x = check_rms_norm_quantize_args(x, weight, eps, dtype)
+    if eager(x, weight):
+        return run_producer("rms_norm", x, weight, dtype, eps)
+    K = x.shape[-1]
+    q, scale = ops.rms_norm_quantize_op(x.reshape(-1, K), weight, float(eps), dtype)
+    return q.reshape(x.shape), scale.reshape(*x.shape[:-1], 1)
+
+
+def silu_mul_quantize(
+    gate: torch.Tensor, up: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """silu(gate) * up (a SwiGLU MLP's activation, [..., K] each, in transformers' arithmetic: the
+    SiLU rounded to the inputs' dtype, the product rounded again) quantized per token in the same
+    kernel: (q, scale) as `quantize_per_token` of the product returns them, without writing it."""
+    if eager(gate, up):
+        try:
+            call = prepared.get(producer_signature("silu_mul", gate, up, dtype))
+        except TypeError:
+            call = None
+        if call is not None:
+            return call(gate, up)
+    gate = check_silu_mul_quantize_args(gate, up, dtype)
+    if eager(gate, up):
+        return run_producer("silu_mul", gate, up, dtype)
+    K = gate.shape[-1]
+    q, scale = ops.silu_mul_quantize_op(gate.reshape(-1, K), up.reshape(-1, K), dtype)
+    return q.reshape(gate.shape), scale.reshape(*gate.shape[:-1], 1)

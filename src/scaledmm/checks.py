@@ -293,6 +293,33 @@ def check_quantize_args(x: object, dtype: object) -> torch.Tensor:
     return x
 
 
+def check_rms_norm_quantize_args(x: object, weight: object, eps: object, dtype: object) -> torch.Tensor:
+    """x [..., K] float, weight [K] of x's dtype on x's device, eps a float >= 0."""
+    x = check_quantize_args(x, dtype)
+    weight = check_tensor("weight", weight)
+    if weight.dtype != x.dtype or weight.shape != x.shape[-1:]:
+        raise ValueError(
+            f"weight must be [{x.shape[-1]}] of x's dtype {x.dtype}, got {weight.dtype} of shape {list(weight.shape)}"
+        )
+    if weight.device != x.device:
+        raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+    return x
+
+
+def check_silu_mul_quantize_args(gate: object, up: object, dtype: object) -> torch.Tensor:
+    """gate and up [..., K], one float dtype, shape and device."""
+    gate = check_quantize_args(gate, dtype)
+    up = check_tensor("up", up)
+    if up.dtype != gate.dtype or up.shape != gate.shape or up.device != gate.device:
+        raise ValueError(
+            f"up must match gate ({gate.dtype} {list(gate.shape)} on {gate.device}), "
+            f"got {up.dtype} {list(up.shape)} on {up.device}"
+        )
+    return gate
+
+
 def check_static_scale(scale: object, x: torch.Tensor) -> torch.Tensor:
     scale = check_tensor("scale", scale)
     if scale.dtype not in SCALE_DTYPES:

@@ -1,5 +1,6 @@
 """The `scaledmm` command: `demo` (a quick look), `bench` (the GEMM benchmark), `bench-model` (a whole
-decoder), `tune` (ahead-of-time tuning) and `configs` (the tuned files found)."""
+decoder), `eval-model` (perplexity of a trained model, quantized), `tune` (ahead-of-time tuning) and
+`configs` (the tuned files found)."""
 
 from __future__ import annotations
 
@@ -350,24 +351,61 @@ def cmd_configs(args: argparse.Namespace, command: str) -> int:
 
 
 def cmd_bench_model(args: argparse.Namespace, command: str) -> int:
-    from scaledmm.bench.model import ARCHITECTURES, VARIANTS, ModelRun, model_table, run_model_bench
+    from scaledmm.bench.model import (
+        ARCHITECTURES,
+        COMPILED_VARIANTS,
+        EAGER_VARIANTS,
+        VARIANTS,
+        ModelRun,
+        model_table,
+        run_model_bench,
+    )
 
     device = _device()
     _require_kernels_runnable(device)
     models = [m for group in args.model for m in group] or ["llama3-8b", "qwen3-4b"]
-    unknown = set(models) - set(ARCHITECTURES) or set(args.variants) - set(VARIANTS)
+    variants = args.variants or list(COMPILED_VARIANTS if args.compile else EAGER_VARIANTS)
+    unknown = set(models) - set(ARCHITECTURES) or set(variants) - set(VARIANTS)
     if unknown:
         sys.exit(
             f"scaledmm bench-model: unknown {sorted(unknown)}; models: {', '.join(ARCHITECTURES)}; "
             f"variants: {', '.join(VARIANTS)}"
         )
-    run = ModelRun(batches=args.batch, context=args.context, prefill=args.prefill, replays=args.replays)
-    result = run_model_bench(models, args.variants, run, device, command, layers=args.layers)
+    run = ModelRun(
+        batches=args.batch,
+        context=args.context,
+        prefill=args.prefill,
+        replays=args.replays,
+        compile=args.compile,
+        compile_backend=args.compile_backend,
+        profile_batch=args.profile_batch or None,
+    )
+    result = run_model_bench(models, variants, run, device, command, layers=args.layers)
     print(model_table(result))
     out_dir = Path(args.out or f"scaledmm-bench/model-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "model_results.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out_dir / 'model_results.json'}")
+    return 0
+
+
+def cmd_eval_model(args: argparse.Namespace, command: str) -> int:
+    from dataclasses import fields
+
+    from scaledmm.bench.perplexity import EvalSettings, eval_table, run_eval
+
+    device = _device()
+    _require_kernels_runnable(device)
+    if device.type == "cpu":
+        print("No GPU: training and evaluating on the CPU (kernels in Triton's interpreter); use tiny settings.")
+    names = {f.name for f in fields(EvalSettings)}
+    settings = EvalSettings(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    result = run_eval(settings, device, command)
+    print(eval_table(result))
+    out_dir = Path(args.out or f"scaledmm-bench/eval-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval_results.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out_dir / 'eval_results.json'}")
     return 0
 
 
@@ -416,8 +454,22 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--variants",
         type=_comma_list,
-        default=["bf16", "scaledmm-int8", "scaledmm-fp8", "scaledmm-fp8-unfused", "torch-fp8"],
-        help="bf16, scaledmm-int8, scaledmm-fp8, scaledmm-fp8-unfused, torch-fp8 (default: all)",
+        help="bf16 or <scaledmm|torch>-<int8|fp8>[-unfused|-fusedquant|-inductor] (scaledmm.bench.model says "
+        "what each means); default: bf16, scaledmm-int8, scaledmm-fp8, scaledmm-fp8-unfused, torch-fp8; with "
+        "--compile bf16, scaledmm-int8-fusedquant, scaledmm-fp8-fusedquant, scaledmm-fp8-inductor, scaledmm-fp8, "
+        "torch-fp8-inductor",
+    )
+    model.add_argument(
+        "--compile",
+        action="store_true",
+        help="run every variant, bf16 included, under torch.compile(fullgraph=True), in our CUDA graphs",
+    )
+    model.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)  # "aot_eager" in tests
+    model.add_argument(
+        "--profile-batch",
+        type=int,
+        default=1,
+        help="the decode batch whose step is profiled (GPU time by kind of kernel); 0: none (default 1)",
     )
     model.add_argument("--batch", type=_int_list, default=[1, 8, 32, 128], help="decode batch sizes")
     model.add_argument("--context", type=int, default=512, help="cached tokens per sequence at the decode step")
@@ -425,6 +477,19 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--layers", type=int, help="fewer decoder layers than the model has (quick runs)")
     model.add_argument("--replays", type=int, default=20, help="CUDA graph replays per timing (>= 20)")
     model.add_argument("--out", help="where to write model_results.json (default: scaledmm-bench/model-<time>)")
+
+    evaluate = sub.add_parser(
+        "eval-model",
+        help="train a small byte-level Llama on the Python standard library, then held-out perplexity of bf16, "
+        "int8 and fp8 (per-token and static activations)",
+    )
+    evaluate.add_argument("--train-seconds", type=float, help="training time (default 100; about right on an H200)")
+    evaluate.add_argument("--max-steps", type=int, help="stop training after this many steps (quick checks)")
+    for name in ("layers", "hidden", "intermediate", "heads", "kv-heads", "seq-len", "batch", "eval-windows", "seed"):
+        evaluate.add_argument(f"--{name}", type=int, help="(default: scaledmm.bench.perplexity.EvalSettings)")
+    evaluate.add_argument("--calibration-windows", type=int, help="training windows the static scales come from")
+    evaluate.add_argument("--eval-batch", type=int, help="windows per evaluation forward")
+    evaluate.add_argument("--out", help="where to write eval_results.json (default: scaledmm-bench/eval-<time>)")
 
     configs = sub.add_parser("configs", help="list the tuned config files scaledmm finds")
     configs.add_argument("--json", action="store_true", help="a JSON list instead of a table")
@@ -439,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": cmd_demo,
         "bench": cmd_bench,
         "bench-model": cmd_bench_model,
+        "eval-model": cmd_eval_model,
         "tune": cmd_tune,
         "configs": cmd_configs,
     }[args.command]

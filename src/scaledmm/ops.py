@@ -18,13 +18,17 @@ from scaledmm.checks import (
     DEFAULT_ACCUMULATION,
     check_group_size,
     check_quantize_args,
+    check_rms_norm_quantize_args,
     check_scaled_mm_args,
+    check_silu_mul_quantize_args,
     check_static_scale,
 )
 from scaledmm.configs import MatmulConfig
 from scaledmm.runtime import (
     prepared,
+    producer_signature,
     quantize_signature,
+    run_producer,
     run_quantize,
     run_scaled_mm,
     scaled_mm_signature,
@@ -122,3 +126,39 @@ def _quantize_per_token_group_fake(x, group_size, dtype):
     check_group_size(group_size, dtype)
     groups = -(-x.shape[-1] // group_size)
     return x.new_empty(x.shape, dtype=dtype), x.new_empty((*x.shape[:-1], groups), dtype=torch.float32)
+
+
+# Producers with the per-token quantization fused in (kernels/producers.py): x [M, K] rows in,
+# (q [M, K], scale [M, 1]) out, as quantize_per_token.
+
+
+@torch.library.custom_op("scaledmm::rms_norm_quantize", mutates_args=())
+def rms_norm_quantize_op(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    call = prepared.get(producer_signature("rms_norm", x, weight, dtype, eps))
+    if call is not None:
+        return call(x, weight)
+    check_rms_norm_quantize_args(x, weight, eps, dtype)
+    return run_producer("rms_norm", x, weight, dtype, eps)
+
+
+@rms_norm_quantize_op.register_fake
+def _rms_norm_quantize_fake(x, weight, eps, dtype):
+    check_rms_norm_quantize_args(x, weight, eps, dtype)
+    return x.new_empty(x.shape, dtype=dtype), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
+
+
+@torch.library.custom_op("scaledmm::silu_mul_quantize", mutates_args=())
+def silu_mul_quantize_op(gate: torch.Tensor, up: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    call = prepared.get(producer_signature("silu_mul", gate, up, dtype))
+    if call is not None:
+        return call(gate, up)
+    check_silu_mul_quantize_args(gate, up, dtype)
+    return run_producer("silu_mul", gate, up, dtype)
+
+
+@silu_mul_quantize_op.register_fake
+def _silu_mul_quantize_fake(gate, up, dtype):
+    check_silu_mul_quantize_args(gate, up, dtype)
+    return gate.new_empty(gate.shape, dtype=dtype), gate.new_empty((*gate.shape[:-1], 1), dtype=torch.float32)

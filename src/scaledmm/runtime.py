@@ -30,6 +30,7 @@ from scaledmm.configs.lookup import DISABLED_BACKENDS_ENV, disabled_backends, un
 from scaledmm.kernels.linear import FUSED_QUANTIZE_MAX_M, QuantizedLinearLaunch, bind_quantized_linear
 from scaledmm.kernels.matmul import MatmulLaunch, bind_scaled_mm
 from scaledmm.kernels.matmul_block import bind_block_scaled_mm
+from scaledmm.kernels.producers import bind_rms_norm_quantize, bind_silu_mul_quantize
 from scaledmm.kernels.quant import bind_quantize_groups, bind_quantize_rows
 from scaledmm.kernels.vendor import fast_accum_refused, misaligned_pointer, unsupported_reason, vendor_scaled_mm
 from scaledmm.state import state
@@ -358,6 +359,61 @@ def run_quantize(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype
         call = PreparedQuantize(x, dtype, dynamic=scale is None, group_size=group_size)
         prepared.remember(key, call)
     return call(x, scale)
+
+
+# ----------------------------------------------------------------------------- producers with the quantization fused
+
+
+class PreparedProducer:
+    """A prepared producer kernel with per-token quantization fused in (kernels/producers.py), for
+    one signature: RMSNorm (inputs x [..., K] and weight [K]) or SwiGLU (inputs gate and up
+    [..., K]). Returns (q [..., K], scale [..., 1] float32), as quantize_per_token does."""
+
+    def __init__(self, kind: str, x: torch.Tensor, dtype: torch.dtype, eps: float = 0.0):
+        self.kind = kind  # "rms_norm" or "silu_mul"
+        self.shape = x.shape
+        self.M, self.K = math.prod(x.shape[:-1]), x.shape[-1]
+        self.dtype = dtype
+        self.eps = eps
+        self.device = x.device
+        self.launch = None  # bound at the first call with rows
+
+    def __call__(self, first: torch.Tensor, second: torch.Tensor):
+        q = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        scale = torch.empty((*self.shape[:-1], 1), dtype=torch.float32, device=self.device)
+        if not self.M:
+            return q, scale
+        rows = first.reshape(self.M, self.K)
+        second = second.reshape(self.M, self.K) if self.kind == "silu_mul" else second
+        q_rows = q.view(self.M, self.K)
+        if self.launch is not None:
+            self.launch(rows, second, q_rows, scale)
+            return q, scale
+        check_device_supports(self.device, self.dtype != torch.int8)
+        with _device_guard(self.device):
+            if self.kind == "rms_norm":
+                self.launch = bind_rms_norm_quantize(rows, second, q_rows, scale, self.eps)
+            else:
+                self.launch = bind_silu_mul_quantize(rows, second, q_rows, scale)
+        return q, scale
+
+    def __repr__(self) -> str:
+        return f"PreparedProducer({self.kind} + per-token quantize, shape={list(self.shape)}, dtype={self.dtype})"
+
+
+def producer_signature(kind: str, first, second, dtype, eps: float = 0.0) -> tuple:
+    return (kind, tensor_signature(first), tensor_signature(second), dtype, eps)
+
+
+def run_producer(kind: str, first: torch.Tensor, second: torch.Tensor, dtype: torch.dtype, eps: float = 0.0):
+    """A checked producer call (`kind` "rms_norm": first = x, second = weight; "silu_mul": gate, up),
+    through its prepared call (prepared now if this is its first)."""
+    key = producer_signature(kind, first, second, dtype, eps)
+    call = prepared.get(key)
+    if call is None:
+        call = PreparedProducer(kind, first, dtype, eps)
+        prepared.remember(key, call)
+    return call(first, second)
 
 
 # ----------------------------------------------------------------------------- the quantized linear layer

@@ -62,3 +62,36 @@ def test_variants_swap_every_linear_but_lm_head():
     assert model.model.layers[0].self_attn.k_proj.fused is not None
     unfused = make_variant(base, "scaledmm-fp8-unfused")
     assert unfused.model.layers[0].self_attn.k_proj.fused is None
+    for option, impl in (("fusedquant", "triton"), ("inductor", "inductor")):
+        model = make_variant(base, f"torch-fp8-{option}")
+        assert model.model.layers[0].mlp.impl == impl and model.model.layers[0].mlp.down_proj.backend == "torch"
+
+
+def test_compiled_variants_one_graph_for_every_batch_above_one():
+    # aot_eager: dynamo and AOT autograd as on the GPU, without Inductor's C++ compiles on the CPU.
+    run = ModelRun(batches=(1, 2, 4), context=8, prefill=16, replays=20, compile=True, compile_backend="aot_eager")
+    variants = ["bf16", "scaledmm-int8-fusedquant", "scaledmm-fp8-inductor"]
+    result = run_model_bench(["llama3-8b"], variants, run, DEVICE, command="test", layers=1, vocab_size=128, dims=TINY)
+    for r in result["rows"]:
+        # prefill, decode at batch 1 (sizes of 1 specialise), then one graph for batches 2 and 4
+        assert r["compiled_graphs"] == 3, (r["variant"], r["compiled_graphs"])
+        assert r["decode_b4_us"] > 0 and r["logits_cosine"] >= 0.99
+    table = model_table(result)
+    assert "compiled" in table and "3 graphs compiled" in table
+    json.dumps(result)
+
+
+def test_kernel_categories_and_breakdown():
+    from scaledmm.bench.model import gpu_time_breakdown, kernel_category
+
+    assert kernel_category("_scaled_mm_swap_kernel") == "linears"
+    assert kernel_category("_quantized_linear_kernel") == "linears"  # quantizes inside a matmul
+    assert kernel_category("nvjet_tst_64x8_64x16_4x1_v_bz_TNT") == "linears"  # cuBLAS (bf16 mm, _scaled_mm)
+    assert kernel_category("_rms_norm_quantize_kernel") == "quantize"
+    assert kernel_category("pytorch_flash::flash_fwd_splitkv_kernel<...>") == "attention"
+    assert kernel_category("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0") == "rest"
+    kernels = {"_scaled_mm_kernel": 60.0, "_quantize_rows_kernel": 10.0, "fmha_cutlassF": 10.0, "triton_poi_x": 20.0}
+    breakdown = gpu_time_breakdown(kernels, steps=2)
+    assert breakdown["gpu_us_per_step"] == 50.0
+    assert breakdown["share"] == {"attention": 0.1, "linears": 0.6, "quantize": 0.1, "rest": 0.2}
+    assert breakdown["top_kernels"][0] == {"name": "_scaled_mm_kernel", "category": "linears", "us_per_step": 30.0}

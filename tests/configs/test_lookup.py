@@ -126,5 +126,9 @@ def test_a_shape_without_a_file_borrows_the_nearest_tuned_neighbours_bucket(tmp_
         clear_cache()
         assert plan(64, 1100, 2048, torch.int8, device).source == own
         assert plan(64, 1100, 2048, torch.float8_e4m3fn, device).source is None  # another dtype's files only
+        fp8 = _write_table(tmp_path, 1024, 1024, {"64": bucket(near), "4096": bucket(near)}, dtype="fp8")
+        clear_cache()
+        assert plan(64, 1100, 1024, torch.float8_e4m3fn, device).source == fp8
+        assert plan(65, 1100, 1024, torch.float8_e4m3fn, device).source is None  # fp8 borrows at decode only
     finally:
         clear_cache()

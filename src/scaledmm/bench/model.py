@@ -1,26 +1,42 @@
 """`scaledmm bench-model`: a whole decoder, bf16 against W8A8 with scaledmm and with the vendor kernel.
 
 The model is built from a preset's dimensions with transformers' own Llama or Qwen3 classes and
-random weights (nothing is downloaded), then copied and quantized per variant:
+random weights (nothing is downloaded), then copied and quantized per variant. A variant is
+`bf16` or `<library>-<dtype>[-<option>]`:
 
-- bf16: the model as built;
-- scaledmm-int8 / scaledmm-fp8: every linear but lm_head a W8A8Linear (dynamic per-token
-  activations, per-channel weights), scaled_mm with backend "auto", q/k/v and gate/up fused
-  (quantize_model's default);
-- scaledmm-fp8-unfused: the same without fusing the siblings (seven products per layer);
-- torch-fp8: the same layers as scaledmm-fp8 (fused) calling the vendor kernel (torch._scaled_mm)
-  through backend "torch".
+- library `scaledmm` (scaled_mm with backend "auto") or `torch` (the same layers calling the vendor
+  kernel, torch._scaled_mm, through backend "torch"); dtype `int8` or `fp8`. Every linear but
+  lm_head is a W8A8Linear (dynamic per-token activations, per-channel weights), q/k/v and gate/up
+  fused (quantize_model's default);
+- option `unfused`: the siblings not fused (seven products per layer);
+- option `fusedquant`: the activation quantization fused into its producers with our kernels
+  (quantize_model(fuse_producers="triton"): RMSNorm + quantize before q/k/v and gate/up, SiLU * up
+  + quantize before down);
+- option `inductor`: the same producers written in plain torch for Inductor to fuse
+  (fuse_producers="inductor"; meant for --compile, many small kernels eager).
 
-Measured per variant: a decode step (batch B, one new token, a static KV cache of `context` tokens),
-captured in a CUDA graph and timed by the benchmark protocol; the prefill of `prefill` tokens; and
-the cosine similarity of its logits to the bf16 model's on the same tokens.
+Measured per variant: a decode step (batch B, one new token, a static KV cache of `context`
+tokens), captured in a CUDA graph and timed by the benchmark protocol; the prefill of `prefill`
+tokens; the cosine similarity of its logits to the bf16 model's on the same tokens; and where one
+decode step's GPU time goes (torch.profiler, kernels grouped as linears, activation quantization,
+attention and the rest).
+
+With `compile` every variant, bf16 included, runs `torch.compile(model, fullgraph=True)`
+(Inductor's default mode), and the compiled step is captured in our own CUDA graph by the same
+timing code as the eager one. Not "reduce-overhead": its CUDA graph trees would capture a second
+time what the timing already captures, and keep memory pools per shape; our capture times every
+variant, eager or compiled, the same way. Shapes are dynamic by torch.compile's default: batch 1
+(and a prefill of one sequence) specialise, the first batch above 1 recompiles with a symbolic
+batch, and the later ones reuse that graph; each row reports the graphs compiled.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import datetime
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +51,29 @@ ARCHITECTURES = {
     "llama3-8b": dict(family="llama", layers=32, vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=False),
     "qwen3-4b": dict(family="qwen3", layers=36, vocab_size=151936, rope_theta=1000000.0, tie_word_embeddings=True),
 }
-VARIANTS = ("bf16", "scaledmm-int8", "scaledmm-fp8", "scaledmm-fp8-unfused", "torch-fp8")
+VARIANTS = (
+    "bf16",
+    "scaledmm-int8",
+    "scaledmm-fp8",
+    "scaledmm-fp8-unfused",
+    "torch-fp8",
+    "scaledmm-int8-fusedquant",
+    "scaledmm-fp8-fusedquant",
+    "scaledmm-int8-inductor",
+    "scaledmm-fp8-inductor",
+    "torch-fp8-inductor",
+)
+EAGER_VARIANTS = ("bf16", "scaledmm-int8", "scaledmm-fp8", "scaledmm-fp8-unfused", "torch-fp8")
+COMPILED_VARIANTS = (
+    "bf16",
+    "scaledmm-int8-fusedquant",
+    "scaledmm-fp8-fusedquant",
+    "scaledmm-fp8-inductor",
+    "scaledmm-fp8",
+    "torch-fp8-inductor",
+)
+_OPTIONS = {"": {}, "unfused": {"fuse": False}, "fusedquant": {"fuse_producers": "triton"}}
+_OPTIONS["inductor"] = {"fuse_producers": "inductor"}
 
 
 def build_decoder(
@@ -71,53 +109,170 @@ def build_decoder(
 def make_variant(base: torch.nn.Module, variant: str) -> torch.nn.Module:
     if variant == "bf16":
         return base
+    library, dtype, *option = variant.split("-")
+    settings = _OPTIONS["-".join(option)]
     model = copy.deepcopy(base)
-    library, dtype, *unfused = variant.split("-")
-    quantize_model(model, dtype=dtype, backend="auto" if library == "scaledmm" else "torch", fuse=not unfused)
+    quantize_model(model, dtype=dtype, backend="auto" if library == "scaledmm" else "torch", **settings)
     return model
 
 
 @dataclass
 class ModelRun:
-    """What to measure."""
+    """What to measure, and how to run the model."""
 
     batches: Sequence[int] = (1, 8, 32, 128)
     context: int = 512
     prefill: int = 2048
     replays: int = 20
+    compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile's backend ("aot_eager" in the CPU tests)
+    profile_batch: int | None = 1  # the decode batch whose step is profiled (None: no profile)
 
 
-@torch.no_grad()
-def decode_step_us(model: torch.nn.Module, batch: int, context: int, replays: int) -> float:
-    """One decode step: `batch` sequences each add a token after `context` cached ones."""
-    from transformers import StaticCache
+class DecodeStep:
+    """One decode step: `batch` sequences each add a token after `context` cached ones, through
+    `forward` (the model, or its compiled version), into a StaticCache of `context` + 1 tokens."""
 
-    device = next(model.parameters()).device
-    cache = StaticCache(config=model.config, max_cache_len=context + 1)
-    ids = torch.randint(0, model.config.vocab_size, (batch, 1), device=device)
-    position = torch.tensor([context], device=device)
+    def __init__(self, model: torch.nn.Module, forward: Callable, batch: int, context: int):
+        from transformers import StaticCache
 
-    def step(ids):
+        device = next(model.parameters()).device
+        self.forward = forward
+        self.context = context
+        self.cache = StaticCache(config=model.config, max_cache_len=context + 1)
+        self.ids = torch.randint(0, model.config.vocab_size, (batch, 1), device=device)
+        self.position = torch.tensor([context], device=device)
+        # The cache makes its tensors at its first update: an eager step does it here, outside any
+        # compiled region (transformers marks them static there, without guarding their addresses).
+        model(input_ids=self.ids, past_key_values=self.cache, cache_position=self.position, use_cache=True)
+
+    @torch.no_grad()
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         # Every replay writes the same cache slot: the layers' write positions (device tensors that
         # each step advances) go back to `context` first, inside the captured graph.
-        for layer in cache.layers:
-            layer.cumulative_length.fill_(context)
-        return model(input_ids=ids, past_key_values=cache, cache_position=position, use_cache=True).logits
+        for layer in self.cache.layers:
+            layer.cumulative_length.fill_(self.context)
+        return self.forward(
+            input_ids=ids, past_key_values=self.cache, cache_position=self.position, use_cache=True
+        ).logits
 
-    return time_calls(step, [(ids,)], replays).median_us
+
+class Prefill:
+    """The forward of one prompt, without a cache."""
+
+    def __init__(self, model: torch.nn.Module, forward: Callable, tokens: int):
+        device = next(model.parameters()).device
+        self.forward = forward
+        self.ids = torch.randint(0, model.config.vocab_size, (1, tokens), device=device)
+
+    @torch.no_grad()
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.forward(input_ids=ids, use_cache=False).logits
 
 
-@torch.no_grad()
-def prefill_us(model: torch.nn.Module, tokens: int, replays: int) -> float:
-    device = next(model.parameters()).device
-    ids = torch.randint(0, model.config.vocab_size, (1, tokens), device=device)
-    return time_calls(lambda ids: model(input_ids=ids, use_cache=False).logits, [(ids,)], replays).median_us
+def first_call_s(step: Callable, ids: torch.Tensor) -> float:
+    """Wall time of a first call (compiles a compiled model's graph for this shape)."""
+    start = time.perf_counter()
+    step(ids)
+    if ids.is_cuda:
+        torch.cuda.synchronize(ids.device)
+    return time.perf_counter() - start
+
+
+# Kernel names by what they compute, first match wins: attention (before the GEMMs: flash
+# attention's split-KV kernels say "splitk"), scaled_mm's kernels and the vendors' GEMMs (cuBLAS's
+# nvjet/xmma/gemv, CUTLASS), the activation quantizations (ours, fused into a producer or not).
+# Inductor's generated kernels (triton_poi_/triton_red_/triton_per_...) count as the rest, also
+# where Inductor fused a quantization into them (the "inductor" variants).
+KERNEL_CATEGORIES = (
+    ("attention", ("flash", "fmha", "attention", "attn", "sdpa")),
+    ("linears", ("scaled_mm", "quantized_linear", "gemm", "gemv", "nvjet", "cutlass", "xmma", "cublas", "splitk")),
+    ("quantize", ("quantize",)),
+)
+
+
+def kernel_category(name: str) -> str:
+    lowered = name.lower()
+    for category, words in KERNEL_CATEGORIES:
+        if any(word in lowered for word in words):
+            return category
+    return "rest"
+
+
+def gpu_time_breakdown(kernel_us: dict[str, float], steps: int) -> dict:
+    """Per step: the GPU time of each category of kernels (KERNEL_CATEGORIES), their shares, and
+    the ten kernels that took the most, from the total time of each kernel name over `steps` steps."""
+    by_category = collections.Counter()
+    for name, us in kernel_us.items():
+        by_category[kernel_category(name)] += us / steps
+    total = sum(by_category.values())
+    categories = [c for c, _ in KERNEL_CATEGORIES] + ["rest"]
+    top = sorted(kernel_us.items(), key=lambda item: -item[1])[:10]
+    return {
+        "gpu_us_per_step": total,
+        "us": {c: by_category[c] for c in categories},
+        "share": {c: by_category[c] / total if total else 0.0 for c in categories},
+        "top_kernels": [{"name": n[:120], "category": kernel_category(n), "us_per_step": us / steps} for n, us in top],
+    }
+
+
+def profile_step(step: Callable, ids: torch.Tensor, steps: int = 5) -> dict | None:
+    """Where one step's GPU time goes: the step run `steps` times (not in a CUDA graph: the kernels'
+    durations are the same, the launch gaps are not counted) under torch.profiler. None without CUDA."""
+    if not ids.is_cuda:
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    step(ids)
+    torch.cuda.synchronize(ids.device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step(ids)
+        torch.cuda.synchronize(ids.device)
+    kernel_us = collections.Counter()
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernel_us[event.name] += event.time_range.elapsed_us()
+    return gpu_time_breakdown(kernel_us, steps)
 
 
 @torch.no_grad()
 def logits_cosine(model: torch.nn.Module, reference_logits: torch.Tensor, ids: torch.Tensor) -> float:
     logits = model(input_ids=ids, use_cache=False).logits.float()
     return torch.nn.functional.cosine_similarity(logits.flatten(), reference_logits.flatten(), dim=0).item()
+
+
+def compiled(model: torch.nn.Module, backend: str):
+    """torch.compile(model, fullgraph=True) with a counter of the graphs it compiles, after a reset:
+    dynamo keeps compiled code per code object, shared by every model of one class, and would
+    count the variants' graphs against one recompile limit."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend(backend)
+    return torch.compile(model, fullgraph=True, backend=counter), counter
+
+
+def measure_variant(model: torch.nn.Module, run: ModelRun) -> dict:
+    """Prefill and decode times of one variant (eager or compiled, as `run` says), with the time of
+    each first call, the graphs compiled, and the profile of one decode step."""
+    forward, counter = compiled(model, run.compile_backend) if run.compile else (model, None)
+    row: dict = {"compiled": run.compile, "prefill_tokens": run.prefill, "first_call_s": {}}
+    with torch.no_grad():
+        prefill = Prefill(model, forward, run.prefill)
+        row["first_call_s"]["prefill"] = first_call_s(prefill, prefill.ids)
+        row["prefill_us"] = time_calls(prefill, [(prefill.ids,)], run.replays).median_us
+        del prefill
+        for batch in run.batches:
+            step = DecodeStep(model, forward, batch, run.context)
+            row["first_call_s"][f"decode_b{batch}"] = first_call_s(step, step.ids)
+            row[f"decode_b{batch}_us"] = time_calls(step, [(step.ids,)], run.replays).median_us
+            if batch == run.profile_batch:
+                row[f"profile_b{batch}"] = profile_step(step, step.ids)
+            del step
+    if counter is not None:
+        row["compiled_graphs"] = counter.frame_count
+    return row
 
 
 def run_model_bench(
@@ -144,42 +299,45 @@ def run_model_bench(
                 "variant": variant,
                 "layers": base.config.num_hidden_layers,
                 "logits_cosine": logits_cosine(model, reference, ids),
-                "prefill_tokens": run.prefill,
-                "prefill_us": prefill_us(model, run.prefill, run.replays),
+                **measure_variant(model, run),
             }
-            for batch in run.batches:
-                row[f"decode_b{batch}_us"] = decode_step_us(model, batch, run.context, run.replays)
             rows.append(row)
             if model is not base:
                 del model
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+            if run.compile:
+                torch._dynamo.reset()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     return {
         "environment": environment(device, command),
         "context": run.context,
+        "compiled": run.compile,
         "rows": rows,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 def model_table(result: dict) -> str:
-    """Per model and variant: decode tokens/s per batch, prefill time, logits cosine; and the speedup
-    of each variant over bf16 and (fp8) over the torch-fp8 model."""
+    """Per model and variant: decode tokens/s per batch, prefill time, logits cosine; the speedup of
+    each scaledmm variant over bf16 and over the torch._scaled_mm models; the graphs compiled; and
+    the profiled decode step's GPU time by kind of kernel."""
     lines = []
     for name in dict.fromkeys(r["model"] for r in result["rows"]):
         rows = {r["variant"]: r for r in result["rows"] if r["model"] == name}
-        batches = [int(k[len("decode_b") : -len("_us")]) for k in next(iter(rows.values())) if k.startswith("decode_b")]
-        lines.append(f"== {name} ({next(iter(rows.values()))['layers']} layers), context {result['context']}")
+        first = next(iter(rows.values()))
+        batches = [int(k[len("decode_b") : -len("_us")]) for k in first if k.startswith("decode_b")]
+        mode = "compiled (torch.compile, fullgraph)" if result.get("compiled") else "eager"
+        lines.append(f"== {name} ({first['layers']} layers), context {result['context']}, {mode}")
         lines.append(
-            f"{'variant':<22}"
+            f"{'variant':<26}"
             + "".join(f"{'decode b' + str(b) + ' tok/s':>20}" for b in batches)
             + f"{'prefill ms':>12}{'cosine':>9}"
         )
         for variant, r in rows.items():
             cells = "".join(f"{b * 1e6 / r[f'decode_b{b}_us']:>20.0f}" for b in batches)
-            lines.append(f"{variant:<22}{cells}{r['prefill_us'] / 1e3:>12.2f}{r['logits_cosine']:>9.4f}")
+            lines.append(f"{variant:<26}{cells}{r['prefill_us'] / 1e3:>12.2f}{r['logits_cosine']:>9.4f}")
         for variant, r in rows.items():
-            for base in ("bf16", "torch-fp8"):
+            for base in ("bf16", "torch-fp8", "torch-fp8-inductor"):
                 if variant == base or base not in rows or not variant.startswith("scaledmm"):
                     continue
                 b = rows[base]
@@ -187,5 +345,18 @@ def model_table(result: dict) -> str:
                 lines.append(
                     f"  {variant} over {base}: decode {ratios}; prefill {b['prefill_us'] / r['prefill_us']:.2f}x"
                 )
+        for variant, r in rows.items():
+            if "compiled_graphs" in r:
+                firsts = ", ".join(f"{k} {v:.1f}" for k, v in r["first_call_s"].items())
+                lines.append(f"  {variant}: {r['compiled_graphs']} graphs compiled; first calls (s): {firsts}")
+        for variant, r in rows.items():
+            profile = next((v for k, v in r.items() if k.startswith("profile_b") and v), None)
+            if profile is None:
+                continue
+            shares = ", ".join(f"{c} {profile['share'][c]:.0%}" for c in profile["share"])
+            lines.append(
+                f"  {variant}: profiled decode step ({next(k for k in r if k.startswith('profile_b'))[8:]}) "
+                f"{profile['gpu_us_per_step']:.0f} us of kernels: {shares}"
+            )
         lines.append("")
     return "\n".join(lines)

@@ -58,6 +58,12 @@ _DEFAULT_NUM_SMS = 132
 _DEFAULT_SHARED_MEMORY = 227 * 1024
 SPLIT_K_SCRATCH_LIMIT = 256 * 2**20  # bytes of split-K partial sums one call may allocate
 TRANSFER_MAX_RATIO = 2.0  # a tuned shape lends its buckets to shapes whose N and K are within this factor
+# fp8 buckets are lent up to this M only. Above, our tiles and cuBLAS's fast kernel are close, and a
+# borrowed tile grid can cross a wave boundary the neighbour's did not: on an H200, qwen2.5-7b qkv
+# (4608 x 3584) at M = 256 ran 0.76x the vendor with the bucket of 4096 x 4096 (144 tiles of 64 x 128
+# on 132 SMs, against 128), while the heuristic's rule (the vendor) gives 1.00x
+# (benchmarks/results/h200-2026-12-01/transfer_ab.log). int8, with no vendor kernel near ours, borrows at every M.
+TRANSFER_FP8_MAX_M = 64
 
 
 @dataclass(frozen=True)
@@ -278,7 +284,8 @@ def plan(
     if block_size is not None:  # untuned block-scaled calls run ours (not yet measured otherwise)
         return Plan("triton", block_heuristic_config(M, N, block_size[1], shared_memory), None)
     # A neighbour's bucket that cannot run here is not lent (no warning: nothing the user chose failed).
-    for path in nearby_files(device_name(device), N, K, dtype_name, mode):
+    lend = dtype_name != "fp8" or M <= TRANSFER_FP8_MAX_M
+    for path in nearby_files(device_name(device), N, K, dtype_name, mode) if lend else ():
         table = _table(path)
         bucket = table.bucket_for(M) if table is not None else None
         if bucket is not None and unfit_reason(bucket.config, M, N, shared_memory) is None:

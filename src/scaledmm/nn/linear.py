@@ -92,6 +92,37 @@ def _weight_scale_shape(out_features: int, in_features: int, block_size: tuple[i
     return (-(-out_features // block_size[0]), -(-in_features // block_size[1]))
 
 
+class QuantizedActivation:
+    """An activation already quantized per token by the kernel that made it (a fused producer:
+    nn/producers.py): `q` [..., K] int8 or float8_e4m3fn and `scale` [..., 1] float32, x ~= q * scale.
+
+    W8A8Linear layers of the same dtype take it in place of a float input and skip their own
+    quantization. `shape` is the activation's, so code between the producer and the layers that only
+    reads the shape (transformers' attention: `hidden_states.shape[:-1]`) passes it on unchanged.
+    `product` and `product_of` keep the product of a FusedSiblings group with it, so that its
+    members (q, k, v) share one scaled_mm, eagerly and in traced code alike: the object is made
+    fresh by each producer call and read by the layers of one forward.
+    """
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor):
+        self.q = q
+        self.scale = scale
+        self.product: torch.Tensor | None = None
+        self.product_of: object = None
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q [M, K], scale [M, 1]): scaled_mm's `a` and per-token `scale_a`."""
+        K = self.q.shape[-1]
+        return self.q.reshape(-1, K), self.scale.reshape(-1, 1)
+
+    def __repr__(self) -> str:
+        return f"QuantizedActivation(shape={list(self.q.shape)}, dtype={self.q.dtype})"
+
+
 class PreparedForwards:
     """Prepared forwards of one layer (or one FusedSiblings group), by input signature, each kept with
     the owner's state it was made from and used only while that state holds. Never pickled or
@@ -349,7 +380,9 @@ class W8A8Linear(nn.Module):
             raise ValueError("calibrate() was given NaN or inf values; calibrate on finite activations")
         self.input_scale.copy_(absmax / QMAX[self.qdtype])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
+        if isinstance(x, QuantizedActivation):
+            return self._forward_quantized(x)
         if self.fused is None and eager(x):
             owner_state = self._state_key()
             forward = self._forwards.get(x, owner_state)
@@ -379,6 +412,24 @@ class W8A8Linear(nn.Module):
         out = scaled_mm(
             q, weight_t, scale, weight_scale, out_dtype, bias, backend=self.backend, accumulation=self.accumulation
         )
+        return out.reshape(*lead, self.out_features)
+
+    def _forward_quantized(self, x: QuantizedActivation) -> torch.Tensor:
+        """The product of an activation its producer quantized: scaled_mm alone (the members of a
+        FusedSiblings group share one, kept on `x`)."""
+        if x.q.dtype != self.qdtype or self.activation != "dynamic":
+            raise ValueError(
+                f"this W8A8Linear quantizes {self.activation} to {self.qdtype}; it cannot take an activation "
+                f"quantized per token to {x.q.dtype}"
+            )
+        lead = x.q.shape[:-1]
+        if self.fused is not None and self.fused.enabled:
+            return self.fused.quantized_output_for(self, x).reshape(*lead, self.out_features)
+        q, scale = x.rows()
+        out = scaled_mm(
+            q, self.weight.t(), scale, self.weight_scale, self.out_dtype, self.bias, backend=self.backend,
+            accumulation=self.accumulation,
+        )  # fmt: skip
         return out.reshape(*lead, self.out_features)
 
     def _prepare_forward(self, x: torch.Tensor, owner_state: tuple) -> torch.Tensor:

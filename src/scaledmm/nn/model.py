@@ -20,6 +20,7 @@ from scaledmm.checks import (
     check_layer_block_size,
 )
 from scaledmm.nn.linear import W8A8Linear, dtype_of
+from scaledmm.nn.producers import fuse_producers as swap_producers
 from scaledmm.nn.siblings import fuse_siblings
 
 
@@ -46,12 +47,14 @@ class QuantizationReport:
     swapped: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     fused: list[list[str]] = field(default_factory=list)
+    producers: list[str] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [
             f"quantized {len(self.swapped)} linear layers, skipped {len(self.skipped)}; "
             f"{len(self.fused)} groups of siblings run fused"
+            + (f"; {len(self.producers)} producers quantize their output" if self.producers else "")
         ]
         lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped.items()]
         lines += [f"  note on {name}: {note}" for name, note in self.notes.items()]
@@ -118,6 +121,7 @@ def quantize_model(
     fuse: bool = True,
     accumulation: str = DEFAULT_ACCUMULATION,
     block_size: tuple[int, int] | None = None,
+    fuse_producers: bool | str = False,
 ) -> QuantizationReport:
     """Replace, in place, every nn.Linear of `model` that `filter(name, module)` accepts (default:
     all but `lm_head`) by a W8A8Linear calling scaled_mm with `backend` and `accumulation`. Returns what was swapped and
@@ -135,6 +139,11 @@ def quantize_model(
     views of one concatenated tensor (safetensors refuses shared storage: save with `torch.save`,
     or quantize with `fuse=False`).
 
+    With `fuse_producers` (True or "triton": our kernels; "inductor": plain torch operations for
+    torch.compile to fuse), the RMSNorms and SwiGLU activations of transformers' Llama-style decoder
+    layers that feed dynamic layers quantize their output in the same kernel, and the layers skip
+    their own quantization (nn/producers.py says how, and its limits).
+
     A Linear registered at several paths becomes one W8A8Linear at each of them; Linears that share
     one weight (tied) share one quantized weight. A weight tied to a module that stays in float (an
     embedding tied to an lm_head included by the filter) cannot stay tied: the report notes it."""
@@ -142,6 +151,13 @@ def quantize_model(
     check_backend(backend)
     check_accumulation(accumulation)
     block_size = check_layer_block_size(block_size, qdtype, activation, backend)
+    producers_impl = "triton" if fuse_producers is True else fuse_producers
+    if producers_impl not in (False, None, "triton", "inductor"):
+        raise ValueError(f"fuse_producers must be False, True, 'triton' or 'inductor', got {fuse_producers!r}")
+    if producers_impl and block_size is not None:
+        raise ValueError(
+            "fuse_producers quantizes per token; block_size layers quantize per 1 x block_k group: pass one of them"
+        )
     accept = filter or _default_filter
     fp8_out_dtype = _float_dtype(model)  # what FP8Linear replacements write, read before any swap
     report = QuantizationReport()
@@ -193,4 +209,6 @@ def quantize_model(
         report.swapped.append(name)
     if fuse:
         report.fused = fuse_siblings(model)
+    if producers_impl:
+        report.producers = swap_producers(model, producers_impl)
     return report

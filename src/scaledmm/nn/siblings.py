@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from scaledmm.api import quantize_per_token, quantize_per_token_group, scaled_mm
-from scaledmm.nn.linear import PreparedForwards, W8A8Linear
+from scaledmm.nn.linear import PreparedForwards, QuantizedActivation, W8A8Linear
 from scaledmm.runtime import eager, prepare_linear
 from scaledmm.state import state
 
@@ -106,8 +106,12 @@ class FusedSiblings:
         self.__dict__.setdefault("block_size", None)  # pickled before block-scaled layers
 
     def _span(self, member: W8A8Linear) -> tuple[int, int]:
-        # By identity, not id(): a copied or loaded model has new member objects.
-        return next(span for m, span in zip(self.members, self.spans) if m is member)
+        # By identity, not id(): a copied or loaded model has new member objects. A plain loop, which
+        # torch.compile traces.
+        for m, span in zip(self.members, self.spans):
+            if m is member:
+                return span
+        raise ValueError("not a member of this group")
 
     def _product(self, x: torch.Tensor) -> torch.Tensor:
         """The product of a 2-D x with the concatenated weight: eager, through a prepared forward per
@@ -135,7 +139,52 @@ class FusedSiblings:
         self._forwards.put(x, owner_state, forward)
         return out
 
-    # Traced code runs each member alone; the hooks and the per-thread state stay out of the trace.
+    def _refresh(self) -> bool:
+        """Concatenate again if a member's tensors moved (eager only: traced code cannot read data
+        pointers); False, and fusion off for good, where the members no longer agree on how to run."""
+        if torch.compiler.is_compiling() or not self.enabled:
+            return self.enabled
+        current = self._member_storage()
+        if current != self._storage:
+            if len(set(current[1])) > 1 or len({m.bias is None for m in self.members}) > 1:
+                self.enabled = False
+                return False
+            self._concatenate()
+        return True
+
+    def product(self, x: torch.Tensor | QuantizedActivation) -> torch.Tensor | None:
+        """All members' outputs for one input as one [M, sum of out_features] tensor (each member's
+        columns in the order of `members`), or None where the members no longer run fused. For
+        modules that take the group's product whole (nn/producers.py's SwiGLU MLP), eager or traced."""
+        if not self._refresh():
+            return None
+        if isinstance(x, QuantizedActivation):
+            return self._quantized_product(x)
+        return self._product(x.reshape(-1, x.shape[-1]))
+
+    def _quantized_product(self, x: QuantizedActivation) -> torch.Tensor:
+        first = self.members[0]
+        q, scale = x.rows()
+        return scaled_mm(
+            q, self.weight.t(), scale, self.weight_scale, first.out_dtype, self.bias, backend=first.backend,
+            accumulation=first.accumulation,
+        )  # fmt: skip
+
+    def quantized_output_for(self, member: W8A8Linear, x: QuantizedActivation) -> torch.Tensor:
+        """The member's columns of the group's product with an activation its producer quantized:
+        made by the first member to ask and kept on `x` for the others, eager or traced."""
+        if x.product_of is not self:
+            if not self._refresh():
+                q, scale = x.rows()
+                return scaled_mm(
+                    q, member.weight.t(), scale, member.weight_scale, member.out_dtype, member.bias,
+                    backend=member.backend, accumulation=member.accumulation,
+                )  # fmt: skip
+            x.product, x.product_of = self._quantized_product(x), self
+        start, end = self._span(member)
+        return x.product[:, start:end]
+
+    # Traced code runs each member alone on float inputs; the hooks and the per-thread state stay out of the trace.
 
     def begin(self, *_) -> None:
         """Forward pre-hook of the siblings' parent: products may be shared until `end`."""
