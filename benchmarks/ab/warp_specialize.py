@@ -241,20 +241,21 @@ def ragged_check(dtype, device, num_sms: int, accumulations: list[str]) -> set[s
     failed = set()
     for accumulation in accumulations:
         check = ErrorCheck(ops, BF16, accumulation, split=False)
-        cells = []
+        # One line per variant as soon as it returns (synchronised), so a variant that hangs (a barrier
+        # phase wrong in a hand-written pipeline) is named by the last line printed.
+        log(f"-- ragged M={M} N={N} K={K} {str(dtype)[6:]} {accumulation}: error / bound (<= 1 is correct)")
         for variant in variants(accumulation == "precise", num_sms)[1:]:
+            log(f"   {variant.label}: running ...")
             try:
-                ratio = check.ratio(variant.run(*ops.args(), ops.bias))
-                cells.append(f"{variant.label}: {ratio:.3f}{'' if ratio <= 1 else ' WRONG'}")
+                out = variant.run(*ops.args(), ops.bias)
+                torch.cuda.synchronize()
+                ratio = check.ratio(out)
+                log(f"   {variant.label}: {ratio:.3f}{'' if ratio <= 1 else ' WRONG'}")
                 if not ratio <= 1:
                     failed.add(variant.label)
             except Exception as err:
-                cells.append(f"{variant.label}: {type(err).__name__}")
                 log(f"   {variant.label}: {type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}")
                 failed.add(variant.label)
-        log(f"-- ragged M={M} N={N} K={K} {str(dtype)[6:]} {accumulation}: error / bound (<= 1 is correct)")
-        for cell in cells:
-            log(f"   {cell}")
     return failed
 
 
