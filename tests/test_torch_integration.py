@@ -60,26 +60,6 @@ def test_compile_with_dynamic_m_traces_once():
     assert counter.frame_count == 1
 
 
-def test_block_scaled_linear_compiles_with_dynamic_m_once_to_the_eager_bits():
-    # quantize_per_token_group's fake lays the scales out outer-dim-major for a symbolic M too, as the
-    # eager op does: Inductor checks the strides the op returns against the fake's.
-    from torch._dynamo.testing import CompileCounterWithBackend
-
-    def linear(x, weight_t, weight_scale_t):
-        q, scale = scaledmm.quantize_per_token_group(x, 128)
-        return scaledmm.scaled_mm(q, weight_t, scale, weight_scale_t, torch.bfloat16, block_size=(128, 128))
-
-    torch._dynamo.reset()
-    counter = CompileCounterWithBackend("inductor")
-    compiled = torch.compile(linear, fullgraph=True, dynamic=True, backend=counter)
-    weight = torch.randn(64, 256, device=DEVICE).to(torch.float8_e4m3fn)
-    weight_scale = torch.rand(1, 2, device=DEVICE) + 0.5
-    for M in (3, 17, 40):
-        x = torch.randn(M, 256, device=DEVICE, dtype=torch.bfloat16)
-        assert torch.equal(compiled(x, weight.t(), weight_scale.t()), linear(x, weight.t(), weight_scale.t()))
-    assert counter.frame_count == 1
-
-
 @pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")
 def test_cuda_graph_capture_and_replay():
     ops = make_operands(16, 256, 512, torch.float8_e4m3fn, DEVICE)

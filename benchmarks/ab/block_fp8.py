@@ -34,9 +34,8 @@ BLOCK = (128, 128)
 
 def vendor_args(ops):
     """torch._scaled_mm's block-mode arguments: scale_a [M, K/128] and scale_b [K/128, N/128], both
-    outer-dim-major as make_block_operands gives them (scale_a as quantize_per_token_group writes it,
-    scale_b as weight_scale_inv.t())."""
-    return ops.args()
+    outer-dim-major (scale_b is weight_scale_inv.t(), which is)."""
+    return ops.a, ops.b, ops.scale_a.t().contiguous().t(), ops.scale_b
 
 
 def main() -> None:

@@ -155,9 +155,6 @@ def quantize_per_token_group(
     x ~= q * scale group by group (the last group may be shorter); scale = max(|group|) / 448, floored
     so that zero groups stay finite, NaN propagating as in quantize_per_token. `q.reshape(-1, K)` and
     `scale.reshape(-1, groups)` are scaled_mm's `a` and `scale_a` with block_size=(block_n, group_size).
-    The scales are outer-dim-major: `scale.reshape(-1, groups)` is a view with strides (1, M) (M =
-    x's rows), the layout torch._scaled_mm's block mode reads, so that `backend="auto"` hands them to
-    it as they are.
     """
     if (call := _prepared_quantize(x, None, dtype, group_size)) is not None:
         return call(x)

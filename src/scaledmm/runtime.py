@@ -31,7 +31,7 @@ from scaledmm.kernels.linear import FUSED_QUANTIZE_MAX_M, QuantizedLinearLaunch,
 from scaledmm.kernels.matmul import MatmulLaunch, bind_scaled_mm
 from scaledmm.kernels.matmul_block import bind_block_scaled_mm
 from scaledmm.kernels.producers import bind_rms_norm_quantize, bind_silu_mul_quantize
-from scaledmm.kernels.quant import bind_quantize_groups, bind_quantize_rows, empty_group_scales
+from scaledmm.kernels.quant import bind_quantize_groups, bind_quantize_rows
 from scaledmm.kernels.vendor import fast_accum_refused, misaligned_pointer, unsupported_reason, vendor_scaled_mm
 from scaledmm.state import state
 
@@ -315,8 +315,8 @@ def run_scaled_mm(
 
 class PreparedQuantize:
     """A prepared quantization of x [..., K]: dynamic per token (returns (q, scale [..., 1])), per
-    1 x group_size group (returns (q, scale [..., ceil(K / group_size)]), outer-dim-major:
-    kernels.quant.empty_group_scales), or with a given per-tensor scale (returns q)."""
+    1 x group_size group (returns (q, scale [..., ceil(K / group_size)])), or with a given
+    per-tensor scale (returns q)."""
 
     def __init__(self, x: torch.Tensor, dtype: torch.dtype, dynamic: bool, group_size: int | None = None):
         self.shape = x.shape
@@ -331,10 +331,8 @@ class PreparedQuantize:
 
     def __call__(self, x: torch.Tensor, scale: torch.Tensor | None = None):
         q = torch.empty(self.shape, dtype=self.dtype, device=self.device)
-        if self.dynamic and self.group_size is not None:
-            scale = empty_group_scales(q, self.scales)
-        elif self.dynamic:
-            scale = torch.empty((*self.shape[:-1], 1), dtype=torch.float32, device=self.device)
+        if self.dynamic:
+            scale = torch.empty((*self.shape[:-1], self.scales), dtype=torch.float32, device=self.device)
         if self.M:
             rows = (x.reshape(self.M, self.K), q.view(self.M, self.K), scale)
             if self.launch is not None:

@@ -166,15 +166,14 @@ def make_block_operands(
     bias_dtype: torch.dtype | None = torch.bfloat16,
     gen: torch.Generator | None = None,
 ) -> Operands:
-    """Block-scaled fp8 operands as a DeepSeek-style checkpoint and quantize_per_token_group hold
-    them: a [M, K] e4m3 with fp32 scales per 1 x block_k group of a row, outer-dim-major as the
-    quantizer writes them (strides (1, M)), the weight [N, K] with `weight_scale_inv` [N / block_n,
+    """Block-scaled fp8 operands as a DeepSeek-style checkpoint holds them: a [M, K] e4m3 with fp32
+    scales per 1 x block_k group of a row, the weight [N, K] with `weight_scale_inv` [N / block_n,
     K / block_k] (rounded up), passed as b = weight.t() and scale_b = weight_scale_inv.t() (views)."""
     block_n, block_k = block_size
     a = random_8bit((M, K), torch.float8_e4m3fn, device, gen)
     weight = random_8bit((N, K), torch.float8_e4m3fn, device, gen)
     blocks_k, blocks_n = -(-K // block_k), -(-N // block_n)
-    scale_a = (torch.rand(blocks_k, M, device=device, generator=gen) + 0.5).t()
+    scale_a = torch.rand(M, blocks_k, device=device, generator=gen) + 0.5
     weight_scale_inv = torch.rand(blocks_n, blocks_k, device=device, generator=gen) + 0.5
     bias = None if bias_dtype is None else torch.randn(N, device=device, generator=gen).to(bias_dtype)
     return Operands(a, weight.t(), scale_a, weight_scale_inv.t(), bias, block_size)

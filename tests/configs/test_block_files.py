@@ -174,7 +174,7 @@ def test_a_torch_bucket_runs_ours_where_the_vendor_cannot_serve(config_dir):
 def test_a_torch_bucket_runs_the_vendors_block_mode(config_dir):
     n, k, M = 256, 512, 32
     write(config_dir, block_json(n=n, k=k, backend="torch", buckets={64: TUNED[64]}))
-    ops = make_block_operands(M, n, k, DEVICE, BLOCK)  # scale_a outer-dim-major, as the vendor reads it
+    ops = make_block_operands(M, n, k, DEVICE, BLOCK)  # scale_a row-major: copied into the vendor's layout
     assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias, block_size=BLOCK), ops)
     prepared = prepared_call(*ops.args(), bias=ops.bias, block_size=BLOCK)
     assert prepared.backend == "torch" and "block" in prepared.kernel

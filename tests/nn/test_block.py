@@ -89,34 +89,6 @@ def test_block_layer_compiles_fullgraph_to_the_same_result():
         assert torch.equal(torch.compile(layer, fullgraph=True)(x), layer(x))
 
 
-def test_block_layer_gives_scaled_mm_the_scales_outer_dim_major(monkeypatch):
-    # The layout torch._scaled_mm's block mode reads, as a view of the quantizer's scales: `auto`
-    # passes it to the vendor with no copy. Eager (prepared) forwards and traced ones alike.
-    from scaledmm import runtime
-    from scaledmm.nn import linear as nn_linear
-
-    strides = {"eager": [], "traced": []}
-
-    def recording(real, path):
-        def call(q, weight_t, scale_a, *args, **kwargs):
-            strides[path].append(scale_a.stride())
-            return real(q, weight_t, scale_a, *args, **kwargs)
-
-        return call
-
-    layer = W8A8Linear.from_linear(nn.Linear(320, 128, device=DEVICE).to(torch.bfloat16), block_size=(128, 128))
-    x = torch.randn(2, 3, 320, device=DEVICE, dtype=torch.bfloat16)
-    with torch.no_grad():
-        with monkeypatch.context() as patch:
-            patch.setattr(runtime, "prepare_scaled_mm", recording(runtime.prepare_scaled_mm, "eager"))
-            eager_out = layer(x)
-        with monkeypatch.context() as patch, torch.device(DEVICE):  # a function mode: through the ops, as traced
-            patch.setattr(nn_linear, "scaled_mm", recording(nn_linear.scaled_mm, "traced"))
-            traced_out = layer(x)
-    assert strides == {"eager": [(1, 6)], "traced": [(1, 6)]}
-    assert torch.equal(traced_out, eager_out)
-
-
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a GPU")
 def test_block_layer_captures_in_a_cuda_graph():
     layer = W8A8Linear.from_linear(nn.Linear(320, 256, device=DEVICE).to(torch.bfloat16), block_size=(128, 128))

@@ -24,8 +24,6 @@ One program quantizes one row, in two passes over K: the absolute maximum, then 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -117,39 +115,27 @@ def bind_quantize_rows(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, dy
 @triton.jit
 def _quantize_groups_kernel(
     x_ptr, q_ptr, scale_ptr, K,
-    stride_xm, stride_xk, stride_qm, stride_sm, stride_sg,
+    stride_xm, stride_xk, stride_qm, stride_sm,
     QMAX: tl.constexpr, FLOOR: tl.constexpr, GROUP: tl.constexpr,
 ):  # fmt: skip
     # One program per (row, group of GROUP elements): the group's scale, then its values.
     row = tl.program_id(0).to(tl.int64)
-    group = tl.program_id(1).to(tl.int64)
-    offs = group * GROUP + tl.arange(0, GROUP)
+    offs = tl.program_id(1) * GROUP + tl.arange(0, GROUP)
     mask = offs < K
     x = tl.load(x_ptr + row * stride_xm + offs * stride_xk, mask=mask, other=0.0).to(tl.float32)
     scale = row_scale(max_abs(tl.abs(x), axis=0), QMAX, FLOOR)
-    tl.store(scale_ptr + row * stride_sm + group * stride_sg, scale)
+    tl.store(scale_ptr + row * stride_sm + tl.program_id(1), scale)
     q = saturate_and_round(x / scale, QMAX, False)
     tl.store(q_ptr + row * stride_qm + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
 
 
-def empty_group_scales(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """The float32 scales [..., groups] of an activation x [..., K] quantized per group, allocated
-    outer-dim-major: a view of a [groups, M] buffer (M = x's rows), so that its rows [M, groups]
-    have strides (1, M), the layout torch._scaled_mm's block mode (cuBLASLt), vLLM and DeepGEMM read
-    scale_a in; the block kernel takes any strides. A 3-D [B, T, groups] has strides (T, 1, B * T):
-    its `reshape(-1, groups)` is a view, not a copy. The eager op and its fake both allocate here, so
-    that they agree on the strides, as torch.compile needs."""
-    rows = math.prod(x.shape[:-1])
-    return x.new_empty((groups, rows), dtype=torch.float32).t().view(*x.shape[:-1], groups)
-
-
 def bind_quantize_groups(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, group_size: int) -> BoundLaunch:
     """Quantize each 1 x group_size group of the rows of `x` ([M, K], any strides) into `q` ([M, K],
-    unit column stride) with its own scale, written to `scale` ([M, ceil(K / group_size)], any
-    strides: empty_group_scales lays it out), now; return a BoundLaunch that repeats it for new
-    (x, q, scale) of the same signature. fp8 only: the block-scaled matmul's activation format."""
+    unit column stride) with its own scale, written to `scale` ([M, ceil(K / group_size)], unit
+    column stride), now; return a BoundLaunch that repeats it for new (x, q, scale) of the same
+    signature. fp8 only: the block-scaled matmul's activation format."""
     M, K = x.shape
-    args = (x, q, scale, K, x.stride(0), x.stride(1), q.stride(0), scale.stride(0), scale.stride(1))
+    args = (x, q, scale, K, x.stride(0), x.stride(1), q.stride(0), scale.stride(0))
     kwargs = dict(QMAX=QMAX[q.dtype], FLOOR=ABSMAX_FLOOR, GROUP=group_size, num_warps=4)
     grid = (M, triton.cdiv(K, group_size))
     return bind_launch(_quantize_groups_kernel, grid, args, kwargs, leading=3, device=x.device)

@@ -7,10 +7,9 @@ tuner time them as the baselines. They accept fewer layouts and scale forms than
 
 Block-scaled fp8 (scaled_mm's `block_size`) runs torch._scaled_mm's block mode: 1 x 128 activation
 groups and 128 x 128 weight blocks only, scale_a [M, K/128] outer-dim-major (strides (1, M)) and
-scale_b [K/128, N/128] outer-dim-major (a checkpoint's contiguous weight_scale_inv, transposed).
-quantize_per_token_group writes scale_a in that layout, so it is passed as it is; a scale_a in
-another (a row-major one given to scaled_mm) is copied into it per call; a scale_b in another is
-refused (it is the weight's: transpose it once, not per call). It
+scale_b [K/128, N/128] outer-dim-major (a checkpoint's contiguous weight_scale_inv, transposed). A
+scale_a in another layout (quantize_per_token_group's row-major one) is copied into that layout per
+call; a scale_b in another is refused (it is the weight's: transpose it once, not per call). It
 refuses M = 1 (H200, torch 2.11; benchmarks/results/h200-2026-12-01/block_fp8_ab.log), and ran every
 M >= 16 there: it is used from M = 16 on.
 """
@@ -109,10 +108,8 @@ def _block_unsupported_reason(a, b, scale_b, bias, out_dtype, block_size) -> str
 
 def block_scale_a(scale_a: torch.Tensor) -> torch.Tensor:
     """scale_a [M, K/128] in the layout torch._scaled_mm's block mode reads, outer-dim-major (strides
-    (1, M)): itself if it is (quantize_per_token_group's scales are), else a copy. As torch checks
-    it: the stride of a dimension of size 1 is not looked at (reshapes set it freely)."""
-    M, groups = scale_a.shape
-    if (M <= 1 or scale_a.stride(0) == 1) and (groups <= 1 or scale_a.stride(1) == M):
+    (1, M)): itself if it is, else a copy."""
+    if scale_a.stride(0) == 1 and scale_a.stride(1) == scale_a.shape[0]:
         return scale_a
     return scale_a.t().contiguous().t()
 

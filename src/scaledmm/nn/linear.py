@@ -396,7 +396,6 @@ class W8A8Linear(nn.Module):
             return out.reshape(*lead, self.out_features)
         if self.block_size is not None:
             q, scale = quantize_per_token_group(x, self.block_size[1])
-            # Views: the scales' rows stay outer-dim-major, as the vendor's block mode reads them.
             q, scale = q.reshape(-1, K), scale.reshape(-1, scale.shape[-1])
             out = scaled_mm(
                 q, self.weight.t(), scale, self.weight_scale.t(), self.out_dtype, self.bias, backend=self.backend,

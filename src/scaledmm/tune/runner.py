@@ -114,7 +114,7 @@ def _compile(job: Job, config: MatmulConfig) -> str | None:
             compile_scaled_mm(a, b, scale_a, scale_b, bias, out, config, job.accumulation == "precise")
         else:  # the scales laid out as make_block_operands lays them out
             block_n, block_k = job.block_size
-            scale_a = torch.empty(triton.cdiv(job.k, block_k), job.m, **meta).t()
+            scale_a = torch.empty(job.m, triton.cdiv(job.k, block_k), **meta)
             scale_b = torch.empty(triton.cdiv(job.n, block_n), triton.cdiv(job.k, block_k), **meta).t()
             compile_block_scaled_mm(a, b, scale_a, scale_b, bias, out, config, job.block_size)
     except Exception as err:  # a candidate that does not compile is dropped, with the reason
