@@ -126,29 +126,9 @@ def test_a_shape_without_a_file_borrows_the_nearest_tuned_neighbours_bucket(tmp_
         clear_cache()
         assert plan(64, 1100, 2048, torch.int8, device).source == own
         assert plan(64, 1100, 2048, torch.float8_e4m3fn, device).source is None  # another dtype's files only
-    finally:
+        fp8 = _write_table(tmp_path, 1024, 1024, {"64": bucket(near), "4096": bucket(near)}, dtype="fp8")
         clear_cache()
-
-
-def test_above_decode_fp8_borrows_only_a_tile_grid_that_fills_its_waves_as_well(tmp_path, monkeypatch):
-    """The H200 case behind the rule: 4096 x K tuned with 64 x 128 tiles at M = 256 fills 128 of 132
-    SMs; 4608 x K would need 144 tiles, a second wave for 12, so it gets the heuristic's plan, while
-    3584 x K (112 tiles, one wave) borrows. Decode and int8 borrow regardless."""
-    from scaledmm.configs.lookup import plan, wave_fill
-
-    device = torch.device(DEVICE, 0) if DEVICE == "cuda" else torch.device("cpu")
-    tile = MatmulConfig(64, 128, 128, num_stages=4)
-    buckets = {str(m): {"backend": "triton", "config": tile.to_dict()} for m in (64, 256)}
-    fp8 = _write_table(tmp_path, 4096, 4096, buckets, dtype="fp8")
-    int8 = _write_table(tmp_path, 4096, 4096, buckets, dtype="int8")
-    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
-    clear_cache()
-    try:
-        assert wave_fill(tile, 256, 4096, 132) == pytest.approx(128 / 132)
-        assert wave_fill(tile, 256, 4608, 132) == pytest.approx(144 / 264)
-        assert plan(256, 4608, 3584, torch.float8_e4m3fn, device).source is None
-        assert plan(256, 3584, 3584, torch.float8_e4m3fn, device).source == fp8
-        assert plan(64, 4608, 3584, torch.float8_e4m3fn, device).source == fp8  # decode: memory-bound
-        assert plan(256, 4608, 3584, torch.int8, device).source == int8
+        assert plan(64, 1100, 1024, torch.float8_e4m3fn, device).source == fp8
+        assert plan(65, 1100, 1024, torch.float8_e4m3fn, device).source is None  # fp8 borrows at decode only
     finally:
         clear_cache()

@@ -58,15 +58,12 @@ _DEFAULT_NUM_SMS = 132
 _DEFAULT_SHARED_MEMORY = 227 * 1024
 SPLIT_K_SCRATCH_LIMIT = 256 * 2**20  # bytes of split-K partial sums one call may allocate
 TRANSFER_MAX_RATIO = 2.0  # a tuned shape lends its buckets to shapes whose N and K are within this factor
-# Above decode, an fp8 bucket is lent only where its tile grid fills the last wave of programs about
-# as well here as at the neighbour (TRANSFER_WAVE_FILL, `wave_fill`): there our tiles and cuBLAS's
-# fast kernel are close, and a borrowed grid that spills a few tiles into a second wave loses. On an
-# H200, qwen2.5-7b qkv (4608 x 3584) at M = 256 ran 0.76x the vendor with the 64 x 128 tile of
-# 4096 x 4096 (144 tiles on 132 SMs, a wave filled to 0.55, against 128 tiles, 0.97); the shapes whose
-# fill stayed within 0.88 of the neighbour's ran 0.98-1.79x (benchmarks/results/h200-2026-12-01/
-# transfer_ab.log). int8, with no vendor kernel near ours, and decode (memory-bound) borrow freely.
-TRANSFER_WAVE_CHECK_FROM_M = 65
-TRANSFER_WAVE_FILL = 0.75
+# fp8 buckets are lent up to this M only. Above, our tiles and cuBLAS's fast kernel are close, and a
+# borrowed tile grid can cross a wave boundary the neighbour's did not: on an H200, qwen2.5-7b qkv
+# (4608 x 3584) at M = 256 ran 0.76x the vendor with the bucket of 4096 x 4096 (144 tiles of 64 x 128
+# on 132 SMs, against 128), while the heuristic's rule (the vendor) gives 1.00x
+# (benchmarks/results/h200-2026-12-01/transfer_ab.log). int8, with no vendor kernel near ours, borrows at every M.
+TRANSFER_FP8_MAX_M = 64
 
 
 @dataclass(frozen=True)
@@ -252,13 +249,6 @@ def unfit_reason(
     return None
 
 
-def wave_fill(config: MatmulConfig, M: int, N: int, num_sms: int) -> float:
-    """How full the grid's programs keep the SMs over its waves: tiles / (waves x SMs), 1.0 when the
-    tile count is a multiple of the SM count (split-K programs count as tiles)."""
-    tiles = (-(-M // config.block_m)) * (-(-N // config.block_n)) * config.split_k
-    return tiles / (-(-tiles // num_sms) * num_sms)
-
-
 @state.cached(maxsize=8192)
 def plan(
     M: int,
@@ -294,18 +284,12 @@ def plan(
     if block_size is not None:  # untuned block-scaled calls run ours (not yet measured otherwise)
         return Plan("triton", block_heuristic_config(M, N, block_size[1], shared_memory), None)
     # A neighbour's bucket that cannot run here is not lent (no warning: nothing the user chose failed).
-    check_waves = dtype_name == "fp8" and M >= TRANSFER_WAVE_CHECK_FROM_M
-    num_sms = device_limits(device)[0]
-    for path in nearby_files(device_name(device), N, K, dtype_name, mode):
+    lend = dtype_name != "fp8" or M <= TRANSFER_FP8_MAX_M
+    for path in nearby_files(device_name(device), N, K, dtype_name, mode) if lend else ():
         table = _table(path)
         bucket = table.bucket_for(M) if table is not None else None
-        if bucket is None or unfit_reason(bucket.config, M, N, shared_memory) is not None:
-            continue
-        if check_waves and bucket.backend == "triton":
-            here, there = (wave_fill(bucket.config, M, n, num_sms) for n in (N, table.n))
-            if here < TRANSFER_WAVE_FILL * there:
-                continue
-        return Plan(bucket.backend, bucket.config, table.path)
+        if bucket is not None and unfit_reason(bucket.config, M, N, shared_memory) is None:
+            return Plan(bucket.backend, bucket.config, table.path)
     backend = untuned_backend(M, dtype, device_capability(device))
     return Plan(backend, heuristic_config(M, N, K, dtype, *device_limits(device)), None)
 
