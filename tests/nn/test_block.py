@@ -13,7 +13,7 @@ from helpers import DEVICE
 from torch import nn
 
 import scaledmm
-from scaledmm.nn import W8A8Linear, load_fp8_pretrained, quantize_model, quantize_weight_blocks
+from scaledmm.nn import QuantizedActivation, W8A8Linear, load_fp8_pretrained, quantize_model, quantize_weight_blocks
 from scaledmm.testing import Operands, assert_close
 
 transformers = pytest.importorskip("transformers")
@@ -158,6 +158,21 @@ def test_from_block_fp8_checks_the_checkpoint_tensors():
         pow2 = torch.exp2(torch.ceil(torch.log2(scale)))
         layer = W8A8Linear.from_block_fp8(q, pow2.to(torch.float8_e8m0fnu))
         assert layer.weight_scale.dtype == torch.float32 and torch.equal(layer.weight_scale, pow2)
+
+
+def test_from_block_fp8_names_a_bias_that_is_not_a_tensor():
+    q, scale = quantize_weight_blocks(torch.randn(256, 384, device=DEVICE))
+    with pytest.raises(TypeError, match=r"bias must be a torch\.Tensor"):
+        W8A8Linear.from_block_fp8(q, scale, [0.0] * 256)
+
+
+def test_a_block_layer_refuses_a_per_token_quantized_activation():
+    # N = 3 rows, K = 384: the block scales [1, 3] look like per-channel scales [1, N] to scaled_mm,
+    # which would compute the product with them, silently wrong, were the activation let through.
+    layer = W8A8Linear(384, 3, device=DEVICE, block_size=(128, 128))
+    activation = QuantizedActivation(torch.zeros(2, 384, dtype=E4M3, device=DEVICE), torch.ones(2, 1, device=DEVICE))
+    with pytest.raises(ValueError, match=r"quantizes per 1 x 128 group to torch\.float8_e4m3fn; it cannot take"):
+        layer(activation)
 
 
 def test_block_state_dict_round_trip_copies_and_casts():

@@ -21,6 +21,7 @@ from scaledmm.checks import (
 )
 from scaledmm.nn.linear import W8A8Linear, dtype_of
 from scaledmm.nn.producers import fuse_producers as swap_producers
+from scaledmm.nn.producers import producer_impl
 from scaledmm.nn.siblings import fuse_siblings
 
 
@@ -151,12 +152,15 @@ def quantize_model(
     check_backend(backend)
     check_accumulation(accumulation)
     block_size = check_layer_block_size(block_size, qdtype, activation, backend)
-    producers_impl = "triton" if fuse_producers is True else fuse_producers
-    if producers_impl not in (False, None, "triton", "inductor"):
-        raise ValueError(f"fuse_producers must be False, True, 'triton' or 'inductor', got {fuse_producers!r}")
+    producers_impl = producer_impl(fuse_producers)
     if producers_impl and block_size is not None:
         raise ValueError(
             "fuse_producers quantizes per token; block_size layers quantize per 1 x block_k group: pass one of them"
+        )
+    if producers_impl and activation == "static":
+        raise ValueError(
+            "fuse_producers quantizes per token, for activation='dynamic'; static layers take one calibrated "
+            "scale and no producer to fuse: pass one of them"
         )
     accept = filter or _default_filter
     fp8_out_dtype = _float_dtype(model)  # what FP8Linear replacements write, read before any swap
