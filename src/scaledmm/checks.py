@@ -14,7 +14,13 @@ import torch
 
 from scaledmm.configs import MatmulConfig
 from scaledmm.configs.files import ACCUMULATIONS
-from scaledmm.configs.lookup import SPLIT_K_SCRATCH_LIMIT, block_unfit_reason, split_k_scratch_bytes
+from scaledmm.configs.lookup import (
+    BLOCK_K_CHOICES,
+    SPLIT_K_SCRATCH_LIMIT,
+    block_unfit_reason,
+    check_block_size,
+    split_k_scratch_bytes,
+)
 from scaledmm.kernels.quant import QMAX
 from scaledmm.kernels.vendor import unsupported_reason
 from scaledmm.state import state
@@ -164,24 +170,6 @@ def check_scaled_mm_args(
     check_runnable_device(a.device, "scaled_mm")
     if backend == "torch" and (reason := unsupported_reason(a, b, scale_a, scale_b, bias, out_dtype, block_size)):
         raise ValueError(f"backend='torch' cannot compute this call: {reason}; use backend='auto' or 'triton'")
-
-
-# The weight's K block and the activation's group size that the block-scaled kernel takes: its K step
-# is the block (kernels/matmul_block.py), and 8-bit dots need K steps of 32 to 256.
-BLOCK_K_CHOICES = (32, 64, 128, 256)
-
-
-def check_block_size(block_size: object) -> tuple[int, int]:
-    if not (isinstance(block_size, (tuple, list)) and len(block_size) == 2):
-        raise TypeError(f"block_size must be a pair (block_n, block_k) of ints, got {block_size!r}")
-    block_n, block_k = block_size
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (block_n, block_k)):
-        raise TypeError(f"block_size must be a pair (block_n, block_k) of ints, got {block_size!r}")
-    if block_n < 1 or block_k not in BLOCK_K_CHOICES:
-        raise ValueError(
-            f"block_size (block_n, block_k) needs block_n >= 1 and block_k in {BLOCK_K_CHOICES}, got {block_size!r}"
-        )
-    return block_n, block_k
 
 
 def check_layer_block_size(
