@@ -285,13 +285,15 @@ def check_rms_norm_quantize_args(x: object, weight: object, eps: object, dtype: 
     """x [..., K] float, weight [K] of x's dtype on x's device, eps a float >= 0."""
     x = check_quantize_args(x, dtype)
     weight = check_tensor("weight", weight)
-    if weight.dtype != x.dtype or weight.shape != x.shape[-1:]:
-        raise ValueError(
-            f"weight must be [{x.shape[-1]}] of x's dtype {x.dtype}, got {weight.dtype} of shape {list(weight.shape)}"
-        )
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight must have x's dtype {x.dtype}, got {weight.dtype}")
+    if weight.shape != x.shape[-1:]:
+        raise ValueError(f"weight must be [{x.shape[-1]}] (x's K), got shape {list(weight.shape)}")
     if weight.device != x.device:
         raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a number >= 0, got {eps!r}")
+    if not eps >= 0:
         raise ValueError(f"eps must be a number >= 0, got {eps!r}")
     return x
 
@@ -300,7 +302,9 @@ def check_silu_mul_quantize_args(gate: object, up: object, dtype: object) -> tor
     """gate and up [..., K], one float dtype, shape and device."""
     gate = check_quantize_args(gate, dtype)
     up = check_tensor("up", up)
-    if up.dtype != gate.dtype or up.shape != gate.shape or up.device != gate.device:
+    if up.dtype != gate.dtype:
+        raise TypeError(f"up must have gate's dtype {gate.dtype}, got {up.dtype}")
+    if up.shape != gate.shape or up.device != gate.device:
         raise ValueError(
             f"up must match gate ({gate.dtype} {list(gate.shape)} on {gate.device}), "
             f"got {up.dtype} {list(up.shape)} on {up.device}"
