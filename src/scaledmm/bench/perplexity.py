@@ -58,6 +58,27 @@ class EvalSettings:
     max_corpus_bytes: int = 64 << 20
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # Checked before the corpus is read and the model trained: a bad evaluation setting would
+        # otherwise fail only after the training time was spent.
+        at_least_one = ("layers", "hidden", "intermediate", "heads", "kv_heads", "seq_len", "batch", "warmup_steps")
+        at_least_one += ("eval_windows", "eval_batch", "calibration_windows", "holdout_every", "max_corpus_bytes")
+        for name in at_least_one:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.hidden % self.heads or self.heads % self.kv_heads:
+            raise ValueError(
+                f"hidden must be a multiple of heads and heads of kv_heads, got hidden={self.hidden}, "
+                f"heads={self.heads}, kv_heads={self.kv_heads}"
+            )
+        if not self.train_seconds > 0 or (self.max_steps is not None and self.max_steps < 0):
+            raise ValueError(
+                f"train_seconds must be > 0 and max_steps >= 0, got {self.train_seconds} and {self.max_steps}"
+            )
+
 
 # (name, quantize_model arguments); bf16 first, the reference of every other row.
 EVAL_VARIANTS = (
