@@ -191,7 +191,12 @@ def check_layer_block_size(
             f"call); static activation scales are not defined for block-scaled layers, got activation={activation!r}"
         )
     if backend == "torch":
-        raise ValueError("block_size runs on backend='auto' or 'triton'; backend='torch' takes no block scales")
+        # torch._scaled_mm's block mode refuses M < 16 (decode) and other block shapes; `auto` runs it
+        # where a tuned bucket says it won.
+        raise ValueError(
+            "block_size runs on backend='auto' or 'triton'; backend='torch' (torch._scaled_mm's block mode: "
+            "128 x 128 blocks, M >= 16 only) cannot serve a layer's every call"
+        )
     return blocks
 
 

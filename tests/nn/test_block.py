@@ -280,6 +280,15 @@ def test_quantize_model_swaps_fp8_linear_sharing_its_tensors_and_reports_the_res
     assert "would dequantize and requantize" in int8_report.skipped["0"]
 
 
+def test_quantize_model_for_the_vendor_reports_fp8_linear_instead_of_stopping_halfway():
+    # backend='torch' has no block-scaled layers: the FP8Linear stays, reported, and the float layer
+    # before it is swapped as asked (it raised there, leaving the model half swapped).
+    model = nn.Sequential(nn.Linear(256, 256).to(DEVICE, torch.bfloat16), fp8_linear(256, 128))
+    report = quantize_model(model, backend="torch")
+    assert report.swapped == ["0"] and model[0].backend == "torch"
+    assert "not backend='torch'" in report.skipped["1"] and type(model[1]) is finegrained_fp8.FP8Linear
+
+
 # A tiny Llama: dims multiples of 128 except the MLP's 320 (partial blocks in N for gate/up, in K for down).
 LLAMA = dict(
     vocab_size=320, hidden_size=256, intermediate_size=320, num_hidden_layers=2, num_attention_heads=4,

@@ -77,13 +77,15 @@ def _skip_reason(name: str, module: nn.Linear, accept, filtered: bool, qdtype: t
     return None
 
 
-def _fp8_skip_reason(name: str, module: nn.Linear, accept, qdtype: torch.dtype) -> str | None:
+def _fp8_skip_reason(name: str, module: nn.Linear, accept, qdtype: torch.dtype, backend: str) -> str | None:
     """Why a transformers FP8Linear cannot become a block-scaled W8A8Linear sharing its tensors, or None."""
     weight, scale = module.weight, getattr(module, "weight_scale_inv", None)
     if not accept(name, module):
         return "excluded by the filter"
     if qdtype != torch.float8_e4m3fn:
         return "a fine-grained FP8Linear is already fp8: dtype='int8' would dequantize and requantize it"
+    if backend == "torch":  # checks.check_layer_block_size says why
+        return "block-scaled layers run on backend='auto' or 'triton', not backend='torch'"
     if module.block_size is None:
         return "a per-tensor FP8Linear (block_size None); block-scaled layers need weight_block_size"
     try:
@@ -177,7 +179,7 @@ def quantize_model(
         if type(module) is not nn.Linear and not fp8:
             continue
         if fp8:
-            reason = _fp8_skip_reason(name, module, accept, qdtype)
+            reason = _fp8_skip_reason(name, module, accept, qdtype, backend)
         else:
             reason = _skip_reason(name, module, accept, filter is not None, qdtype)
         if reason is not None:
