@@ -19,8 +19,8 @@ vLLM's VLLM_DISABLED_KERNELS does.
 
 Block-scaled fp8 (`block_size`) is planned the same way from its own files (named with
 `block_shape=[block_n,block_k]`; files.py), in the same order, a bucket whose config does not fit the
-block (`block_unfit_reason`) skipped with a warning; without one the block kernel's heuristic tile
-(`heuristic.block_heuristic_config`) runs, on our kernel.
+block (`block_unfit_reason`) skipped with a warning; without one (no neighbour's bucket is lent) the
+block kernel's heuristic tile (`heuristic.block_heuristic_config`) runs, on our kernel.
 """
 
 from __future__ import annotations
