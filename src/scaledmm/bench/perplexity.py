@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from scaledmm.bench.micro import environment
-from scaledmm.kernels.quant import QMAX
+from scaledmm.kernels.quant import ABSMAX_FLOOR, QMAX
 from scaledmm.nn import W8A8Linear, quantize_model
 
 VOCAB = 256  # bytes
@@ -219,7 +219,7 @@ def input_absmax(model: torch.nn.Module, windows: torch.Tensor, batch: int) -> d
 def set_static_scales(model: torch.nn.Module, absmax: dict[str, float]) -> None:
     for name, module in model.named_modules():
         if isinstance(module, W8A8Linear) and module.activation == "static":
-            module.input_scale.fill_(max(absmax[name], 1e-10) / QMAX[module.qdtype])
+            module.input_scale.fill_(max(absmax[name], ABSMAX_FLOOR) / QMAX[module.qdtype])
 
 
 def run_eval(settings: EvalSettings, device: torch.device, command: str = "", log=print) -> dict:
