@@ -9,7 +9,14 @@ from helpers import DEVICE, ON_GPU
 
 from scaledmm.bench.model import build_decoder
 from scaledmm.bench.shapes import DecoderDims
-from scaledmm.nn import QuantizedActivation, RMSNormQuantize, SwiGLUQuantizedMLP, W8A8Linear, quantize_model
+from scaledmm.nn import (
+    QuantizedActivation,
+    RMSNormQuantize,
+    SwiGLUQuantizedMLP,
+    W8A8Linear,
+    fuse_producers,
+    quantize_model,
+)
 
 pytest.importorskip("transformers")
 
@@ -132,3 +139,27 @@ def test_mismatched_quantized_activation_is_refused():
 def test_fuse_producers_argument_is_checked():
     with pytest.raises(ValueError, match="fuse_producers"):
         quantize_model(_decoder(layers=1), fuse_producers="cuda")
+
+
+def test_fuse_producers_takes_true_as_quantize_model_does():
+    model, _ = _quantized(_decoder(layers=1))
+    assert fuse_producers(model, True) == ["model.layers.0.input_layernorm", "model.layers.0.mlp",
+                                           "model.layers.0.post_attention_layernorm"]  # fmt: skip
+    with pytest.raises(ValueError, match="fuse_producers must be False, True, 'triton' or 'inductor'"):
+        fuse_producers(model, "cuda")
+
+
+def test_fuse_producers_leaves_block_scaled_layers_alone():
+    # Their weight scales pair with per-group activation scales: a per-token QuantizedActivation from a
+    # fused norm cannot feed them (a fine-grained FP8 checkpoint's layers are such, whatever block_size
+    # quantize_model was given).
+    model, _ = _quantized(_decoder(layers=1), "fp8", block_size=(32, 32))
+    assert fuse_producers(model) == []
+    layer = model.model.layers[0]
+    assert isinstance(layer.mlp.gate_proj, W8A8Linear) and layer.mlp.gate_proj.block_size == (32, 32)
+    assert type(layer.input_layernorm).__name__ == "LlamaRMSNorm" and not isinstance(layer.mlp, SwiGLUQuantizedMLP)
+
+
+def test_fuse_producers_with_static_activations_is_refused():
+    with pytest.raises(ValueError, match="fuse_producers quantizes per token, for activation='dynamic'"):
+        quantize_model(_decoder(layers=1), activation="static", fuse_producers=True)

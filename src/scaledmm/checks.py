@@ -14,7 +14,13 @@ import torch
 
 from scaledmm.configs import MatmulConfig
 from scaledmm.configs.files import ACCUMULATIONS
-from scaledmm.configs.lookup import SPLIT_K_SCRATCH_LIMIT, block_unfit_reason, split_k_scratch_bytes
+from scaledmm.configs.lookup import (
+    BLOCK_K_CHOICES,
+    SPLIT_K_SCRATCH_LIMIT,
+    block_unfit_reason,
+    check_block_size,
+    split_k_scratch_bytes,
+)
 from scaledmm.kernels.quant import QMAX
 from scaledmm.kernels.vendor import unsupported_reason
 from scaledmm.state import state
@@ -166,24 +172,6 @@ def check_scaled_mm_args(
         raise ValueError(f"backend='torch' cannot compute this call: {reason}; use backend='auto' or 'triton'")
 
 
-# The weight's K block and the activation's group size that the block-scaled kernel takes: its K step
-# is the block (kernels/matmul_block.py), and 8-bit dots need K steps of 32 to 256.
-BLOCK_K_CHOICES = (32, 64, 128, 256)
-
-
-def check_block_size(block_size: object) -> tuple[int, int]:
-    if not (isinstance(block_size, (tuple, list)) and len(block_size) == 2):
-        raise TypeError(f"block_size must be a pair (block_n, block_k) of ints, got {block_size!r}")
-    block_n, block_k = block_size
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (block_n, block_k)):
-        raise TypeError(f"block_size must be a pair (block_n, block_k) of ints, got {block_size!r}")
-    if block_n < 1 or block_k not in BLOCK_K_CHOICES:
-        raise ValueError(
-            f"block_size (block_n, block_k) needs block_n >= 1 and block_k in {BLOCK_K_CHOICES}, got {block_size!r}"
-        )
-    return block_n, block_k
-
-
 def check_layer_block_size(
     block_size: object, dtype: torch.dtype, activation: str, backend: str
 ) -> tuple[int, int] | None:
@@ -203,7 +191,12 @@ def check_layer_block_size(
             f"call); static activation scales are not defined for block-scaled layers, got activation={activation!r}"
         )
     if backend == "torch":
-        raise ValueError("block_size runs on backend='auto' or 'triton'; backend='torch' takes no block scales")
+        # torch._scaled_mm's block mode refuses M < 16 (decode) and other block shapes; `auto` runs it
+        # where a tuned bucket says it won.
+        raise ValueError(
+            "block_size runs on backend='auto' or 'triton'; backend='torch' (torch._scaled_mm's block mode: "
+            "128 x 128 blocks, M >= 16 only) cannot serve a layer's every call"
+        )
     return blocks
 
 
@@ -297,13 +290,15 @@ def check_rms_norm_quantize_args(x: object, weight: object, eps: object, dtype: 
     """x [..., K] float, weight [K] of x's dtype on x's device, eps a float >= 0."""
     x = check_quantize_args(x, dtype)
     weight = check_tensor("weight", weight)
-    if weight.dtype != x.dtype or weight.shape != x.shape[-1:]:
-        raise ValueError(
-            f"weight must be [{x.shape[-1]}] of x's dtype {x.dtype}, got {weight.dtype} of shape {list(weight.shape)}"
-        )
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight must have x's dtype {x.dtype}, got {weight.dtype}")
+    if weight.shape != x.shape[-1:]:
+        raise ValueError(f"weight must be [{x.shape[-1]}] (x's K), got shape {list(weight.shape)}")
     if weight.device != x.device:
         raise ValueError(f"weight is on {weight.device} but x is on {x.device}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"eps must be a number >= 0, got {eps!r}")
+    if not eps >= 0:
         raise ValueError(f"eps must be a number >= 0, got {eps!r}")
     return x
 
@@ -312,7 +307,9 @@ def check_silu_mul_quantize_args(gate: object, up: object, dtype: object) -> tor
     """gate and up [..., K], one float dtype, shape and device."""
     gate = check_quantize_args(gate, dtype)
     up = check_tensor("up", up)
-    if up.dtype != gate.dtype or up.shape != gate.shape or up.device != gate.device:
+    if up.dtype != gate.dtype:
+        raise TypeError(f"up must have gate's dtype {gate.dtype}, got {up.dtype}")
+    if up.shape != gate.shape or up.device != gate.device:
         raise ValueError(
             f"up must match gate ({gate.dtype} {list(gate.shape)} on {gate.device}), "
             f"got {up.dtype} {list(up.shape)} on {up.device}"

@@ -363,7 +363,7 @@ def cmd_bench_model(args: argparse.Namespace, command: str) -> int:
 
     device = _device()
     _require_kernels_runnable(device)
-    models = [m for group in args.model for m in group] or ["llama3-8b", "qwen3-4b"]
+    models = [m for group in args.model for m in group] or DEFAULT_MODELS
     variants = args.variants or list(COMPILED_VARIANTS if args.compile else EAGER_VARIANTS)
     unknown = set(models) - set(ARCHITECTURES) or set(variants) - set(VARIANTS)
     if unknown:
@@ -382,10 +382,7 @@ def cmd_bench_model(args: argparse.Namespace, command: str) -> int:
     )
     result = run_model_bench(models, variants, run, device, command, layers=args.layers)
     print(model_table(result))
-    out_dir = Path(args.out or f"scaledmm-bench/model-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "model_results.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out_dir / 'model_results.json'}")
+    _write_result(result, args.out, "model", "model_results.json")
     return 0
 
 
@@ -399,14 +396,22 @@ def cmd_eval_model(args: argparse.Namespace, command: str) -> int:
     if device.type == "cpu":
         print("No GPU: training and evaluating on the CPU (kernels in Triton's interpreter); use tiny settings.")
     names = {f.name for f in fields(EvalSettings)}
-    settings = EvalSettings(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    try:
+        settings = EvalSettings(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    except (TypeError, ValueError) as err:
+        sys.exit(f"scaledmm eval-model: {err}")
     result = run_eval(settings, device, command)
     print(eval_table(result))
-    out_dir = Path(args.out or f"scaledmm-bench/eval-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval_results.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out_dir / 'eval_results.json'}")
+    _write_result(result, args.out, "eval", "eval_results.json")
     return 0
+
+
+def _write_result(result: dict, out: str | None, prefix: str, file: str) -> None:
+    """A command's JSON result, into `out` or scaledmm-bench/<prefix>-<time>."""
+    out_dir = Path(out or f"scaledmm-bench/{prefix}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / file).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out_dir / file}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,3 +42,19 @@ def test_cli_settings():
 
     args = build_parser().parse_args(["eval-model", "--layers", "2", "--kv-heads", "1", "--train-seconds", "5"])
     assert (args.layers, args.kv_heads, args.train_seconds, args.hidden) == (2, 1, 5.0, None)
+
+
+@pytest.mark.parametrize(
+    "field,value,error",
+    [("eval_batch", 0, ValueError), ("layers", 2.5, TypeError), ("kv_heads", 3, ValueError)],
+)
+def test_settings_are_checked_before_any_training(field, value, error):
+    with pytest.raises(error, match=field):
+        EvalSettings(**{field: value})
+
+
+def test_cli_refuses_bad_settings_naming_them():
+    from scaledmm.cli import main
+
+    with pytest.raises(SystemExit, match="scaledmm eval-model: eval_batch must be an int >= 1, got 0"):
+        main(["eval-model", "--eval-batch", "0"])

@@ -31,6 +31,21 @@ def test_select_config_checks_its_dimensions(M, N, K, error, words):
         select_config(M, N, K, torch.int8, "cpu")
 
 
+@pytest.mark.parametrize(
+    "block_size,error,words",
+    [
+        ((128, 100), ValueError, "block_k in"),  # the block kernel's K step: scaled_mm refuses it too
+        ((128, 16), ValueError, "block_k in"),
+        (128, TypeError, "block_size must be a pair"),
+        ((128.0, 128), TypeError, "block_size must be a pair"),
+    ],
+)
+def test_select_config_checks_block_size_as_scaled_mm_does(block_size, error, words):
+    with pytest.raises(error, match=words):
+        select_config(16, 256, 256, torch.float8_e4m3fn, "cpu", block_size=block_size)
+    assert select_config(16, 256, 256, torch.float8_e4m3fn, "cpu", block_size=[128, 64]).block_k == 64
+
+
 def test_select_config_refuses_a_device_it_cannot_have():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -106,8 +106,15 @@ def test_argument_checks():
         scaledmm.rms_norm_quantize(x, torch.ones(32, dtype=torch.bfloat16, device=DEVICE))
     with pytest.raises(ValueError, match="eps"):
         scaledmm.rms_norm_quantize(x, torch.ones(64, dtype=torch.bfloat16, device=DEVICE), eps=-1.0)
-    with pytest.raises(ValueError, match="up must match"):
+    # A wrong type or dtype is a TypeError, a wrong shape or value a ValueError (checks.py).
+    with pytest.raises(TypeError, match="weight must have x's dtype"):
+        scaledmm.rms_norm_quantize(x, torch.ones(64, dtype=torch.float32, device=DEVICE))
+    with pytest.raises(TypeError, match="eps"):
+        scaledmm.rms_norm_quantize(x, torch.ones(64, dtype=torch.bfloat16, device=DEVICE), eps="1e-6")
+    with pytest.raises(TypeError, match="up must have gate's dtype"):
         scaledmm.silu_mul_quantize(x, x.float())
+    with pytest.raises(ValueError, match="up must match"):
+        scaledmm.silu_mul_quantize(x, x[:1])
     with pytest.raises(TypeError, match="dtype"):
         scaledmm.silu_mul_quantize(x, x, torch.float16)
 

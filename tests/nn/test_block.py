@@ -13,7 +13,7 @@ from helpers import DEVICE
 from torch import nn
 
 import scaledmm
-from scaledmm.nn import W8A8Linear, load_fp8_pretrained, quantize_model, quantize_weight_blocks
+from scaledmm.nn import QuantizedActivation, W8A8Linear, load_fp8_pretrained, quantize_model, quantize_weight_blocks
 from scaledmm.testing import Operands, assert_close
 
 transformers = pytest.importorskip("transformers")
@@ -160,6 +160,21 @@ def test_from_block_fp8_checks_the_checkpoint_tensors():
         assert layer.weight_scale.dtype == torch.float32 and torch.equal(layer.weight_scale, pow2)
 
 
+def test_from_block_fp8_names_a_bias_that_is_not_a_tensor():
+    q, scale = quantize_weight_blocks(torch.randn(256, 384, device=DEVICE))
+    with pytest.raises(TypeError, match=r"bias must be a torch\.Tensor"):
+        W8A8Linear.from_block_fp8(q, scale, [0.0] * 256)
+
+
+def test_a_block_layer_refuses_a_per_token_quantized_activation():
+    # N = 3 rows, K = 384: the block scales [1, 3] look like per-channel scales [1, N] to scaled_mm,
+    # which would compute the product with them, silently wrong, were the activation let through.
+    layer = W8A8Linear(384, 3, device=DEVICE, block_size=(128, 128))
+    activation = QuantizedActivation(torch.zeros(2, 384, dtype=E4M3, device=DEVICE), torch.ones(2, 1, device=DEVICE))
+    with pytest.raises(ValueError, match=r"quantizes per 1 x 128 group to torch\.float8_e4m3fn; it cannot take"):
+        layer(activation)
+
+
 def test_block_state_dict_round_trip_copies_and_casts():
     torch.manual_seed(0)
     layer = W8A8Linear.from_linear(nn.Linear(320, 192, device=DEVICE).to(torch.bfloat16), block_size=(128, 128))
@@ -263,6 +278,15 @@ def test_quantize_model_swaps_fp8_linear_sharing_its_tensors_and_reports_the_res
         assert cosine(layer(x), exact) > 0.998
     int8_report = quantize_model(nn.Sequential(fp8_linear(256, 128)), "int8")
     assert "would dequantize and requantize" in int8_report.skipped["0"]
+
+
+def test_quantize_model_for_the_vendor_reports_fp8_linear_instead_of_stopping_halfway():
+    # backend='torch' has no block-scaled layers: the FP8Linear stays, reported, and the float layer
+    # before it is swapped as asked (it raised there, leaving the model half swapped).
+    model = nn.Sequential(nn.Linear(256, 256).to(DEVICE, torch.bfloat16), fp8_linear(256, 128))
+    report = quantize_model(model, backend="torch")
+    assert report.swapped == ["0"] and model[0].backend == "torch"
+    assert "not backend='torch'" in report.skipped["1"] and type(model[1]) is finegrained_fp8.FP8Linear
 
 
 # A tiny Llama: dims multiples of 128 except the MLP's 320 (partial blocks in N for gate/up, in K for down).

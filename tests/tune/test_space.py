@@ -105,3 +105,12 @@ def test_swapped_candidates_only_at_small_m_with_one_tile_row_of_tokens():
     assert not any(
         c.kernel == "swapped" and c.split_k > 1 for c in candidate_configs(1, 28672, 4096, H100_SHARED, H100_SMS)
     )
+
+
+def test_per_channel_and_block_scaled_jobs_of_one_point_share_out():
+    # A tuning grid may hold both modes of one point; None and a block shape do not compare as tuples do.
+    jobs = [Job(2048, 7168, "fp8", m, block_size=block) for m in (1, 16) for block in (None, (128, 128))]
+    for world in (1, 2):
+        shares = split_jobs(jobs, world)
+        assert sorted(j for s in shares for j in s) == sorted(jobs)
+    assert sorted(jobs)[:2] == [jobs[0], jobs[1]]  # per-channel first, then block-scaled

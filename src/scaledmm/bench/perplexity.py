@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from scaledmm.bench.micro import environment
-from scaledmm.kernels.quant import QMAX
+from scaledmm.kernels.quant import ABSMAX_FLOOR, QMAX
 from scaledmm.nn import W8A8Linear, quantize_model
 
 VOCAB = 256  # bytes
@@ -57,6 +57,27 @@ class EvalSettings:
     holdout_every: int = 10
     max_corpus_bytes: int = 64 << 20
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Checked before the corpus is read and the model trained: a bad evaluation setting would
+        # otherwise fail only after the training time was spent.
+        at_least_one = ("layers", "hidden", "intermediate", "heads", "kv_heads", "seq_len", "batch", "warmup_steps")
+        at_least_one += ("eval_windows", "eval_batch", "calibration_windows", "holdout_every", "max_corpus_bytes")
+        for name in at_least_one:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.hidden % self.heads or self.heads % self.kv_heads:
+            raise ValueError(
+                f"hidden must be a multiple of heads and heads of kv_heads, got hidden={self.hidden}, "
+                f"heads={self.heads}, kv_heads={self.kv_heads}"
+            )
+        if not self.train_seconds > 0 or (self.max_steps is not None and self.max_steps < 0):
+            raise ValueError(
+                f"train_seconds must be > 0 and max_steps >= 0, got {self.train_seconds} and {self.max_steps}"
+            )
 
 
 # (name, quantize_model arguments); bf16 first, the reference of every other row.
@@ -198,7 +219,7 @@ def input_absmax(model: torch.nn.Module, windows: torch.Tensor, batch: int) -> d
 def set_static_scales(model: torch.nn.Module, absmax: dict[str, float]) -> None:
     for name, module in model.named_modules():
         if isinstance(module, W8A8Linear) and module.activation == "static":
-            module.input_scale.fill_(max(absmax[name], 1e-10) / QMAX[module.qdtype])
+            module.input_scale.fill_(max(absmax[name], ABSMAX_FLOOR) / QMAX[module.qdtype])
 
 
 def run_eval(settings: EvalSettings, device: torch.device, command: str = "", log=print) -> dict:

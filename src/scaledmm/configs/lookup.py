@@ -19,8 +19,8 @@ vLLM's VLLM_DISABLED_KERNELS does.
 
 Block-scaled fp8 (`block_size`) is planned the same way from its own files (named with
 `block_shape=[block_n,block_k]`; files.py), in the same order, a bucket whose config does not fit the
-block (`block_unfit_reason`) skipped with a warning; without one the block kernel's heuristic tile
-(`heuristic.block_heuristic_config`) runs, on our kernel.
+block (`block_unfit_reason`) skipped with a warning; without one (no neighbour's bucket is lent) the
+block kernel's heuristic tile (`heuristic.block_heuristic_config`) runs, on our kernel.
 """
 
 from __future__ import annotations
@@ -216,6 +216,27 @@ def split_k_scratch_bytes(M: int, N: int, config: MatmulConfig) -> int:
     return config.split_k * tiles * config.block_m * config.block_n * 4
 
 
+# The weight's K block and the activation's group size that the block-scaled kernel takes: its K step
+# is the block (kernels/matmul_block.py), and 8-bit dots need K steps of 32 to 256.
+BLOCK_K_CHOICES = (32, 64, 128, 256)
+
+
+def check_block_size(block_size: object) -> tuple[int, int]:
+    """scaled_mm's (and every other entry point's) `block_size`: a pair (block_n, block_k) the
+    block-scaled kernel takes, returned as a tuple. Here, below scaledmm.checks, so that
+    select_config checks it as scaled_mm does."""
+    if not (isinstance(block_size, (tuple, list)) and len(block_size) == 2):
+        raise TypeError(f"block_size must be a pair (block_n, block_k) of ints, got {block_size!r}")
+    block_n, block_k = block_size
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (block_n, block_k)):
+        raise TypeError(f"block_size must be a pair (block_n, block_k) of ints, got {block_size!r}")
+    if block_n < 1 or block_k not in BLOCK_K_CHOICES:
+        raise ValueError(
+            f"block_size (block_n, block_k) needs block_n >= 1 and block_k in {BLOCK_K_CHOICES}, got {block_size!r}"
+        )
+    return block_n, block_k
+
+
 def block_unfit_reason(config: MatmulConfig, block_size: tuple[int, int]) -> str | None:
     """Why a config cannot run the block-scaled kernel (kernels/matmul_block.py) for scale blocks of
     `block_size` = (block_n, block_k), or None. Its K step is the scale block, and it has neither a
@@ -325,9 +346,7 @@ def select_config(
     if block_size is not None:
         if dtype == torch.int8:
             raise TypeError("block_size is for fp8 operands (DeepSeek-style block scales), not int8")
-        block_size = tuple(block_size)
-        if not (len(block_size) == 2 and all(type(v) is int and v >= 1 for v in block_size)):
-            raise ValueError(f"block_size must be a pair (block_n, block_k) of ints >= 1, got {block_size!r}")
+        block_size = check_block_size(block_size)
     return plan(M, N, K, dtype, _resolve_device(device), accumulation, block_size).config
 
 

@@ -311,6 +311,8 @@ class W8A8Linear(nn.Module):
         "ue8m0") are widened to float32, exactly. `bias` [N] is kept in `out_dtype`."""
         weight = check_tensor("weight", weight)
         weight_scale_inv = check_tensor("weight_scale_inv", weight_scale_inv)
+        if bias is not None:
+            bias = check_tensor("bias", bias)
         if weight.dtype != torch.float8_e4m3fn or weight.dim() != 2:
             shape = list(weight.shape)
             raise TypeError(f"weight must be a 2-D float8_e4m3fn tensor [N, K], got {weight.dtype} of shape {shape}")
@@ -417,9 +419,12 @@ class W8A8Linear(nn.Module):
     def _forward_quantized(self, x: QuantizedActivation) -> torch.Tensor:
         """The product of an activation its producer quantized: scaled_mm alone (the members of a
         FusedSiblings group share one, kept on `x`)."""
-        if x.q.dtype != self.qdtype or self.activation != "dynamic":
+        # A block-scaled layer's weight scales pair with per-group activation scales only: given per-token
+        # ones, scaled_mm would read its block scales as per-channel (or per-tensor) ones.
+        if x.q.dtype != self.qdtype or self.activation != "dynamic" or self.block_size is not None:
+            quantizes = self.activation if self.block_size is None else f"per 1 x {self.block_size[1]} group"
             raise ValueError(
-                f"this W8A8Linear quantizes {self.activation} to {self.qdtype}; it cannot take an activation "
+                f"this W8A8Linear quantizes {quantizes} to {self.qdtype}; it cannot take an activation "
                 f"quantized per token to {x.q.dtype}"
             )
         lead = x.q.shape[:-1]

@@ -21,6 +21,7 @@ from scaledmm.checks import (
 )
 from scaledmm.nn.linear import W8A8Linear, dtype_of
 from scaledmm.nn.producers import fuse_producers as swap_producers
+from scaledmm.nn.producers import producer_impl
 from scaledmm.nn.siblings import fuse_siblings
 
 
@@ -76,13 +77,15 @@ def _skip_reason(name: str, module: nn.Linear, accept, filtered: bool, qdtype: t
     return None
 
 
-def _fp8_skip_reason(name: str, module: nn.Linear, accept, qdtype: torch.dtype) -> str | None:
+def _fp8_skip_reason(name: str, module: nn.Linear, accept, qdtype: torch.dtype, backend: str) -> str | None:
     """Why a transformers FP8Linear cannot become a block-scaled W8A8Linear sharing its tensors, or None."""
     weight, scale = module.weight, getattr(module, "weight_scale_inv", None)
     if not accept(name, module):
         return "excluded by the filter"
     if qdtype != torch.float8_e4m3fn:
         return "a fine-grained FP8Linear is already fp8: dtype='int8' would dequantize and requantize it"
+    if backend == "torch":  # checks.check_layer_block_size says why
+        return "block-scaled layers run on backend='auto' or 'triton', not backend='torch'"
     if module.block_size is None:
         return "a per-tensor FP8Linear (block_size None); block-scaled layers need weight_block_size"
     try:
@@ -151,12 +154,15 @@ def quantize_model(
     check_backend(backend)
     check_accumulation(accumulation)
     block_size = check_layer_block_size(block_size, qdtype, activation, backend)
-    producers_impl = "triton" if fuse_producers is True else fuse_producers
-    if producers_impl not in (False, None, "triton", "inductor"):
-        raise ValueError(f"fuse_producers must be False, True, 'triton' or 'inductor', got {fuse_producers!r}")
+    producers_impl = producer_impl(fuse_producers)
     if producers_impl and block_size is not None:
         raise ValueError(
             "fuse_producers quantizes per token; block_size layers quantize per 1 x block_k group: pass one of them"
+        )
+    if producers_impl and activation == "static":
+        raise ValueError(
+            "fuse_producers quantizes per token, for activation='dynamic'; static layers take one calibrated "
+            "scale and no producer to fuse: pass one of them"
         )
     accept = filter or _default_filter
     fp8_out_dtype = _float_dtype(model)  # what FP8Linear replacements write, read before any swap
@@ -173,7 +179,7 @@ def quantize_model(
         if type(module) is not nn.Linear and not fp8:
             continue
         if fp8:
-            reason = _fp8_skip_reason(name, module, accept, qdtype)
+            reason = _fp8_skip_reason(name, module, accept, qdtype, backend)
         else:
             reason = _skip_reason(name, module, accept, filter is not None, qdtype)
         if reason is not None:

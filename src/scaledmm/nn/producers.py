@@ -20,8 +20,9 @@ Two implementations, chosen by `impl`:
   small kernels: use it compiled.
 
 Limits: only dynamic per-token layers (a static scale needs no per-token pass, nor a fused
-producer); the norm's weight must have the layer's dtype; the attention's output projection
-(o_proj) still quantizes its input itself (its producer is the attention kernel). A module that
+producer; block-scaled layers quantize per 1 x block_k group); the norm's weight must have the
+layer's dtype; the attention's output projection (o_proj) still quantizes its input itself (its
+producer is the attention kernel). A module that
 reads a swapped norm's output other than through `.shape` and W8A8Linear layers (a forward hook that
 expects a tensor, output_hidden_states of a norm) sees the QuantizedActivation.
 """
@@ -124,8 +125,9 @@ class SwiGLUQuantizedMLP(nn.Module):
 
 
 def _dynamic_layers(*layers: object) -> torch.dtype | None:
-    """The 8-bit dtype shared by dynamic W8A8Linear layers, or None if they are not all such."""
-    if not all(isinstance(m, W8A8Linear) and m.activation == "dynamic" for m in layers):
+    """The 8-bit dtype shared by dynamic per-token W8A8Linear layers, or None if they are not all such
+    (block-scaled layers, those of a fine-grained FP8 checkpoint included, quantize per group)."""
+    if not all(isinstance(m, W8A8Linear) and m.activation == "dynamic" and m.block_size is None for m in layers):
         return None
     dtypes = {m.qdtype for m in layers}
     return dtypes.pop() if len(dtypes) == 1 else None
@@ -152,12 +154,24 @@ def _is_swiglu(mlp: object) -> bool:
     )
 
 
-def fuse_producers(model: nn.Module, impl: str = "triton") -> list[str]:
+def producer_impl(fuse_producers: object) -> str | None:
+    """quantize_model's `fuse_producers` as the implementation it asks for: None for False (or None),
+    "triton" for True or "triton", "inductor"; ValueError for anything else."""
+    if fuse_producers is None or fuse_producers is False:
+        return None
+    impl = "triton" if fuse_producers is True else fuse_producers
+    if not isinstance(impl, str) or impl not in IMPLEMENTATIONS:
+        raise ValueError(f"fuse_producers must be False, True, 'triton' or 'inductor', got {fuse_producers!r}")
+    return impl
+
+
+def fuse_producers(model: nn.Module, impl: str | bool = "triton") -> list[str]:
     """Swap, in every decoder layer of `model` laid out as transformers' Llama-style layers, the norms
-    and MLPs that feed dynamic W8A8Linear layers for their quantizing versions (module docstring).
-    Returns the names of the modules swapped."""
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"fuse_producers must be one of {IMPLEMENTATIONS} (or True for 'triton'), got {impl!r}")
+    and MLPs that feed dynamic per-token W8A8Linear layers for their quantizing versions (module
+    docstring); `impl` as quantize_model's `fuse_producers`. Returns the names of the modules swapped."""
+    impl = producer_impl(impl)
+    if impl is None:
+        return []
     swapped = []
     for name, layer in list(model.named_modules()):
         prefix = f"{name}." if name else ""

@@ -216,13 +216,9 @@ class FusedSiblings:
                 self.enabled = False  # the last product served one member: siblings read different inputs
                 forward.forget()
                 return None
-            current = self._member_storage()
-            if current != self._storage:
-                if len(set(current[1])) > 1 or len({m.bias is None for m in self.members}) > 1:
-                    self.enabled = False  # the members no longer agree on how to run
-                    forward.forget()
-                    return None
-                self._concatenate()
+            if not self._refresh():  # the members no longer agree on how to run
+                forward.forget()
+                return None
             forward.out = self._product(x.reshape(-1, x.shape[-1]))
             forward.source, forward.version, forward.served = x, x._version, 0
         forward.served += 1

@@ -43,7 +43,7 @@ REFINED = 3  # how many of the best tiles also try other program groupings
 FINAL_WARMUP_MS = 5.0  # the screen has just kept the GPU busy; the final round needs little warm-up
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Job:
     """One point of the tuning grid."""
 
@@ -59,6 +59,14 @@ class Job:
         """A rough relative duration, for sharing jobs evenly: the weight streams once per candidate
         (decode), the FLOPs grow with M (prefill)."""
         return self.n * self.k * (1 + self.m / 64)
+
+    def __lt__(self, other: Job) -> bool:
+        # Field by field, as dataclass(order=True) compares, except that a per-channel job (block_size
+        # None) sorts before a block-scaled one of the same point instead of raising TypeError.
+        return self._sort_key() < other._sort_key()
+
+    def _sort_key(self) -> tuple:
+        return (self.n, self.k, self.dtype, self.m, self.accumulation, self.block_size or ())
 
 
 def candidates(job: Job, device: torch.device, max_candidates: int | None) -> list[MatmulConfig]:

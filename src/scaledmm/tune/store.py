@@ -41,9 +41,7 @@ from scaledmm.configs.files import (
     upgrade_bucket,
     write_json_atomic,
 )
-from scaledmm.kernels.matmul import kernel_revision
-from scaledmm.kernels.matmul_block import BLOCK_REVISION
-from scaledmm.tune.runner import Job
+from scaledmm.tune.runner import Job, job_revision
 
 BUCKET_FIELDS = ("backend", "config", "time_us", "baselines_us", "candidates", "revision")
 LOCK_NAME = ".lock"  # in the output folder; the lookup reads only *.json
@@ -130,10 +128,8 @@ class ResultStore:
                     buckets = load_table(path).buckets
                 except ValueError:
                     continue
-                current = {
-                    b.m for b in buckets if b.revision == (BLOCK_REVISION if block else kernel_revision(b.config))
-                }
-                held |= {Job(n, k, dtype, m, accumulation, block) for m in current}
+                jobs_held = ((Job(n, k, dtype, b.m, accumulation, block), b) for b in buckets)
+                held |= {job for job, b in jobs_held if b.revision == job_revision(job, b.config)}
         return held & set(jobs)
 
     def add(self, results: list[dict]) -> None:
