@@ -300,6 +300,6 @@ def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replay
             "heuristic": round(final_times[heuristic], 3) if heuristic in final_times else None,
             "triton": round(triton_us, 3),
         },
-        "candidates": len(screened),
+        "candidates": len(screened),  # configs the screen timed (correct or not: only the shortlist is checked)
         "revision": job_revision(job, best),
     }  # fmt: skip
