@@ -61,7 +61,8 @@ def scaled_mm_tma_kernel(
     tiles_n = tl.cdiv(N, BLOCK_N)
     k_steps = tl.cdiv(K, BLOCK_K)
     # flatten=True measured 1.04-1.12x faster than nested loops at M >= 4096 on an H100; Triton's warp
-    # specialisation did nothing on sm_90 or failed to compile (docs/performance.md, "Prefill").
+    # specialisation needs 4 warps, nested loops and a pointer store on sm_90 (scaled_mm_tma_ws_kernel
+    # below; docs/performance.md, "Warp-specialised kernels").
     for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, NUM_PROGRAMS, flatten=True):
         tile_m, tile_n = grouped_tile(tile, tiles_m, tiles_n, GROUP_M)
         first_row = tile_m * BLOCK_M
