@@ -307,6 +307,11 @@ def cmd_configs(args: argparse.Namespace, command: str) -> int:
 
     found = list_config_files()
     valid = [(p, t) for p, t in found if isinstance(t, TunedTable)]
+    if args.summary:
+        from scaledmm.tune.report import files_summary
+
+        print(files_summary([read_json(path) for path, _ in valid]))
+        return 0
     if args.json:
         rows = []
         for path, table in valid:
@@ -498,6 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     configs = sub.add_parser("configs", help="list the tuned config files scaledmm finds")
     configs.add_argument("--json", action="store_true", help="a JSON list instead of a table")
+    configs.add_argument(
+        "--summary",
+        action="store_true",
+        help="what the files gain as the tuner measured it: geomean speed over the vendor and the heuristic per "
+        "card, dtype and range of M",
+    )
     return parser
 
 

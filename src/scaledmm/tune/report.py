@@ -1,7 +1,12 @@
-"""The closing table of a tuning run: per shape and M, the winner and what it gains."""
+"""The closing table of a tuning run (per shape and M, the winner and what it gains), and the summary
+of what a folder of tuned files gains (`scaledmm configs --summary`)."""
 
 from __future__ import annotations
 
+import math
+from collections import defaultdict
+
+from scaledmm.bench.shapes import m_range
 from scaledmm.configs import MatmulConfig
 
 
@@ -26,4 +31,44 @@ def closing_table(results: list[dict]) -> str:
             f"{r['time_us']:>8.1f} {_ratio(base.get('torch'), r['time_us']):>9} "
             f"{_ratio(base.get('heuristic'), r['time_us']):>12}"
         )
+    return "\n".join(lines)
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def files_summary(tables: list[dict]) -> str:
+    """What tuned files gain, as the tuner measured it in each bucket's final round (the winner, the
+    heuristic and the vendor timed together): per card, dtype, mode and range of M, the geomean of
+    the vendor's time over `auto`'s (the bucket's winner), over our best kernel's, and the heuristic's
+    over `auto`'s, each with its lowest value and point count. `tables` are the files' JSON objects.
+    Buckets where the vendor refuses (int8 at M <= 16) count in the heuristic column only."""
+    groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for table in tables:
+        block = table.get("block_shape")
+        mode = f"block {block[0]}x{block[1]}" if block else table.get("accumulation", "fast")
+        for m, bucket in table["buckets"].items():
+            key = (table["device_name"], table["dtype"], mode, m_range(int(m)))
+            auto, base = bucket.get("time_us"), bucket.get("baselines_us", {})
+            if auto is None:
+                continue
+            vendor = next((t for name, t in base.items() if name.startswith("torch") and t), None)
+            if vendor is not None:
+                groups[key]["vendor / auto"].append(vendor / auto)
+                if base.get("triton"):
+                    groups[key]["vendor / ours"].append(vendor / base["triton"])
+            if base.get("heuristic"):
+                groups[key]["heuristic / auto"].append(base["heuristic"] / auto)
+    if not groups:
+        return "no tuned file records its measured times"
+    columns = ("vendor / auto", "vendor / ours", "heuristic / auto")
+    lines = [f"{'card':<22} {'dtype':<5} {'mode':<15} {'M':<8}" + "".join(f"{c:>26}" for c in columns)]
+    order = {"decode": 0, "mid": 1, "prefill": 2}
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], order[k[3]])):
+        cells = []
+        for column in columns:
+            values = groups[key][column]
+            cells.append(f"{_geomean(values):.2f} (min {min(values):.2f}, {len(values)})" if values else "-")
+        lines.append(f"{key[0]:<22} {key[1]:<5} {key[2]:<15} {key[3]:<8}" + "".join(f"{c:>26}" for c in cells))
     return "\n".join(lines)
