@@ -52,11 +52,13 @@ class _Tile:
 
 
 # 32 < M <= 64: one tile row of 64 (the rows past M masked, never loaded), four warps, K steps of 256,
-# or 512 where the grid is under one program per SM and K >= 8192 (8 of those 13 buckets; the other 5
-# a swapped 64 x 64 x 256 tile split in two); 50 of 50 winners had 64 rows, 40 K steps of 256 or 512.
+# or 512 where the grid is under one program per SM, K >= 8192 and shared memory still holds four
+# stages of them (64 x 32 tiles: 8 of those 13 buckets won with 64 x 32 x 512, the other 5 with a
+# swapped 64 x 64 x 256 tile split in two); all 50 winners had 64 rows, 40 K steps of 256 or 512.
 # The rule before took K steps of 128: x old 1.26-1.87 on 14 of the 18 H200 buckets.
 _DECODE_TILES = tuple(_Tile(MatmulConfig(64, bn, 256, group_m=8, num_warps=4), 5) for bn in (128, 64, 32))
 _LONG_K = 8192
+_LONG_STEP_MIN_STAGES = 4
 
 # M > 64: 64 x 128 and 64 x 64 pointer tiles, four warps (all 110 64-row winners there), K steps of
 # 256 up to M = 128 in int8 and 256 in fp8 (38 of those 47 winners), of 128 above (58 of 63), or a
@@ -97,7 +99,9 @@ def heuristic_config(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int, s
         return _swap_config(M, N, K, num_sms, shared_memory)
     if M <= 64:
         tile = _cheapest(M, N, _DECODE_TILES, num_sms)
-        long_step = K >= _LONG_K and triton.cdiv(N, tile.config.block_n) < num_sms
+        bn = tile.config.block_n
+        long_step = K >= _LONG_K and triton.cdiv(N, bn) < num_sms
+        long_step = long_step and _LONG_STEP_MIN_STAGES * (64 + bn) * 512 <= shared_memory - SHARED_MEMORY_RESERVE
         return _fitted(tile, N, K, 512 if long_step else 256, shared_memory)
     big = [_POINTER_BIG_TILE]
     if dtype != torch.int8 and M >= _TMA_MIN_M:
@@ -128,13 +132,16 @@ def _cheapest(M: int, N: int, tiles: tuple[_Tile, ...], num_sms: int) -> _Tile:
 
 
 def _fitted(tile: _Tile, N: int, K: int, block_k: int, shared_memory: int) -> MatmulConfig:
-    """The tile no larger than the problem (but at least the tensor-core minimum), with its K step and
-    the deepest pipeline that shared memory holds."""
+    """The tile no larger than the problem (but at least the tensor-core minimum), with its K step
+    (halved where shared memory does not hold two stages of it: GPUs with less than Hopper's) and the
+    deepest pipeline that shared memory holds."""
     config = tile.config
     if config.kernel == "tma":
         return config  # chosen only where the problem and shared memory hold it whole
     block_n = min(config.block_n, max(16, triton.next_power_of_2(N)))
     block_k = min(block_k, max(32, triton.next_power_of_2(K)))
+    while block_k > 32 and _MIN_STAGES * (config.block_m + block_n) * block_k > shared_memory - SHARED_MEMORY_RESERVE:
+        block_k //= 2
     stages = _stages(config.block_m, block_n, block_k, tile.most_stages, shared_memory)
     return dataclasses.replace(config, block_n=block_n, block_k=block_k, num_stages=stages)
 
@@ -150,14 +157,13 @@ def _tma_fits(config: MatmulConfig, N: int, K: int, shared_memory: int) -> bool:
 
 
 def _swap_config(M: int, N: int, K: int, num_sms: int, shared_memory: int) -> MatmulConfig:
-    block_m = max(_SWAP_TILE.block_m, triton.next_power_of_2(M))
-    block_n = min(_SWAP_TILE.block_n, max(16, triton.next_power_of_2(N)))
-    block_k = min(_SWAP_TILE.block_k, max(32, triton.next_power_of_2(K)))
-    split = 2 if triton.cdiv(N, block_n) * 2 <= num_sms and K >= _SWAP_SPLIT_MIN_K else 1
-    stages = _stages(block_m, block_n, block_k, _SWAP_TILE.num_stages, shared_memory)
-    return dataclasses.replace(
-        _SWAP_TILE, block_m=block_m, block_n=block_n, block_k=block_k, num_stages=stages, split_k=split
+    tile = _Tile(
+        dataclasses.replace(_SWAP_TILE, block_m=max(_SWAP_TILE.block_m, triton.next_power_of_2(M))),
+        _SWAP_TILE.num_stages,
     )
+    config = _fitted(tile, N, K, _SWAP_TILE.block_k, shared_memory)
+    split = 2 if triton.cdiv(N, config.block_n) * 2 <= num_sms and K >= _SWAP_SPLIT_MIN_K else 1
+    return dataclasses.replace(config, split_k=split)
 
 
 def _stages(block_m: int, block_n: int, block_k: int, most: int, shared_memory: int) -> int:
