@@ -24,8 +24,8 @@ _MIN_STAGES = 2
 # 256, one tile row of 16 or 32 tokens, four warps, five stages; split in two where its tiles leave
 # half the SMs idle and K is long. Up to M = 16 it won every point of the first H100 A/B
 # (benchmarks/results/h100-2026-11-27-swap/heuristic_swap_ab.log). At M = 24 and 32 the 32-token
-# swapped tile won 36 of 48 buckets, split in two on exactly the shapes this rule splits (2560 x 9728,
-# and 4096 x 14336 on the H200), where the rule before ran pointer tiles at x old 1.07-1.32 (H200).
+# swapped tile won 36 of 48 buckets (8 of them split in two, all on shapes this rule splits: 2560 x
+# 9728, and 4096 x 14336 on the H200), where the rule before ran pointer tiles at x old 1.07-1.32 (H200).
 # Before Hopper the MMA has no 64-row form to fill; not timed there.
 _SWAP_TILE = MatmulConfig(16, 64, 256, group_m=8, num_warps=4, num_stages=5, kernel="swapped")
 _SWAP_MAX_M = 32
@@ -39,7 +39,7 @@ _SWAP_SPLIT_MIN_K = 8192
 # 64 on N = 6144, 64 x 128 on N = 28672); at large M the multiply-adds dominate, and it weighs the
 # larger tile's fewer loads per output against a ragged last wave (e.g. 128 x 256 where it fills the
 # waves as well as 128 x 128). _LOAD_COST = 64 makes a 128 x 128 tile cost as much in loads as in
-# multiply-adds; 32 to 96 pick the same family for 390-393 of the 564 buckets, 0 (waves alone) 307.
+# multiply-adds; 32 to 96 pick the winner's family in 396-399 of the 564 buckets, 0 (waves alone) in 307.
 _LOAD_COST = 64
 
 
