@@ -13,103 +13,157 @@ from scaledmm.configs.config import MatmulConfig
 # conversion); kept free when the pipeline depth is chosen.
 SHARED_MEMORY_RESERVE = 16 * 1024
 _MIN_STAGES = 2
-# Large M on Hopper and newer: the persistent TMA kernel's tile that won at M >= 4096 on every
-# llama3-8b shape of the first H100 A/B in fp8, and came within 5% of the best in int8
-# (benchmarks/results/h100-2026-11-27-tma/tma_variants_ab.log; at M = 1024 it lost on qkv). Taken
-# from M = 2048 on where it makes at least 3 tiles per SM: with fewer, the last round of the
-# persistent grid leaves SMs idle, and on llama3-70b's qkv at tp 4 (N = 2560) it lost to the
-# 128x128 tile at M = 2048 and 4096 (heuristic_tma_ab.log, from which this rule was read).
-_TMA_TILE = MatmulConfig(128, 256, 128, group_m=8, num_warps=8, num_stages=3, kernel="tma")
-_TMA_MIN_M = 2048
-_TMA_MIN_TILES_PER_SM = 3
-# Its pipeline plus half an fp32 output tile staged for the store: only Hopper-class GPUs (227 KB
-# per block) have that much shared memory; a GPU with that much but no TMA runs the pointer kernel.
-_TMA_TILE_SHARED_MEMORY = (
-    _TMA_TILE.num_stages * (_TMA_TILE.block_m + _TMA_TILE.block_n) * _TMA_TILE.block_k
-    + _TMA_TILE.block_m * _TMA_TILE.block_n // 2 * 4
-    + SHARED_MEMORY_RESERVE
-)
+# The rule below was refit (issue 18, item 1b) on the winners of the 564 tuned buckets of the H100 and
+# H200 files (llama3-8b and qwen3-4b, int8 and fp8, 23 values of M each) and the H200 tuner A/B on
+# qwen2.5-7b (benchmarks/results/h200-2026-12-01/tuner_cost_ab_unpruned.log); bucket counts below are
+# of those. `benchmarks/ab/heuristic_refit.py` prints the analysis, docs/performance.md ("Heuristic
+# refit (issue 18): proposal") its tables; "x old" is the time of the rule before the refit over the
+# winner's, timed together in the H200 tuning runs.
 
-# M <= 16: the swapped kernel (the weight tile as the MMA's tall operand) with 64 weight rows by K
-# steps of 256, four warps, five stages, split in two where its tiles leave half the SMs idle and K is
-# long. In the first A/B on the preset shapes (benchmarks/ab/small_m_forms.py) this tile won at every
-# point, split in two on exactly the shapes this rule splits; on the shapes of llama3-70b (tp 4 and 8)
-# and qwen2.5-7b it ran 1.03-1.48x as fast as the rules before it in fp8 and 1.01-1.40x in int8,
-# split as here (benchmarks/results/h100-2026-11-27-swap/heuristic_swap_ab.log; splitting the wider
-# grids or the shorter K as well ran 0.79-0.97x the unsplit tile). Measured on an H100 only; before
-# Hopper the MMA has no 64-row form to fill, and the rule has not been timed there.
+# M <= 32: the swapped kernel (the weight tile as the MMA's tall operand), 64 weight rows by K steps of
+# 256, one tile row of 16 or 32 tokens, four warps, five stages; split in two where its tiles leave
+# half the SMs idle and K is long. Up to M = 16 it won every point of the first H100 A/B
+# (benchmarks/results/h100-2026-11-27-swap/heuristic_swap_ab.log). At M = 24 and 32 the 32-token
+# swapped tile won 36 of 48 buckets (8 of them split in two, all on shapes this rule splits: 2560 x
+# 9728, and 4096 x 14336 on the H200), where the rule before ran pointer tiles at x old 1.07-1.32 (H200).
+# Before Hopper the MMA has no 64-row form to fill; not timed there.
 _SWAP_TILE = MatmulConfig(16, 64, 256, group_m=8, num_warps=4, num_stages=5, kernel="swapped")
+_SWAP_MAX_M = 32
 _SWAP_SPLIT_MIN_K = 8192
 
-# fp8 at 16 < M <= 32 with few column tiles (N <= 8448 on an H100): 64-row tiles, their rows past M
-# masked. (Measured before the swapped tile took M <= 16:)
-# The tuner chose them at M <= 32 in 34 of the 42 fp8 buckets of the presets' shapes with N <= 6144
-# and in 3 of the 14 with N >= 19456 (none below M = 24), whose 16-row tiles have programs enough to
-# stream the weight (benchmarks/tuning/h100-decode-64-rows.log). On the shapes of llama3-70b (tp 4
-# and 8) and qwen2.5-7b they ran 0.98-1.51x as fast as the 16- and 32-row tiles in fp8 (27 of 30
-# points faster) but lost in int8 at M = 1 and 16 (0.89-0.99x;
-# benchmarks/results/h100-2026-11-27-decode/heuristic_decode_ab.log).
-_DECODE_BLOCK_N = 32
-_WIDE_TILE_MAX_PROGRAMS_PER_SM = 2
+# Above M = 32, a tile from a short list, chosen by a cost model of the grid (`_grid_cost`): a
+# program's time per K step is its bm x bn multiply-adds plus _LOAD_COST for each of the bm + bn
+# operand bytes it loads, and the busiest SM runs ceil(tiles / SMs) programs; the cheapest grid wins,
+# ties going to the larger tile (lists run large to small). At decode the load term dominates, and the
+# model takes the narrowest tile that still gives about every SM a program (64 x 32 on N <= 4096, 64 x
+# 64 on N = 6144, 64 x 128 on N = 28672); at large M the multiply-adds dominate, and it weighs the
+# larger tile's fewer loads per output against a ragged last wave (e.g. 128 x 256 where it fills the
+# waves as well as 128 x 128). _LOAD_COST = 64 makes a 128 x 128 tile cost as much in loads as in
+# multiply-adds; 32 to 96 pick the winner's family in 396-399 of the 564 buckets, 0 (waves alone) in 307.
+_LOAD_COST = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tile:
+    """A candidate of the rule and the deepest pipeline it takes where shared memory holds it."""
+
+    config: MatmulConfig
+    most_stages: int
+
+
+# 32 < M <= 64: one tile row of 64 (the rows past M masked, never loaded), four warps, K steps of 256,
+# or 512 where the grid is under one program per SM, K >= 8192 and shared memory still holds four
+# stages of them (64 x 32 tiles: 8 of those 13 buckets won with 64 x 32 x 512, the other 5 with a
+# swapped 64 x 64 x 256 tile split in two); all 50 winners had 64 rows, 40 K steps of 256 or 512.
+# The rule before took K steps of 128: x old 1.26-1.87 on 14 of the 18 H200 buckets.
+_DECODE_TILES = tuple(_Tile(MatmulConfig(64, bn, 256, group_m=8, num_warps=4), 5) for bn in (128, 64, 32))
+_LONG_K = 8192
+_LONG_STEP_MIN_STAGES = 4
+
+# M > 64: 64 x 128 and 64 x 64 pointer tiles, four warps (all 110 64-row winners there), K steps of
+# 256 up to M = 128 in int8 and 256 in fp8 (38 of those 47 winners), of 128 above (58 of 63), or a
+# 128-row tile: in int8 the pointer kernel's 128 x 128 x 128 with four warps and three stages (54 of
+# its 67 wins; 25 of the 32 H200 int8 buckets from M = 768, where the rule before, an eight-warp
+# pointer or the TMA tile, ran x old 1.14-1.59); in fp8 on Hopper (shared memory for it) from M = 256
+# the TMA kernel's 128 x 128 (four warps, five stages) or 128 x 256 (eight warps, three stages), 101
+# of the 112 fp8 winners from M = 512, and below M = 256 the pointer kernel's (all 13 128-row fp8
+# winners there). On the H100 the TMA kernel's 256 x 128 and 128 x 256 tiles won 32 of the 64 int8
+# buckets from M = 768 (the H200: none); a rule on SM count and shared memory cannot tell the cards
+# apart, and the pointer tile is the H200's choice.
+_MID_TILES = (
+    _Tile(MatmulConfig(64, 128, 256, group_m=8, num_warps=4), 5),
+    _Tile(MatmulConfig(64, 64, 256, group_m=8, num_warps=4), 5),
+)
+_MID_LONG_STEP_MAX_M = 256
+_MID_LONG_STEP_MAX_M_INT8 = 128
+_MID_SHORT_STEP_STAGES = 4
+_POINTER_BIG_TILE = _Tile(MatmulConfig(128, 128, 128, group_m=8, num_warps=4, num_stages=3), 3)
+_TMA_TILES = (
+    _Tile(MatmulConfig(128, 256, 128, group_m=8, num_warps=8, num_stages=3, kernel="tma"), 3),
+    _Tile(MatmulConfig(128, 128, 128, group_m=8, num_warps=4, num_stages=5, kernel="tma"), 5),
+)
+_TMA_MIN_M = 256
 
 
 def heuristic_config(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int, shared_memory: int) -> MatmulConfig:
     """A reasonable config for 8-bit operands of `dtype` without any tuning.
 
-    Small M is memory-bound (the weight streams once). Up to M = 16 the swapped kernel runs, 64
-    weight rows by 16 tokens, split in two where that leaves SMs idle on a long K. Up to M = 64 tiles
-    are long in K and short in M (in fp8, 64 rows masked past M where N is narrow), and the N tile is
-    the widest that still gives every SM a program. Large M is compute-bound and takes the classic
-    128x128 tile, or from M = 2048 on, where it makes 3 tiles per SM and shared memory allows it
-    (Hopper and newer), the TMA kernel's 128x256 tile. The pipeline is as deep as shared memory
-    allows, up to 4 stages (5 for the swapped tile).
+    Up to M = 32 the swapped kernel runs, 64 weight rows by 16 or 32 tokens, split in two where that
+    leaves SMs idle on a long K. Above, a tile from a short list per M range, the one whose grid a
+    cost model finds cheapest (`_grid_cost`: waves of programs, each its multiply-adds plus its
+    loads): 64-row tiles up to M = 64; 64- or 128-row tiles above, the 128-row ones on the TMA kernel
+    for fp8 from M = 256 on Hopper-class GPUs (shared memory for it), on the pointer kernel otherwise.
+    The pipeline is as deep as shared memory allows, up to a depth per tile.
     """
-    tiles = triton.cdiv(M, _TMA_TILE.block_m) * triton.cdiv(N, _TMA_TILE.block_n)
-    big = M >= _TMA_MIN_M and N >= _TMA_TILE.block_n and K >= _TMA_TILE.block_k
-    big = big and tiles >= _TMA_MIN_TILES_PER_SM * num_sms
-    if big and shared_memory >= _TMA_TILE_SHARED_MEMORY:
-        return _TMA_TILE
-    if M <= _SWAP_TILE.block_m:
-        return _swap_config(N, K, num_sms, shared_memory)
-    narrow = triton.cdiv(N, _DECODE_BLOCK_N) <= _WIDE_TILE_MAX_PROGRAMS_PER_SM * num_sms
-    if M <= 32 and narrow and dtype != torch.int8:
-        block_m, block_k, num_warps = 64, 256, 4
-    elif M <= 32:
-        block_m, block_k, num_warps = 32, 256, 4
-    elif M <= 128:
-        block_m, block_k, num_warps = 64, 128, 4
-    else:
-        block_m, block_k, num_warps = 128, 128, 8
-
+    if M <= _SWAP_MAX_M:
+        return _swap_config(M, N, K, num_sms, shared_memory)
     if M <= 64:
-        tiles_m = triton.cdiv(M, block_m)
-        block_n = next(
-            (bn for bn in (128, 64) if triton.cdiv(N, bn) * tiles_m >= num_sms),
-            32,
-        )
-    else:
-        block_n = 128
+        tile = _cheapest(M, N, _DECODE_TILES, num_sms)
+        bn = tile.config.block_n
+        long_step = K >= _LONG_K and triton.cdiv(N, bn) < num_sms
+        long_step = long_step and _LONG_STEP_MIN_STAGES * (64 + bn) * 512 <= shared_memory - SHARED_MEMORY_RESERVE
+        return _fitted(tile, N, K, 512 if long_step else 256, shared_memory)
+    big = [_POINTER_BIG_TILE]
+    if dtype != torch.int8 and M >= _TMA_MIN_M:
+        big = [t for t in _TMA_TILES if _tma_fits(t.config, N, K, shared_memory)] or big
+    tile = _cheapest(M, N, (*big, *_MID_TILES), num_sms)
+    long_step_max_m = _MID_LONG_STEP_MAX_M_INT8 if dtype == torch.int8 else _MID_LONG_STEP_MAX_M
+    if tile in _MID_TILES and M > long_step_max_m:
+        tile = _Tile(dataclasses.replace(tile.config, block_k=128), _MID_SHORT_STEP_STAGES)
+    return _fitted(tile, N, K, tile.config.block_k, shared_memory)
 
-    # Tiles no larger than the problem (but at least the tensor-core minimum).
-    block_n = min(block_n, max(16, triton.next_power_of_2(N)))
+
+def _grid_cost(M: int, N: int, config: MatmulConfig, num_sms: int) -> int:
+    """The busiest SM's work per K step: its programs (ceil(tiles / SMs)) times each one's
+    multiply-adds and operand loads."""
+    tiles = triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n)
+    per_program = config.block_m * config.block_n + _LOAD_COST * (config.block_m + config.block_n)
+    return triton.cdiv(tiles, num_sms) * per_program
+
+
+def _cheapest(M: int, N: int, tiles: tuple[_Tile, ...], num_sms: int) -> _Tile:
+    """The tile of least `_grid_cost`; of equal ones, the first (the larger: lists run large to small)."""
+    best, best_cost = tiles[0], _grid_cost(M, N, tiles[0].config, num_sms)
+    for tile in tiles[1:]:
+        cost = _grid_cost(M, N, tile.config, num_sms)
+        if cost < best_cost:
+            best, best_cost = tile, cost
+    return best
+
+
+def _fitted(tile: _Tile, N: int, K: int, block_k: int, shared_memory: int) -> MatmulConfig:
+    """The tile no larger than the problem (but at least the tensor-core minimum), with its K step
+    (halved where shared memory does not hold two stages of it: GPUs with less than Hopper's) and the
+    deepest pipeline that shared memory holds."""
+    config = tile.config
+    if config.kernel == "tma":
+        return config  # chosen only where the problem and shared memory hold it whole
+    block_n = min(config.block_n, max(16, triton.next_power_of_2(N)))
     block_k = min(block_k, max(32, triton.next_power_of_2(K)))
+    while block_k > 32 and _MIN_STAGES * (config.block_m + block_n) * block_k > shared_memory - SHARED_MEMORY_RESERVE:
+        block_k //= 2
+    stages = _stages(config.block_m, block_n, block_k, tile.most_stages, shared_memory)
+    return dataclasses.replace(config, block_n=block_n, block_k=block_k, num_stages=stages)
 
-    return MatmulConfig(
-        block_m=block_m,
-        block_n=block_n,
-        block_k=block_k,
-        group_m=8,
-        num_warps=num_warps,
-        num_stages=_stages(block_m, block_n, block_k, 4, shared_memory),
+
+def _tma_fits(config: MatmulConfig, N: int, K: int, shared_memory: int) -> bool:
+    """Whether the TMA tile is no larger than the problem and shared memory holds its pipeline, half an
+    fp32 output tile staged for the store, and the reserve: only Hopper-class GPUs (227 KB per block)
+    have that much."""
+    pipeline = config.num_stages * (config.block_m + config.block_n) * config.block_k
+    needed = pipeline + config.block_m * config.block_n // 2 * 4 + SHARED_MEMORY_RESERVE
+    fits_problem = config.block_n <= triton.next_power_of_2(N) and config.block_k <= triton.next_power_of_2(K)
+    return fits_problem and needed <= shared_memory
+
+
+def _swap_config(M: int, N: int, K: int, num_sms: int, shared_memory: int) -> MatmulConfig:
+    tile = _Tile(
+        dataclasses.replace(_SWAP_TILE, block_m=max(_SWAP_TILE.block_m, triton.next_power_of_2(M))),
+        _SWAP_TILE.num_stages,
     )
-
-
-def _swap_config(N: int, K: int, num_sms: int, shared_memory: int) -> MatmulConfig:
-    block_n = min(_SWAP_TILE.block_n, max(16, triton.next_power_of_2(N)))
-    block_k = min(_SWAP_TILE.block_k, max(32, triton.next_power_of_2(K)))
-    split = 2 if triton.cdiv(N, block_n) * 2 <= num_sms and K >= _SWAP_SPLIT_MIN_K else 1
-    stages = _stages(_SWAP_TILE.block_m, block_n, block_k, _SWAP_TILE.num_stages, shared_memory)
-    return dataclasses.replace(_SWAP_TILE, block_n=block_n, block_k=block_k, num_stages=stages, split_k=split)
+    config = _fitted(tile, N, K, _SWAP_TILE.block_k, shared_memory)
+    split = 2 if triton.cdiv(N, config.block_n) * 2 <= num_sms and K >= _SWAP_SPLIT_MIN_K else 1
+    return dataclasses.replace(config, split_k=split)
 
 
 def _stages(block_m: int, block_n: int, block_k: int, most: int, shared_memory: int) -> int:
