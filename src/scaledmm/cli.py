@@ -365,6 +365,7 @@ def cmd_bench_model(args: argparse.Namespace, command: str) -> int:
         model_table,
         run_model_bench,
     )
+    from scaledmm.bench.report import plot_model
 
     device = _device()
     _require_kernels_runnable(device)
@@ -387,7 +388,9 @@ def cmd_bench_model(args: argparse.Namespace, command: str) -> int:
     )
     result = run_model_bench(models, variants, run, device, command, layers=args.layers)
     print(model_table(result))
-    _write_result(result, args.out, "model", "model_results.json")
+    out_dir = _write_result(result, args.out, "model", "model_results.json")
+    for path in plot_model(result, out_dir):
+        print(f"wrote {path}")
     return 0
 
 
@@ -411,12 +414,13 @@ def cmd_eval_model(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
-def _write_result(result: dict, out: str | None, prefix: str, file: str) -> None:
-    """A command's JSON result, into `out` or scaledmm-bench/<prefix>-<time>."""
+def _write_result(result: dict, out: str | None, prefix: str, file: str) -> Path:
+    """A command's JSON result, into `out` or scaledmm-bench/<prefix>-<time>; returns the folder."""
     out_dir = Path(out or f"scaledmm-bench/{prefix}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / file).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out_dir / file}")
+    return out_dir
 
 
 def build_parser() -> argparse.ArgumentParser:

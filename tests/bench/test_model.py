@@ -7,6 +7,7 @@ import torch
 from helpers import ON_GPU
 
 from scaledmm.bench.model import ModelRun, build_decoder, model_table, run_model_bench
+from scaledmm.bench.report import plot_model
 from scaledmm.bench.shapes import DecoderDims
 from scaledmm.nn import W8A8Linear
 
@@ -19,7 +20,7 @@ VARIANTS = ["bf16", "scaledmm-int8", "scaledmm-fp8", "scaledmm-fp8-unfused"] + (
 
 
 @pytest.mark.parametrize("name,variants", [("llama3-8b", VARIANTS), ("qwen3-4b", ["bf16", "scaledmm-fp8"])])
-def test_tiny_decoder_end_to_end(name, variants):
+def test_tiny_decoder_end_to_end(name, variants, tmp_path):
     run = ModelRun(batches=(1, 2), context=8, prefill=16, replays=20)
     result = run_model_bench([name], variants, run, DEVICE, command="test", layers=1, vocab_size=128, dims=TINY)
     rows = {r["variant"]: r for r in result["rows"]}
@@ -31,6 +32,9 @@ def test_tiny_decoder_end_to_end(name, variants):
     assert rows["bf16"]["logits_cosine"] == pytest.approx(1.0, abs=1e-4)
     assert "scaledmm-fp8 over bf16" in model_table(result)
     json.dumps(result)  # serialisable as written by the CLI
+    pytest.importorskip("matplotlib")
+    (plot,) = plot_model(result, tmp_path)
+    assert plot == tmp_path / "model_throughput.png" and plot.stat().st_size > 10_000
 
 
 def test_build_decoder_has_the_preset_shapes():
@@ -95,3 +99,4 @@ def test_kernel_categories_and_breakdown():
     assert breakdown["gpu_us_per_step"] == 50.0
     assert breakdown["share"] == {"attention": 0.1, "linears": 0.6, "quantize": 0.1, "rest": 0.2}
     assert breakdown["top_kernels"][0] == {"name": "_scaled_mm_kernel", "category": "linears", "us_per_step": 30.0}
+

@@ -182,3 +182,63 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
     return written
+
+
+def plot_model(result: dict, out_dir: Path) -> list[Path]:
+    """model_throughput.png of a bench-model run: decode tokens per second against the batch, one line
+    per variant, and each variant's speedup over bf16; one row of panels per model."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install 'scaledmm[plot]')")
+        return []
+    rows = result["rows"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    env = result["environment"]
+    mode = "compiled" if result.get("compiled") else "eager"
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 4 * len(models)), squeeze=False)
+    for (ax_rate, ax_gain), model in zip(axes, models):
+        model_rows = [r for r in rows if r["model"] == model]
+        bf16 = next((r for r in model_rows if r["variant"] == "bf16"), None)
+        for index, row in enumerate(model_rows):
+            color = f"C{index}"  # one colour per variant in both panels
+            batches = sorted(int(key[len("decode_b") : -len("_us")]) for key in row if _is_decode_key(key, row))
+            rates = [b / (row[f"decode_b{b}_us"] * 1e-6) for b in batches]
+            ax_rate.plot(batches, rates, marker="o", color=color, label=row["variant"])
+            if bf16 is not None and row is not bf16:
+                gains = [
+                    (b, bf16[f"decode_b{b}_us"] / row[f"decode_b{b}_us"])
+                    for b in batches
+                    if bf16.get(f"decode_b{b}_us")
+                ]
+                if gains:
+                    ax_gain.plot(*zip(*gains), marker="o", color=color, label=row["variant"])
+        layers = model_rows[0].get("layers")
+        for ax in (ax_rate, ax_gain):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("decode batch (sequences)")
+            ax.grid(True, linewidth=0.3)
+        ax_rate.set_yscale("log")
+        ax_rate.set_ylabel("tokens / s")
+        ax_rate.set_title(f"{model} ({layers} layers), {mode}: decode throughput", fontsize=10)
+        ax_gain.axhline(1.0, color="gray", linewidth=1)
+        ax_gain.set_ylabel("speedup over bf16")
+        ax_gain.set_title(f"{model}: over bf16 ({mode} the same way)", fontsize=10)
+        ax_rate.legend(fontsize=7)
+    fig.suptitle(
+        f"{env.get('gpu') or 'CPU'}, torch {env['torch']}, triton {env['triton']}, context {result.get('context')}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    written = [out_dir / "model_throughput.png"]
+    fig.savefig(written[0], dpi=110)
+    plt.close(fig)
+    return written
+
+
+def _is_decode_key(key: str, row: dict) -> bool:
+    """Whether `key` of a bench-model row is a timed decode batch (decode_b<batch>_us with a time)."""
+    return key.startswith("decode_b") and key.endswith("_us") and row[key] is not None
