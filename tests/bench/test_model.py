@@ -99,4 +99,3 @@ def test_kernel_categories_and_breakdown():
     assert breakdown["gpu_us_per_step"] == 50.0
     assert breakdown["share"] == {"attention": 0.1, "linears": 0.6, "quantize": 0.1, "rest": 0.2}
     assert breakdown["top_kernels"][0] == {"name": "_scaled_mm_kernel", "category": "linears", "us_per_step": 30.0}
-
