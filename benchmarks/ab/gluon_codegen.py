@@ -79,6 +79,7 @@ def kernel_module_at(rev: str, workdir: Path):
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -157,8 +158,8 @@ def epilogue_overlap(ttgir: str) -> str:
     return "yes" if both >= 2 else "no"
 
 
-def compile_config(module, config, dtype, keep: Path | None, label: str) -> dict:
-    grid, args, kwargs = module.launch_arguments(*operands(dtype), config, num_sms=132, precise=False)
+def compile_config(module, config, dtype, keep: Path | None, label: str, precise: bool = False) -> dict:
+    grid, args, kwargs = module.launch_arguments(*operands(dtype), config, num_sms=132, precise=precise)
     compiled = module.scaled_mm_gluon_kernel.warmup(*args, grid=grid, **kwargs)
     with tempfile.TemporaryDirectory() as tmp:
         sass = machine_code(compiled, Path(tmp))
@@ -188,7 +189,11 @@ def main() -> int:
     parser.add_argument("--old", help="also compile the kernel of this commit (its configs as far as it has them)")
     parser.add_argument("--keep", type=Path, help="write the TTGIR, PTX and SASS listings here")
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
+    parser.add_argument(
+        "--accumulation", choices=("fast", "precise"), default="fast", help="fp8's (precise: promoted every 128 K)"
+    )
     args = parser.parse_args()
+    precise = args.accumulation == "precise"
     previous = driver._active
     driver.set_active(Sm90Driver())
     try:
@@ -196,10 +201,13 @@ def main() -> int:
             kernels = {"this tree": matmul_gluon}
             if args.old:
                 kernels = {args.old: kernel_module_at(args.old, Path(tmp)), **kernels}
-            print(f"scaled_mm_gluon_kernel for sm_90 (triton {triton.__version__}), bf16 output, bias, M N K = {SHAPE}")
+            print(
+                f"scaled_mm_gluon_kernel for sm_90 (triton {triton.__version__}), {args.accumulation} accumulation, "
+                f"bf16 output, bias, M N K = {SHAPE}"
+            )
             print(
                 f"{'config':36} {'dtype':5} {'kernel':9} {'smem':>6} {'warps':>5} {'regs':>4} {'Rmax':>4} "
-                f"{'local':>5} {'STL+LDL/loop':>12}  {'setmaxnreg':22} {'overlap':7} wgmma"
+                f"{'local':>5} {'STL+LDL/loop':>12}  {'setmaxnreg':30} {'overlap':7} wgmma"
             )
             for config in GLUON_CONFIGS:
                 for name in args.dtypes:
@@ -208,14 +216,14 @@ def main() -> int:
                         if own is None:
                             continue
                         try:
-                            r = compile_config(module, own, DTYPES[name], args.keep, label)
+                            r = compile_config(module, own, DTYPES[name], args.keep, label, precise)
                         except Exception as err:  # one config that does not compile does not stop the others
                             message = str(err).strip().splitlines()[-1][:160] if str(err).strip() else ""
                             print(f"{config!s:36} {name:5} {label:9} {type(err).__name__}: {message}")
                             continue
                         print(
                             f"{config!s:36} {name:5} {label:9} {r['smem']:>6} {r['warps']:>5} {r['regs']:>4} "
-                            f"{r['rmax']:>4} {r['local']:>5} {r['spills']:>12}  {r['setmaxnreg']:22} "
+                            f"{r['rmax']:>4} {r['local']:>5} {r['spills']:>12}  {r['setmaxnreg']:30} "
                             f"{r['overlap']:7} {r['wgmma']}"
                         )
     finally:
