@@ -24,7 +24,9 @@ reported and left out; the run goes on.
     PYTHONPATH=src python3 benchmarks/ab/warp_specialize.py --quick        # gate_up at M = 4096 only
     PYTHONPATH=src python3 benchmarks/ab/warp_specialize.py --accumulation precise   # against use_fast_accum=False
 
-About 3-4 minutes on one H200, most of it compiling (about 30 kernels).
+Most of the time is compiling. Session 8's `--quick --dtypes fp8 --families tma gluon` (2 TMA and 4 Gluon
+configs) finished within 100 s on an H200; with the 8 Gluon configs expect up to twice that. Run the
+full A/B one dtype at a time (--dtypes fp8, then --dtypes int8).
 """
 
 from __future__ import annotations
@@ -231,7 +233,10 @@ def code_report(compiled) -> str:
     regs = getattr(compiled, "n_regs", None)
     spills = getattr(compiled, "n_spills", None)
     shared, warps = compiled.metadata.shared, compiled.metadata.num_warps
-    return f"{' '.join(ops)} regs={regs} spills={spills} smem={shared} warps={warps}"
+    # With warp specialisation `regs` is the launch's maxnreg; setmaxnreg gives the MMA warps more:
+    # Rmax, the highest register the SASS names plus one, is what the widest partition uses.
+    rmax = max((int(r) for r in re.findall(r"\bR(\d+)\b", sass or "")), default=-1) + 1
+    return f"{' '.join(ops)} regs={regs} Rmax={rmax} spills={spills} smem={shared} warps={warps}"
 
 
 def geomean(values: list[float]) -> float:
