@@ -42,6 +42,7 @@ and SASS there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -257,6 +258,22 @@ def codegen_configs(rows: list[dict], count: int = 8) -> list[MatmulConfig]:
     return configs + [c for c in EXTRA_CONFIGS if c not in configs]
 
 
+@contextlib.contextmanager
+def sm90_compilation():
+    """Compile as on an H200 without a GPU: Triton's driver replaced by one that names sm_90, TMA
+    configs running the TMA kernel, an H200's SM count and shared memory for the launcher."""
+    previous = driver._active
+    has_tma, limits = matmul_tma.device_has_tma, matmul.device_limits
+    driver.set_active(Sm90Driver())
+    matmul_tma.device_has_tma = lambda device: True
+    matmul.device_limits = lambda device: H200_LIMITS
+    try:
+        yield
+    finally:
+        driver._active = previous
+        matmul_tma.device_has_tma, matmul.device_limits = has_tma, limits
+
+
 def compile_one(config: MatmulConfig, dtype_name: str, workdir: Path, keep: Path | None) -> dict:
     M, N, K = CODEGEN_SHAPE
     meta = torch.device("meta")
@@ -312,29 +329,20 @@ def print_codegen(configs: list[MatmulConfig], keep: Path | None) -> None:
         f"{'config':34} {'dtype':5} {'smem KB':>7} {'CTA/SM':>6} {'regs':>4} {'spill':>5}  {'mma/step':24} "
         f"{'wait':>4} {'ttgir':>5} {'loop':>5} {'I2FP':>4} {'FMUL':>4} {'F2FP':>4}"
     )
-    previous = driver._active
-    driver.set_active(Sm90Driver())
-    has_tma, limits = matmul_tma.device_has_tma, matmul.device_limits
-    matmul_tma.device_has_tma = lambda device: True  # an H200: TMA configs run the TMA kernel
-    matmul.device_limits = lambda device: H200_LIMITS
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for config in configs:
-                for dtype_name in ("fp8", "int8", "int8a"):
-                    try:
-                        r = compile_one(config, dtype_name, Path(tmp), keep)
-                    except Exception as err:  # one failing compilation does not stop the others
-                        print(f"{short(config):34} {dtype_name:5} {type(err).__name__}: {str(err)[:120]}")
-                        continue
-                    print(
-                        f"{short(config):34} {dtype_name:5} {r['smem_kb']:>7.1f} {r['ctas']:>6} {r['regs']:>4} "
-                        f"{r['spill']:>5}  {r['mma']:24} {r['wait']:>4} {r['pendings']:>5} {r['loop']:>5} "
-                        f"{r['i2f']:>4} {r['fmul']:>4} {r['f2fp']:>4}",
-                        flush=True,
-                    )
-    finally:
-        driver._active = previous
-        matmul_tma.device_has_tma, matmul.device_limits = has_tma, limits
+    with sm90_compilation(), tempfile.TemporaryDirectory() as tmp:
+        for config in configs:
+            for dtype_name in ("fp8", "int8", "int8a"):
+                try:
+                    r = compile_one(config, dtype_name, Path(tmp), keep)
+                except Exception as err:  # one failing compilation does not stop the others
+                    print(f"{short(config):34} {dtype_name:5} {type(err).__name__}: {str(err)[:120]}")
+                    continue
+                print(
+                    f"{short(config):34} {dtype_name:5} {r['smem_kb']:>7.1f} {r['ctas']:>6} {r['regs']:>4} "
+                    f"{r['spill']:>5}  {r['mma']:24} {r['wait']:>4} {r['pendings']:>5} {r['loop']:>5} "
+                    f"{r['i2f']:>4} {r['fmul']:>4} {r['f2fp']:>4}",
+                    flush=True,
+                )
     print(
         "wait: the SASS's wgmma wait depths in the K loop; ttgir: Triton's warp_group_dot_wait pendings (int8a changes "
         "the PTX after it); the TMA kernel's loop is flattened, its epilogue inside it (no I2FP/FMUL counted after)"
