@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 import sys
 import tempfile
 import time
@@ -94,7 +95,10 @@ class KernelCall:
         )
         if self.probe:
             kwargs = async_int8_override(kernel, grid, args, kwargs, self.workdir)
-            self.waits = loop_waits(machine_code(kernel.warmup(*args, grid=grid, **kwargs), self.workdir))
+            try:  # the probe's K-loop wait in the SASS (nvdisasm, bundled with Triton): 1 = asynchronous
+                self.waits = loop_waits(machine_code(kernel.warmup(*args, grid=grid, **kwargs), self.workdir))
+            except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
+                self.waits = f"? ({type(err).__name__})"
         bound = bind_launch(kernel, grid, args, kwargs, leading=leading, device=a.device)
         name = "tma" if kernel is matmul.matmul_tma.scaled_mm_tma_kernel else self.config.kernel
         if name != "tma" and self.config.kernel == "tma":
