@@ -36,7 +36,6 @@ are checked against the float64 reference first (error / package bound, printed 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import itertools
 import math
@@ -54,7 +53,7 @@ from scaledmm import MatmulConfig
 from scaledmm.bench.timing import rotation_count, time_interleaved
 from scaledmm.configs import device_limits, heuristic_config
 from scaledmm.reference import scaled_mm_ref
-from scaledmm.testing import ErrorCheck, Operands, error_bound, make_operands
+from scaledmm.testing import ErrorCheck, Operands, error_bound, make_operands, sm90_target
 
 FP8 = torch.float8_e4m3fn
 BF16 = torch.bfloat16
@@ -632,37 +631,13 @@ def speed(device, num_sms: int, shared: int, modes: list[str], shapes: dict, ms:
 # ----------------------------------------------------------------------------------------- offline
 
 
-@contextlib.contextmanager
-def fake_sm90():
-    """Compile for sm_90 without a GPU: Triton's active driver replaced by one that names the target."""
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime import driver
-
-    class Sm90:
-        def get_current_device(self):
-            return 0
-
-        def get_current_stream(self, device=None):
-            return 0
-
-        def get_current_target(self):
-            return GPUTarget("cuda", 90, 32)
-
-    previous = driver._active  # no CUDA driver to reset to on a host without a GPU
-    driver.set_active(Sm90())
-    try:
-        yield
-    finally:
-        driver._active = previous
-
-
 def compile_report(modes: list[str]) -> None:
     """The speed part's kernels compiled for sm_90 on the host: what each mode does to the code."""
     print("== sm_90 compile report (no GPU; H200/H100 limits: 132 SMs, 227 KB shared memory)")
     num_sms, shared = 132, 232448
     cpu = torch.device("cpu")
     seen = set()
-    with fake_sm90():
+    with sm90_target():
         for N, K in SHAPES.values():
             for M in (1, 16, 64, 256, 4096):
                 config = heuristic_config(M, N, K, FP8, num_sms, shared)

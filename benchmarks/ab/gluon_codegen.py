@@ -39,32 +39,18 @@ from pathlib import Path
 
 import torch
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.runtime import driver
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from codegen_compare import machine_code
 from warp_specialize import GLUON_CONFIGS
 
 from scaledmm.kernels import matmul_gluon
+from scaledmm.testing import sm90_target
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = (4096, 28672, 4096)  # llama3-8b gate_up at M = 4096 (M, N and K are run-time values in this kernel)
 DTYPES = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}
 MATRIX_OPS = ("QGMMA", "IGMMA")
-
-
-class Sm90Driver:
-    """Triton's active driver stand-in on a machine without a GPU: it names the sm_90 target."""
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_current_target(self):
-        return GPUTarget("cuda", 90, 32)
 
 
 def kernel_module_at(rev: str, workdir: Path):
@@ -194,40 +180,35 @@ def main() -> int:
     )
     args = parser.parse_args()
     precise = args.accumulation == "precise"
-    previous = driver._active
-    driver.set_active(Sm90Driver())
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            kernels = {"this tree": matmul_gluon}
-            if args.old:
-                kernels = {args.old: kernel_module_at(args.old, Path(tmp)), **kernels}
-            print(
-                f"scaled_mm_gluon_kernel for sm_90 (triton {triton.__version__}), {args.accumulation} accumulation, "
-                f"bf16 output, bias, M N K = {SHAPE}"
-            )
-            print(
-                f"{'config':36} {'dtype':5} {'kernel':9} {'smem':>6} {'warps':>5} {'regs':>4} {'Rmax':>4} "
-                f"{'local':>5} {'STL+LDL/loop':>12}  {'setmaxnreg':30} {'overlap':7} wgmma"
-            )
-            for config in GLUON_CONFIGS:
-                for name in args.dtypes:
-                    for label, module in kernels.items():
-                        own = config_for(module, config)
-                        if own is None:
-                            continue
-                        try:
-                            r = compile_config(module, own, DTYPES[name], args.keep, label, precise)
-                        except Exception as err:  # one config that does not compile does not stop the others
-                            message = str(err).strip().splitlines()[-1][:160] if str(err).strip() else ""
-                            print(f"{config!s:36} {name:5} {label:9} {type(err).__name__}: {message}")
-                            continue
-                        print(
-                            f"{config!s:36} {name:5} {label:9} {r['smem']:>6} {r['warps']:>5} {r['regs']:>4} "
-                            f"{r['rmax']:>4} {r['local']:>5} {r['spills']:>12}  {r['setmaxnreg']:30} "
-                            f"{r['overlap']:7} {r['wgmma']}"
-                        )
-    finally:
-        driver._active = previous
+    with sm90_target(), tempfile.TemporaryDirectory() as tmp:
+        kernels = {"this tree": matmul_gluon}
+        if args.old:
+            kernels = {args.old: kernel_module_at(args.old, Path(tmp)), **kernels}
+        print(
+            f"scaled_mm_gluon_kernel for sm_90 (triton {triton.__version__}), {args.accumulation} accumulation, "
+            f"bf16 output, bias, M N K = {SHAPE}"
+        )
+        print(
+            f"{'config':36} {'dtype':5} {'kernel':9} {'smem':>6} {'warps':>5} {'regs':>4} {'Rmax':>4} "
+            f"{'local':>5} {'STL+LDL/loop':>12}  {'setmaxnreg':30} {'overlap':7} wgmma"
+        )
+        for config in GLUON_CONFIGS:
+            for name in args.dtypes:
+                for label, module in kernels.items():
+                    own = config_for(module, config)
+                    if own is None:
+                        continue
+                    try:
+                        r = compile_config(module, own, DTYPES[name], args.keep, label, precise)
+                    except Exception as err:  # one config that does not compile does not stop the others
+                        message = str(err).strip().splitlines()[-1][:160] if str(err).strip() else ""
+                        print(f"{config!s:36} {name:5} {label:9} {type(err).__name__}: {message}")
+                        continue
+                    print(
+                        f"{config!s:36} {name:5} {label:9} {r['smem']:>6} {r['warps']:>5} {r['regs']:>4} "
+                        f"{r['rmax']:>4} {r['local']:>5} {r['spills']:>12}  {r['setmaxnreg']:30} "
+                        f"{r['overlap']:7} {r['wgmma']}"
+                    )
     return 0
 
 

@@ -53,14 +53,14 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
-from triton.runtime import driver
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from codegen_compare import machine_code  # benchmarks/ab/, beside this script
-from gluon_codegen import MATRIX_OPS, Sm90Driver, k_loop_range
+from gluon_codegen import MATRIX_OPS, k_loop_range
 
 from scaledmm.configs import MatmulConfig
 from scaledmm.kernels import matmul, matmul_tma
+from scaledmm.testing import sm90_target
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "src" / "scaledmm" / "configs" / "data"
@@ -262,15 +262,13 @@ def codegen_configs(rows: list[dict], count: int = 8) -> list[MatmulConfig]:
 def sm90_compilation():
     """Compile as on an H200 without a GPU: Triton's driver replaced by one that names sm_90, TMA
     configs running the TMA kernel, an H200's SM count and shared memory for the launcher."""
-    previous = driver._active
     has_tma, limits = matmul_tma.device_has_tma, matmul.device_limits
-    driver.set_active(Sm90Driver())
     matmul_tma.device_has_tma = lambda device: True
     matmul.device_limits = lambda device: H200_LIMITS
     try:
-        yield
+        with sm90_target():
+            yield
     finally:
-        driver._active = previous
         matmul_tma.device_has_tma, matmul.device_limits = has_tma, limits
 
 

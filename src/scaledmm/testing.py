@@ -6,6 +6,8 @@ outputs by the same rule.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -238,3 +240,32 @@ def assert_close(out: torch.Tensor, ops: Operands, accumulation: str = "fast") -
     assert ratio <= 1.0, (
         f"error {ratio:.3g}x the allowed bound (dtype {ops.a.dtype}, out {out.dtype}, {accumulation} accumulation)"
     )
+
+
+class _Sm90Driver:
+    """Triton's active driver stand-in on a machine without a GPU: it names the sm_90 target."""
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget("cuda", 90, 32)
+
+
+@contextlib.contextmanager
+def sm90_target() -> Iterator[None]:
+    """Compile for sm_90 without a GPU (Triton bundles ptxas): Triton's active driver replaced, for the
+    block, by one that names the target. For code inspection only: nothing can launch meanwhile."""
+    from triton.runtime import driver
+
+    previous = driver._active  # no CUDA driver to reset to on a host without a GPU
+    driver.set_active(_Sm90Driver())
+    try:
+        yield
+    finally:
+        driver._active = previous

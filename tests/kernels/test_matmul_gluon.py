@@ -3,7 +3,6 @@ Gluon kernel (matmul_gluon). Without a GPU: the Triton variant runs in the inter
 (which has no interpreter) is checked for its argument plumbing and compiled for sm_90 on the host.
 On a Hopper GPU both run and are compared with the float64 reference."""
 
-import contextlib
 import re
 
 import pytest
@@ -13,7 +12,7 @@ from helpers import DEVICE, ON_GPU
 from scaledmm import MatmulConfig
 from scaledmm.kernels import matmul_gluon, matmul_tma
 from scaledmm.kernels.matmul_gluon import GluonConfig, bind_scaled_mm_gluon, launch_arguments
-from scaledmm.testing import assert_close, make_operands
+from scaledmm.testing import assert_close, make_operands, sm90_target
 
 E4M3 = torch.float8_e4m3fn
 ON_HOPPER = ON_GPU and torch.cuda.get_device_capability()[0] == 9
@@ -112,30 +111,6 @@ def test_gluon_refuses_calls_it_cannot_serve():
 
 
 # ----------------------------------------------------------------------------------------- Gluon: sm_90 code
-
-
-@contextlib.contextmanager
-def sm90_target():
-    """Compile for sm_90 without a GPU: Triton's active driver replaced by one that names the target."""
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime import driver
-
-    class Sm90:
-        def get_current_device(self):
-            return 0
-
-        def get_current_stream(self, device=None):
-            return 0
-
-        def get_current_target(self):
-            return GPUTarget("cuda", 90, 32)
-
-    previous = driver._active
-    driver.set_active(Sm90())
-    try:
-        yield
-    finally:
-        driver._active = previous
 
 
 @pytest.mark.skipif(ON_GPU, reason="the GPU tests run the kernel itself")
