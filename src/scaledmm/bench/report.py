@@ -101,8 +101,8 @@ def write_results(result: dict, out_dir: Path) -> list[Path]:
     return written
 
 
-def plot(result: dict, out_dir: Path) -> list[Path]:
-    """speedup.png (over torch._scaled_mm, against M, one panel per shape) and roofline.png."""
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None (with a note) where it is not installed."""
     try:
         import matplotlib
 
@@ -110,6 +110,14 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed: no plots (pip install 'scaledmm[plot]')")
+        return None
+    return plt
+
+
+def plot(result: dict, out_dir: Path) -> list[Path]:
+    """speedup.png (over torch._scaled_mm, against M, one panel per shape) and roofline.png."""
+    plt = _pyplot()
+    if plt is None:
         return []
     rows = result["rows"]
     env = result["environment"]
@@ -187,13 +195,8 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
 def plot_model(result: dict, out_dir: Path) -> list[Path]:
     """model_throughput.png of a bench-model run: decode tokens per second against the batch, one line
     per variant, and each variant's speedup over bf16; one row of panels per model."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plots (pip install 'scaledmm[plot]')")
+    plt = _pyplot()
+    if plt is None:
         return []
     rows = result["rows"]
     models = list(dict.fromkeys(r["model"] for r in rows))
