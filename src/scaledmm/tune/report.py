@@ -3,9 +3,10 @@ of what a folder of tuned files gains (`scaledmm configs --summary`)."""
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
+from statistics import geometric_mean
 
+from scaledmm.bench.micro import RANGES
 from scaledmm.bench.shapes import m_range
 from scaledmm.configs import MatmulConfig
 
@@ -34,10 +35,6 @@ def closing_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _geomean(values: list[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values))
-
-
 def files_summary(tables: list[dict]) -> str:
     """What tuned files gain, as the tuner measured it in each bucket's final round (the winner, the
     heuristic and the vendor timed together): per card, dtype, mode and range of M, the geomean of
@@ -64,11 +61,10 @@ def files_summary(tables: list[dict]) -> str:
         return "no tuned file records its measured times"
     columns = ("vendor / auto", "vendor / ours", "heuristic / auto")
     lines = [f"{'card':<22} {'dtype':<5} {'mode':<15} {'M':<8}" + "".join(f"{c:>26}" for c in columns)]
-    order = {"decode": 0, "mid": 1, "prefill": 2}
-    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], order[k[3]])):
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2], RANGES.index(k[3]))):
         cells = []
         for column in columns:
             values = groups[key][column]
-            cells.append(f"{_geomean(values):.2f} (min {min(values):.2f}, {len(values)})" if values else "-")
+            cells.append(f"{geometric_mean(values):.2f} (min {min(values):.2f}, {len(values)})" if values else "-")
         lines.append(f"{key[0]:<22} {key[1]:<5} {key[2]:<15} {key[3]:<8}" + "".join(f"{c:>26}" for c in cells))
     return "\n".join(lines)
