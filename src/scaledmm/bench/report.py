@@ -76,7 +76,13 @@ def table(result: dict) -> str:
     if marked:
         lines += ["*: the vendor ran in its precise mode there (cuBLAS refused fast accumulation)", ""]
     lines.append("== geomean speedup of scaledmm (points; min)")
-    lines.append(f"{'dtype':<12}{'over':<26}" + "".join(f"{rng:>22}" for rng in RANGES))
+    lines.append(summary_table(summary))
+    return "\n".join(lines)
+
+
+def summary_table(summary: dict) -> str:
+    """The geomeans of `micro.summarize`, one line per dtype and baseline, one column per range of M."""
+    lines = [f"{'dtype':<12}{'over':<26}" + "".join(f"{rng:>22}" for rng in RANGES)]
     for dtype, per_baseline in summary.items():
         for baseline, per_range in per_baseline.items():
             cells = "".join(f"{_geomean_cell(per_range.get(rng)):>22}" for rng in RANGES)
