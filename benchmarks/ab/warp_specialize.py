@@ -7,7 +7,9 @@ Variants, each at a few tile configs, all timed together per point (bench.timing
 - ws:     matmul_tma.scaled_mm_tma_ws_kernel, Triton's own warp specialisation (4 warps asked, 12 run:
           a load warpgroup and two MMA warpgroups; Triton 3.6 does it on sm_90 only with 4 warps);
 - gluon:  matmul_gluon, the hand-written warp-specialised persistent kernel (a load warp, one or two
-          MMA warpgroups, an mbarrier ring; c = MMA warpgroups, s = stages, e2 = two accumulators).
+          MMA warpgroups, an mbarrier ring; c = MMA warpgroups, s = stages, e2 = two accumulators,
+          st64 = the epilogue in 64-column stores, pp = ping-pong: the two warpgroups take whole tiles
+          in turn, one's epilogue overlapping the other's wgmma).
 
 For fp8 and int8 and llama3-8b gate_up, qkv, down and qwen3-4b o at M = 128 .. 4096: every output is
 checked first against the float64 reference on 256 rows spread over all tile rows (error over the
@@ -22,7 +24,9 @@ reported and left out; the run goes on.
     PYTHONPATH=src python3 benchmarks/ab/warp_specialize.py --quick        # gate_up at M = 4096 only
     PYTHONPATH=src python3 benchmarks/ab/warp_specialize.py --accumulation precise   # against use_fast_accum=False
 
-About 3-4 minutes on one H200, most of it compiling (about 30 kernels).
+Most of the time is compiling. Session 8's `--quick --dtypes fp8 --families tma gluon` (2 TMA and 4 Gluon
+configs) finished within 100 s on an H200; with the 8 Gluon configs expect up to twice that. Run the
+full A/B one dtype at a time (--dtypes fp8, then --dtypes int8).
 """
 
 from __future__ import annotations
@@ -68,10 +72,17 @@ WS_CONFIGS = [
     MatmulConfig(128, 128, 128, num_warps=4, num_stages=4, kernel="tma"),
 ]
 GLUON_CONFIGS = [
+    # Session 8's four (the first spills 160 bytes in its epilogue; benchmarks/ab/gluon_codegen.py).
     GluonConfig(128, 256, 128, num_stages=3, consumer_groups=2),
     GluonConfig(128, 256, 128, num_stages=4, consumer_groups=2, epilogue_split=2),
     GluonConfig(128, 128, 128, num_stages=4, consumer_groups=1),
     GluonConfig(128, 128, 128, num_stages=6, consumer_groups=2),
+    # The epilogue in 64-column chunks: no spill, and one stage more in the shared memory it frees.
+    GluonConfig(128, 256, 128, num_stages=4, consumer_groups=2, store_n=64),
+    # Ping-pong: each MMA warpgroup computes whole tiles, one's epilogue beside the other's wgmma.
+    GluonConfig(128, 128, 128, num_stages=5, consumer_groups=2, schedule="pingpong"),
+    GluonConfig(128, 128, 128, num_stages=5, consumer_groups=2, store_n=64, schedule="pingpong"),
+    GluonConfig(64, 256, 128, num_stages=4, consumer_groups=2, store_n=64, schedule="pingpong"),
 ]
 MATRIX_OPS = ("QGMMA", "IGMMA", "HGMMA", "HMMA", "IMMA")
 
@@ -222,7 +233,10 @@ def code_report(compiled) -> str:
     regs = getattr(compiled, "n_regs", None)
     spills = getattr(compiled, "n_spills", None)
     shared, warps = compiled.metadata.shared, compiled.metadata.num_warps
-    return f"{' '.join(ops)} regs={regs} spills={spills} smem={shared} warps={warps}"
+    # With warp specialisation `regs` is the launch's maxnreg; setmaxnreg gives the MMA warps more:
+    # Rmax, the highest register the SASS names plus one, is what the widest partition uses.
+    rmax = max((int(r) for r in re.findall(r"\bR(\d+)\b", sass or "")), default=-1) + 1
+    return f"{' '.join(ops)} regs={regs} Rmax={rmax} spills={spills} smem={shared} warps={warps}"
 
 
 def geomean(values: list[float]) -> float:

@@ -4,6 +4,8 @@ Gluon kernel (matmul_gluon). Without a GPU: the Triton variant runs in the inter
 On a Hopper GPU both run and are compared with the float64 reference."""
 
 import re
+import subprocess
+import tempfile
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from scaledmm.kernels.matmul_gluon import GluonConfig, bind_scaled_mm_gluon, lau
 from scaledmm.testing import assert_close, make_operands, sm90_target
 
 E4M3 = torch.float8_e4m3fn
+BF16 = torch.bfloat16
 ON_HOPPER = ON_GPU and torch.cuda.get_device_capability()[0] == 9
 SHARED_MEMORY_SM90 = 232448  # bytes a program may use on an H100/H200
 
@@ -43,6 +46,12 @@ def cpu_operands(M, N, K, dtype, out_dtype=torch.bfloat16, per_token=True, per_c
         (dict(block_m=128, block_n=256, consumer_groups=1), ValueError),  # 256 accumulators per thread
         (dict(instr_n=96), ValueError),  # does not divide 256
         (dict(block_k=128.0), TypeError),
+        (dict(schedule="stream-k"), ValueError),
+        (dict(consumer_groups=1, block_n=128, schedule="pingpong"), ValueError),  # ping-pong takes two
+        (dict(schedule="pingpong"), ValueError),  # a whole 128 x 256 tile per warpgroup: 256 accumulators
+        (dict(store_n=96), ValueError),  # does not divide 256
+        (dict(store_n=16, block_n=64), ValueError),  # 16-column chunks
+        (dict(store_n=32), ValueError),  # 8 chunks of an accumulator
     ],
 )
 def test_config_rejects_what_the_kernel_cannot_run(fields, error):
@@ -52,10 +61,14 @@ def test_config_rejects_what_the_kernel_cannot_run(fields, error):
 
 def test_config_defaults_and_name():
     config = GluonConfig()
-    assert (config.num_warps, config.accumulator_n) == (8, 256)
+    assert (config.num_warps, config.accumulator_n, config.chunk_n, config.store_buffers) == (8, 256, 256, 1)
     assert str(GluonConfig(128, 256, 128, 4, 2, 2)) == "128x256x128 g8 c2 s4 e2 gluon"
-    assert matmul_gluon.register_limit(GluonConfig(128, 128, 128, 4, 1)) is None  # 8 warps: 255 fit
-    assert matmul_gluon.register_limit(config) == 168  # 12 warps share 65536 registers
+    chunked = GluonConfig(128, 256, 128, 4, 2, store_n=64)
+    assert (chunked.chunk_n, chunked.store_buffers, str(chunked)) == (64, 2, "128x256x128 g8 c2 s4 st64 gluon")
+    pingpong = GluonConfig(128, 128, 128, 5, 2, schedule="pingpong")
+    assert (pingpong.num_warps, pingpong.tile_groups) == (4, 1)  # the second warpgroup is a worker partition
+    assert str(pingpong) == "128x128x128 g8 c2 s5 pp gluon"
+    assert GluonConfig(64, 256, 128, 4, 2, store_n=64, schedule="pingpong").block_m == 64  # 64 rows per warpgroup
 
 
 def test_instruction_n():
@@ -63,6 +76,8 @@ def test_instruction_n():
     assert matmul_gluon.instruction_n(GluonConfig(), torch.int8) == 128
     assert matmul_gluon.instruction_n(GluonConfig(epilogue_split=2, num_stages=4), E4M3) == 128
     assert matmul_gluon.instruction_n(GluonConfig(instr_n=64), torch.int8) == 64
+    assert matmul_gluon.instruction_n(GluonConfig(), E4M3, precise=True) == 128  # n = 256 spills in the K loop
+    assert matmul_gluon.instruction_n(GluonConfig(instr_n=256), E4M3, precise=True) == 256  # as asked
     with pytest.raises(ValueError, match="int8"):
         matmul_gluon.instruction_n(GluonConfig(instr_n=256), torch.int8)
 
@@ -83,7 +98,18 @@ def test_launch_arguments(dtype, precise):
     assert args[3:] == (scale_a, scale_b, bias, 1, 1, 1, 4, grid[0])
     assert str(kwargs["ACC_DTYPE"]) == ("int32" if dtype == torch.int8 else "fp32")
     assert kwargs["MAX_IMPRECISE"] == (128 if precise and dtype == E4M3 else None)
-    assert (kwargs["INSTR_N"], kwargs["NUM_STAGES"], kwargs["num_warps"], kwargs["maxnreg"]) == (128, 4, 8, 168)
+    assert (kwargs["INSTR_N"], kwargs["NUM_STAGES"], kwargs["num_warps"]) == (128, 4, 8)
+    assert (kwargs["SPLIT"], kwargs["STORE_BUFFERS"], kwargs["PINGPONG"]) == (2, 1, False)
+    assert "maxnreg" not in kwargs  # Triton 3.6 sets it from the warps (168 at 12) and moves registers itself
+
+
+def test_launch_arguments_of_chunked_stores_and_pingpong():
+    a, b, scale_a, scale_b, bias, out = cpu_operands(1000, 600, 320, E4M3)
+    config = GluonConfig(64, 256, 128, 4, 2, store_n=64, schedule="pingpong")
+    grid, args, kwargs = launch_arguments(a, b, scale_a, scale_b, bias, out, config, num_sms=132, precise=False)
+    assert grid == (16 * 3,)
+    assert args[2].block_shape == [64, 64]  # one output box per 64-column chunk
+    assert (kwargs["SPLIT"], kwargs["STORE_BUFFERS"], kwargs["PINGPONG"], kwargs["num_warps"]) == (1, 2, True, 4)
     assert (kwargs["A_PER_TOKEN"], kwargs["B_PER_CHANNEL"], kwargs["HAS_BIAS"]) == (True, True, True)
 
 
@@ -113,28 +139,60 @@ def test_gluon_refuses_calls_it_cannot_serve():
 # ----------------------------------------------------------------------------------------- Gluon: sm_90 code
 
 
+def spilled_bytes(compiled) -> int:
+    """Local memory per thread (spills) of a compiled kernel, as cuobjdump reports it."""
+    import triton
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run(
+            [triton.knobs.nvidia.cuobjdump.path, "-res-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
+    stack, local = re.search(r"STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", usage).groups()
+    return int(stack) + int(local)
+
+
+FP8_N256 = "m64n256k32.f32.e4m3.e4m3"
+FP8_N128 = "m64n128k32.f32.e4m3.e4m3"
+INT8_N128 = "m64n128k32.s32.s8.s8"
+
+
 @pytest.mark.skipif(ON_GPU, reason="the GPU tests run the kernel itself")
 @pytest.mark.parametrize(
-    "dtype, config, out_dtype, instruction",
+    "dtype, config, out_dtype, precise, instruction, spills",
     [
-        (E4M3, GluonConfig(128, 256, 128, 3, 2), torch.bfloat16, "m64n256k32.f32.e4m3.e4m3"),
-        (E4M3, GluonConfig(128, 256, 128, 4, 2, 2), torch.bfloat16, "m64n128k32.f32.e4m3.e4m3"),
-        (torch.int8, GluonConfig(128, 128, 128, 4, 1), torch.float32, "m64n128k32.s32.s8.s8"),
+        # A whole 128 x 256 accumulator's epilogue spills at the 232 registers the MMA warps get...
+        (E4M3, GluonConfig(128, 256, 128, 3, 2), torch.bfloat16, False, FP8_N256, True),
+        # ... in 64-column chunks it does not, nor in precise accumulation with n = 128 (instruction_n).
+        (E4M3, GluonConfig(128, 256, 128, 4, 2, store_n=64), torch.bfloat16, False, FP8_N256, False),
+        (E4M3, GluonConfig(128, 256, 128, 4, 2, store_n=64), torch.bfloat16, True, FP8_N128, False),
+        (E4M3, GluonConfig(128, 256, 128, 4, 2, 2), torch.bfloat16, True, FP8_N128, False),
+        (torch.int8, GluonConfig(128, 128, 128, 4, 1), torch.float32, False, INT8_N128, False),
+        (E4M3, GluonConfig(128, 128, 128, 5, 2, schedule="pingpong"), torch.bfloat16, True, FP8_N128, False),
+        (torch.int8, GluonConfig(64, 256, 128, 4, 2, store_n=64, schedule="pingpong"), BF16, False, INT8_N128, False),
     ],
     ids=str,
-)
-def test_gluon_kernel_compiles_for_sm90(dtype, config, out_dtype, instruction):
+)  # fmt: skip
+def test_gluon_kernel_compiles_for_sm90(dtype, config, out_dtype, precise, instruction, spills):
     # Ragged M, N and K: nothing in the compiled code depends on them.
     args = cpu_operands(1000, 2856, 4000, dtype, out_dtype)
     with sm90_target():
-        grid, positional, kwargs = launch_arguments(*args, config, num_sms=132, precise=True)
+        grid, positional, kwargs = launch_arguments(*args, config, num_sms=132, precise=precise)
         compiled = matmul_gluon.scaled_mm_gluon_kernel.warmup(*positional, grid=grid, **kwargs)
     ptx = compiled.asm["ptx"]
     assert f"wgmma.mma_async.sync.aligned.{instruction}" in ptx
-    assert "setmaxnreg.dec" in ptx and "setmaxnreg.inc" in ptx  # the load warp hands registers over
+    # Triton moves registers itself: the load warp's warpgroup down to 40, the MMA warpgroups up to 232.
+    assert "setmaxnreg.dec.sync.aligned.u32 \t40" in ptx or "setmaxnreg.inc.sync.aligned.u32 \t40" in ptx
+    if config.consumer_groups == 2:
+        assert "setmaxnreg.dec.sync.aligned.u32 \t232" in ptx
     assert len(re.findall(r"cp\.async\.bulk\.tensor\.2d\.shared::cluster\.global", ptx)) == 2  # A and B by TMA
-    assert compiled.metadata.num_warps == config.num_warps + 4  # the load warp's warpgroup on top
+    stores_per_tile = config.block_n // config.chunk_n  # one TMA store per chunk
+    mma_partitions = 2 if config.schedule == "pingpong" else 1
+    assert len(re.findall(r"cp\.async\.bulk\.tensor\.2d\.global\.shared::cta", ptx)) == stores_per_tile * mma_partitions
+    assert compiled.metadata.num_warps == 4 * config.consumer_groups + 4  # the load warp's warpgroup on top
     assert compiled.metadata.shared <= SHARED_MEMORY_SM90
+    assert (spilled_bytes(compiled) > 0) == spills
 
 
 # ----------------------------------------------------------------------------------------- on a Hopper GPU
@@ -144,13 +202,19 @@ GPU_CONFIGS = [
     GluonConfig(128, 256, 128, 4, 2, 2),
     GluonConfig(128, 128, 128, 4, 1),
     GluonConfig(256, 128, 128, 3, 2, group_m=1),
+    GluonConfig(128, 256, 128, 4, 2, store_n=64),
+    GluonConfig(128, 256, 128, 4, 2, 2, store_n=64),  # two accumulators, two chunks each
+    GluonConfig(128, 128, 128, 5, 2, schedule="pingpong"),
+    GluonConfig(64, 256, 128, 4, 2, store_n=64, schedule="pingpong", group_m=1),
 ]
 
 
 @pytest.mark.skipif(not ON_HOPPER, reason="the Gluon kernel runs on Hopper GPUs only")
 @pytest.mark.parametrize("dtype", [E4M3, torch.int8], ids=["e4m3", "int8"])
 @pytest.mark.parametrize("config", GPU_CONFIGS, ids=str)
-@pytest.mark.parametrize("M,N,K", [(1000, 2856, 4000), (4096, 1024, 512), (1, 64, 32)])
+# (4096, 4096, 256): about 8 tiles of two K steps per program, so the ring wraps within and across
+# tiles and ping-pong's warpgroups take many turns.
+@pytest.mark.parametrize("M,N,K", [(1000, 2856, 4000), (4096, 1024, 512), (4096, 4096, 256), (1, 64, 32)])
 def test_gluon_kernel_matches_the_reference(dtype, config, M, N, K):
     ops = make_operands(M, N, K, dtype, DEVICE)
     out = torch.full((M, N), float("nan"), dtype=torch.bfloat16, device=DEVICE)
@@ -165,13 +229,16 @@ def test_gluon_kernel_matches_the_reference(dtype, config, M, N, K):
 @pytest.mark.parametrize("out_dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("per_token, per_channel, bias", [(False, False, False), (True, False, True)])
 @pytest.mark.parametrize("accumulation", ["fast", "precise"])
-def test_gluon_kernel_epilogue_forms(out_dtype, per_token, per_channel, bias, accumulation):
+@pytest.mark.parametrize(
+    "config", [GluonConfig(128, 256, 128, 3, 2, 2), GluonConfig(128, 128, 128, 3, 2, store_n=64, schedule="pingpong")]
+)
+def test_gluon_kernel_epilogue_forms(out_dtype, per_token, per_channel, bias, accumulation, config):
     ops = make_operands(
         300, 520, 1040, E4M3, DEVICE, per_token=per_token, per_channel=per_channel,
         bias_dtype=torch.bfloat16 if bias else None,
     )  # fmt: skip
     out = torch.empty(300, 520, dtype=out_dtype, device=DEVICE)
-    bind_scaled_mm_gluon(*ops.args(), ops.bias, out, GluonConfig(128, 256, 128, 3, 2, 2), accumulation == "precise")
+    bind_scaled_mm_gluon(*ops.args(), ops.bias, out, config, accumulation == "precise")
     assert_close(out, ops, accumulation)
 
 

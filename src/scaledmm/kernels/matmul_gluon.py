@@ -6,17 +6,28 @@ The same product as the TMA kernel (matmul_tma.py), scheduled by hand instead of
 - A load partition of one warp issues the TMA copies of A and B tiles into a ring of NUM_STAGES
   shared-memory slots. Each slot has two mbarriers: `ready` (the copy engine signals when both tiles
   have landed) and `empty` (the MMA partition signals when its wgmma has finished reading the slot).
-- The MMA partition (the kernel's num_warps: one or two warpgroups, "cooperative": each warpgroup
-  takes 64 rows of the tile per wgmma) waits on `ready`, issues asynchronous wgmma and keeps one K
-  step in flight, releasing a slot as soon as the wgmma that read it has retired. It then scales,
-  biases and stores the tile through shared memory by TMA. While it does so the load partition is
-  already filling the ring with the next tile's K steps.
-- The load warp gives registers back (setmaxnreg) so the MMA warpgroups can hold 128 accumulators per
-  thread: a 128x256 tile with two warpgroups.
+- The MMA side, in one of two schedules (GluonConfig.schedule):
+  - "cooperative": one MMA partition (the kernel's num_warps: one or two warpgroups, each taking 64
+    rows of the tile per wgmma) waits on `ready`, issues asynchronous wgmma and keeps one K step in
+    flight, releasing a slot as soon as the wgmma that read it has retired. It then scales, biases and
+    stores the tile through shared memory by TMA. Meanwhile the load warp fills the ring with the next
+    tile's K steps, but the tensor cores wait for the epilogue.
+  - "pingpong" (CUTLASS's name): two MMA partitions of one warpgroup each, each computing whole tiles,
+    taking this program's tiles in turn. A third mbarrier, `turn`, orders their K loops: a warpgroup
+    starts issuing wgmma once the other has issued its tile's last, so one's epilogue runs while the
+    other's wgmma do. (The order is also what keeps the ring's parity waits exact: without it the
+    second warpgroup would wait on a slot two phases ahead and pass at once.)
+- Triton gives the registers out: with 12 warps it sets the kernel's maxnreg to 168 (65,536 / 384)
+  and moves them by setmaxnreg, the load warp's warpgroup down to LOAD_REGISTERS = 40 and the MMA
+  warpgroups up to 232, enough for 128 fp32 accumulators per thread (a 128x256 tile over two
+  warpgroups, or a 128x128 or 64x256 tile per warpgroup in ping-pong).
 - The tile's N columns may be split into two accumulators (EPILOGUE_SPLIT = 2), each a wgmma of half
-  the width: the epilogue then stages half a tile in shared memory, leaving room for one more stage
-  (128x256: 4 stages instead of 3) or an fp32 output. One accumulator issues the wider wgmma (fp8
-  n = 256), which reads the A tile from shared memory half as often.
+  the width. One accumulator issues the wider wgmma (fp8 n = 256), which reads the A tile from shared
+  memory half as often.
+- The epilogue may store an accumulator in column chunks (GluonConfig.store_n, through two staging
+  buffers): only one chunk's scale_b and bias values are then live beside the accumulator (a whole
+  128x256 accumulator's spill at 232 registers), and the staging buffers take a quarter of a tile's
+  shared memory, leaving room for one more stage (128x256: 4 instead of 3).
 
 Operands: fp8 e4m3 or int8, A [M, K] row-major and B = weight.t() of a row-major [N, K] weight (both
 K-major in shared memory, as 8-bit wgmma requires); scales per token and per channel or per tensor;
@@ -52,10 +63,12 @@ from scaledmm.state import state
 # The load warp's registers after setmaxnreg (CUTLASS gives its producer warpgroup 40); the rest of
 # the register file goes to the MMA warpgroups.
 LOAD_REGISTERS = gl.constexpr(40)
-REGISTER_FILE = 65536  # 32-bit registers per SM (sm_90)
 MAX_ACCUMULATORS_PER_THREAD = 128  # more spill: a 128x256 fp32 tile needs two warpgroups
 INT8_MAX_INSTR_N = 224
 WGMMA_M = gl.constexpr(16)  # rows per warp of one wgmma instruction (a warpgroup covers 64)
+
+SCHEDULES = ("cooperative", "pingpong")
+CONSUMER_REGISTERS = gl.constexpr(232)  # the second MMA warpgroup's in ping-pong (a worker partition)
 
 OPERAND_DTYPES = {torch.float8_e4m3fn: gl.float8e4nv, torch.int8: gl.int8}
 OUT_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
@@ -69,8 +82,15 @@ class GluonConfig:
     num_stages: ring slots. consumer_groups: MMA warpgroups sharing a tile (1 or 2; 4 warps each).
     epilogue_split: accumulators per tile along N (1 or 2), each stored on its own.
     group_m: tile rows per column sweep of the grouped order.
-    instr_n: the wgmma instruction's N; None takes the accumulator's width for fp8 and at most 128
-        for int8 (`instruction_n`).
+    instr_n: the wgmma instruction's N; None takes the accumulator's width for fp8 in fast
+        accumulation and at most 128 otherwise (`instruction_n`).
+    store_n: columns per step of the epilogue: each accumulator is scaled, converted and stored by TMA
+        in column chunks this wide, through two shared-memory buffers, so that only one chunk's
+        scale_b and bias values are live at a time (a whole 128 x 256 tile's spill beside its
+        accumulator). None: the accumulator's width, in one step and one buffer.
+    schedule: "cooperative" (the consumer warpgroups share each tile, 64 rows each) or "pingpong"
+        (consumer_groups = 2: each warpgroup computes whole tiles, the two take this program's tiles
+        in turn, and one's epilogue runs while the other's wgmma do; CUTLASS's ping-pong schedule).
     """
 
     block_m: int = 128
@@ -81,6 +101,8 @@ class GluonConfig:
     epilogue_split: int = 1
     group_m: int = 8
     instr_n: int | None = None
+    store_n: int | None = None
+    schedule: str = "cooperative"
 
     def __post_init__(self) -> None:
         for name in ("block_m", "block_n", "block_k", "num_stages", "consumer_groups", "epilogue_split", "group_m"):
@@ -88,9 +110,13 @@ class GluonConfig:
                 raise TypeError(f"GluonConfig.{name} must be an int, got {type(getattr(self, name)).__name__}")
         if self.consumer_groups not in (1, 2):
             raise ValueError(f"GluonConfig.consumer_groups must be 1 or 2, got {self.consumer_groups}")
-        if self.block_m not in (64, 128, 256) or self.block_m < 64 * self.consumer_groups:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"GluonConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.schedule == "pingpong" and self.consumer_groups != 2:
+            raise ValueError(f"GluonConfig: the pingpong schedule takes consumer_groups=2, got {self}")
+        if self.block_m not in (64, 128, 256) or self.block_m < 64 * self.tile_groups:
             raise ValueError(
-                f"GluonConfig.block_m must be 64, 128 or 256, 64 rows or more per consumer group, got {self.block_m}"
+                f"GluonConfig.block_m must be 64, 128 or 256, 64 rows or more per warpgroup of a tile, got {self}"
             )
         if self.block_n not in (64, 128, 256):
             raise ValueError(f"GluonConfig.block_n must be 64, 128 or 256, got {self.block_n}")
@@ -102,11 +128,19 @@ class GluonConfig:
             raise ValueError(f"GluonConfig.epilogue_split must be 1 or 2, leaving 64 columns or more, got {self}")
         if not 1 <= self.group_m <= 64:
             raise ValueError(f"GluonConfig.group_m must be in [1, 64], got {self.group_m}")
-        per_thread = self.block_m * self.block_n // (128 * self.consumer_groups)
+        if self.store_n is not None and (
+            type(self.store_n) is not int or self.store_n < 32 or self.accumulator_n % self.store_n
+            or self.accumulator_n // self.store_n > 4
+        ):  # fmt: skip
+            raise ValueError(
+                f"GluonConfig.store_n must divide the accumulator's width into 1, 2 or 4 chunks of 32 columns "
+                f"or more, got {self}"
+            )
+        per_thread = self.block_m * self.block_n // (128 * self.tile_groups)
         if per_thread > MAX_ACCUMULATORS_PER_THREAD:
             raise ValueError(
                 f"GluonConfig {self}: {per_thread} accumulators per thread (more than "
-                f"{MAX_ACCUMULATORS_PER_THREAD} spill); use consumer_groups=2 or a smaller tile"
+                f"{MAX_ACCUMULATORS_PER_THREAD} spill); use consumer_groups=2 (cooperative) or a smaller tile"
             )
         if self.instr_n is not None and (
             type(self.instr_n) is not int or self.instr_n % 16 or (self.block_n // self.epilogue_split) % self.instr_n
@@ -114,13 +148,30 @@ class GluonConfig:
             raise ValueError(f"GluonConfig.instr_n must be a multiple of 16 dividing the accumulator width, got {self}")
 
     @property
+    def tile_groups(self) -> int:
+        """Warpgroups that share one tile's accumulator: all consumers (cooperative) or one (pingpong)."""
+        return self.consumer_groups if self.schedule == "cooperative" else 1
+
+    @property
     def num_warps(self) -> int:
-        """Warps of the MMA partition (the kernel's num_warps; the load warp comes on top)."""
-        return 4 * self.consumer_groups
+        """Warps of the default partition, the kernel's num_warps: every MMA warpgroup (cooperative) or
+        the first (pingpong; the second is a worker partition). The load warp comes on top."""
+        return 4 * self.tile_groups
 
     @property
     def accumulator_n(self) -> int:
         return self.block_n // self.epilogue_split
+
+    @property
+    def chunk_n(self) -> int:
+        """Columns per epilogue step (per TMA store)."""
+        return self.store_n or self.accumulator_n
+
+    @property
+    def store_buffers(self) -> int:
+        """Output staging buffers per MMA partition: two where the epilogue stores in chunks (one
+        chunk is written while the last is still being copied out), else one."""
+        return 1 if self.store_n is None else 2
 
     def __str__(self) -> str:
         text = f"{self.block_m}x{self.block_n}x{self.block_k} g{self.group_m}"
@@ -129,6 +180,10 @@ class GluonConfig:
             text += f" e{self.epilogue_split}"
         if self.instr_n is not None:
             text += f" n{self.instr_n}"
+        if self.store_n is not None:
+            text += f" st{self.store_n}"
+        if self.schedule == "pingpong":
+            text += " pp"
         return text + " gluon"
 
 
@@ -185,41 +240,87 @@ def _wgmma(a, b, acc, MAX_IMPRECISE: gl.constexpr):
 
 
 @gluon.jit
-def _scale_and_store(
-    acc, scale_a, first_row, first_col, N, out_desc, out_smem, scale_b_ptr, bias_ptr, stride_scale_b, stride_bias,
-    B_PER_CHANNEL: gl.constexpr, HAS_BIAS: gl.constexpr,
+def _column_halves(x):
+    # The left and right halves of x's columns. In the wgmma accumulator's layout the top bit of the
+    # column is held in registers (each thread has columns 8 apart), so this moves no data.
+    ROWS: gl.constexpr = x.shape[0]
+    COLS: gl.constexpr = x.shape[1]
+    return x.reshape([ROWS, 2, COLS // 2]).permute((0, 2, 1)).split()
+
+
+@gluon.jit
+def _scale_and_store_chunk(
+    chunk, first_row, first_col, N, out_desc, out_bufs, stored, scale_b_ptr, bias_ptr, stride_scale_b, stride_bias,
+    B_PER_CHANNEL: gl.constexpr, HAS_BIAS: gl.constexpr, FIRST_BUFFER: gl.constexpr, BUFFERS: gl.constexpr,
 ):  # fmt: skip
-    # One accumulator's epilogue in fp32, in the order of the definition: ((a @ b) * scale_a) * scale_b
-    # + bias, cast and stored by TMA through `out_smem` (columns past N are not written).
-    cols = first_col + gl.arange(0, acc.shape[1], layout=gl.SliceLayout(0, acc.type.layout))
-    result = acc.to(gl.float32) * scale_a
+    # One chunk of columns (already times scale_a, in fp32): * scale_b + bias, cast and stored by TMA
+    # through the next of this consumer's BUFFERS staging buffers (out_bufs[FIRST_BUFFER:][:BUFFERS]);
+    # columns past N are not written. Returns the count of chunks stored, which picks the buffer.
+    cols = first_col + gl.arange(0, chunk.shape[1], layout=gl.SliceLayout(0, chunk.type.layout))
     if B_PER_CHANNEL:
         scale_b = gl.load(scale_b_ptr + cols * stride_scale_b, mask=cols < N, other=0.0).to(gl.float32)
-        result = result * gl.expand_dims(scale_b, 0)
+        result = chunk * gl.expand_dims(scale_b, 0)
     else:
-        result = result * gl.load(scale_b_ptr).to(gl.float32)
+        result = chunk * gl.load(scale_b_ptr).to(gl.float32)
     if HAS_BIAS:
         bias = gl.load(bias_ptr + cols * stride_bias, mask=cols < N, other=0.0).to(gl.float32)
         result = result + gl.expand_dims(bias, 0)
-    tma.store_wait(pendings=0)  # the previous store has read out_smem
-    out_smem.store(result.to(out_desc.dtype))
+    buffer = out_bufs.index(FIRST_BUFFER + stored % BUFFERS)
+    tma.store_wait(pendings=BUFFERS - 1)  # the store that last read this buffer has read it
+    buffer.store(result.to(out_desc.dtype))
     fence_async_shared()  # order the register writes before the copy engine's reads
-    tma.async_copy_shared_to_global(out_desc, [first_row, first_col], out_smem)
+    tma.async_copy_shared_to_global(out_desc, [first_row, first_col], buffer)
+    return stored + 1
+
+
+@gluon.jit
+def _scale_and_store(
+    acc, scale_a, first_row, first_col, N, out_desc, out_bufs, stored, scale_b_ptr, bias_ptr, stride_scale_b,
+    stride_bias, B_PER_CHANNEL: gl.constexpr, HAS_BIAS: gl.constexpr, FIRST_BUFFER: gl.constexpr,
+    BUFFERS: gl.constexpr,
+):  # fmt: skip
+    # One accumulator's epilogue in fp32, in the order of the definition: ((a @ b) * scale_a) * scale_b
+    # + bias, in chunks of the output box's width (1, 2 or 4). Returns the count of chunks stored.
+    CHUNK_N: gl.constexpr = out_desc.block_type.shape[1]
+    CHUNKS: gl.constexpr = acc.shape[1] // CHUNK_N
+    scaled = acc.to(gl.float32) * scale_a
+    if CHUNKS == 1:
+        stored = _scale_and_store_chunk(
+            scaled, first_row, first_col, N, out_desc, out_bufs, stored, scale_b_ptr, bias_ptr, stride_scale_b,
+            stride_bias, B_PER_CHANNEL, HAS_BIAS, FIRST_BUFFER, BUFFERS,
+        )  # fmt: skip
+    else:
+        left, right = _column_halves(scaled)
+        if CHUNKS == 2:
+            chunks = (left, right)
+        else:
+            left_left, left_right = _column_halves(left)
+            right_left, right_right = _column_halves(right)
+            chunks = (left_left, left_right, right_left, right_right)
+        for i in gl.static_range(CHUNKS):
+            stored = _scale_and_store_chunk(
+                chunks[i], first_row, first_col + i * CHUNK_N, N, out_desc, out_bufs, stored, scale_b_ptr, bias_ptr,
+                stride_scale_b, stride_bias, B_PER_CHANNEL, HAS_BIAS, FIRST_BUFFER, BUFFERS,
+            )  # fmt: skip
+    return stored
 
 
 @gluon.jit
 def _mma_partition(
-    a_desc, b_desc, out_desc, a_bufs, b_bufs, ready, empty, scale_a_ptr, scale_b_ptr, bias_ptr,
+    a_desc, b_desc, out_desc, a_bufs, b_bufs, out_bufs, ready, empty, turn, scale_a_ptr, scale_b_ptr, bias_ptr,
     stride_scale_a, stride_scale_b, stride_bias, GROUP_M, NUM_PROGRAMS,
     A_PER_TOKEN: gl.constexpr, B_PER_CHANNEL: gl.constexpr, HAS_BIAS: gl.constexpr, ACC_DTYPE: gl.constexpr,
-    MAX_IMPRECISE: gl.constexpr, INSTR_N: gl.constexpr, num_warps: gl.constexpr,
+    MAX_IMPRECISE: gl.constexpr, INSTR_N: gl.constexpr, SPLIT: gl.constexpr, CONSUMER: gl.constexpr,
+    CONSUMERS: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
+    # The MMA warps of one consumer: all of them (cooperative, CONSUMERS = 1) or one warpgroup of two
+    # that take this program's tiles in turn (ping-pong, CONSUMER 0 or 1 of CONSUMERS = 2).
     BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
-    ACC_N: gl.constexpr = out_desc.block_type.shape[1]  # columns per accumulator
-    SPLIT: gl.constexpr = BLOCK_N // ACC_N
+    ACC_N: gl.constexpr = BLOCK_N // SPLIT  # columns per accumulator
     NUM_STAGES: gl.constexpr = a_bufs.shape[0]
+    BUFFERS: gl.constexpr = out_bufs.shape[0] // CONSUMERS  # this consumer's staging buffers
     # All warps along M: warpgroup w takes rows [64 w, 64 w + 64) of each 64 * num_warps / 4 rows.
     INSTR_K: gl.constexpr = 256 // a_desc.dtype.primitive_bitwidth  # 32 for 8-bit operands
     layout: gl.constexpr = gl.NVMMADistributedLayout(
@@ -230,11 +331,19 @@ def _mma_partition(
     tiles_m = gl.cdiv(M, BLOCK_M)
     tiles_n = gl.cdiv(N, BLOCK_N)
     k_steps = gl.cdiv(a_desc.shape[1], BLOCK_K)
-    out_smem = gl.allocate_shared_memory(out_desc.dtype, out_desc.block_type.shape, out_desc.layout)
 
-    step = 0  # the load partition's ring position, followed step for step
-    for tile in range(gl.program_id(0), tiles_m * tiles_n, NUM_PROGRAMS):
+    local_tile = CONSUMER  # this program's tiles in order 0, 1, 2, ...: this consumer takes every CONSUMERS-th
+    stored = 0  # chunks stored by this consumer: its staging buffers in turn
+    for tile in range(gl.program_id(0) + CONSUMER * NUM_PROGRAMS, tiles_m * tiles_n, CONSUMERS * NUM_PROGRAMS):
         tile_m, tile_n = _grouped_tile(tile, tiles_m, tiles_n, GROUP_M)
+        step = local_tile * k_steps  # the ring position of the tile's first K step, as the load warp counts
+        if CONSUMERS == 2:
+            # Ping-pong: this tile's wgmma start once the previous tile's (the other warpgroup's) are all
+            # issued; it arrives on `turn` after each K loop, so the barrier completes phase t when local
+            # tile t has issued. The first tile passes (a fresh barrier has completed the phase before).
+            # The order also keeps the parity waits on the ring exact: every earlier K step has landed,
+            # so no slot is more than one phase behind the step this consumer waits for.
+            mbarrier.wait(turn, (local_tile & 1) ^ 1)
         acc = gl.zeros((BLOCK_M, ACC_N), ACC_DTYPE, layout)
         if SPLIT == 2:
             acc_right = gl.zeros((BLOCK_M, ACC_N), ACC_DTYPE, layout)
@@ -254,6 +363,8 @@ def _mma_partition(
             # The previous step's wgmma no longer reads its slot: the load warp may refill it.
             mbarrier.arrive(empty.index((step + NUM_STAGES - 1) % NUM_STAGES), pred=k > 0)
             step += 1
+        if CONSUMERS == 2:
+            mbarrier.arrive(turn)  # the other warpgroup's next tile may issue behind this one's last wgmma
         if SPLIT == 2:
             acc, acc_right = warpgroup_mma_wait(num_outstanding=0, deps=(acc, acc_right))
         else:
@@ -268,15 +379,16 @@ def _mma_partition(
             scale_a = gl.expand_dims(scale_a, 1)
         else:
             scale_a = gl.load(scale_a_ptr).to(gl.float32)
-        _scale_and_store(
-            acc, scale_a, first_row, first_col, N, out_desc, out_smem, scale_b_ptr, bias_ptr, stride_scale_b,
-            stride_bias, B_PER_CHANNEL, HAS_BIAS,
+        stored = _scale_and_store(
+            acc, scale_a, first_row, first_col, N, out_desc, out_bufs, stored, scale_b_ptr, bias_ptr, stride_scale_b,
+            stride_bias, B_PER_CHANNEL, HAS_BIAS, CONSUMER * BUFFERS, BUFFERS,
         )  # fmt: skip
         if SPLIT == 2:
-            _scale_and_store(
-                acc_right, scale_a, first_row, first_col + ACC_N, N, out_desc, out_smem, scale_b_ptr, bias_ptr,
-                stride_scale_b, stride_bias, B_PER_CHANNEL, HAS_BIAS,
+            stored = _scale_and_store(
+                acc_right, scale_a, first_row, first_col + ACC_N, N, out_desc, out_bufs, stored, scale_b_ptr,
+                bias_ptr, stride_scale_b, stride_bias, B_PER_CHANNEL, HAS_BIAS, CONSUMER * BUFFERS, BUFFERS,
             )  # fmt: skip
+        local_tile += CONSUMERS
     tma.store_wait(pendings=0)
 
 
@@ -286,34 +398,69 @@ def scaled_mm_gluon_kernel(
     a_desc, b_desc, out_desc, scale_a_ptr, scale_b_ptr, bias_ptr,
     stride_scale_a, stride_scale_b, stride_bias, GROUP_M, NUM_PROGRAMS,
     A_PER_TOKEN: gl.constexpr, B_PER_CHANNEL: gl.constexpr, HAS_BIAS: gl.constexpr, ACC_DTYPE: gl.constexpr,
-    MAX_IMPRECISE: gl.constexpr, INSTR_N: gl.constexpr, NUM_STAGES: gl.constexpr, num_warps: gl.constexpr,
+    MAX_IMPRECISE: gl.constexpr, INSTR_N: gl.constexpr, NUM_STAGES: gl.constexpr, SPLIT: gl.constexpr,
+    STORE_BUFFERS: gl.constexpr, PINGPONG: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
-    # The rings of A and B tiles ([NUM_STAGES, rows, BLOCK_K]; Gluon lists take no starred items).
+    CONSUMERS: gl.constexpr = 2 if PINGPONG else 1
+    # The rings of A and B tiles ([NUM_STAGES, rows, BLOCK_K]; Gluon lists take no starred items), and
+    # each consumer's STORE_BUFFERS output staging buffers.
     a_bufs = gl.allocate_shared_memory(a_desc.dtype, [NUM_STAGES] + a_desc.block_type.shape, a_desc.layout)  # noqa: RUF005
     b_bufs = gl.allocate_shared_memory(b_desc.dtype, [NUM_STAGES] + b_desc.block_type.shape, b_desc.layout)  # noqa: RUF005
+    OUT_BUFFERS: gl.constexpr = CONSUMERS * STORE_BUFFERS
+    out_bufs = gl.allocate_shared_memory(out_desc.dtype, [OUT_BUFFERS] + out_desc.block_type.shape, out_desc.layout)  # noqa: RUF005
     ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())  # ping-pong's K-loop order
     for i in gl.static_range(NUM_STAGES):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
+    mbarrier.init(turn, count=1)
 
-    # The MMA partition is the default one (num_warps warps, the only one that may take tensors);
-    # the load partition is one warp with LOAD_REGISTERS registers.
-    gl.warp_specialize(
-        [
-            (
-                _mma_partition,
+    # The default partition (num_warps warps, the only one that may take tensors) is the MMA partition
+    # of the first (or only) consumer; the load partition is one warp with LOAD_REGISTERS registers,
+    # and in ping-pong the second consumer a warpgroup with CONSUMER_REGISTERS. Triton 3.6 sets the
+    # kernel's maxnreg to the register file's share of every warp (65536 / (32 * warps), 168 at 12
+    # warps) and gives the default partition, by setmaxnreg, what the workers' requests leave (232).
+    if PINGPONG:
+        gl.warp_specialize(
+            [
                 (
-                    a_desc, b_desc, out_desc, a_bufs, b_bufs, ready, empty, scale_a_ptr, scale_b_ptr, bias_ptr,
-                    stride_scale_a, stride_scale_b, stride_bias, GROUP_M, NUM_PROGRAMS,
-                    A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS, ACC_DTYPE, MAX_IMPRECISE, INSTR_N, num_warps,
+                    _mma_partition,
+                    (
+                        a_desc, b_desc, out_desc, a_bufs, b_bufs, out_bufs, ready, empty, turn, scale_a_ptr,
+                        scale_b_ptr, bias_ptr, stride_scale_a, stride_scale_b, stride_bias, GROUP_M, NUM_PROGRAMS,
+                        A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS, ACC_DTYPE, MAX_IMPRECISE, INSTR_N, SPLIT, 0, 2, num_warps,
+                    ),
                 ),
-            ),
-            (_load_partition, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, GROUP_M, NUM_PROGRAMS)),
-        ],
-        [1],
-        [LOAD_REGISTERS],
-    )  # fmt: skip
+                (
+                    _mma_partition,
+                    (
+                        a_desc, b_desc, out_desc, a_bufs, b_bufs, out_bufs, ready, empty, turn, scale_a_ptr,
+                        scale_b_ptr, bias_ptr, stride_scale_a, stride_scale_b, stride_bias, GROUP_M, NUM_PROGRAMS,
+                        A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS, ACC_DTYPE, MAX_IMPRECISE, INSTR_N, SPLIT, 1, 2, num_warps,
+                    ),
+                ),
+                (_load_partition, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, GROUP_M, NUM_PROGRAMS)),
+            ],
+            [num_warps, 1],
+            [CONSUMER_REGISTERS, LOAD_REGISTERS],
+        )  # fmt: skip
+    else:
+        gl.warp_specialize(
+            [
+                (
+                    _mma_partition,
+                    (
+                        a_desc, b_desc, out_desc, a_bufs, b_bufs, out_bufs, ready, empty, turn, scale_a_ptr,
+                        scale_b_ptr, bias_ptr, stride_scale_a, stride_scale_b, stride_bias, GROUP_M, NUM_PROGRAMS,
+                        A_PER_TOKEN, B_PER_CHANNEL, HAS_BIAS, ACC_DTYPE, MAX_IMPRECISE, INSTR_N, SPLIT, 0, 1, num_warps,
+                    ),
+                ),
+                (_load_partition, (a_desc, b_desc, a_bufs, b_bufs, ready, empty, GROUP_M, NUM_PROGRAMS)),
+            ],
+            [1],
+            [LOAD_REGISTERS],
+        )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- launch
@@ -337,38 +484,33 @@ def gluon_eligible(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, device: 
     )
 
 
-def instruction_n(config: GluonConfig, dtype: torch.dtype) -> int:
-    """The wgmma instruction's N: config.instr_n, else the accumulator's width for fp8 and at most 128
-    for int8. Triton 3.6 lowers int8 wgmma up to n = 224 only (NVGPUToLLVM asserts on n = 256, which
-    the hardware has): ValueError beyond."""
+def instruction_n(config: GluonConfig, dtype: torch.dtype, precise: bool = False) -> int:
+    """The wgmma instruction's N: config.instr_n, else the accumulator's width for fp8 in fast
+    accumulation, and at most 128 for int8 and for fp8 in precise accumulation. Triton 3.6 lowers int8
+    wgmma up to n = 224 only (NVGPUToLLVM asserts on n = 256, which the hardware has): ValueError
+    beyond. Precise fp8 sums each instruction's products in a second accumulator of its width before
+    adding them to the tile's: at n = 256 that is 256 registers per thread, which spill in the K loop
+    (benchmarks/ab/gluon_codegen.py --accumulation precise), at n = 128 it fits."""
     n = config.instr_n
     if n is None:
-        n = config.accumulator_n if dtype != torch.int8 else min(config.accumulator_n, 128)
+        narrow = dtype == torch.int8 or precise
+        n = min(config.accumulator_n, 128) if narrow else config.accumulator_n
     if dtype == torch.int8 and n > INT8_MAX_INSTR_N:
         raise ValueError(f"GluonConfig.instr_n {n}: Triton 3.6 lowers int8 wgmma up to n = {INT8_MAX_INSTR_N}")
     return n
-
-
-def register_limit(config: GluonConfig) -> int | None:
-    """The kernel's maxnreg: the register file shared by the MMA warps and the load warp's warpgroup
-    (setmaxnreg moves registers between them, so each gets its share of this limit to start with).
-    None where the default (255) fits: one MMA warpgroup."""
-    threads = 32 * (config.num_warps + 4)
-    limit = REGISTER_FILE // threads // 8 * 8
-    return None if limit >= 255 else limit
 
 
 def descriptors(
     a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, config: GluonConfig
 ) -> tuple[TensorDescriptor, TensorDescriptor, TensorDescriptor]:
     """The tensor descriptors of A [M, K], B as [N, K] (K-major) and the output [M, N] (one box per
-    accumulator), in the NVMMA shared layouts that TMA writes and wgmma reads."""
+    epilogue chunk), in the NVMMA shared layouts that TMA writes and wgmma reads."""
     M, K = a.shape
     N = b.shape[1]
     operand = OPERAND_DTYPES[a.dtype]
     a_block = [config.block_m, config.block_k]
     b_block = [config.block_n, config.block_k]
-    out_block = [config.block_m, config.accumulator_n]
+    out_block = [config.block_m, config.chunk_n]
     return (
         TensorDescriptor(a, [M, K], [a.stride(0), 1], a_block, gl.NVMMASharedLayout.get_default_for(a_block, operand)),
         TensorDescriptor(
@@ -395,10 +537,12 @@ def launch_arguments(
     kwargs = dict(
         **epilogue,
         **accumulator_kwargs(a.dtype, config.block_k, precise),
-        INSTR_N=instruction_n(config, a.dtype),
+        INSTR_N=instruction_n(config, a.dtype, precise),
         NUM_STAGES=config.num_stages,
+        SPLIT=config.epilogue_split,
+        STORE_BUFFERS=config.store_buffers,
+        PINGPONG=config.schedule == "pingpong",
         num_warps=config.num_warps,
-        maxnreg=register_limit(config),
     )
     return (grid_size,), args, kwargs
 
