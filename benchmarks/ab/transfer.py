@@ -1,12 +1,15 @@
-"""The untuned path: a neighbour's tuned bucket (the lookup's transfer) against the heuristic, both
-with their backend choice (`auto`), and the vendor kernel, in one run, on shapes without a file of
-their own. Ratios are vendor time over ours (> 1: ours faster), like for like (fp8: fast
-accumulation on both sides).
+"""The untuned path: the plan `auto` runs (the lookup as built: a neighbour's tuned bucket where one
+is lent, for fp8 above TRANSFER_FP8_MAX_M by a neighbour of the same N only, else the heuristic)
+against the heuristic with its backend rule, and the vendor kernel, interleaved, on shapes without a
+file of their own. Ratios are vendor time over ours (> 1: ours faster), like for like (fp8: fast
+accumulation on both sides). Each row names the file that lent the bucket ("-": none, the
+heuristic's plan); the summary is given over every point and over the points a neighbour lent.
 
     PYTHONPATH=src python3 benchmarks/ab/transfer.py --config-dir DIR [--shape N,K ...] \
         [--m 1,16,64,128,256,512,1024,2048,4096] [--dtype fp8,int8] [--out FILE.json]
 
-The default shapes are qwen3-8b's and qwen2.5-7b's that the llama3-8b files do not hold.
+The default shapes are mistral-nemo-12b's and gemma-2-9b's (o, down, qkv and gate_up): no file
+ships for them, and each has a shipped H200 neighbour of the same N.
 
 DIR holds the tuned files to borrow from (e.g. an H200 tuning run of llama3-8b); shapes that have a
 file of their own there are skipped (they are not untuned).
@@ -18,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import time
 from collections import defaultdict
 
 import torch
@@ -30,8 +34,8 @@ from scaledmm.kernels.vendor import fast_accum_refused, unsupported_reason, vend
 from scaledmm.testing import OUT_DTYPE, make_operands
 from scaledmm.tune.runner import CandidateCall
 
-# qwen3-8b gate_up and down, qwen2.5-7b qkv, o, gate_up and down (shared/shapes.json).
-DEFAULT_SHAPES = [(24576, 4096), (4096, 12288), (4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944)]
+# mistral-nemo-12b o, down, qkv and gate_up, gemma-2-9b o, down and gate_up (its qkv, 8192 x 3584, ships).
+DEFAULT_SHAPES = [(5120, 4096), (5120, 14336), (6144, 5120), (28672, 5120), (3584, 4096), (3584, 14336), (28672, 3584)]
 
 
 class VendorCall:
@@ -66,6 +70,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp8,int8")
     parser.add_argument("--out")
     args = parser.parse_args()
+    started = time.perf_counter()
     os.environ[CONFIG_DIR_ENV] = args.config_dir
     clear_cache()
     device = torch.device("cuda", 0)
@@ -105,27 +110,38 @@ def main() -> None:
                     "transfer_x": t_vendor / t_transfer, "heuristic_x": t_vendor / t_rule,
                 }  # fmt: skip
                 rows.append(row)
+                lender = transfer.source.name.split(",device_name")[0] if transfer.source else "-"
                 print(
                     f"{dtype_name:4s} N={n:6d} K={k:6d} M={m:5d}  vendor {t_vendor:8.2f} us  "
-                    f"transfer {row['transfer_x']:5.2f}x [{row['transfer']}]  heuristic {row['heuristic_x']:5.2f}x "
-                    f"[{row['heuristic']}]",
+                    f"transfer {row['transfer_x']:5.2f}x [{row['transfer']}] from {lender}  "
+                    f"heuristic {row['heuristic_x']:5.2f}x [{row['heuristic']}]",
                     flush=True,
                 )
     summary = defaultdict(dict)
     print(f"\n{torch.cuda.get_device_name(device)}: x vendor, geomean (min) per M range")
     for dtype_name in args.dtype.split(","):
         for r in ("decode", "mid", "prefill"):
-            sel = [row for row in rows if row["dtype"] == dtype_name and m_range(row["m"]) == r]
-            if not sel:
-                continue
-            t = [row["transfer_x"] for row in sel]
-            h = [row["heuristic_x"] for row in sel]
-            summary[dtype_name][r] = {"transfer": geomean(t), "transfer_min": min(t), "heuristic": geomean(h)}
-            summary[dtype_name][r]["heuristic_min"] = min(h)
-            print(
-                f"{dtype_name:4s} {r:8s} transfer {geomean(t):5.2f}x (min {min(t):4.2f})   "
-                f"heuristic {geomean(h):5.2f}x (min {min(h):4.2f})   points {len(sel)}"
-            )
+            for points, lent_only in (("all", False), ("lent", True)):
+                sel = [
+                    row
+                    for row in rows
+                    if row["dtype"] == dtype_name
+                    and m_range(row["m"]) == r
+                    and (row["borrowed_from"] is not None or not lent_only)
+                ]
+                if not sel:
+                    continue
+                t = [row["transfer_x"] for row in sel]
+                h = [row["heuristic_x"] for row in sel]
+                key = r if points == "all" else f"{r} lent"
+                summary[dtype_name][key] = {"transfer": geomean(t), "transfer_min": min(t), "heuristic": geomean(h)}
+                summary[dtype_name][key]["heuristic_min"] = min(h)
+                summary[dtype_name][key]["points"] = len(sel)
+                print(
+                    f"{dtype_name:4s} {r:8s} {points:4s} transfer {geomean(t):5.2f}x (min {min(t):4.2f})   "
+                    f"heuristic {geomean(h):5.2f}x (min {min(h):4.2f})   points {len(sel)}"
+                )
+    print(f"{time.perf_counter() - started:.0f} s")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"rows": rows, "summary": summary, "card": torch.cuda.get_device_name(device)}, f, indent=1)

@@ -144,6 +144,46 @@ def test_a_shape_without_a_file_borrows_the_nearest_tuned_neighbours_bucket(tmp_
         fp8 = _write_table(tmp_path, 1024, 1024, {"64": bucket(near), "4096": bucket(near)}, dtype="fp8")
         clear_cache()
         assert plan(64, 1100, 1024, torch.float8_e4m3fn, device).source == fp8
-        assert plan(65, 1100, 1024, torch.float8_e4m3fn, device).source is None  # fp8 borrows at decode only
+        # Above decode fp8 borrows from a shape of the same N only (test below): 1024 x 1024's is not.
+        assert plan(65, 1100, 1024, torch.float8_e4m3fn, device).source is None
+    finally:
+        clear_cache()
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.int8], ids=["fp8", "int8"])
+def test_above_decode_fp8_borrows_from_a_neighbour_of_the_same_n_only(tmp_path, monkeypatch, dtype):
+    """For fp8 above TRANSFER_FP8_MAX_M a neighbour of another N would lend a tile grid of other
+    waves: only one of the same N lends there, even when another N is nearer; at decode the nearest
+    of any N does, and int8 borrows from the nearest at every M."""
+    from scaledmm.configs.heuristic import heuristic_config, untuned_backend
+    from scaledmm.configs.lookup import TRANSFER_FP8_MAX_M, device_capability, device_limits, plan
+
+    device = torch.device(DEVICE, 0) if DEVICE == "cuda" else torch.device("cpu")
+    dtype_name = "fp8" if dtype == torch.float8_e4m3fn else "int8"
+    other_n_config = MatmulConfig(32, 64, 128, num_stages=3)
+    same_n_config = MatmulConfig(64, 32, 64, num_stages=4)
+    buckets = lambda config: {str(m): {"backend": "triton", "config": config.to_dict()} for m in (64, 4096)}
+    # From the call's 1024 x 1024: N 1100 is nearer (|log2| 0.10) than K 1800 (0.81).
+    other_n = _write_table(tmp_path, 1100, 1024, buckets(other_n_config), dtype_name)
+    same_n = _write_table(tmp_path, 1024, 1800, buckets(same_n_config), dtype_name)
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
+    clear_cache()
+    try:
+        for m in (1, TRANSFER_FP8_MAX_M, TRANSFER_FP8_MAX_M + 1, 256, 4096):
+            chosen = plan(m, 1024, 1024, dtype, device)
+            if dtype_name == "fp8" and m > TRANSFER_FP8_MAX_M:
+                assert (chosen.source, chosen.config) == (same_n, same_n_config), m
+            else:
+                assert (chosen.source, chosen.config) == (other_n, other_n_config), m
+        # 1050 x 1024 has both within reach but neither of its N: the heuristic and its backend rule
+        # above decode for fp8 (the vendor on Hopper), the nearest neighbour's bucket for int8.
+        assert plan(TRANSFER_FP8_MAX_M, 1050, 1024, dtype, device).source == other_n
+        above = plan(256, 1050, 1024, dtype, device)
+        if dtype_name == "fp8":
+            assert above.source is None
+            assert above.backend == untuned_backend(256, dtype, device_capability(device))
+            assert above.config == heuristic_config(256, 1050, 1024, dtype, *device_limits(device))
+        else:
+            assert above.source == other_n
     finally:
         clear_cache()

@@ -9,13 +9,15 @@ device synchronisation. Sources, first match wins:
 each first for the card's exact name, then for another card of its family (H100 or H200 variants),
 and for the call's fp8 accumulation mode; then a file tuned on the card (or its family) for the
 nearest other shape, N and K each within a factor of TRANSFER_MAX_RATIO (`nearby_files`: a bucket
-tuned for a neighbour is a better guess than a rule, benchmarks/ab/transfer.py); then the heuristic,
-whose config runs where `auto` keeps ours and whose backend rule (`heuristic.untuned_backend`) gives
-fp8 from M = 65 to the vendor on Hopper. Within a file the bucket is the smallest tuned M >= M,
-else the largest up to twice its M; further out (a file tuned for decode only, asked for a
-prefill) the next file or the heuristic serves. SCALEDMM_DISABLED_BACKENDS (comma-separated:
-torch, triton) keeps backends out of the automatic choice (runtime.auto_backend applies it), as
-vLLM's VLLM_DISABLED_KERNELS does.
+tuned for a neighbour is a better guess than a rule, benchmarks/ab/transfer.py), for fp8 above
+M = TRANSFER_FP8_MAX_M only a neighbour of the same N (the same tile then makes the same tile grid,
+so the same waves, as where it was tuned; another N's grid can cross a wave boundary the
+neighbour's did not); then the heuristic, whose config runs where `auto` keeps ours and whose
+backend rule (`heuristic.untuned_backend`) gives fp8 from M = 65 to the vendor on Hopper. Within a
+file the bucket is the smallest tuned M >= M, else the largest up to twice its M; further out (a
+file tuned for decode only, asked for a prefill) the next file or the heuristic serves.
+SCALEDMM_DISABLED_BACKENDS (comma-separated: torch, triton) keeps backends out of the automatic
+choice (runtime.auto_backend applies it), as vLLM's VLLM_DISABLED_KERNELS does.
 
 Block-scaled fp8 (`block_size`) is planned the same way from its own files (named with
 `block_shape=[block_n,block_k]`; files.py), in the same order, a bucket whose config does not fit the
@@ -58,11 +60,15 @@ _DEFAULT_NUM_SMS = 132
 _DEFAULT_SHARED_MEMORY = 227 * 1024
 SPLIT_K_SCRATCH_LIMIT = 256 * 2**20  # bytes of split-K partial sums one call may allocate
 TRANSFER_MAX_RATIO = 2.0  # a tuned shape lends its buckets to shapes whose N and K are within this factor
-# fp8 buckets are lent up to this M only. Above, our tiles and cuBLAS's fast kernel are close, and a
-# borrowed tile grid can cross a wave boundary the neighbour's did not: on an H200, qwen2.5-7b qkv
-# (4608 x 3584) at M = 256 ran 0.76x the vendor with the bucket of 4096 x 4096 (144 tiles of 64 x 128
-# on 132 SMs, against 128), while the heuristic's rule (the vendor) gives 1.00x
-# (benchmarks/results/h200-2026-12-01/transfer_ab.log). int8, with no vendor kernel near ours, borrows at every M.
+# Above this M, fp8 buckets are lent by neighbours of the same N only. There our tiles and cuBLAS's
+# fast kernel are close, and a tile grid borrowed from another N can cross a wave boundary the
+# neighbour's did not: on an H200, qwen2.5-7b qkv (4608 x 3584) at M = 256 ran 0.76x the vendor with
+# the bucket of 4096 x 4096 (144 tiles of 64 x 128 on 132 SMs, against 128), while the heuristic's rule
+# (the vendor) gives 1.00x (benchmarks/results/h200-2026-12-01/transfer_ab.log). With the same N the
+# same tile makes the same grid at a given M (K changes only the loop's length), so the waves the
+# neighbour was tuned for are the call's. Without a same-N neighbour the heuristic's rule serves. At
+# and below it (decode: a few tiles, far from a full wave) the nearest neighbour of any N lends. int8,
+# with no vendor kernel near ours, borrows from any N at every M.
 TRANSFER_FP8_MAX_M = 64
 
 
@@ -162,17 +168,19 @@ def _candidate_files(
 
 
 @state.cached
-def nearby_files(name: str, n: int, k: int, dtype: str, accumulation: str) -> tuple[Path, ...]:
+def nearby_files(name: str, n: int, k: int, dtype: str, accumulation: str, same_n: bool = False) -> tuple[Path, ...]:
     """Files of this card (or its family), dtype and accumulation mode tuned for other shapes whose N
-    and K are each within a factor of TRANSFER_MAX_RATIO of the call's: nearest first (the sum of
-    |log2| ratios of N and K), then this card's before its family's, then the nearer K (K sets the
-    pipeline's length, which the tile choice follows most)."""
+    and K are each within a factor of TRANSFER_MAX_RATIO of the call's (with `same_n`, whose N is the
+    call's): nearest first (the sum of |log2| ratios of N and K), then this card's before its
+    family's, then the nearer K (K sets the pipeline's length, which the tile choice follows most)."""
     exact = normalize_device_name(name)
     family = device_family(name)
     reach = math.log2(TRANSFER_MAX_RATIO)
     ranked = []
     for d, fn, fk, fdtype, facc, block_shape, path in _file_index():
         if (fdtype, facc, block_shape) != (dtype, accumulation, None) or (fn, fk) == (n, k):
+            continue
+        if same_n and fn != n:
             continue
         if d != exact and (family is None or device_family(d) != family):
             continue
@@ -282,10 +290,11 @@ def plan(
 ) -> Plan:
     """The cached plan for one call shape (device must be resolved: cuda with an index, or cpu) in an
     fp8 accumulation mode, from the files tuned in that mode (int8, exact in either, from its files):
-    this shape's, else a neighbour's (`nearby_files`), else the heuristic. With block scales of
-    `block_size` = (block_n, block_k), from the block-scaled files of that block shape (any
-    accumulation mode), else the block heuristic. A bucket tuned for this shape whose config cannot
-    run here (unfit_reason) is skipped with a warning."""
+    this shape's, else a neighbour's (`nearby_files`; for fp8 above TRANSFER_FP8_MAX_M one of the same
+    N), else the heuristic. With block scales of `block_size` = (block_n, block_k), from the
+    block-scaled files of that block shape (any accumulation mode), else the block heuristic. A
+    bucket tuned for this shape whose config cannot run here (unfit_reason) is skipped with a
+    warning."""
     shared_memory = device_limits(device)[1]
     dtype_name = DTYPE_NAMES[dtype]
     mode = accumulation if dtype_name == "fp8" and block_size is None else "fast"
@@ -305,8 +314,8 @@ def plan(
     if block_size is not None:  # untuned block-scaled calls run ours (not yet measured otherwise)
         return Plan("triton", block_heuristic_config(M, N, block_size[1], shared_memory), None)
     # A neighbour's bucket that cannot run here is not lent (no warning: nothing the user chose failed).
-    lend = dtype_name != "fp8" or M <= TRANSFER_FP8_MAX_M
-    for path in nearby_files(device_name(device), N, K, dtype_name, mode) if lend else ():
+    same_n = dtype_name == "fp8" and M > TRANSFER_FP8_MAX_M  # a grid of the neighbour's waves only
+    for path in nearby_files(device_name(device), N, K, dtype_name, mode, same_n):
         table = _table(path)
         bucket = table.bucket_for(M) if table is not None else None
         if bucket is not None and unfit_reason(bucket.config, M, N, shared_memory) is None:
