@@ -175,3 +175,15 @@ def test_workers_send_every_row_to_the_parent(tmp_path):
     assert written["rows"][1]["logits_cosine"] >= 0.99
     if ON_GPU:
         assert [r["gpu"]["index"] for r in written["rows"]] == [0, 1]
+
+
+@pytest.mark.skipif(ON_GPU, reason="CPU workers (a GPU host covers the rows test above)")
+def test_a_worker_error_reaches_the_parent():
+    from torch.multiprocessing import ProcessRaisedException
+
+    from scaledmm.bench.model import run_model_bench_on_gpus
+
+    run = ModelRun(batches=(1,), context=8, prefill=16, replays=20, profile_batch=None)
+    with pytest.raises(ProcessRaisedException, match="no-such-option"):
+        groups = [["scaledmm-int8-no-such-option"]]
+        run_model_bench_on_gpus(["llama3-8b"], groups, run, print, "test", 1, 128, TINY, "cpu")
