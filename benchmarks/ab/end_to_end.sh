@@ -4,12 +4,12 @@
 #
 #   bash benchmarks/ab/end_to_end.sh $OUT            # LAYERS=2 by default; LAYERS=32 is full depth (long)
 #
-# Full depth (llama3-8b, 32 layers; every variant compiles three graphs of the whole model, so run
-# the variants in two commands of under 10 minutes each):
-#   PYTHONPATH=src python3 -m scaledmm bench-model --compile --model llama3-8b \
-#       --variants bf16,scaledmm-fp8-fusedquant,scaledmm-int8-fusedquant --out $OUT/model-compiled-a
-#   PYTHONPATH=src python3 -m scaledmm bench-model --compile --model llama3-8b \
-#       --variants scaledmm-fp8-inductor,torch-fp8-inductor,scaledmm-fp8 --out $OUT/model-compiled-b
+# Full depth (llama3-8b, 32 layers; every variant compiles three graphs of the whole model, several
+# minutes each, so the variants are split over the host's GPUs: on 2, GPU 0 runs the first two and
+# GPU 1 the last two; model_results.json is rewritten after every variant, so a run killed at a time
+# limit keeps the finished ones):
+#   PYTHONPATH=src python3 -m scaledmm bench-model --compile --model llama3-8b --gpus all \
+#       --variants bf16,scaledmm-fp8-inductor,torch-fp8-inductor,scaledmm-int8-fusedquant --out $OUT/model-compiled
 set -euo pipefail
 OUT=${1:?usage: end_to_end.sh OUT_DIR}
 LAYERS=${LAYERS:-2}

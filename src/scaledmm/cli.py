@@ -125,6 +125,26 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
+def _gpu_count(text: str, command: str) -> int:
+    """--gpus: 'all' (every CUDA GPU of this host) or a count from 1 to the GPUs present; without
+    CUDA only 1 (this process on the CPU). Exits naming --gpus otherwise, before any work starts."""
+    present = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    found = f"{present} CUDA GPUs" if present else "no CUDA GPU"
+    if text == "all":
+        if not present:
+            sys.exit(f"scaledmm {command}: --gpus all, but this host has {found}")
+        return present
+    try:
+        count = int(text)
+    except ValueError:
+        sys.exit(f"scaledmm {command}: --gpus takes 'all' or a number of GPUs, got {text!r}")
+    if count < 1:
+        sys.exit(f"scaledmm {command}: --gpus must be 'all' or at least 1, got {text!r}")
+    if count > max(present, 1):
+        sys.exit(f"scaledmm {command}: --gpus {count}, but this host has {found}")
+    return count
+
+
 def _require_kernels_runnable(device: torch.device) -> None:
     from scaledmm.checks import INTERPRETER
 
@@ -284,12 +304,8 @@ def cmd_tune(args: argparse.Namespace, command: str) -> int:
     if device.type == "cpu":
         print("No GPU: tuning on the CPU through Triton's interpreter; the times only show the tuner runs.")
         world = 1
-    elif args.gpus == "all":
-        world = torch.cuda.device_count()
     else:
-        world = int(args.gpus)
-        if not 1 <= world <= torch.cuda.device_count():
-            sys.exit(f"scaledmm tune: --gpus {world}, but this host has {torch.cuda.device_count()} GPUs")
+        world = _gpu_count(args.gpus, "tune")
     print(
         f"tuning {len(jobs)} points ({len(shapes)} shapes x {len(dtypes)} dtypes x {len(args.m)} M"
         f"{'' if block is None else f', block scales {block[0]}x{block[1]}'}) "
@@ -356,19 +372,24 @@ def cmd_configs(args: argparse.Namespace, command: str) -> int:
 
 
 def cmd_bench_model(args: argparse.Namespace, command: str) -> int:
+    from scaledmm.bench.micro import environment
     from scaledmm.bench.model import (
         ARCHITECTURES,
         COMPILED_VARIANTS,
         EAGER_VARIANTS,
         VARIANTS,
         ModelRun,
+        PartialResults,
         model_table,
         run_model_bench,
+        run_model_bench_on_gpus,
+        split_variants,
     )
     from scaledmm.bench.report import plot_model
 
     device = _device()
     _require_kernels_runnable(device)
+    gpus = _gpu_count(args.gpus, "bench-model")
     models = [m for group in args.model for m in group] or DEFAULT_MODELS
     variants = args.variants or list(COMPILED_VARIANTS if args.compile else EAGER_VARIANTS)
     unknown = set(models) - set(ARCHITECTURES) or set(variants) - set(VARIANTS)
@@ -386,9 +407,18 @@ def cmd_bench_model(args: argparse.Namespace, command: str) -> int:
         compile_backend=args.compile_backend,
         profile_batch=args.profile_batch or None,
     )
-    result = run_model_bench(models, variants, run, device, command, layers=args.layers)
+    out_dir = _out_dir(args.out, "model")
+    results = PartialResults(out_dir / "model_results.json", run, environment(device, command), models, variants)
+    groups = split_variants(variants, gpus)
+    if len(groups) == 1:
+        run_model_bench(models, variants, run, device, command, layers=args.layers, on_row=results.add)
+    else:
+        for index, group in enumerate(groups):
+            print(f"GPU {index} ({torch.cuda.get_device_name(index)}): {', '.join(group)}", flush=True)
+        run_model_bench_on_gpus(models, groups, run, results.add, command, layers=args.layers)
+    result = results.result()
     print(model_table(result))
-    out_dir = _write_result(result, args.out, "model", "model_results.json")
+    _write_result(result, str(out_dir), "model", "model_results.json")
     for path in plot_model(result, out_dir):
         print(f"wrote {path}")
     return 0
@@ -414,11 +444,20 @@ def cmd_eval_model(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
-def _write_result(result: dict, out: str | None, prefix: str, file: str) -> Path:
-    """A command's JSON result, into `out` or scaledmm-bench/<prefix>-<time>; returns the folder."""
+def _out_dir(out: str | None, prefix: str) -> Path:
+    """A command's output folder: `out`, or scaledmm-bench/<prefix>-<time>; made if missing."""
     out_dir = Path(out or f"scaledmm-bench/{prefix}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / file).write_text(json.dumps(result, indent=1) + "\n")
+    return out_dir
+
+
+def _write_result(result: dict, out: str | None, prefix: str, file: str) -> Path:
+    """A command's JSON result, into `out` or scaledmm-bench/<prefix>-<time>; returns the folder.
+    Atomic: it may replace a file of partial results (bench-model)."""
+    from scaledmm.configs.files import write_json_atomic
+
+    out_dir = _out_dir(out, prefix)
+    write_json_atomic(out_dir / file, result)
     print(f"wrote {out_dir / file}")
     return out_dir
 
@@ -490,7 +529,19 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--prefill", type=int, default=2048, help="prompt tokens of the prefill measurement")
     model.add_argument("--layers", type=int, help="fewer decoder layers than the model has (quick runs)")
     model.add_argument("--replays", type=int, default=20, help="CUDA graph replays per timing (>= 20)")
-    model.add_argument("--out", help="where to write model_results.json (default: scaledmm-bench/model-<time>)")
+    model.add_argument(
+        "--gpus",
+        default="1",
+        help="'all', or how many GPUs of this host to use (default 1: this process). The variants, in the order "
+        "of --variants, are split into contiguous groups, one worker process per GPU: with 2 GPUs and variants "
+        "a,b,c,d GPU 0 runs a,b and GPU 1 runs c,d, so the order decides which variants share a card. Each row "
+        "records its GPU; ratios between rows of different GPUs compare two cards of one host",
+    )
+    model.add_argument(
+        "--out",
+        help="where to write model_results.json, rewritten after every variant so a killed run keeps the "
+        "finished ones (default: scaledmm-bench/model-<time>)",
+    )
 
     evaluate = sub.add_parser(
         "eval-model",

@@ -99,3 +99,91 @@ def test_kernel_categories_and_breakdown():
     assert breakdown["gpu_us_per_step"] == 50.0
     assert breakdown["share"] == {"attention": 0.1, "linears": 0.6, "quantize": 0.1, "rest": 0.2}
     assert breakdown["top_kernels"][0] == {"name": "_scaled_mm_kernel", "category": "linears", "us_per_step": 30.0}
+
+
+def test_split_variants_keeps_the_order_given_in_contiguous_groups():
+    from scaledmm.bench.model import split_variants
+
+    assert split_variants(["a", "b", "c", "d"], 2) == [["a", "b"], ["c", "d"]]
+    assert split_variants(["a", "b", "c"], 2) == [["a", "b"], ["c"]]  # the first groups take the extra
+    assert split_variants(["a", "b", "c", "d", "e"], 3) == [["a", "b"], ["c", "d"], ["e"]]
+    assert split_variants(["a", "b"], 4) == [["a"], ["b"]]  # no GPU without a variant
+    assert split_variants(["a", "b", "c"], 1) == [["a", "b", "c"]]
+    with pytest.raises(ValueError):
+        split_variants(["a"], 0)
+
+
+def _row(model: str, variant: str, gpu: int | None, decode_us: float = 1000.0) -> dict:
+    return {
+        "model": model,
+        "variant": variant,
+        "layers": 1,
+        "gpu": None if gpu is None else {"index": gpu, "name": "NVIDIA H200"},
+        "logits_cosine": 1.0,
+        "decode_b1_us": decode_us,
+        "prefill_us": 2000.0,
+        "first_call_s": {},
+    }
+
+
+def test_partial_results_written_in_order_after_every_row(tmp_path):
+    from scaledmm.bench.model import PartialResults
+
+    path = tmp_path / "model_results.json"
+    results = PartialResults(path, ModelRun(), {"gpu": "test"}, ["llama3-8b"], ["bf16", "scaledmm-fp8", "torch-fp8"])
+    results.add(_row("llama3-8b", "torch-fp8", 1))  # the second GPU's worker may finish first
+    written = json.loads(path.read_text())
+    assert [r["variant"] for r in written["rows"]] == ["torch-fp8"] and written["complete"] is False
+    results.add(_row("llama3-8b", "bf16", 0))
+    assert [r["variant"] for r in json.loads(path.read_text())["rows"]] == ["bf16", "torch-fp8"]
+    assert not list(tmp_path.glob(".*.tmp"))  # written through a temporary file, replaced at once
+    results.add(_row("llama3-8b", "scaledmm-fp8", 0))
+    written = json.loads(path.read_text())
+    assert [r["variant"] for r in written["rows"]] == ["bf16", "scaledmm-fp8", "torch-fp8"]
+    assert written["complete"] is True and written["environment"] == {"gpu": "test"}
+    assert results.result()["rows"] == written["rows"]
+
+
+def test_table_marks_the_gpu_of_each_row_when_there_were_several():
+    from scaledmm.bench.model import model_result
+
+    rows = [_row("llama3-8b", "bf16", 0), _row("llama3-8b", "scaledmm-fp8", 1, decode_us=500.0)]
+    table = model_table(model_result(rows, ModelRun(batches=(1,)), {}))
+    assert "ratios between rows of different GPUs compare two cards of one host" in table
+    assert "GPU 0 NVIDIA H200, GPU 1 NVIDIA H200" in table
+    assert "scaledmm-fp8 over bf16: decode b1 2.00x" in table  # ratios as on one GPU
+    header, bf16, fp8 = (line.split() for line in table.splitlines()[2:5])
+    assert header[1] == "gpu" and bf16[:2] == ["bf16", "0"] and fp8[:2] == ["scaledmm-fp8", "1"]
+    one_gpu = model_table(model_result([_row("llama3-8b", "bf16", 0)], ModelRun(batches=(1,)), {}))
+    assert "gpu" not in one_gpu.splitlines()[1] and "two cards" not in one_gpu
+
+
+@pytest.mark.skipif(ON_GPU and torch.cuda.device_count() < 2, reason="two workers need two GPUs")
+def test_workers_send_every_row_to_the_parent(tmp_path):
+    from scaledmm.bench.model import PartialResults, run_model_bench_on_gpus
+
+    # Two spawned processes (CPU ones without a GPU), one variant each, as `--gpus 2` runs them.
+    run = ModelRun(batches=(1,), context=8, prefill=16, replays=20, profile_batch=None)
+    variants = ["bf16", "scaledmm-int8"]
+    results = PartialResults(tmp_path / "model_results.json", run, {}, ["llama3-8b"], variants)
+    run_model_bench_on_gpus(
+        ["llama3-8b"], [["bf16"], ["scaledmm-int8"]], run, results.add, "test", 1, 128, TINY, DEVICE.type
+    )
+    written = json.loads((tmp_path / "model_results.json").read_text())
+    assert [r["variant"] for r in written["rows"]] == variants and written["complete"] is True
+    # Same seed in both workers: the same decoder, so the cosine to bf16 means what it does on one GPU.
+    assert written["rows"][1]["logits_cosine"] >= 0.99
+    if ON_GPU:
+        assert [r["gpu"]["index"] for r in written["rows"]] == [0, 1]
+
+
+@pytest.mark.skipif(ON_GPU, reason="CPU workers (a GPU host covers the rows test above)")
+def test_a_worker_error_reaches_the_parent():
+    from torch.multiprocessing import ProcessRaisedException
+
+    from scaledmm.bench.model import run_model_bench_on_gpus
+
+    run = ModelRun(batches=(1,), context=8, prefill=16, replays=20, profile_batch=None)
+    with pytest.raises(ProcessRaisedException, match="no-such-option"):
+        groups = [["scaledmm-int8-no-such-option"]]
+        run_model_bench_on_gpus(["llama3-8b"], groups, run, print, "test", 1, 128, TINY, "cpu")

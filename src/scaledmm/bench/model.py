@@ -28,6 +28,11 @@ time what the timing already captures, and keep memory pools per shape; our capt
 variant, eager or compiled, the same way. Shapes are dynamic by torch.compile's default: batch 1
 (and a prefill of one sequence) specialise, the first batch above 1 recompiles with a symbolic
 batch, and the later ones reuse that graph; each row reports the graphs compiled.
+
+With several GPUs (run_model_bench_on_gpus, `--gpus`) the variants are split into contiguous groups,
+one worker process per GPU; every worker builds the same decoder (same seed) and sends each row to
+the parent as soon as it is measured. Each row records the GPU it ran on. PartialResults writes the
+rows so far after every variant, so a run killed at a time limit keeps the finished ones.
 """
 
 from __future__ import annotations
@@ -35,15 +40,18 @@ from __future__ import annotations
 import collections
 import copy
 import datetime
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from scaledmm.bench.micro import environment
 from scaledmm.bench.shapes import PRESETS
 from scaledmm.bench.timing import time_calls
+from scaledmm.configs.files import write_json_atomic
 from scaledmm.nn import quantize_model
 
 # The parts of each model's published config that the shapes preset does not hold.
@@ -127,6 +135,7 @@ class ModelRun:
     compile: bool = False
     compile_backend: str = "inductor"  # torch.compile's backend ("aot_eager" in the CPU tests)
     profile_batch: int | None = 1  # the decode batch whose step is profiled (None: no profile)
+    seed: int = 0  # of the random weights and tokens: every GPU's worker builds the same decoder
 
 
 class DecodeStep:
@@ -275,6 +284,14 @@ def measure_variant(model: torch.nn.Module, run: ModelRun) -> dict:
     return row
 
 
+def gpu_of(device: torch.device) -> dict | None:
+    """Which card a row ran on (index as torch numbers this host's GPUs, and name); None on the CPU."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return {"index": index, "name": torch.cuda.get_device_name(index)}
+
+
 def run_model_bench(
     names: Sequence[str],
     variants: Sequence[str],
@@ -284,10 +301,13 @@ def run_model_bench(
     layers: int | None = None,
     vocab_size: int | None = None,
     dims=None,
+    on_row: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Every variant of every model; rows of (model, variant, measure, value)."""
+    """Every variant of every model; rows of (model, variant, measure, value). `on_row` gets each row
+    as soon as it is measured (PartialResults.add writes it out; a GPU worker sends it to the parent)."""
     rows = []
     for name in names:
+        torch.manual_seed(run.seed)
         base = build_decoder(name, device, layers, vocab_size, dims)
         ids = torch.randint(0, base.config.vocab_size, (1, 64), device=device)
         with torch.no_grad():
@@ -298,29 +318,134 @@ def run_model_bench(
                 "model": name,
                 "variant": variant,
                 "layers": base.config.num_hidden_layers,
+                "gpu": gpu_of(device),
                 "logits_cosine": logits_cosine(model, reference, ids),
                 **measure_variant(model, run),
             }
             rows.append(row)
+            if on_row is not None:
+                on_row(row)
             if model is not base:
                 del model
             if run.compile:
                 torch._dynamo.reset()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+    return model_result(rows, run, environment(device, command))
+
+
+def model_result(rows: list[dict], run: ModelRun, env: dict, complete: bool = True) -> dict:
+    """What model_results.json holds. `complete` is False in the file written while variants are
+    still running (or left by a run that was killed)."""
     return {
-        "environment": environment(device, command),
+        "environment": env,
         "context": run.context,
         "compiled": run.compile,
+        "complete": complete,
         "rows": rows,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
+class PartialResults:
+    """The rows measured so far, in the order of `names` and `variants` whatever the order they
+    arrive in (workers finish in any order), written to `path` after each one (atomically: a kill
+    mid-write leaves the previous file), so a run killed at a time limit keeps its finished variants."""
+
+    def __init__(self, path: Path, run: ModelRun, env: dict, names: Sequence[str], variants: Sequence[str]):
+        self.path = path
+        self.run = run
+        self.env = env
+        self.order = {key: i for i, key in enumerate(itertools.product(names, variants))}
+        self.rows: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self.rows.sort(key=lambda r: self.order[r["model"], r["variant"]])
+        write_json_atomic(self.path, self.result(complete=len(self.rows) == len(self.order)))
+        gpu = "" if row.get("gpu") is None else f" on GPU {row['gpu']['index']}"
+        done = f"{len(self.rows)} of {len(self.order)} rows"
+        print(f"{row['model']} {row['variant']}: measured{gpu}; {done} in {self.path}", flush=True)
+
+    def result(self, complete: bool = True) -> dict:
+        return model_result(list(self.rows), self.run, self.env, complete)
+
+
+def split_variants(variants: Sequence[str], gpus: int) -> list[list[str]]:
+    """Contiguous groups of the variants in the order given, one per GPU (no more groups than
+    variants), the first groups one longer where they do not divide evenly: a,b,c,d on 2 GPUs are
+    [a, b] and [c, d]. Contiguous, so the user decides which variants share a card."""
+    if gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    count = min(gpus, len(variants))
+    size, extra = divmod(len(variants), count) if count else (0, 0)
+    groups, start = [], 0
+    for i in range(count):
+        end = start + size + (1 if i < extra else 0)
+        groups.append(list(variants[start:end]))
+        start = end
+    return groups
+
+
+def _bench_worker(
+    index: int,
+    groups: list[list[str]],
+    names: Sequence[str],
+    run: ModelRun,
+    command: str,
+    layers: int | None,
+    vocab_size: int | None,
+    dims,
+    rows: torch.multiprocessing.SimpleQueue,
+    device_type: str,
+) -> None:
+    """Worker `index` of run_model_bench_on_gpus: group `index` of the variants on GPU `index`.
+    torch.cuda.set_device before anything touches CUDA, as the tuner's workers do: the timing code,
+    CUDA graph capture and Inductor's generated code all use the current device."""
+    device = torch.device(device_type, index) if device_type == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    run_model_bench(names, groups[index], run, device, command, layers, vocab_size, dims, on_row=rows.put)
+
+
+def run_model_bench_on_gpus(
+    names: Sequence[str],
+    groups: list[list[str]],
+    run: ModelRun,
+    on_row: Callable[[dict], None],
+    command: str = "",
+    layers: int | None = None,
+    vocab_size: int | None = None,
+    dims=None,
+    device_type: str = "cuda",
+) -> None:
+    """Each group of variants (split_variants) in a process of its own on GPU 0, 1, ... of this host
+    (spawned by torch.multiprocessing.spawn, as `scaledmm tune --gpus` does). Every row reaches
+    `on_row` in this process as soon as its worker measured it. A worker's error is raised here,
+    after the rows already measured went to `on_row`. device_type "cpu": CPU processes (tests)."""
+    # A SimpleQueue writes each row into the pipe when it is put, so once the workers have exited
+    # every row they measured is there to read.
+    rows = torch.multiprocessing.get_context("spawn").SimpleQueue()
+    args = (groups, names, run, command, layers, vocab_size, dims, rows, device_type)
+    workers = torch.multiprocessing.spawn(_bench_worker, args=args, nprocs=len(groups), join=False)
+    try:
+        # join() returns True once every worker has exited, and raises if one failed (stopping the rest).
+        while not workers.join(timeout=1.0):
+            _pass_rows(rows, on_row)
+    finally:
+        _pass_rows(rows, on_row)
+
+
+def _pass_rows(rows: torch.multiprocessing.SimpleQueue, on_row: Callable[[dict], None]) -> None:
+    while not rows.empty():
+        on_row(rows.get())
+
+
 def model_table(result: dict) -> str:
-    """Per model and variant: decode tokens/s per batch, prefill time, logits cosine; the speedup of
-    each scaledmm variant over bf16 and over the torch._scaled_mm models; the graphs compiled; and
-    the profiled decode step's GPU time by kind of kernel."""
+    """Per model and variant: decode tokens/s per batch, prefill time, logits cosine (and the GPU of
+    each row when the rows ran on several); the speedup of each scaledmm variant over bf16 and over
+    the torch._scaled_mm models; the graphs compiled; and the profiled decode step's GPU time by
+    kind of kernel."""
     lines = []
     for name in dict.fromkeys(r["model"] for r in result["rows"]):
         rows = {r["variant"]: r for r in result["rows"] if r["model"] == name}
@@ -328,14 +453,21 @@ def model_table(result: dict) -> str:
         batches = [int(k[len("decode_b") : -len("_us")]) for k in first if k.startswith("decode_b")]
         mode = "compiled (torch.compile, fullgraph)" if result.get("compiled") else "eager"
         lines.append(f"== {name} ({first['layers']} layers), context {result['context']}, {mode}")
+        gpus = {r["gpu"]["index"]: r["gpu"]["name"] for r in rows.values() if r.get("gpu")}
+        several = len(gpus) > 1
+        if several:
+            cards = ", ".join(f"GPU {i} {gpus[i]}" for i in sorted(gpus))
+            lines.append(f"rows ran on {cards}; ratios between rows of different GPUs compare two cards of one host")
         lines.append(
             f"{'variant':<26}"
+            + (f"{'gpu':>4}" if several else "")
             + "".join(f"{'decode b' + str(b) + ' tok/s':>20}" for b in batches)
             + f"{'prefill ms':>12}{'cosine':>9}"
         )
         for variant, r in rows.items():
+            gpu = f"{r['gpu']['index'] if r.get('gpu') else '-':>4}" if several else ""
             cells = "".join(f"{b * 1e6 / r[f'decode_b{b}_us']:>20.0f}" for b in batches)
-            lines.append(f"{variant:<26}{cells}{r['prefill_us'] / 1e3:>12.2f}{r['logits_cosine']:>9.4f}")
+            lines.append(f"{variant:<26}{gpu}{cells}{r['prefill_us'] / 1e3:>12.2f}{r['logits_cosine']:>9.4f}")
         for variant, r in rows.items():
             for base in ("bf16", "torch-fp8", "torch-fp8-inductor"):
                 if variant == base or base not in rows or not variant.startswith("scaledmm"):
