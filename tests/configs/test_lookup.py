@@ -110,6 +110,16 @@ def _write_table(folder, N, K, buckets, dtype="int8"):
     return path
 
 
+def _only_files_in(folder, monkeypatch):
+    """The lookup sees the files in `folder` only: on a GPU whose card has shipped files, a shipped
+    neighbour would otherwise lend its buckets too (an H200's 1280 x 8192 is within reach of 1024 x 16384)."""
+    empty = folder / "shipped"
+    empty.mkdir()
+    monkeypatch.setattr("scaledmm.configs.lookup.SHIPPED_DIR", empty)
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(folder))
+    clear_cache()
+
+
 def test_a_shape_without_a_file_borrows_the_nearest_tuned_neighbours_bucket(tmp_path, monkeypatch):
     """Transfer from tuned data: N and K each within a factor of 2 of a tuned shape's, the nearest
     file's bucket for M serves (backend included); farther, or with a bucket that cannot run here,
@@ -123,8 +133,7 @@ def test_a_shape_without_a_file_borrows_the_nearest_tuned_neighbours_bucket(tmp_
     bucket = lambda config, backend="triton": {"backend": backend, "config": config.to_dict()}
     far_path = _write_table(tmp_path, 1024, 1024, {"64": bucket(near)})
     near_path = _write_table(tmp_path, 1024, 3000, {"64": bucket(nearer, "torch"), "4096": bucket(unfit)})
-    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
-    clear_cache()
+    _only_files_in(tmp_path, monkeypatch)
     try:
         heuristic = plan(64, 1024, 16384, torch.int8, device)  # K 5.5x the nearest: too far to borrow
         assert heuristic.source is None
@@ -166,8 +175,7 @@ def test_above_decode_fp8_borrows_from_a_neighbour_of_the_same_n_only(tmp_path, 
     # From the call's 1024 x 1024: N 1100 is nearer (|log2| 0.10) than K 1800 (0.81).
     other_n = _write_table(tmp_path, 1100, 1024, buckets(other_n_config), dtype_name)
     same_n = _write_table(tmp_path, 1024, 1800, buckets(same_n_config), dtype_name)
-    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path))
-    clear_cache()
+    _only_files_in(tmp_path, monkeypatch)
     try:
         for m in (1, TRANSFER_FP8_MAX_M, TRANSFER_FP8_MAX_M + 1, 256, 4096):
             chosen = plan(m, 1024, 1024, dtype, device)
