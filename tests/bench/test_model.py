@@ -144,6 +144,15 @@ def test_partial_results_written_in_order_after_every_row(tmp_path):
     assert results.result()["rows"] == written["rows"]
 
 
+def test_table_of_a_partial_run_says_so():
+    from scaledmm.bench.model import model_result
+
+    rows = [_row("llama3-8b", "bf16", 0)]
+    partial = model_result(rows, ModelRun(batches=(1,)), {}, complete=False)
+    assert "partial: the run stopped after 1 rows" in model_table(partial)
+    assert "partial" not in model_table(model_result(rows, ModelRun(batches=(1,)), {}))
+
+
 def test_table_marks_the_gpu_of_each_row_when_there_were_several():
     from scaledmm.bench.model import model_result
 

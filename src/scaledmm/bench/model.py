@@ -447,6 +447,8 @@ def model_table(result: dict) -> str:
     the torch._scaled_mm models; the graphs compiled; and the profiled decode step's GPU time by
     kind of kernel."""
     lines = []
+    if not result.get("complete", True):
+        lines.append(f"partial: the run stopped after {len(result['rows'])} rows (the variants it finished)")
     for name in dict.fromkeys(r["model"] for r in result["rows"]):
         rows = {r["variant"]: r for r in result["rows"] if r["model"] == name}
         first = next(iter(rows.values()))
