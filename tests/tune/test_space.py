@@ -105,6 +105,7 @@ def test_few_groups_are_split_into_runs_of_shapes_so_every_rank_has_work():
     pieces = [[j.n for j in s[i : i + 2]] for s in split_jobs(jobs, 2) for i in (0, 2)]
     assert sorted(pieces) == [[1024, 2048], [3072, 4096], [5120, 6144], [7168, 8192]]
     assert split_jobs(jobs[:1], 3) == [jobs[:1], [], []]
+    assert split_jobs([], 2) == [[], []]
 
 
 def test_closing_table_names_the_whole_config():
