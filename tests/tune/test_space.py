@@ -4,7 +4,7 @@ import pytest
 import triton
 
 from scaledmm.configs import MatmulConfig
-from scaledmm.tune.distributed import split_jobs
+from scaledmm.tune.distributed import compile_group, split_jobs
 from scaledmm.tune.runner import Job
 from scaledmm.tune.space import candidate_configs, group_variants
 
@@ -64,6 +64,48 @@ def test_jobs_are_shared_once_each_and_evenly():
         loads = [sum(j.cost for j in s) for s in shares]
         assert max(loads) <= 1.5 * sum(loads) / world or world > len(jobs) // 2
         assert shares == split_jobs(list(reversed(jobs)), world)  # the same on every rank
+
+
+GRID = [Job(n, k, d, m) for n, k in [(6144, 2560), (2560, 4096), (19456, 2560), (2560, 9728)]
+        for d in ("int8", "fp8") for m in (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768,
+                                           1024, 1536, 2048, 3072, 4096, 6144, 8192)]  # fmt: skip
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 8])
+def test_jobs_that_compile_the_same_kernels_stay_on_one_rank_and_run_together(world):
+    shares = split_jobs(GRID, world)
+    assert sorted(j for s in shares for j in s) == sorted(GRID)  # every job exactly once
+    for share in shares:
+        keys = [compile_group(j) for j in share]
+        # a group's jobs are consecutive, and no other rank has any of them
+        runs = [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
+        assert len(runs) == len(set(runs))
+        assert not set(keys) & {compile_group(j) for other in shares if other is not share for j in other}
+    loads = [sum(j.cost for j in s) for s in shares]
+    largest = max(sum(j.cost for j in GRID if compile_group(j) == key) for key in map(compile_group, GRID))
+    assert max(loads) <= sum(loads) / world + largest  # LPT's bound
+    assert max(loads) <= 1.1 * sum(loads) / world  # and here, with 46 groups, much closer
+
+
+def test_ranks_start_in_different_places_of_the_compile_order():
+    first = [share[0] for share in split_jobs(GRID, 2)]
+    smallest = min(map(compile_group, GRID))
+    assert first[0] == min(j for j in GRID if compile_group(j) == smallest)  # rank 0: fp8 at M = 1
+    before = sum(j.cost for j in GRID if compile_group(j) < compile_group(first[1]))
+    assert before >= sum(j.cost for j in GRID) / 2  # rank 1: past the middle, compiling other kernels
+
+
+def test_few_groups_are_split_into_runs_of_shapes_so_every_rank_has_work():
+    jobs = [Job(n, 4096, "fp8", 4096) for n in (1024, 2048, 3072, 4096, 5120, 6144, 7168, 8192)]  # one group
+    for world in (2, 4):
+        shares = split_jobs(jobs, world)
+        assert sorted(j for s in shares for j in s) == sorted(jobs)
+        assert all(len(s) == len(jobs) // world for s in shares)
+    # two groups per rank, each a run of consecutive shapes
+    pieces = [[j.n for j in s[i : i + 2]] for s in split_jobs(jobs, 2) for i in (0, 2)]
+    assert sorted(pieces) == [[1024, 2048], [3072, 4096], [5120, 6144], [7168, 8192]]
+    assert split_jobs(jobs[:1], 3) == [jobs[:1], [], []]
+    assert split_jobs([], 2) == [[], []]
 
 
 def test_closing_table_names_the_whole_config():

@@ -5,7 +5,9 @@ small Python objects travel) and follow one protocol:
 
 1. one rank per host reads the journals of interrupted runs and sends them to rank 0, which
    merges them into the config files and broadcasts which jobs are done;
-2. the remaining jobs are shared by expected cost (longest first, to the least loaded rank);
+2. the remaining jobs are shared in groups that compile the same kernels (every shape at one M),
+   balanced by expected cost, and each rank runs its groups in an order that keeps ranks compiling
+   different kernels at the same time (`split_jobs`);
 3. each rank tunes its share, appending every result to its journal as it comes; rank 0 also writes
    its results into the files at once;
 4. at the end all results go to rank 0, which merges them; then every rank clears its journal.
@@ -89,16 +91,61 @@ class Group:
             dist.barrier()
 
 
+def compile_group(job: Job) -> tuple:
+    """The jobs that compile the same kernels: every shape at one M, in one dtype and mode. Triton
+    compiles a kernel per constexpr (tiles, stages, warps, split-K, the M edge's masking) and per
+    specialisation of the integer arguments (1, or divisible by 16); M, N, K and the strides are
+    run-time arguments. So the candidates of one M are the same kernels at every N, K (with K a
+    multiple of the K step; only split-K choices and tile caps differ), while another M may
+    specialise, mask or choose its tiles otherwise. Sorted, these keys put neighbouring M (which share
+    most of their kernels, M = 2, 4 and 8 all of them) next to each other."""
+    return (job.dtype, job.accumulation, job.block_size or (), job.m)
+
+
 def split_jobs(jobs: list[Job], world: int) -> list[list[Job]]:
-    """Longest-processing-time first: each job, costliest first, to the rank with the least work.
-    Deterministic, so every rank computes the same split."""
-    shares: list[list[Job]] = [[] for _ in range(world)]
+    """Each rank's jobs, in the order it runs them. Deterministic, so every rank computes the same split.
+
+    Ranks on one host share Triton's cache on disk but not their compile pools, and each has a share
+    of the cores: two ranks compiling one kernel at once both pay for it. So jobs go out in groups that
+    compile the same kernels (`compile_group`), longest first to the least loaded rank (by `Job.cost`);
+    where there are fewer than two groups per rank, the costliest are halved (contiguous shapes) until
+    there are enough to balance. Each rank runs its groups in compile order (by dtype, mode and M), so
+    a group's neighbours reuse its kernels, starting where its share crosses r/world of the whole list:
+    ranks that start together compile different kernels (on two GPUs one begins at small M, the other
+    near the middle), and a rank that comes to kernels another compiled before finds them in the cache."""
+    by_key: dict[tuple, list[Job]] = {}
+    for job in sorted(jobs):
+        by_key.setdefault(compile_group(job), []).append(job)
+    groups = [by_key[key] for key in sorted(by_key)]  # compile order
+
+    def cost(group: list[Job]) -> float:
+        return sum(job.cost for job in group)
+
+    while groups and len(groups) < 2 * world:
+        i = max(range(len(groups)), key=lambda g: (len(groups[g]) > 1, cost(groups[g])))
+        if len(groups[i]) == 1:
+            break
+        half = len(groups[i]) // 2
+        groups[i : i + 1] = [groups[i][:half], groups[i][half:]]
+
+    owner = [0] * len(groups)
     loads = [0.0] * world
-    for job in sorted(jobs, key=lambda j: (-j.cost, j)):
-        rank = loads.index(min(loads))
-        shares[rank].append(job)
-        loads[rank] += job.cost
-    return [sorted(share) for share in shares]
+    for i in sorted(range(len(groups)), key=lambda g: (-cost(groups[g]), g)):
+        owner[i] = loads.index(min(loads))
+        loads[owner[i]] += cost(groups[i])
+
+    total = sum(loads) or 1.0
+    start_at = []  # each group's start, as a fraction of the whole list's cost in compile order
+    done = 0.0
+    for group in groups:
+        start_at.append(done / total)
+        done += cost(group)
+    shares = []
+    for rank in range(world):
+        mine = [i for i in range(len(groups)) if owner[i] == rank]
+        first = next((n for n, i in enumerate(mine) if start_at[i] >= rank / world), 0)
+        shares.append([job for i in mine[first:] + mine[:first] for job in groups[i]])
+    return shares
 
 
 def _metadata(device: torch.device, settings: TuneSettings) -> dict:

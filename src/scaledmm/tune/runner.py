@@ -56,9 +56,12 @@ class Job:
 
     @property
     def cost(self) -> float:
-        """A rough relative duration, for sharing jobs evenly: the weight streams once per candidate
-        (decode), the FLOPs grow with M (prefill)."""
-        return self.n * self.k * (1 + self.m / 64)
+        """A job's expected duration in units of about half a second, for sharing jobs evenly: on an
+        H200 a job took about 0.5 s up to M = 512 and 0.5 s more per 1024 rows beyond (4 s at
+        M = 8192), at every N, K of 1280-19456 x 2048-9728 alike (the per-job times of session 8's
+        tuning logs, benchmarks/results/h200-2026-12-01/tune_dense_session8_call*.log). Compiles from
+        an empty cache come on top; they are shared out by `distributed.split_jobs`, not counted here."""
+        return 1 + self.m / 1024
 
     def __lt__(self, other: Job) -> bool:
         # Field by field, as dataclass(order=True) compares, except that a per-channel job (block_size
