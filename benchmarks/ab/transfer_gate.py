@@ -114,7 +114,10 @@ def held_out(name: str, bench: Path, dtype: str, rules: dict) -> None:
     points = sorted({(r["n"], r["k"], r["m"]) for r in rows if r["dtype"] == dtype})
     out = {rule: [] for rule in rules}
     for n, k, m in points:
-        row = lambda method: time.get((n, k, m, method))  # noqa: E731
+
+        def row(method: str, n=n, k=k, m=m) -> float | None:
+            return time.get((n, k, m, method))
+
         built = pick(name, m, n, k, dtype)  # the lookup the bench ran
         for rule, kw in rules.items():
             got = pick(name, m, n, k, dtype, **kw)
