@@ -195,3 +195,36 @@ def test_above_decode_fp8_borrows_from_a_neighbour_of_the_same_n_only(tmp_path, 
             assert above.source == other_n
     finally:
         clear_cache()
+
+
+def test_untuned_fp8_above_decode_runs_ours_where_the_nearest_neighbour_timed_the_heuristic_well_ahead(
+    tmp_path, monkeypatch
+):
+    """Without a same-N lender, fp8 above TRANSFER_FP8_MAX_M goes to the vendor on Hopper, unless the
+    nearest neighbour of any N timed the heuristic's config faster than the vendor by more than
+    UNTUNED_OURS_MIN_GAIN at that M: then the heuristic's config runs on ours. The neighbour's own
+    bucket is not lent (another N)."""
+    from scaledmm.configs import lookup
+    from scaledmm.configs.lookup import UNTUNED_OURS_MIN_GAIN, plan
+
+    device = torch.device(DEVICE, 0) if DEVICE == "cuda" else torch.device("cpu")
+    monkeypatch.setattr(lookup, "device_capability", lambda device: (9, 0))  # the vendor rule is Hopper's
+    lent = MatmulConfig(32, 64, 128, num_stages=3)
+
+    def bucket(vendor_us, heuristic_us):
+        times = {"torch": vendor_us, "heuristic": heuristic_us, "triton": heuristic_us}
+        return {"backend": "triton", "config": lent.to_dict(), "baselines_us": times}
+
+    ahead = UNTUNED_OURS_MIN_GAIN * 10.0 * 1.01
+    # The nearest (N 1100) timed the heuristic well ahead at M = 128, barely ahead at M = 4096; the
+    # farther one (K 1800) the other way round: the nearest decides.
+    _write_table(tmp_path, 1100, 1024, {"128": bucket(ahead, 10.0), "4096": bucket(10.5, 10.0)}, "fp8")
+    _write_table(tmp_path, 1024, 1800, {"128": bucket(10.5, 10.0), "4096": bucket(ahead, 10.0)}, "fp8")
+    _only_files_in(tmp_path, monkeypatch)
+    try:
+        ours = plan(128, 1050, 1024, torch.float8_e4m3fn, device)
+        assert (ours.source, ours.backend) == (None, "triton")
+        assert ours.config != lent  # the heuristic's, fitted to the call's N
+        assert plan(4096, 1050, 1024, torch.float8_e4m3fn, device).backend == "torch"
+    finally:
+        clear_cache()

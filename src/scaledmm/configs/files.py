@@ -139,6 +139,11 @@ class Bucket:
     config: MatmulConfig
     time_us: float | None = None
     revision: str | None = None  # of the kernel it was tuned with (kernels.matmul.kernel_revision)
+    # Two of the baselines timed at tuning: the heuristic's config on ours, and the vendor ("torch",
+    # or "torch (precise: ...)" where it refused fast accumulation). lookup.plan weighs them for a
+    # shape without a file (heuristic_beat_vendor).
+    heuristic_us: float | None = None
+    vendor_us: float | None = None
 
 
 @dataclass(frozen=True)
@@ -285,14 +290,15 @@ def parse_table(path: Path, data: object) -> TunedTable:
         baselines = entry.get("baselines_us", {})
         if not isinstance(baselines, dict):
             raise _fail(path, f"{where}: baselines_us must be an object")
-        for name, value in baselines.items():
-            _time(path, f"{where}: baselines_us[{name!r}]", value)
         if "candidates" in entry:
             _positive_int(path, f"{where}: candidates", entry["candidates"], 10**6)
         revision = entry.get("revision")
         if revision is not None and not (isinstance(revision, str) and re.fullmatch(r"[0-9a-f]{1,64}", revision)):
             raise _fail(path, f"{where}: revision must be a hexadecimal kernel revision, got {revision!r}")
-        buckets.append(Bucket(m, entry["backend"], config, time_us, revision))
+        times = {name: _time(path, f"{where}: baselines_us[{name!r}]", value) for name, value in baselines.items()}
+        vendor_us = next((v for name, v in times.items() if name.startswith("torch") and v is not None), None)
+        heuristic_us = times.get("heuristic")
+        buckets.append(Bucket(m, entry["backend"], config, time_us, revision, heuristic_us, vendor_us))
     buckets.sort(key=lambda b: b.m)
     return TunedTable(path, data["device_name"], n, k, data["dtype"], tuple(buckets), accumulation, block_shape)
 

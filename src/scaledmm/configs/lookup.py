@@ -13,7 +13,9 @@ tuned for a neighbour is a better guess than a rule, benchmarks/ab/transfer.py),
 M = TRANSFER_FP8_MAX_M only a neighbour of the same N (the same tile then makes the same tile grid,
 so the same waves, as where it was tuned; another N's grid can cross a wave boundary the
 neighbour's did not); then the heuristic, whose config runs where `auto` keeps ours and whose
-backend rule (`heuristic.untuned_backend`) gives fp8 from M = 65 to the vendor on Hopper. Within a
+backend rule (`heuristic.untuned_backend`) gives fp8 from M = 65 to the vendor on Hopper, unless the
+nearest neighbour of any N timed the heuristic well ahead of the vendor at that M
+(`heuristic_beat_vendor`). Within a
 file the bucket is the smallest tuned M >= M, else the largest up to twice its M; further out (a
 file tuned for decode only, asked for a prefill) the next file or the heuristic serves.
 SCALEDMM_DISABLED_BACKENDS (comma-separated: torch, triton) keeps backends out of the automatic
@@ -70,6 +72,14 @@ TRANSFER_MAX_RATIO = 2.0  # a tuned shape lends its buckets to shapes whose N an
 # and below it (decode: a few tiles, far from a full wave) the nearest neighbour of any N lends. int8,
 # with no vendor kernel near ours, borrows from any N at every M.
 TRANSFER_FP8_MAX_M = 64
+# Without such a lender an fp8 call above it goes to the vendor (heuristic.untuned_backend), except
+# where the nearest neighbour of any N timed, for that M, our heuristic config faster than the vendor
+# by more than this factor: then the heuristic's config runs on ours (its tile fitted to the call's
+# N, so no borrowed grid). On an H200 this turned 3072 x 3072 and 3072 x 8192 at M = 128 and 256
+# from 1.00x the vendor to 1.30-1.81x, and left out as untuned each tuned shape it changed ran
+# 0.99-2.04x the vendor (12 buckets); at 1.2, 4096 x 4096 at M = 192 ran 0.94x
+# (benchmarks/ab/transfer_gate.py).
+UNTUNED_OURS_MIN_GAIN = 1.3
 
 
 @dataclass(frozen=True)
@@ -291,7 +301,8 @@ def plan(
     """The cached plan for one call shape (device must be resolved: cuda with an index, or cpu) in an
     fp8 accumulation mode, from the files tuned in that mode (int8, exact in either, from its files):
     this shape's, else a neighbour's (`nearby_files`; for fp8 above TRANSFER_FP8_MAX_M one of the same
-    N), else the heuristic. With block scales of `block_size` = (block_n, block_k), from the
+    N), else the heuristic (on the vendor for fp8 above it on Hopper, unless `heuristic_beat_vendor`).
+    With block scales of `block_size` = (block_n, block_k), from the
     block-scaled files of that block shape (any accumulation mode), else the block heuristic. A
     bucket tuned for this shape whose config cannot run here (unfit_reason) is skipped with a
     warning."""
@@ -321,7 +332,23 @@ def plan(
         if bucket is not None and unfit_reason(bucket.config, M, N, shared_memory) is None:
             return Plan(bucket.backend, bucket.config, table.path)
     backend = untuned_backend(M, dtype, device_capability(device))
+    if backend == "torch" and heuristic_beat_vendor(device_name(device), M, N, K, dtype_name, mode):
+        backend = "triton"
     return Plan(backend, heuristic_config(M, N, K, dtype, *device_limits(device)), None)
+
+
+def heuristic_beat_vendor(name: str, M: int, N: int, K: int, dtype: str, accumulation: str) -> bool:
+    """Whether the nearest tuned neighbour of any N with a bucket for M timed the heuristic's config
+    faster than the vendor by more than UNTUNED_OURS_MIN_GAIN (False without one, or without both
+    times)."""
+    for path in nearby_files(name, N, K, dtype, accumulation):
+        table = _table(path)
+        bucket = table.bucket_for(M) if table is not None else None
+        if bucket is not None:
+            if bucket.heuristic_us is None or bucket.vendor_us is None:
+                return False
+            return bucket.vendor_us > UNTUNED_OURS_MIN_GAIN * bucket.heuristic_us
+    return False
 
 
 def _check_dimension(name: str, value: object) -> int:
