@@ -211,14 +211,16 @@ def test_untuned_fp8_above_decode_runs_ours_where_the_nearest_neighbour_timed_th
     monkeypatch.setattr(lookup, "device_capability", lambda device: (9, 0))  # the vendor rule is Hopper's
     lent = MatmulConfig(32, 64, 128, num_stages=3)
 
-    def bucket(vendor_us, heuristic_us):
-        times = {"torch": vendor_us, "heuristic": heuristic_us, "triton": heuristic_us}
+    def bucket(vendor_us, heuristic_us, vendor="torch"):
+        times = {vendor: vendor_us, "heuristic": heuristic_us, "triton": heuristic_us}
         return {"backend": "triton", "config": lent.to_dict(), "baselines_us": times}
 
     ahead = UNTUNED_OURS_MIN_GAIN * 10.0 * 1.01
     # The nearest (N 1100) timed the heuristic well ahead at M = 128, barely ahead at M = 4096; the
     # farther one (K 1800) the other way round: the nearest decides.
-    _write_table(tmp_path, 1100, 1024, {"128": bucket(ahead, 10.0), "4096": bucket(10.5, 10.0)}, "fp8")
+    # cuBLAS's precise kernel, timed where it refused fast accumulation, is no evidence against the fast one.
+    precise = bucket(ahead, 10.0, vendor="torch (precise: fast accumulation refused)")
+    _write_table(tmp_path, 1100, 1024, {"128": bucket(ahead, 10.0), "256": precise, "4096": bucket(10.5, 10.0)}, "fp8")
     _write_table(tmp_path, 1024, 1800, {"128": bucket(10.5, 10.0), "4096": bucket(ahead, 10.0)}, "fp8")
     _only_files_in(tmp_path, monkeypatch)
     try:
@@ -226,5 +228,6 @@ def test_untuned_fp8_above_decode_runs_ours_where_the_nearest_neighbour_timed_th
         assert (ours.source, ours.backend) == (None, "triton")
         assert ours.config != lent  # the heuristic's, fitted to the call's N
         assert plan(4096, 1050, 1024, torch.float8_e4m3fn, device).backend == "torch"
+        assert plan(256, 1050, 1024, torch.float8_e4m3fn, device).backend == "torch"
     finally:
         clear_cache()

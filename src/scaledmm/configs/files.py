@@ -139,9 +139,9 @@ class Bucket:
     config: MatmulConfig
     time_us: float | None = None
     revision: str | None = None  # of the kernel it was tuned with (kernels.matmul.kernel_revision)
-    # Two of the baselines timed at tuning: the heuristic's config on ours, and the vendor ("torch",
-    # or "torch (precise: ...)" where it refused fast accumulation). lookup.plan weighs them for a
-    # shape without a file (heuristic_beat_vendor).
+    # Two of the baselines timed at tuning: the heuristic's config on ours, and the vendor in the
+    # file's accumulation mode (None where cuBLAS refused it). lookup.plan weighs them for a shape
+    # without a file (heuristic_beat_vendor).
     heuristic_us: float | None = None
     vendor_us: float | None = None
 
@@ -296,7 +296,9 @@ def parse_table(path: Path, data: object) -> TunedTable:
         if revision is not None and not (isinstance(revision, str) and re.fullmatch(r"[0-9a-f]{1,64}", revision)):
             raise _fail(path, f"{where}: revision must be a hexadecimal kernel revision, got {revision!r}")
         times = {name: _time(path, f"{where}: baselines_us[{name!r}]", value) for name, value in baselines.items()}
-        vendor_us = next((v for name, v in times.items() if name.startswith("torch") and v is not None), None)
+        # The vendor in the file's own accumulation mode only: "torch (precise: ...)" ran where cuBLAS
+        # refused fast accumulation, a slower kernel than a call of another shape may get.
+        vendor_us = times.get("torch")
         heuristic_us = times.get("heuristic")
         buckets.append(Bucket(m, entry["backend"], config, time_us, revision, heuristic_us, vendor_us))
     buckets.sort(key=lambda b: b.m)
