@@ -15,8 +15,9 @@ anything but ConfigFileError (`load_table`).
 
 Format 2 names the kernel a config runs (`"kernel": "pointer"`, "swapped", "tma" or "gluon") and the
 bucket's kernel revision `revision`; a gluon config may say `"pingpong": true` and `"store_n": 64`
-(MatmulConfig), keys the other kernels' configs leave out. Format 1 files, whose configs said `"tma": 0|1, "swap_ab": 0|1` and
-whose buckets named the revision `kernel`, are still read (`upgrade` converts them).
+(MatmulConfig), keys the other kernels' configs leave out. Format 1 files, whose configs said
+`"tma": 0|1, "swap_ab": 0|1` and whose buckets named the revision `kernel`, are still read (`upgrade`
+converts them).
 
 Block-scaled fp8 (scaled_mm's `block_size`) has files of its own, named as vLLM names its
 w8a8_block_fp8 files, `block_shape=[block_n,block_k]` before `.json`:
