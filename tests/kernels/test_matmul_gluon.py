@@ -225,9 +225,8 @@ def kernel_chosen(monkeypatch, args, config, hopper=True, fits=True):
     monkeypatch.setattr(matmul_gluon, "device_has_wgmma", lambda device: hopper)
     monkeypatch.setattr(matmul_gluon, "fits_in_shared_memory", lambda *_: fits)
     a = args[0]
-    name, kernel, _, positional, kwargs, leading = matmul._kernel_and_arguments(*args, config, False, a.device)
-    assert kernel is matmul.KERNEL_FUNCTIONS[name]
-    return name, positional, kwargs, leading
+    kernel, _, positional, kwargs, leading = matmul._kernel_and_arguments(*args, config, False, a.device)
+    return matmul.KERNEL_NAMES[kernel], positional, kwargs, leading
 
 
 def test_a_gluon_config_runs_the_gluon_kernel_where_the_call_allows(monkeypatch):

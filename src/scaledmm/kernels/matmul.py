@@ -179,6 +179,7 @@ KERNEL_FUNCTIONS = {
     "gluon": matmul_gluon.scaled_mm_gluon_kernel,
 }
 REVISIONS = {name: revision(kernel) for name, kernel in KERNEL_FUNCTIONS.items()}
+KERNEL_NAMES = {kernel: name for name, kernel in KERNEL_FUNCTIONS.items()}
 
 
 def kernel_revision(config: MatmulConfig) -> str:
@@ -233,16 +234,15 @@ def _launch_arguments(
 
 def _kernel_and_arguments(
     a, b, scale_a, scale_b, bias, out, config: MatmulConfig, precise: bool, device: torch.device
-) -> tuple[str, triton.JITFunction, tuple, tuple, dict, int]:
-    """The kernel that computes this call on `device` under `config` (its name in KERNELS and its
-    function), its grid, positional and keyword arguments, and how many leading positional arguments
-    change per call. A Gluon config runs the Gluon kernel where it can serve the call
-    (matmul_gluon.gluon_eligible: a Hopper GPU, the TMA layouts) and its compiled form fits the
-    device's shared memory, else as a TMA config of the same tiles. A TMA config runs the TMA kernel
-    where the operands and the device allow it (matmul_tma.tma_eligible) and its compiled form fits,
-    else the pointer kernel with the same tiles."""
-    kernel = config.kernel
-    if kernel == "gluon":
+) -> tuple[triton.JITFunction, tuple, tuple, dict, int]:
+    """The kernel that computes this call on `device` under `config` (KERNEL_NAMES names it), its grid,
+    positional and keyword arguments, and how many leading positional arguments change per call. A
+    Gluon config runs the Gluon kernel where it can serve the call (matmul_gluon.gluon_eligible: a
+    Hopper GPU, the TMA layouts) and its compiled form fits the device's shared memory, else as a TMA
+    config of the same tiles. A TMA config runs the TMA kernel where the operands and the device allow
+    it (matmul_tma.tma_eligible) and its compiled form fits, else the pointer kernel with the same tiles."""
+    kind = config.kernel
+    if kind == "gluon":
         if matmul_gluon.gluon_eligible(a, b, out, device):
             num_sms, shared_memory = device_limits(device)
             gluon_config = matmul_gluon.GluonConfig.from_matmul_config(config)
@@ -250,17 +250,17 @@ def _kernel_and_arguments(
                 a, b, scale_a, scale_b, bias, out, gluon_config, num_sms, precise
             )
             if matmul_gluon.fits_in_shared_memory(grid, args, kwargs, device, shared_memory):
-                return "gluon", matmul_gluon.scaled_mm_gluon_kernel, grid, args, kwargs, 6
-        kernel = "tma"
-    if kernel == "tma" and matmul_tma.tma_eligible(a, b, out, device):
+                return matmul_gluon.scaled_mm_gluon_kernel, grid, args, kwargs, 6
+        kind = "tma"
+    if kind == "tma" and matmul_tma.tma_eligible(a, b, out, device):
         num_sms, shared_memory = device_limits(device)
         grid, args, kwargs = matmul_tma.launch_arguments(a, b, scale_a, scale_b, bias, out, config, num_sms, precise)
         if matmul_tma.fits_in_shared_memory(grid, args, kwargs, device, shared_memory):
-            return "tma", matmul_tma.scaled_mm_tma_kernel, grid, args, kwargs, 6
+            return matmul_tma.scaled_mm_tma_kernel, grid, args, kwargs, 6
     partials, arrivals = split_k_buffers(a.shape[0], b.shape[1], config, a.dtype, a.device)
     grid, args, kwargs = _launch_arguments(a, b, scale_a, scale_b, bias, out, partials, arrivals, config, precise)
-    kernel = "swapped" if config.kernel == "swapped" else "pointer"
-    return kernel, KERNEL_FUNCTIONS[kernel], grid, args, kwargs, 8
+    kernel = _scaled_mm_swap_kernel if config.kernel == "swapped" else _scaled_mm_kernel
+    return kernel, grid, args, kwargs, 8
 
 
 def launch_scaled_mm(
@@ -278,9 +278,7 @@ def launch_scaled_mm(
 
     The inputs must already be checked (scaledmm.checks); M must be >= 1.
     """
-    _, kernel, grid, args, kwargs, _ = _kernel_and_arguments(
-        a, b, scale_a, scale_b, bias, out, config, precise, a.device
-    )
+    kernel, grid, args, kwargs, _ = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config, precise, a.device)
     kernel[grid](*args, **kwargs)
 
 
@@ -330,10 +328,11 @@ def bind_scaled_mm(
     """Write scaled_mm into `out` now (the inputs checked, M >= 1), and return the MatmulLaunch that
     does it again for new tensors of this signature."""
     device = a.device
-    name, kernel, grid, args, kwargs, leading = _kernel_and_arguments(
+    kernel, grid, args, kwargs, leading = _kernel_and_arguments(
         a, b, scale_a, scale_b, bias, out, config, precise, device
     )
     bound = bind_launch(kernel, grid, args, kwargs, leading=leading, device=device)
+    name = KERNEL_NAMES[kernel]  # the config's kernel, or the one it falls back to (_kernel_and_arguments)
     descriptors = args[:3] if name == "gluon" else None
     return MatmulLaunch(bound, config, name, precise, a.shape[0], b.shape[1], a.dtype, descriptors)
 
@@ -353,5 +352,5 @@ def compile_scaled_mm(
     the integer arguments matter: the tensors' contents are never read, and they may be meta tensors,
     compiled then for the current CUDA device."""
     device = torch.device("cuda", torch.cuda.current_device()) if a.device.type == "meta" else a.device
-    _, kernel, grid, args, kwargs, _ = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config, precise, device)
+    kernel, grid, args, kwargs, _ = _kernel_and_arguments(a, b, scale_a, scale_b, bias, out, config, precise, device)
     kernel.warmup(*args, grid=grid, **kwargs)
