@@ -8,6 +8,13 @@ over the tuned files, then on a bench of shapes without files (held out).
 - yield: fp8 above TRANSFER_FP8_MAX_M without a same-N lender runs the heuristic's config on ours
   instead of the vendor where the nearest neighbour of any N timed it faster than the vendor by more
   than --gain at that M (`lookup.heuristic_beat_vendor`, built with UNTUNED_OURS_MIN_GAIN).
+- wave, wave1: at decode (M <= TRANSFER_FP8_MAX_M) a neighbour of another N lends only if its config's
+  grid needs no more waves of the SMs at the call's N than at its own (wave), or, narrower, unless
+  it fits one wave at its own N and not at the call's (wave1, `lookup.crosses_first_wave`); else
+  the heuristic serves. wave1 is built for fp8: on the bench 9216 x 3072 at M = 64 goes from 0.90x
+  to 1.13x, left out it changes only buckets whose heuristic is, where timed, within 2% of their winner. wave
+  costs the large-N shapes left out (37888 x 3584 at M = 24: 1.28x -> 1.13x), and int8 (wave1: the
+  decode geomean left out 2.49 -> 2.47, from a changed set of known points) stays without either.
 
 A pick's time: left out, the shape's own baselines (vendor, heuristic; a lent config equal to its
 winner or its heuristic), else unknown (coverage given); on the bench, the row of the method that
@@ -27,12 +34,13 @@ from statistics import geometric_mean
 import torch
 
 from scaledmm.configs.files import load_table, normalize_device_name, parse_file_name
-from scaledmm.configs.heuristic import heuristic_config, untuned_backend
+from scaledmm.configs.heuristic import grid_waves, heuristic_config, untuned_backend
 from scaledmm.configs.lookup import (
     _DEFAULT_NUM_SMS,
     _DEFAULT_SHARED_MEMORY,
     SHIPPED_DIR,
     TRANSFER_FP8_MAX_M,
+    crosses_first_wave,
     nearby_files,
     unfit_reason,
 )
@@ -47,14 +55,33 @@ def m_range(m: int) -> str:
     return "decode" if m <= 64 else "mid" if m <= 512 else "prefill"
 
 
-def pick(name: str, m: int, n: int, k: int, dtype: str, margin: float | None = None, gain: float | None = None):
+def pick(
+    name: str,
+    m: int,
+    n: int,
+    k: int,
+    dtype: str,
+    margin: float | None = None,
+    gain: float | None = None,
+    wave: str | None = None,
+):
     """("bucket", lender file, bucket) or ("heuristic", backend): `lookup.plan` for a shape without a
-    file (its own file, if any, left out), with the gate (`margin`) and the yield (`gain`) or not."""
+    file (its own file, if any, left out), with the gate (`margin`), the yield (`gain`) and the wave
+    check (`wave`) or not."""
     same_n = dtype == "fp8" and m > TRANSFER_FP8_MAX_M
     for path in nearby_files(name, n, k, dtype, "fast", same_n):
-        bucket = load_table(path).bucket_for(m)
+        table = load_table(path)
+        bucket = table.bucket_for(m)
         if bucket is None or unfit_reason(bucket.config, m, n, _DEFAULT_SHARED_MEMORY) is not None:
             continue
+        more = False
+        if wave is not None and m <= TRANSFER_FP8_MAX_M:
+            waves = grid_waves(m, n, bucket.config, _DEFAULT_NUM_SMS)
+            more = waves > grid_waves(m, table.n, bucket.config, _DEFAULT_NUM_SMS)
+            if wave == "first":
+                more = crosses_first_wave(m, n, table.n, bucket.config, _DEFAULT_NUM_SMS)
+        if more:
+            return "heuristic", untuned_backend(m, DTYPES[dtype], HOPPER)
         if margin is None or bucket.heuristic_us is None or bucket.heuristic_us > (1 + margin) * bucket.time_us:
             return "bucket", path, bucket
         return "heuristic", bucket.backend
@@ -142,7 +169,13 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.03, help="the gate's: winner / heuristic > 1 + margin")
     parser.add_argument("--gain", type=float, default=1.3, help="the yield's: vendor / heuristic > gain")
     args = parser.parse_args()
-    rules = {"before": {}, "gate": {"margin": args.margin}, "yield": {"gain": args.gain}}
+    rules = {
+        "before": {},
+        "gate": {"margin": args.margin},
+        "yield": {"gain": args.gain},
+        "wave": {"wave": "more"},
+        "wave1": {"wave": "first"},
+    }
     for dtype in ("fp8", "int8"):
         leave_one_out(args.device_name, dtype, rules)
         held_out(args.device_name, args.bench, dtype, rules)

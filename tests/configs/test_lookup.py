@@ -197,6 +197,37 @@ def test_above_decode_fp8_borrows_from_a_neighbour_of_the_same_n_only(tmp_path, 
         clear_cache()
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.int8], ids=["fp8", "int8"])
+def test_at_decode_fp8_does_not_borrow_a_grid_that_leaves_its_first_wave(tmp_path, monkeypatch, dtype):
+    """At decode a neighbour of another N lends fp8 its bucket unless the config's grid fits one wave
+    of the SMs at the neighbour's N and not at the call's (phi3-medium's 9216 x 3072 with 8192 x
+    3584's 64 x 64 tile: 128 tiles on 132 SMs, 144 at N = 9216): then the heuristic serves. A grid
+    already past one wave at the lender's N still lends, and int8 borrows as before."""
+    from scaledmm.configs import lookup
+    from scaledmm.configs.lookup import TRANSFER_FP8_MAX_M, crosses_first_wave, plan
+
+    device = torch.device(DEVICE, 0) if DEVICE == "cuda" else torch.device("cpu")
+    monkeypatch.setattr(lookup, "device_limits", lambda device: (132, 227 * 1024))  # an H200's SMs
+    dtype_name = "fp8" if dtype == torch.float8_e4m3fn else "int8"
+    tile = MatmulConfig(64, 64, 256, num_stages=5)
+    buckets = {str(TRANSFER_FP8_MAX_M): {"backend": "triton", "config": tile.to_dict()}}
+    one_wave = _write_table(tmp_path, 8192, 3584, buckets, dtype_name)  # 128 tiles at M = 64
+    two_waves = _write_table(tmp_path, 16384, 3584, buckets, dtype_name)  # 256 tiles
+    _only_files_in(tmp_path, monkeypatch)
+    try:
+        assert crosses_first_wave(TRANSFER_FP8_MAX_M, 9216, 8192, tile, 132)
+        crossed = plan(TRANSFER_FP8_MAX_M, 9216, 3072, dtype, device)
+        if dtype_name == "fp8":
+            assert (crossed.source, crossed.backend) == (None, "triton")
+            assert crossed.config != tile  # the heuristic's, fitted to N = 9216
+        else:
+            assert (crossed.source, crossed.config) == (one_wave, tile)
+        assert plan(TRANSFER_FP8_MAX_M, 8000, 3072, dtype, device).source == one_wave  # 125 tiles
+        assert plan(TRANSFER_FP8_MAX_M, 18000, 3072, dtype, device).source == two_waves  # 282: 2 -> 3 waves
+    finally:
+        clear_cache()
+
+
 def test_untuned_fp8_above_decode_runs_ours_where_the_nearest_neighbour_timed_the_heuristic_well_ahead(
     tmp_path, monkeypatch
 ):

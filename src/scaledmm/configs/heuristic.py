@@ -113,12 +113,19 @@ def heuristic_config(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int, s
     return _fitted(tile, N, K, tile.config.block_k, shared_memory)
 
 
-def _grid_cost(M: int, N: int, config: MatmulConfig, num_sms: int) -> int:
-    """The busiest SM's work per K step: its programs (ceil(tiles / SMs)) times each one's
-    multiply-adds and operand loads."""
+def grid_waves(M: int, N: int, config: MatmulConfig, num_sms: int) -> int:
+    """How many programs the busiest SM runs for an [M, N] output: ceil(programs / SMs), a program
+    per output tile and K split (the pointer and swapped kernels' grid; the persistent TMA kernel
+    loops over as many tiles per program)."""
     tiles = triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n)
+    return triton.cdiv(tiles * config.split_k, num_sms)
+
+
+def _grid_cost(M: int, N: int, config: MatmulConfig, num_sms: int) -> int:
+    """The busiest SM's work per K step: its programs (`grid_waves`) times each one's multiply-adds
+    and operand loads."""
     per_program = config.block_m * config.block_n + _LOAD_COST * (config.block_m + config.block_n)
-    return triton.cdiv(tiles, num_sms) * per_program
+    return grid_waves(M, N, config, num_sms) * per_program
 
 
 def _cheapest(M: int, N: int, tiles: tuple[_Tile, ...], num_sms: int) -> _Tile:

@@ -12,10 +12,11 @@ nearest other shape, N and K each within a factor of TRANSFER_MAX_RATIO (`nearby
 tuned for a neighbour is a better guess than a rule, benchmarks/ab/transfer.py), for fp8 above
 M = TRANSFER_FP8_MAX_M only a neighbour of the same N (the same tile then makes the same tile grid,
 so the same waves, as where it was tuned; another N's grid can cross a wave boundary the
-neighbour's did not); then the heuristic, whose config runs where `auto` keeps ours and whose
-backend rule (`heuristic.untuned_backend`) gives fp8 from M = 65 to the vendor on Hopper, unless the
-nearest neighbour of any N timed the heuristic well ahead of the vendor at that M
-(`heuristic_beat_vendor`). Within a
+neighbour's did not), and at or below it one of any N unless its tile grid fits one wave of the
+SMs at its N but not at the call's (`crosses_first_wave`); then the heuristic, whose config runs
+where `auto` keeps ours and whose backend rule (`heuristic.untuned_backend`) gives fp8 from M = 65
+to the vendor on Hopper, unless the nearest neighbour of any N timed the heuristic well ahead of
+the vendor at that M (`heuristic_beat_vendor`). Within a
 file the bucket is the smallest tuned M >= M, else the largest up to twice its M; further out (a
 file tuned for decode only, asked for a prefill) the next file or the heuristic serves.
 SCALEDMM_DISABLED_BACKENDS (comma-separated: torch, triton) keeps backends out of the automatic
@@ -49,7 +50,7 @@ from scaledmm.configs.files import (
     normalize_device_name,
     parse_file_name,
 )
-from scaledmm.configs.heuristic import block_heuristic_config, heuristic_config, untuned_backend
+from scaledmm.configs.heuristic import block_heuristic_config, grid_waves, heuristic_config, untuned_backend
 from scaledmm.state import state
 
 CONFIG_DIR_ENV = "SCALEDMM_CONFIG_DIR"
@@ -69,8 +70,13 @@ TRANSFER_MAX_RATIO = 2.0  # a tuned shape lends its buckets to shapes whose N an
 # (the vendor) gives 1.00x (benchmarks/results/h200-2026-12-01/transfer_ab.log). With the same N the
 # same tile makes the same grid at a given M (K changes only the loop's length), so the waves the
 # neighbour was tuned for are the call's. Without a same-N neighbour the heuristic's rule serves. At
-# and below it (decode: a few tiles, far from a full wave) the nearest neighbour of any N lends. int8,
-# with no vendor kernel near ours, borrows from any N at every M.
+# and below it (decode: a few tiles, most often within one wave) the nearest neighbour of any N lends,
+# unless its grid fits one wave at its N and not at the call's (`crosses_first_wave`): on an H200,
+# phi3-medium qkv (9216 x 3072) at M = 64 ran 0.90x the vendor with the 64 x 64 tile of 8192 x 3584
+# (128 tiles on 132 SMs, 144 at N = 9216), the heuristic 1.13x. Left out, the shipped H200 files
+# lose nothing to the check; one that refused any grid of more waves than the lender's (large N,
+# already several waves) cost 37888 x 3584 at M = 24 1.28x -> 1.13x (benchmarks/ab/transfer_gate.py,
+# "wave1" and "wave"). int8, with no vendor kernel near ours, borrows from any N at every M.
 TRANSFER_FP8_MAX_M = 64
 # Without such a lender an fp8 call above it goes to the vendor (heuristic.untuned_backend), except
 # where the nearest neighbour of any N timed, for that M, our heuristic config faster than the vendor
@@ -306,7 +312,7 @@ def plan(
     block-scaled files of that block shape (any accumulation mode), else the block heuristic. A
     bucket tuned for this shape whose config cannot run here (unfit_reason) is skipped with a
     warning."""
-    shared_memory = device_limits(device)[1]
+    num_sms, shared_memory = device_limits(device)
     dtype_name = DTYPE_NAMES[dtype]
     mode = accumulation if dtype_name == "fp8" and block_size is None else "fast"
     for path in _candidate_files(device_name(device), N, K, dtype_name, mode, block_size):
@@ -330,11 +336,19 @@ def plan(
         table = _table(path)
         bucket = table.bucket_for(M) if table is not None else None
         if bucket is not None and unfit_reason(bucket.config, M, N, shared_memory) is None:
+            if dtype_name == "fp8" and crosses_first_wave(M, N, table.n, bucket.config, num_sms):
+                break  # the heuristic's tile, fitted to the call's N
             return Plan(bucket.backend, bucket.config, table.path)
     backend = untuned_backend(M, dtype, device_capability(device))
     if backend == "torch" and heuristic_beat_vendor(device_name(device), M, N, K, dtype_name, mode):
         backend = "triton"
     return Plan(backend, heuristic_config(M, N, K, dtype, *device_limits(device)), None)
+
+
+def crosses_first_wave(M: int, N: int, lender_n: int, config: MatmulConfig, num_sms: int) -> bool:
+    """Whether a config's tile grid fits one wave of `num_sms` at the lender's N but not at the
+    call's: the one grid change at decode that cost fp8 against the vendor (TRANSFER_FP8_MAX_M)."""
+    return grid_waves(M, lender_n, config, num_sms) == 1 < grid_waves(M, N, config, num_sms)
 
 
 def heuristic_beat_vendor(name: str, M: int, N: int, K: int, dtype: str, accumulation: str) -> bool:
