@@ -200,7 +200,7 @@ def test_above_decode_fp8_borrows_from_a_neighbour_of_the_same_n_only(tmp_path, 
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.int8], ids=["fp8", "int8"])
 def test_at_decode_fp8_does_not_borrow_a_grid_that_leaves_its_first_wave(tmp_path, monkeypatch, dtype):
     """At decode a neighbour of another N lends fp8 its bucket unless the config's grid fits one wave
-    of the SMs at the neighbour's N and not at the call's (phi3-medium's 9216 x 3072 with 8192 x
+    of the SMs at the neighbour's N and not at the call's (phi-3-mini's 9216 x 3072 with 8192 x
     3584's 64 x 64 tile: 128 tiles on 132 SMs, 144 at N = 9216): then the heuristic serves. A grid
     already past one wave at the lender's N still lends, and int8 borrows as before."""
     from scaledmm.configs import lookup

@@ -72,7 +72,7 @@ TRANSFER_MAX_RATIO = 2.0  # a tuned shape lends its buckets to shapes whose N an
 # neighbour was tuned for are the call's. Without a same-N neighbour the heuristic's rule serves. At
 # and below it (decode: a few tiles, most often within one wave) the nearest neighbour of any N lends,
 # unless its grid fits one wave at its N and not at the call's (`crosses_first_wave`): on an H200,
-# phi3-medium qkv (9216 x 3072) at M = 64 ran 0.90x the vendor with the 64 x 64 tile of 8192 x 3584
+# phi-3-mini qkv (9216 x 3072) at M = 64 ran 0.90x the vendor with the 64 x 64 tile of 8192 x 3584
 # (128 tiles on 132 SMs, 144 at N = 9216), the heuristic 1.13x. Left out, the shipped H200 files
 # lose nothing to the check; one that refused any grid of more waves than the lender's (large N,
 # already several waves) cost 37888 x 3584 at M = 24 1.28x -> 1.13x (benchmarks/ab/transfer_gate.py,
