@@ -418,7 +418,7 @@ def cmd_bench_model(args: argparse.Namespace, command: str) -> int:
         run_model_bench_on_gpus(models, groups, run, results.add, command, layers=args.layers)
     result = results.result()
     print(model_table(result))
-    _write_result(result, str(out_dir), "model", "model_results.json")
+    print(f"wrote {results.path}")  # rewritten after every row, complete after the last
     for path in plot_model(result, out_dir):
         print(f"wrote {path}")
     return 0
@@ -452,8 +452,8 @@ def _out_dir(out: str | None, prefix: str) -> Path:
 
 
 def _write_result(result: dict, out: str | None, prefix: str, file: str) -> Path:
-    """A command's JSON result, into `out` or scaledmm-bench/<prefix>-<time>; returns the folder.
-    Atomic: it may replace a file of partial results (bench-model)."""
+    """A command's JSON result, into `out` or scaledmm-bench/<prefix>-<time> (atomically); returns
+    the folder."""
     from scaledmm.configs.files import write_json_atomic
 
     out_dir = _out_dir(out, prefix)

@@ -16,11 +16,11 @@ neighbour's did not), and at or below it one of any N unless its tile grid fits 
 SMs at its N but not at the call's (`crosses_first_wave`); then the heuristic, whose config runs
 where `auto` keeps ours and whose backend rule (`heuristic.untuned_backend`) gives fp8 from M = 65
 to the vendor on Hopper, unless the nearest neighbour of any N timed the heuristic well ahead of
-the vendor at that M (`heuristic_beat_vendor`). Within a
-file the bucket is the smallest tuned M >= M, else the largest up to twice its M; further out (a
-file tuned for decode only, asked for a prefill) the next file or the heuristic serves.
-SCALEDMM_DISABLED_BACKENDS (comma-separated: torch, triton) keeps backends out of the automatic
-choice (runtime.auto_backend applies it), as vLLM's VLLM_DISABLED_KERNELS does.
+the vendor at that M (`heuristic_beat_vendor`). Within a file the bucket is the smallest tuned
+M >= M, else the largest up to twice its M; further out (a file tuned for decode only, asked for a
+prefill) the next file or the heuristic serves. SCALEDMM_DISABLED_BACKENDS (comma-separated:
+torch, triton) keeps backends out of the automatic choice (runtime.auto_backend applies it), as
+vLLM's VLLM_DISABLED_KERNELS does.
 
 Block-scaled fp8 (`block_size`) is planned the same way from its own files (named with
 `block_shape=[block_n,block_k]`; files.py), in the same order, a bucket whose config does not fit the
@@ -307,11 +307,11 @@ def plan(
     """The cached plan for one call shape (device must be resolved: cuda with an index, or cpu) in an
     fp8 accumulation mode, from the files tuned in that mode (int8, exact in either, from its files):
     this shape's, else a neighbour's (`nearby_files`; for fp8 above TRANSFER_FP8_MAX_M one of the same
-    N), else the heuristic (on the vendor for fp8 above it on Hopper, unless `heuristic_beat_vendor`).
-    With block scales of `block_size` = (block_n, block_k), from the
-    block-scaled files of that block shape (any accumulation mode), else the block heuristic. A
-    bucket tuned for this shape whose config cannot run here (unfit_reason) is skipped with a
-    warning."""
+    N; at or below it not one whose grid `crosses_first_wave`), else the heuristic (on the vendor for
+    fp8 above it on Hopper, unless `heuristic_beat_vendor`). With block scales of `block_size` =
+    (block_n, block_k), from the block-scaled files of that block shape (any accumulation mode), else
+    the block heuristic. A bucket tuned for this shape whose config cannot run here (unfit_reason) is
+    skipped with a warning."""
     num_sms, shared_memory = device_limits(device)
     dtype_name = DTYPE_NAMES[dtype]
     mode = accumulation if dtype_name == "fp8" and block_size is None else "fast"
@@ -342,7 +342,7 @@ def plan(
     backend = untuned_backend(M, dtype, device_capability(device))
     if backend == "torch" and heuristic_beat_vendor(device_name(device), M, N, K, dtype_name, mode):
         backend = "triton"
-    return Plan(backend, heuristic_config(M, N, K, dtype, *device_limits(device)), None)
+    return Plan(backend, heuristic_config(M, N, K, dtype, num_sms, shared_memory), None)
 
 
 def crosses_first_wave(M: int, N: int, lender_n: int, config: MatmulConfig, num_sms: int) -> bool:
