@@ -262,3 +262,29 @@ def test_untuned_fp8_above_decode_runs_ours_where_the_nearest_neighbour_timed_th
         assert plan(256, 1050, 1024, torch.float8_e4m3fn, device).backend == "torch"
     finally:
         clear_cache()
+
+
+GLUON_PINGPONG = MatmulConfig(128, 128, 128, num_warps=4, num_stages=5, kernel="gluon", pingpong=True, store_n=64)
+
+
+def test_a_gluon_bucket_is_planned_and_its_call_computed(tmp_path, monkeypatch):
+    # The file says what the tuner writes for a Gluon winner; the call runs the Gluon kernel on Hopper
+    # and the same tiles on the TMA kernel elsewhere (the interpreter too).
+    M, N, K = 200, 136, 256
+    path = _write_table(tmp_path, N, K, {str(M): {"backend": "triton", "config": GLUON_PINGPONG.to_dict()}}, "fp8")
+    assert '"pingpong": true' in path.read_text() and '"store_n": 64' in path.read_text()
+    _only_files_in(tmp_path, monkeypatch)
+    try:
+        assert select_config(M, N, K, torch.float8_e4m3fn, DEVICE) == GLUON_PINGPONG
+        ops = make_operands(M, N, K, torch.float8_e4m3fn, DEVICE)
+        assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias, backend="triton"), ops)
+    finally:
+        clear_cache()
+
+
+def test_unfit_reason_counts_the_gluon_kernels_output_staging():
+    # 5 stages of 128 x 128 x 128 A and B tiles (160 KiB) and two warpgroups' two 128 x 64 bf16 chunks (64 KiB)
+    assert unfit_reason(GLUON_PINGPONG, 4096, 4096, 227 * 1024) is None
+    assert "224 KiB" in unfit_reason(GLUON_PINGPONG, 4096, 4096, 223 * 1024)
+    cooperative = MatmulConfig(128, 256, 128, num_warps=8, num_stages=4, kernel="gluon")  # one whole-tile buffer
+    assert "256 KiB" in unfit_reason(cooperative, 4096, 4096, 227 * 1024)

@@ -11,10 +11,12 @@ import pytest
 import torch
 from helpers import DEVICE, ON_GPU
 
+import scaledmm
 from scaledmm import MatmulConfig
-from scaledmm.kernels import matmul_gluon, matmul_tma
+from scaledmm.kernels import matmul, matmul_gluon, matmul_tma
 from scaledmm.kernels.matmul_gluon import GluonConfig, bind_scaled_mm_gluon, launch_arguments
 from scaledmm.testing import assert_close, make_operands, sm90_target
+from scaledmm.tune.space import GLUON_CONFIGS
 
 E4M3 = torch.float8_e4m3fn
 BF16 = torch.bfloat16
@@ -193,6 +195,95 @@ def test_gluon_kernel_compiles_for_sm90(dtype, config, out_dtype, precise, instr
     assert compiled.metadata.num_warps == 4 * config.consumer_groups + 4  # the load warp's warpgroup on top
     assert compiled.metadata.shared <= SHARED_MEMORY_SM90
     assert (spilled_bytes(compiled) > 0) == spills
+
+
+# ----------------------------------------------------------------------------------------- as a config kind
+
+
+def test_a_gluon_matmul_config_is_the_gluon_config_of_its_fields():
+    pingpong = MatmulConfig(64, 256, 128, group_m=4, num_warps=4, num_stages=4, kernel="gluon", pingpong=True,
+                            store_n=64)  # fmt: skip
+    assert GluonConfig.from_matmul_config(pingpong) == GluonConfig(
+        64, 256, 128, 4, 2, group_m=4, store_n=64, schedule="pingpong"
+    )
+    cooperative = MatmulConfig(128, 256, 128, num_warps=8, num_stages=4, kernel="gluon")
+    assert GluonConfig.from_matmul_config(cooperative) == GluonConfig(128, 256, 128, 4, 2)
+    one_group = GluonConfig.from_matmul_config(MatmulConfig(128, 128, 128, num_warps=4, num_stages=4, kernel="gluon"))
+    assert (one_group.consumer_groups, one_group.num_warps) == (1, 4)
+    for config in GLUON_CONFIGS:  # the kernel's num_warps is the config's, whatever the schedule
+        assert GluonConfig.from_matmul_config(config).num_warps == config.num_warps
+    with pytest.raises(ValueError, match="kernel='gluon'"):
+        GluonConfig.from_matmul_config(MatmulConfig(128, 128, 128, kernel="tma"))
+
+
+PINGPONG = MatmulConfig(128, 128, 128, num_warps=4, num_stages=5, kernel="gluon", pingpong=True, store_n=64)
+
+
+def kernel_chosen(monkeypatch, args, config, hopper=True, fits=True):
+    """The name of the kernel matmul.py binds for a CPU call under `config`, as on a Hopper GPU (or
+    not) where the Gluon kernel's compiled form fits shared memory (or not): the decision, no launch."""
+    monkeypatch.setattr(matmul_gluon, "device_has_wgmma", lambda device: hopper)
+    monkeypatch.setattr(matmul_gluon, "fits_in_shared_memory", lambda *_: fits)
+    a = args[0]
+    kernel, _, positional, kwargs, leading = matmul._kernel_and_arguments(*args, config, False, a.device)
+    return matmul.KERNEL_NAMES[kernel], positional, kwargs, leading
+
+
+def test_a_gluon_config_runs_the_gluon_kernel_where_the_call_allows(monkeypatch):
+    args = cpu_operands(1000, 600, 320, E4M3)
+    name, positional, kwargs, leading = kernel_chosen(monkeypatch, args, PINGPONG)
+    assert (name, leading, kwargs["PINGPONG"], kwargs["STORE_BUFFERS"], kwargs["num_warps"]) == ("gluon", 6, True, 2, 4)
+    assert positional[2].block_shape == [128, 64]  # the output box of a 64-column chunk
+    # Elsewhere the same tiles run the TMA kernel, or the pointer kernel where TMA cannot serve either.
+    assert kernel_chosen(monkeypatch, args, PINGPONG, hopper=False)[0] == "tma"
+    assert kernel_chosen(monkeypatch, args, PINGPONG, fits=False)[0] == "tma"  # an fp32 output, say
+    name, positional, kwargs, _ = kernel_chosen(monkeypatch, cpu_operands(1000, 600, 328, E4M3), PINGPONG)
+    assert name == "pointer"  # K = 328: rows of A are not 16-byte aligned
+    assert (kwargs["BLOCK_M"], kwargs["BLOCK_N"], kwargs["BLOCK_K"], kwargs["num_warps"]) == (128, 128, 128, 4)
+    assert kernel_chosen(monkeypatch, cpu_operands(64, 64, 64, E4M3, torch.float8_e4m3fn), PINGPONG)[0] == "tma"
+
+
+def test_a_bound_gluon_launch_rebuilds_only_the_descriptors_base():
+    # The per-call path: the first call's descriptors over the new tensors, as `descriptors` makes them.
+    config = GluonConfig.from_matmul_config(PINGPONG)
+    a, b, _, _, _, out = cpu_operands(1000, 600, 320, torch.int8)
+    first = matmul_gluon.descriptors(a, b, out, config)
+    a2, b2, _, _, _, out2 = cpu_operands(1000, 600, 320, torch.int8)
+    for made, rebased in zip(
+        matmul_gluon.descriptors(a2, b2, out2, config), matmul_gluon.call_descriptors(first, a2, b2, out2)
+    ):
+        assert made.__dict__.keys() == rebased.__dict__.keys()
+        assert rebased.base.data_ptr() == made.base.data_ptr() and rebased.base.shape == made.base.shape
+        assert {k: v for k, v in made.__dict__.items() if k != "base"} == {
+            k: v for k, v in rebased.__dict__.items() if k != "base"
+        }
+    assert first[0].base is a  # the first call's descriptors are untouched
+
+
+def test_an_explicit_gluon_config_computes_the_product(monkeypatch):
+    # In the interpreter (and on GPUs other than Hopper) the tiles run the TMA kernel; on Hopper, Gluon's.
+    ops = make_operands(200, 136, 256, E4M3, DEVICE)
+    scaledmm.clear_cache()
+    assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias, config=PINGPONG), ops)
+    from scaledmm import runtime
+
+    (call,) = [c for c in runtime.prepared.values() if getattr(c, "config", None) == PINGPONG]
+    assert call.kernel == ("gluon" if ON_HOPPER else "tma")
+    scaledmm.clear_cache()
+
+
+@pytest.mark.skipif(ON_GPU, reason="the GPU tests run the kernel itself")
+@pytest.mark.parametrize("dtype", [E4M3, torch.int8], ids=["e4m3", "int8"])
+@pytest.mark.parametrize("config", GLUON_CONFIGS, ids=str)
+def test_the_tuners_gluon_configs_compile_for_sm90_without_spills(dtype, config):
+    args = cpu_operands(1000, 2856, 4000, dtype)
+    with sm90_target():
+        grid, positional, kwargs = launch_arguments(
+            *args, GluonConfig.from_matmul_config(config), num_sms=132, precise=False
+        )
+        compiled = matmul_gluon.scaled_mm_gluon_kernel.warmup(*positional, grid=grid, **kwargs)
+    assert compiled.metadata.shared <= SHARED_MEMORY_SM90
+    assert spilled_bytes(compiled) == 0
 
 
 # ----------------------------------------------------------------------------------------- on a Hopper GPU

@@ -86,3 +86,14 @@ def test_an_edited_docstring_keeps_the_revision(tmp_path):
 )
 def test_code_changes_make_a_new_revision(tmp_path, original, kernel_source, helper_source):
     assert revision(load_kernel(tmp_path, "changed", kernel_source, helper_source)) != original
+
+
+def test_a_module_constexpr_the_kernel_names_is_part_of_its_revision(tmp_path, original):
+    # The Gluon kernel's register counts are such globals: a new value compiles to new code.
+    def with_factor(name, value):
+        source = f"FACTOR = tl.constexpr({value})\n" + KERNEL.replace("helper(x, 2)", "helper(x, FACTOR)")
+        return revision(load_kernel(tmp_path, name, source))
+
+    assert with_factor("two", 2) == with_factor("two_again", 2) != with_factor("three", 3)
+    unnamed = "UNUSED = tl.constexpr(5)\n" + KERNEL  # a global the kernel does not name changes nothing
+    assert revision(load_kernel(tmp_path, "unnamed", unnamed)) == original

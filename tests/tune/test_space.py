@@ -1,12 +1,14 @@
 """The search space and the sharing of jobs among ranks."""
 
 import pytest
+import torch
 import triton
 
 from scaledmm.configs import MatmulConfig
+from scaledmm.configs.lookup import unfit_reason
 from scaledmm.tune.distributed import compile_group, split_jobs
 from scaledmm.tune.runner import Job
-from scaledmm.tune.space import candidate_configs, group_variants
+from scaledmm.tune.space import GLUON_CONFIGS, candidate_configs, group_variants
 
 H100_SHARED = 227 * 1024
 H100_SMS = 132
@@ -156,3 +158,27 @@ def test_per_channel_and_block_scaled_jobs_of_one_point_share_out():
         shares = split_jobs(jobs, world)
         assert sorted(j for s in shares for j in s) == sorted(jobs)
     assert sorted(jobs)[:2] == [jobs[0], jobs[1]]  # per-channel first, then block-scaled
+
+
+def test_gluon_candidates_only_when_asked_and_from_m_1024():
+    def gluon(M, N=28672, K=4096, shared=H100_SHARED, asked=True):
+        return [c for c in candidate_configs(M, N, K, shared, H100_SMS, gluon=asked) if c.kernel == "gluon"]
+
+    assert gluon(4096, asked=False) == [] and gluon(512) == []  # M = 128-512 is not measured yet
+    assert gluon(1024) == gluon(8192) == list(GLUON_CONFIGS)
+    assert len(GLUON_CONFIGS) <= 5 and all(unfit_reason(c, 8192, 28672, H100_SHARED) is None for c in GLUON_CONFIGS)
+    assert [c.block_n for c in gluon(4096, N=100)] == [128, 128, 128]  # no tile wider than the problem
+    assert gluon(4096, shared=99 * 1024) == []  # a GPU with less shared memory holds none of them
+
+
+@pytest.mark.parametrize("capability,offered", [((9, 0), True), ((8, 0), False), ((10, 0), False), ((0, 0), False)])
+def test_the_tuner_offers_gluon_configs_on_hopper_only(monkeypatch, capability, offered):
+    from scaledmm.tune import runner
+
+    monkeypatch.setattr(runner, "device_capability", lambda device: capability)
+    space = runner.candidates(Job(28672, 4096, "fp8", 2048), torch.device("cpu"), None)
+    assert any(c.kernel == "gluon" for c in space) == offered
+    if offered:
+        assert not any(
+            c.kernel == "gluon" for c in runner.candidates(Job(28672, 4096, "int8", 512), torch.device("cpu"), None)
+        )

@@ -13,9 +13,11 @@ turns into one warning and the heuristic. A file is untrusted: only a regular fi
 one) of at most MAX_FILE_BYTES is read, without blocking, as UTF-8, and nothing in it can raise
 anything but ConfigFileError (`load_table`).
 
-Format 2 names the kernel a config runs (`"kernel": "pointer"`, "swapped" or "tma") and the bucket's
-kernel revision `revision`. Format 1 files, whose configs said `"tma": 0|1, "swap_ab": 0|1` and
-whose buckets named the revision `kernel`, are still read (`upgrade` converts them).
+Format 2 names the kernel a config runs (`"kernel": "pointer"`, "swapped", "tma" or "gluon") and the
+bucket's kernel revision `revision`; a gluon config may say `"pingpong": true` and `"store_n": 64`
+(MatmulConfig), keys the other kernels' configs leave out. Format 1 files, whose configs said
+`"tma": 0|1, "swap_ab": 0|1` and whose buckets named the revision `kernel`, are still read (`upgrade`
+converts them).
 
 Block-scaled fp8 (scaled_mm's `block_size`) has files of its own, named as vLLM names its
 w8a8_block_fp8 files, `block_shape=[block_n,block_k]` before `.json`:

@@ -86,6 +86,11 @@ TRANSFER_FP8_MAX_M = 64
 # 0.99-2.04x the vendor (12 buckets); at 1.2, 4096 x 4096 at M = 192 ran 0.94x
 # (benchmarks/ab/transfer_gate.py).
 UNTUNED_OURS_MIN_GAIN = 1.3
+# The Gluon kernel stages output chunks in shared memory, per MMA warpgroup that takes whole tiles;
+# its estimate counts them at bf16's 2 bytes, the output the tuner times: its configs fill shared
+# memory with stages, and a call with an fp32 output whose kernel does not fit runs the TMA kernel
+# with the same tiles (matmul.py, matmul_gluon.fits_in_shared_memory).
+GLUON_OUT_BYTES_BUDGETED = 2
 
 
 @dataclass(frozen=True)
@@ -278,7 +283,8 @@ def unfit_reason(
     """Why a config cannot run this call on a device with `shared_memory` bytes per block, or None.
 
     The estimate is the pipeline's A and B tiles, as Triton's own pruning counts them (plus half an
-    fp32 output tile staged for the TMA kernel's store): a config over it fails to launch. A split-K
+    fp32 output tile staged for the TMA kernel's store, or the Gluon kernel's staging buffers at 2
+    bytes an element, GLUON_OUT_BYTES_BUDGETED): a config over it fails to launch. A split-K
     config must not need more scratch than an explicit `config=` may allocate. With `block_size`, the
     config must fit the block too (`block_unfit_reason`).
     """
@@ -287,11 +293,22 @@ def unfit_reason(
     pipeline = (config.block_m + config.block_n) * config.block_k * config.num_stages
     if config.kernel == "tma":
         pipeline += config.block_m * config.block_n // 2 * 4
+    elif config.kernel == "gluon":
+        pipeline += gluon_staging_bytes(config)
     if pipeline > shared_memory:
         return f"it needs about {pipeline // 1024} KiB of shared memory, the device has {shared_memory // 1024} KiB"
     if config.split_k > 1 and split_k_scratch_bytes(M, N, config) > SPLIT_K_SCRATCH_LIMIT:
         return f"its split-K scratch for M = {M} exceeds {SPLIT_K_SCRATCH_LIMIT // 2**20} MiB"
     return None
+
+
+def gluon_staging_bytes(config: MatmulConfig) -> int:
+    """The Gluon kernel's output staging in shared memory at GLUON_OUT_BYTES_BUDGETED bytes an element:
+    a buffer of the tile (or two of a store_n chunk) for each MMA warpgroup that takes whole tiles
+    (two in ping-pong, else one)."""
+    partitions = 2 if config.pingpong else 1
+    buffers, chunk_n = (2, config.store_n) if config.store_n else (1, config.block_n)
+    return partitions * buffers * config.block_m * chunk_n * GLUON_OUT_BYTES_BUDGETED
 
 
 @state.cached(maxsize=8192)

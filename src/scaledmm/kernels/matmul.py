@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from scaledmm.configs import MatmulConfig, device_limits
-from scaledmm.kernels import matmul_tma
+from scaledmm.kernels import matmul_gluon, matmul_tma
 from scaledmm.kernels.common import epilogue_operands, grouped_tile, scale_and_store, tile_count
 from scaledmm.kernels.launch import BoundLaunch, accumulator_kwargs, bind_launch, epilogue_arguments, tile_kwargs
 from scaledmm.kernels.revision import revision
@@ -176,8 +176,10 @@ KERNEL_FUNCTIONS = {
     "pointer": _scaled_mm_kernel,
     "swapped": _scaled_mm_swap_kernel,
     "tma": matmul_tma.scaled_mm_tma_kernel,
+    "gluon": matmul_gluon.scaled_mm_gluon_kernel,
 }
 REVISIONS = {name: revision(kernel) for name, kernel in KERNEL_FUNCTIONS.items()}
+KERNEL_NAMES = {kernel: name for name, kernel in KERNEL_FUNCTIONS.items()}
 
 
 def kernel_revision(config: MatmulConfig) -> str:
@@ -233,11 +235,24 @@ def _launch_arguments(
 def _kernel_and_arguments(
     a, b, scale_a, scale_b, bias, out, config: MatmulConfig, precise: bool, device: torch.device
 ) -> tuple[triton.JITFunction, tuple, tuple, dict, int]:
-    """The kernel that computes this call on `device` under `config`, its grid, positional and keyword
-    arguments, and how many leading positional arguments change per call. A TMA config runs the TMA
-    kernel where the operands and the device allow it (matmul_tma.tma_eligible) and its compiled form
-    fits the device's shared memory, else the pointer kernel with the same tiles."""
-    if config.kernel == "tma" and matmul_tma.tma_eligible(a, b, out, device):
+    """The kernel that computes this call on `device` under `config` (KERNEL_NAMES names it), its grid,
+    positional and keyword arguments, and how many leading positional arguments change per call. A
+    Gluon config runs the Gluon kernel where it can serve the call (matmul_gluon.gluon_eligible: a
+    Hopper GPU, the TMA layouts) and its compiled form fits the device's shared memory, else as a TMA
+    config of the same tiles. A TMA config runs the TMA kernel where the operands and the device allow
+    it (matmul_tma.tma_eligible) and its compiled form fits, else the pointer kernel with the same tiles."""
+    kind = config.kernel
+    if kind == "gluon":
+        if matmul_gluon.gluon_eligible(a, b, out, device):
+            num_sms, shared_memory = device_limits(device)
+            gluon_config = matmul_gluon.GluonConfig.from_matmul_config(config)
+            grid, args, kwargs = matmul_gluon.launch_arguments(
+                a, b, scale_a, scale_b, bias, out, gluon_config, num_sms, precise
+            )
+            if matmul_gluon.fits_in_shared_memory(grid, args, kwargs, device, shared_memory):
+                return matmul_gluon.scaled_mm_gluon_kernel, grid, args, kwargs, 6
+        kind = "tma"
+    if kind == "tma" and matmul_tma.tma_eligible(a, b, out, device):
         num_sms, shared_memory = device_limits(device)
         grid, args, kwargs = matmul_tma.launch_arguments(a, b, scale_a, scale_b, bias, out, config, num_sms, precise)
         if matmul_tma.fits_in_shared_memory(grid, args, kwargs, device, shared_memory):
@@ -270,19 +285,24 @@ def launch_scaled_mm(
 class MatmulLaunch:
     """One call signature's bound launch of a matmul kernel: `launch(a, b, scale_a, scale_b, bias, out)`
     writes the product of new tensors with the dtypes, shapes, strides and pointer alignment of the
-    ones it was bound with. `kernel` names the kernel ("pointer", "swapped" or "tma")."""
+    ones it was bound with. `kernel` names the kernel that runs (one of KERNELS: the config's, or the
+    one it falls back to), `descriptors` the Gluon kernel's of the first call (else None)."""
 
     def __init__(
-        self, bound: BoundLaunch, config: MatmulConfig, kernel: str, precise: bool, M: int, N: int, dtype: torch.dtype
-    ):
+        self, bound: BoundLaunch, config: MatmulConfig, kernel: str, precise: bool, M: int, N: int, dtype: torch.dtype,
+        descriptors: tuple | None = None,
+    ):  # fmt: skip
         self.bound = bound
         self.config = config
         self.kernel = kernel
         self.precise = precise
         self.M, self.N, self.dtype = M, N, dtype
+        self.descriptors = descriptors
 
     def __call__(self, a, b, scale_a, scale_b, bias, out) -> None:
-        if self.kernel == "tma":
+        if self.kernel == "gluon":
+            self.bound(*matmul_gluon.call_descriptors(self.descriptors, a, b, out), scale_a, scale_b, bias)
+        elif self.kernel == "tma":
             self.bound(*matmul_tma.descriptors(a, b, out, self.config), scale_a, scale_b, bias)
         elif self.config.split_k == 1:
             self.bound(a, b, out, scale_a, scale_b, bias, None, None)
@@ -312,9 +332,9 @@ def bind_scaled_mm(
         a, b, scale_a, scale_b, bias, out, config, precise, device
     )
     bound = bind_launch(kernel, grid, args, kwargs, leading=leading, device=device)
-    # A TMA config the TMA kernel cannot serve (kernel_and_arguments) runs the pointer kernel.
-    name = "pointer" if config.kernel == "tma" and kernel is not matmul_tma.scaled_mm_tma_kernel else config.kernel
-    return MatmulLaunch(bound, config, name, precise, a.shape[0], b.shape[1], a.dtype)
+    name = KERNEL_NAMES[kernel]  # the config's kernel, or the one it falls back to (_kernel_and_arguments)
+    descriptors = args[:3] if name == "gluon" else None
+    return MatmulLaunch(bound, config, name, precise, a.shape[0], b.shape[1], a.dtype, descriptors)
 
 
 def compile_scaled_mm(

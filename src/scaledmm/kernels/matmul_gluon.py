@@ -1,5 +1,7 @@
-"""A warp-specialised persistent scaled matmul for Hopper, written in Gluon (issue 17; not a config kind
-yet: `bind_scaled_mm_gluon` launches it, the tuner does not offer it).
+"""A warp-specialised persistent scaled matmul for Hopper, written in Gluon (issue 17): the kernel of
+MatmulConfig(kernel="gluon"), which the tuner offers on Hopper at large M (tune/space.py) and matmul.py
+launches from a tuned bucket (`GluonConfig.from_matmul_config`); `bind_scaled_mm_gluon` launches any
+GluonConfig, the tuned subset's fields and the A/B's (epilogue_split, instr_n) alike.
 
 The same product as the TMA kernel (matmul_tma.py), scheduled by hand instead of by Triton's pipeliner:
 - One program per SM takes every NUM_PROGRAMS-th output tile in grouped order, as the TMA kernel does.
@@ -35,7 +37,8 @@ an optional bias; bf16, fp16 or fp32 output. Ragged M, N and K need no masks: TM
 edges and stores nothing there. fp8 accumulates in Hopper's reduced-precision accumulator ("fast"), or
 with `precise`, promoted to fp32 every 128 K-elements by wgmma's max_num_imprecise_acc, as tl.dot does.
 
-Gluon compiles for NVIDIA sm_90 only (no interpreter): on other devices `gluon_eligible` is False and
+Gluon compiles for NVIDIA sm_90 only (no interpreter): on other devices `gluon_eligible` is False,
+matmul.py runs a gluon config's tiles on the TMA kernel (or the pointer kernel) instead, and
 `bind_scaled_mm_gluon` refuses the call. Importing this module needs no GPU.
 """
 
@@ -55,7 +58,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from scaledmm.configs import device_limits
+from scaledmm.configs import MatmulConfig, device_limits
 from scaledmm.kernels.launch import BoundLaunch, accumulator_kwargs, bind_launch, epilogue_arguments
 from scaledmm.kernels.matmul_tma import tma_eligible
 from scaledmm.state import state
@@ -146,6 +149,19 @@ class GluonConfig:
             type(self.instr_n) is not int or self.instr_n % 16 or (self.block_n // self.epilogue_split) % self.instr_n
         ):
             raise ValueError(f"GluonConfig.instr_n must be a multiple of 16 dividing the accumulator width, got {self}")
+
+    @classmethod
+    def from_matmul_config(cls, config: MatmulConfig) -> GluonConfig:
+        """The GluonConfig of a MatmulConfig(kernel="gluon"): its consumer warpgroups are num_warps / 4
+        (cooperative) or two of 4 warps each (ping-pong); one accumulator per tile, the instruction's N
+        chosen by `instruction_n`."""
+        if config.kernel != "gluon":
+            raise ValueError(f"a GluonConfig is made from a config with kernel='gluon', got {config}")
+        return cls(
+            config.block_m, config.block_n, config.block_k, config.num_stages,
+            consumer_groups=2 if config.pingpong else config.num_warps // 4, group_m=config.group_m,
+            store_n=config.store_n or None, schedule="pingpong" if config.pingpong else "cooperative",
+        )  # fmt: skip
 
     @property
     def tile_groups(self) -> int:
@@ -523,6 +539,24 @@ def descriptors(
     )  # fmt: skip
 
 
+def _rebased(descriptor: TensorDescriptor, tensor: torch.Tensor) -> TensorDescriptor:
+    # A copy over `tensor`, without the dataclass's checks and the layouts' computation: 7 us for a
+    # call's three descriptors on the host, against 95 us for `descriptors` (the TMA kernel's take 20).
+    copy = TensorDescriptor.__new__(TensorDescriptor)
+    copy.__dict__.update(descriptor.__dict__)
+    copy.base = tensor
+    return copy
+
+
+def call_descriptors(
+    bound: tuple[TensorDescriptor, ...], a: torch.Tensor, b: torch.Tensor, out: torch.Tensor
+) -> tuple[TensorDescriptor, TensorDescriptor, TensorDescriptor]:
+    """The descriptors of a later call of the signature that `bound` (its first call's `descriptors`)
+    was made for: the same dtypes, shapes, strides and alignment (the prepared call's key), so the same
+    descriptors over the new tensors."""
+    return _rebased(bound[0], a), _rebased(bound[1], b.t()), _rebased(bound[2], out)
+
+
 def launch_arguments(
     a, b, scale_a, scale_b, bias, out, config: GluonConfig, num_sms: int, precise: bool
 ) -> tuple[tuple, tuple, dict]:
@@ -547,20 +581,30 @@ def launch_arguments(
     return (grid_size,), args, kwargs
 
 
+def fits_in_shared_memory(grid: tuple, args: tuple, kwargs: dict, device: torch.device, shared_memory: int) -> bool:
+    """Whether the kernel compiled for these arguments fits the device's shared memory: the tuner
+    times bf16 outputs, and an fp32 output stages twice the bytes. Compiles on the first call of a
+    signature, after that a lookup in Triton's cache."""
+    with torch.cuda.device(device):
+        compiled = scaled_mm_gluon_kernel.warmup(*args, grid=grid, **kwargs)
+    return compiled.metadata.shared <= shared_memory
+
+
 class GluonLaunch:
     """One call signature's bound launch of the Gluon kernel, called like matmul.MatmulLaunch:
     `launch(a, b, scale_a, scale_b, bias, out)` for new tensors with the dtypes, shapes, strides and
-    alignment of the ones it was bound with."""
+    alignment of the ones it was bound with (`descriptors`: those of its first call)."""
 
     kernel = "gluon"
 
-    def __init__(self, bound: BoundLaunch, config: GluonConfig, precise: bool):
+    def __init__(self, bound: BoundLaunch, config: GluonConfig, precise: bool, descriptors: tuple):
         self.bound = bound
         self.config = config
         self.precise = precise
+        self.descriptors = descriptors
 
     def __call__(self, a, b, scale_a, scale_b, bias, out) -> None:
-        self.bound(*descriptors(a, b, out, self.config), scale_a, scale_b, bias)
+        self.bound(*call_descriptors(self.descriptors, a, b, out), scale_a, scale_b, bias)
 
     def __repr__(self) -> str:
         accumulation = "precise" if self.precise else "fast"
@@ -591,12 +635,10 @@ def bind_scaled_mm_gluon(
         )
     num_sms, shared_memory = device_limits(device)
     grid, args, kwargs = launch_arguments(a, b, scale_a, scale_b, bias, out, config, num_sms, precise)
-    with torch.cuda.device(device):
-        compiled = scaled_mm_gluon_kernel.warmup(*args, grid=grid, **kwargs)
-    if compiled.metadata.shared > shared_memory:
+    if not fits_in_shared_memory(grid, args, kwargs, device, shared_memory):
         raise ValueError(
-            f"GluonConfig {config} needs {compiled.metadata.shared} bytes of shared memory with a {out.dtype} output; "
-            f"the device has {shared_memory}"
+            f"GluonConfig {config} needs more shared memory with a {out.dtype} output than the device's "
+            f"{shared_memory} bytes"
         )
     bound = bind_launch(scaled_mm_gluon_kernel, grid, args, kwargs, leading=6, device=device)
-    return GluonLaunch(bound, config, precise)
+    return GluonLaunch(bound, config, precise, args[:3])

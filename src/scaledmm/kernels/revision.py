@@ -3,7 +3,8 @@
 A tuned bucket records the revision of the kernel its config runs, so that `scaledmm tune` knows which
 results a kernel edit has made stale (configs stay valid; only their times change). The revision of a
 kernel covers its own source and that of every @triton.jit helper it calls, directly or through other
-helpers, found by name in the module that calls them. It hashes their syntax trees without docstrings:
+helpers, found by name in the module that calls them, and the values of the module-level constexprs
+they name (the Gluon kernel's register counts). It hashes their syntax trees without docstrings:
 comments, docstrings, line breaks, brackets and trailing commas that change nothing can be edited
 without making any tuned bucket stale, while any change of code (a decorator's arguments included)
 makes a new revision.
@@ -21,6 +22,7 @@ import textwrap
 import types
 
 import triton
+import triton.language as tl
 from triton.runtime.jit import KernelInterface
 
 REVISION_LENGTH = 12  # hexadecimal digits kept of the sha1
@@ -64,6 +66,18 @@ def _resolve(node: ast.AST, scope: dict) -> object:
     return None
 
 
+def _constants(function: triton.JITFunction, tree: ast.Module) -> list[str]:
+    """`name = value` of each module-level constexpr (gl.constexpr(40), say) that `function`'s source
+    names, in order of first appearance: their values are compiled into the kernel as its code is."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(value := function.fn.__globals__.get(node.id), tl.constexpr):
+            entry = f"{node.id} = {value.value!r}"
+            if entry not in found:
+                found.append(entry)
+    return found
+
+
 def _helpers(function: triton.JITFunction, tree: ast.Module) -> list[triton.JITFunction]:
     """The @triton.jit functions that `function`'s source names, in order of first appearance."""
     found = []
@@ -86,5 +100,7 @@ def revision(kernel: triton.JITFunction) -> str:
         seen.append(function)
         tree = _tree(function)
         digest.update(_dump(tree).encode() + b"\n")
+        for constant in _constants(function, tree):  # none in a kernel without such globals: its hash as before
+            digest.update(constant.encode() + b"\n")
         pending += _helpers(function, tree)
     return digest.hexdigest()[:REVISION_LENGTH]

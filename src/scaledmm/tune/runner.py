@@ -31,12 +31,13 @@ from scaledmm.bench.timing import rotation_count, screen_time_us, time_interleav
 from scaledmm.configs import MatmulConfig, device_limits, heuristic_config
 from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.configs.heuristic import block_heuristic_config
+from scaledmm.configs.lookup import device_capability
 from scaledmm.kernels.matmul import compile_scaled_mm, kernel_revision
 from scaledmm.kernels.matmul_block import BLOCK_REVISION, compile_block_scaled_mm
 from scaledmm.kernels.matmul_tma import device_has_tma
 from scaledmm.kernels.vendor import fast_accum_refused, unsupported_reason, vendor_scaled_mm
 from scaledmm.testing import OUT_DTYPE, ErrorCheck, Operands, make_block_operands, make_operands
-from scaledmm.tune.space import block_candidate_configs, candidate_configs, group_variants
+from scaledmm.tune.space import GLUON_CAPABILITY, block_candidate_configs, candidate_configs, group_variants
 
 SHORTLIST = 8  # the fastest screened candidates timed again, properly, in the final round
 REFINED = 3  # how many of the best tiles also try other program groupings
@@ -81,7 +82,10 @@ def candidates(job: Job, device: torch.device, max_candidates: int | None) -> li
         space = block_candidate_configs(job.m, job.n, job.block_size[1], shared_memory)
     else:
         heuristic = heuristic_config(job.m, job.n, job.k, DTYPE_BY_NAME[job.dtype], num_sms, shared_memory)
-        space = candidate_configs(job.m, job.n, job.k, shared_memory, num_sms, tma=device_has_tma(device))
+        space = candidate_configs(
+            job.m, job.n, job.k, shared_memory, num_sms,
+            tma=device_has_tma(device), gluon=device_capability(device) == GLUON_CAPABILITY,
+        )  # fmt: skip
 
     def distance(c: MatmulConfig) -> float:
         pairs = (

@@ -9,6 +9,7 @@ import triton
 
 from scaledmm.configs import MatmulConfig
 from scaledmm.configs.heuristic import SHARED_MEMORY_RESERVE
+from scaledmm.configs.lookup import unfit_reason
 
 MAX_ACCUMULATORS_PER_THREAD = 128  # 32-bit accumulators; more spills registers
 MIN_ACCUMULATORS_PER_THREAD = 4  # fewer leaves warps idle
@@ -31,6 +32,23 @@ POINTER_MAX_BLOCK_M = 128
 POINTER_DECODE_WARPS = (4,)  # M <= 64
 SWAP_MAX_M = 64  # the swapped kernel's candidates: M small enough for one tile row of tokens
 SWAP_BLOCK_N = (64, 128)  # its weight rows per program: Hopper's wgmma takes 64 per warp group
+# The Gluon kernel's candidates (kernels/matmul_gluon.py; Hopper only, `gluon_configs`): the three
+# fastest of the first H200 A/B (llama3-8b gate_up, 28672 x 4096, M = 4096; session 9): ping-pong
+# 128x128 s5 with 64-column stores (fp8 1,333 TFLOP/s against cuBLAS's 1,352 and our TMA kernel's
+# 1,199; int8 1,565 TOP/s against 1,098), the same with whole-tile stores (1,296; int8 1,425) and
+# ping-pong 64x256 s4 st64 (1,273; int8 1,416); and two cooperative forms whose sm_90 code was clean
+# (docs/performance.md, "Warp-specialised kernels: registers..."): 128x128 c2 s6, the fastest
+# cooperative one in int8 (1,371), and 128x256 c2 s4 st64, the widest tile without a spill (fp8 n = 256
+# wgmma, A read half as often). From M = 1024 only, where they were measured; M = 128-512 is not yet.
+GLUON_MIN_M = 1024
+GLUON_CONFIGS = (
+    MatmulConfig(128, 128, 128, num_warps=4, num_stages=5, kernel="gluon", pingpong=True, store_n=64),
+    MatmulConfig(128, 128, 128, num_warps=4, num_stages=5, kernel="gluon", pingpong=True),
+    MatmulConfig(64, 256, 128, num_warps=4, num_stages=4, kernel="gluon", pingpong=True, store_n=64),
+    MatmulConfig(128, 128, 128, num_warps=8, num_stages=6, kernel="gluon"),
+    MatmulConfig(128, 256, 128, num_warps=8, num_stages=4, kernel="gluon", store_n=64),
+)
+GLUON_CAPABILITY = (9, 0)  # the Gluon kernel is written in sm_90's wgmma and setmaxnreg
 
 
 def _block_m_choices(M: int) -> tuple[int, ...]:
@@ -79,11 +97,14 @@ def _split_k_choices(M: int, N: int, K: int, config: MatmulConfig, num_sms: int)
     return _splits(M, N, K, config, num_sms)
 
 
-def candidate_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int, tma: bool = True) -> list[MatmulConfig]:
+def candidate_configs(
+    M: int, N: int, K: int, shared_memory: int, num_sms: int, tma: bool = True, gluon: bool = False
+) -> list[MatmulConfig]:
     """Configs to time at this M, group_m fixed at 8 (see `group_variants`), pruned by what the GPU
     can hold (shared memory for the pipeline, registers for the accumulator) and what fits the problem;
     split-K variants where the tile grid leaves SMs idle; the swapped kernel's tiles at small M; with
-    `tma` (a GPU that has it), the TMA kernel's tiles at compute-bound M."""
+    `tma` (a GPU that has it), the TMA kernel's tiles at compute-bound M; with `gluon` (a Hopper GPU,
+    GLUON_CAPABILITY), the Gluon kernel's few configs at large M."""
     # Tiles no larger than the problem: choices beyond it collapse onto the smallest that covers it.
     n_cap = max(32, triton.next_power_of_2(N))
     k_cap = max(32, triton.next_power_of_2(K))
@@ -106,7 +127,8 @@ def candidate_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int, 
         config = MatmulConfig(bm, bn, bk, group_m=8, num_warps=warps, num_stages=stages)
         configs += [dataclasses.replace(config, split_k=s) for s in _split_k_choices(M, N, K, config, num_sms)]
     configs += _swap_configs(M, N, K, shared_memory, num_sms)
-    return configs + (_tma_configs(M, N, K, shared_memory) if tma else [])
+    configs += _tma_configs(M, N, K, shared_memory) if tma else []
+    return configs + (gluon_configs(M, N, K, shared_memory) if gluon else [])
 
 
 def _swap_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int) -> list[MatmulConfig]:
@@ -152,6 +174,20 @@ def _tma_configs(M: int, N: int, K: int, shared_memory: int) -> list[MatmulConfi
             continue
         configs.append(MatmulConfig(bm, bn, TMA_BLOCK_K, group_m=8, num_warps=warps, num_stages=stages, kernel="tma"))
     return configs
+
+
+def gluon_configs(M: int, N: int, K: int, shared_memory: int) -> list[MatmulConfig]:
+    """The Gluon kernel's candidates (GLUON_CONFIGS) from M = GLUON_MIN_M, tiles no larger than the
+    problem, where shared memory holds them (configs.lookup.unfit_reason: the staging counted for bf16
+    outputs, what the tuner times; a call whose output does not fit runs the TMA kernel instead)."""
+    if M < GLUON_MIN_M:
+        return []
+    n_cap, k_cap = max(32, triton.next_power_of_2(N)), max(32, triton.next_power_of_2(K))
+    return [
+        c
+        for c in GLUON_CONFIGS
+        if c.block_n <= n_cap and c.block_k <= k_cap and unfit_reason(c, M, N, shared_memory) is None
+    ]
 
 
 def block_candidate_configs(M: int, N: int, block_k: int, shared_memory: int) -> list[MatmulConfig]:
