@@ -106,6 +106,7 @@ def test_eligibility():
 FP8_N128 = "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3"
 
 
+@pytest.mark.sm90_compile
 @pytest.mark.skipif(ON_GPU, reason="the GPU tests run the kernel itself")
 @pytest.mark.parametrize("config", [COOPERATIVE, PINGPONG, ONE_GROUP], ids=str)
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])

@@ -160,6 +160,7 @@ FP8_N128 = "m64n128k32.f32.e4m3.e4m3"
 INT8_N128 = "m64n128k32.s32.s8.s8"
 
 
+@pytest.mark.sm90_compile
 @pytest.mark.skipif(ON_GPU, reason="the GPU tests run the kernel itself")
 @pytest.mark.parametrize(
     "dtype, config, out_dtype, precise, instruction, spills",
@@ -272,6 +273,7 @@ def test_an_explicit_gluon_config_computes_the_product(monkeypatch):
     scaledmm.clear_cache()
 
 
+@pytest.mark.sm90_compile
 @pytest.mark.skipif(ON_GPU, reason="the GPU tests run the kernel itself")
 @pytest.mark.parametrize("dtype", [E4M3, torch.int8], ids=["e4m3", "int8"])
 @pytest.mark.parametrize("config", GLUON_CONFIGS, ids=str)
