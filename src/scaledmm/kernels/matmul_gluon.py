@@ -265,30 +265,19 @@ def _column_halves(x):
 
 
 @gluon.jit
-def _column_chunks(x, CHUNKS: gl.constexpr):
-    # x's columns in CHUNKS (1, 2 or 4) equal chunks, left to right, moving no data (_column_halves).
-    # (One return: Triton requires every return of a function to have one type, constexpr branches too.)
-    if CHUNKS == 1:
-        chunks = (x,)
-    else:
-        left, right = _column_halves(x)
-        if CHUNKS == 2:
-            chunks = (left, right)
-        else:
-            left_left, left_right = _column_halves(left)
-            right_left, right_right = _column_halves(right)
-            chunks = (left_left, left_right, right_left, right_right)
-    return chunks
-
-
-@gluon.jit
-def _bias_and_store_chunk(
-    result, cols, first_row, first_col, N, out_desc, out_bufs, stored, bias_ptr, stride_bias,
-    HAS_BIAS: gl.constexpr, FIRST_BUFFER: gl.constexpr, BUFFERS: gl.constexpr,
+def _scale_and_store_chunk(
+    chunk, first_row, first_col, N, out_desc, out_bufs, stored, scale_b_ptr, bias_ptr, stride_scale_b, stride_bias,
+    B_PER_CHANNEL: gl.constexpr, HAS_BIAS: gl.constexpr, FIRST_BUFFER: gl.constexpr, BUFFERS: gl.constexpr,
 ):  # fmt: skip
-    # One chunk of scaled columns (fp32; `cols` its column indices): + bias, cast and stored by TMA
+    # One chunk of columns (already times scale_a, in fp32): * scale_b + bias, cast and stored by TMA
     # through the next of this consumer's BUFFERS staging buffers (out_bufs[FIRST_BUFFER:][:BUFFERS]);
     # columns past N are not written. Returns the count of chunks stored, which picks the buffer.
+    cols = first_col + gl.arange(0, chunk.shape[1], layout=gl.SliceLayout(0, chunk.type.layout))
+    if B_PER_CHANNEL:
+        scale_b = gl.load(scale_b_ptr + cols * stride_scale_b, mask=cols < N, other=0.0).to(gl.float32)
+        result = chunk * gl.expand_dims(scale_b, 0)
+    else:
+        result = chunk * gl.load(scale_b_ptr).to(gl.float32)
     if HAS_BIAS:
         bias = gl.load(bias_ptr + cols * stride_bias, mask=cols < N, other=0.0).to(gl.float32)
         result = result + gl.expand_dims(bias, 0)
@@ -301,24 +290,6 @@ def _bias_and_store_chunk(
 
 
 @gluon.jit
-def _scale_and_store_chunk(
-    chunk, first_row, first_col, N, out_desc, out_bufs, stored, scale_b_ptr, bias_ptr, stride_scale_b, stride_bias,
-    B_PER_CHANNEL: gl.constexpr, HAS_BIAS: gl.constexpr, FIRST_BUFFER: gl.constexpr, BUFFERS: gl.constexpr,
-):  # fmt: skip
-    # One chunk of columns (already times scale_a, in fp32): * scale_b, then _bias_and_store_chunk.
-    cols = first_col + gl.arange(0, chunk.shape[1], layout=gl.SliceLayout(0, chunk.type.layout))
-    if B_PER_CHANNEL:
-        scale_b = gl.load(scale_b_ptr + cols * stride_scale_b, mask=cols < N, other=0.0).to(gl.float32)
-        result = chunk * gl.expand_dims(scale_b, 0)
-    else:
-        result = chunk * gl.load(scale_b_ptr).to(gl.float32)
-    return _bias_and_store_chunk(
-        result, cols, first_row, first_col, N, out_desc, out_bufs, stored, bias_ptr, stride_bias, HAS_BIAS,
-        FIRST_BUFFER, BUFFERS,
-    )  # fmt: skip
-
-
-@gluon.jit
 def _scale_and_store(
     acc, scale_a, first_row, first_col, N, out_desc, out_bufs, stored, scale_b_ptr, bias_ptr, stride_scale_b,
     stride_bias, B_PER_CHANNEL: gl.constexpr, HAS_BIAS: gl.constexpr, FIRST_BUFFER: gl.constexpr,
@@ -328,12 +299,25 @@ def _scale_and_store(
     # + bias, in chunks of the output box's width (1, 2 or 4). Returns the count of chunks stored.
     CHUNK_N: gl.constexpr = out_desc.block_type.shape[1]
     CHUNKS: gl.constexpr = acc.shape[1] // CHUNK_N
-    chunks = _column_chunks(acc.to(gl.float32) * scale_a, CHUNKS)
-    for i in gl.static_range(CHUNKS):
+    scaled = acc.to(gl.float32) * scale_a
+    if CHUNKS == 1:
         stored = _scale_and_store_chunk(
-            chunks[i], first_row, first_col + i * CHUNK_N, N, out_desc, out_bufs, stored, scale_b_ptr, bias_ptr,
-            stride_scale_b, stride_bias, B_PER_CHANNEL, HAS_BIAS, FIRST_BUFFER, BUFFERS,
+            scaled, first_row, first_col, N, out_desc, out_bufs, stored, scale_b_ptr, bias_ptr, stride_scale_b,
+            stride_bias, B_PER_CHANNEL, HAS_BIAS, FIRST_BUFFER, BUFFERS,
         )  # fmt: skip
+    else:
+        left, right = _column_halves(scaled)
+        if CHUNKS == 2:
+            chunks = (left, right)
+        else:
+            left_left, left_right = _column_halves(left)
+            right_left, right_right = _column_halves(right)
+            chunks = (left_left, left_right, right_left, right_right)
+        for i in gl.static_range(CHUNKS):
+            stored = _scale_and_store_chunk(
+                chunks[i], first_row, first_col + i * CHUNK_N, N, out_desc, out_bufs, stored, scale_b_ptr, bias_ptr,
+                stride_scale_b, stride_bias, B_PER_CHANNEL, HAS_BIAS, FIRST_BUFFER, BUFFERS,
+            )  # fmt: skip
     return stored
 
 
