@@ -160,12 +160,12 @@ def test_per_channel_and_block_scaled_jobs_of_one_point_share_out():
     assert sorted(jobs)[:2] == [jobs[0], jobs[1]]  # per-channel first, then block-scaled
 
 
-def test_gluon_candidates_only_when_asked_and_from_m_1024():
+def test_gluon_candidates_only_when_asked_and_from_m_256():
     def gluon(M, N=28672, K=4096, shared=H100_SHARED, asked=True):
         return [c for c in candidate_configs(M, N, K, shared, H100_SMS, gluon=asked) if c.kernel == "gluon"]
 
-    assert gluon(4096, asked=False) == [] and gluon(512) == []  # M = 128-512 is not measured yet
-    assert gluon(1024) == gluon(8192) == list(GLUON_CONFIGS)
+    assert gluon(4096, asked=False) == [] and gluon(192) == []  # where they lost (M = 128) or were not timed
+    assert gluon(256) == gluon(1024) == gluon(8192) == list(GLUON_CONFIGS)
     assert len(GLUON_CONFIGS) <= 5 and all(unfit_reason(c, 8192, 28672, H100_SHARED) is None for c in GLUON_CONFIGS)
     assert [c.block_n for c in gluon(4096, N=100)] == [128, 128, 128]  # no tile wider than the problem
     assert gluon(4096, shared=99 * 1024) == []  # a GPU with less shared memory holds none of them
