@@ -180,5 +180,5 @@ def test_the_tuner_offers_gluon_configs_on_hopper_only(monkeypatch, capability, 
     assert any(c.kernel == "gluon" for c in space) == offered
     if offered:
         assert not any(
-            c.kernel == "gluon" for c in runner.candidates(Job(28672, 4096, "int8", 512), torch.device("cpu"), None)
+            c.kernel == "gluon" for c in runner.candidates(Job(28672, 4096, "int8", 128), torch.device("cpu"), None)
         )
