@@ -18,7 +18,9 @@ locked while it runs, so tuners sharing a folder neither read nor delete each ot
 their merges into the files take turns (tune/store.py).
 A `--retune` run (which tunes buckets the files already hold) knows what it has done only from its
 journals: it keeps them when it stops at the time limit, and clears them when it has finished; run
-again with `--retune` it continues (a run without it merges the journals and forgets them).
+again with `--retune` it continues (a run without it merges the journals and forgets them). A
+finished `--retune` clears every journal it read, another command's too: that command's results are
+in the files, but run again it starts from its first job.
 With several nodes the journals of other nodes reach rank 0 in step 1 of the next run.
 """
 
