@@ -192,13 +192,17 @@ def gluon_configs(M: int, N: int, K: int, shared_memory: int) -> list[MatmulConf
     ]
 
 
-def block_candidate_configs(M: int, N: int, block_k: int, shared_memory: int) -> list[MatmulConfig]:
+def block_candidate_configs(
+    M: int, N: int, K: int, block_k: int, shared_memory: int, num_sms: int
+) -> list[MatmulConfig]:
     """The block-scaled kernel's candidates (kernels/matmul_block.py), group_m fixed at 8: its K step
     is the scale block (block_k), so the search is over the output tile, warps and stages. Tiles of
     about M rows as for the pointer kernel (16- and 64-row tiles at decode), 32 to 256 columns (no
     larger than N), 4 or 8 warps, 2 to 5 stages where shared memory holds them. The kernel holds two
     fp32 tiles per program (a block's fresh product and the running sum), so the register rule counts
-    the accumulator twice. It has no swapped, split-K or TMA form to search yet."""
+    the accumulator twice. Split-K variants by the pointer kernel's rule (`_split_k_choices`: the
+    smallest tile rows, four warps, 3+ stages, where the tile grid leaves SMs idle, so at small M);
+    not yet measured on a GPU (issue 20). It has no swapped or TMA form to search yet."""
     n_cap = max(32, triton.next_power_of_2(N))
     configs = []
     for bm, bn, warps, stages in itertools.product(
@@ -208,7 +212,8 @@ def block_candidate_configs(M: int, N: int, block_k: int, shared_memory: int) ->
             continue
         if not MIN_ACCUMULATORS_PER_THREAD <= 2 * bm * bn // (warps * 32) <= MAX_ACCUMULATORS_PER_THREAD:
             continue
-        configs.append(MatmulConfig(bm, bn, block_k, group_m=8, num_warps=warps, num_stages=stages))
+        config = MatmulConfig(bm, bn, block_k, group_m=8, num_warps=warps, num_stages=stages)
+        configs += [dataclasses.replace(config, split_k=s) for s in _split_k_choices(M, N, K, config, num_sms)]
     return configs
 
 
