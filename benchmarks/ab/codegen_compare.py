@@ -5,8 +5,11 @@ Each bucket of the shipped config files (src/scaledmm/configs/data) is compiled 
 specialise it, at its M and at the smallest M it serves: 8-bit operands of the file's dtype (A
 row-major, B = weight.t()), per-token x per-channel fp32 scales, bf16 bias, bf16 output (the tuned
 case), pointers 16-byte aligned, the integer arguments and constexprs as each tree's own launcher
-computes them (`matmul._kernel_and_arguments`; a TMA config runs the TMA kernel, as on an H100). Each
-tree loads the shipped tables with its own `configs.files.load_table`, in a process of its own.
+computes them (`matmul._kernel_and_arguments`; a TMA config runs the TMA kernel, as on an H100). A
+block-scaled file's buckets run the block kernel (`matmul_block.block_launch_arguments`), with the
+scales laid out as the tuner times them (scale_a [M, K blocks], scale_b the transposed view of the
+weight's [N blocks, K blocks]). Each tree loads the shipped tables with its own
+`configs.files.load_table`, in a process of its own.
 Compared per bucket, in the order Triton makes them:
 - TTGIR, without location info and with values renamed in order (Triton names them after variables);
 - PTX, without debug info (line table, debug sections and the labels only they use);
@@ -16,7 +19,7 @@ Compared per bucket, in the order Triton makes them:
   code, and identical PTX into another register allocation (the debug labels steer it).
 Triton compiles for sm_90 without a GPU, so this runs on any machine (a few minutes):
 
-    PYTHONPATH=src python3 benchmarks/ab/codegen_compare.py --old 310729a [--keep DIR] [--restamp]
+    PYTHONPATH=src python3 benchmarks/ab/codegen_compare.py --old 310729a [--keep DIR] [--restamp] [--files GLOB]
 
 `--old` is a commit (its src/ is taken with `git archive`) or a source folder; `--new` the source
 folder of this tree. With `--restamp` the buckets whose machine code is identical (or with `--same
@@ -24,7 +27,8 @@ ttgir` or `--same ptx` that form), and which were tuned with the old kernel as i
 kernel's new revision in the new tree's files, with a "restamped" note in the file's metadata, and
 every file is rewritten in the current format; the other buckets keep their revision, so the tuner
 sees them stale (their configs stay in service).
-`--keep DIR` keeps the compared texts and prints a diff command for each difference.
+`--keep DIR` keeps the compared texts and prints a diff command for each difference; `--files GLOB`
+takes only the shipped files whose names match (e.g. '*block_shape=*', the block-scaled ones).
 """
 
 from __future__ import annotations
@@ -125,7 +129,7 @@ def _sha(text: str) -> str:
 # ----------------------------------------------------------------------------- one tree (a child process)
 
 
-def dump(data_dir: Path, out: Path, texts: Path, limit: int | None) -> None:
+def dump(data_dir: Path, out: Path, texts: Path, limit: int | None, files: str) -> None:
     """Compile every bucket with the scaledmm on sys.path, at its M and at the smallest M it serves
     (other integer specialisations, masks and early loads); write one JSON line per bucket to `out`,
     with the hashes of each form per M, and each distinct form into `texts` (named by its hash)."""
@@ -136,7 +140,7 @@ def dump(data_dir: Path, out: Path, texts: Path, limit: int | None) -> None:
     from triton.runtime.jit import create_function_from_signature
 
     from scaledmm.configs.files import load_table
-    from scaledmm.kernels import matmul, matmul_tma
+    from scaledmm.kernels import matmul, matmul_block, matmul_tma
 
     matmul_tma.device_has_tma = lambda device: True  # an H100: TMA configs run the TMA kernel
     target = GPUTarget("cuda", 90, 32)
@@ -146,17 +150,25 @@ def dump(data_dir: Path, out: Path, texts: Path, limit: int | None) -> None:
     texts.mkdir(parents=True, exist_ok=True)
     compiled: dict[tuple, dict[str, str]] = {}
 
-    def compile_launch(M, N, K, dtype, config) -> tuple[str, dict[str, str]]:
+    def compile_launch(M, N, K, dtype, config, block_shape) -> tuple[str, dict[str, str]]:
         a = torch.empty(M, K, dtype=dtype, device=meta)
         b = torch.empty(N, K, dtype=dtype, device=meta).t()
-        scale_a, scale_b = torch.empty(M, 1, device=meta), torch.empty(1, N, device=meta)
         bias = torch.empty(N, dtype=torch.bfloat16, device=meta)
         out = torch.empty(M, N, dtype=torch.bfloat16, device=meta)
-        # The shipped buckets were tuned in fast accumulation: a tree with the choice compiles that mode.
-        mode = (False,) if "precise" in inspect.signature(matmul._kernel_and_arguments).parameters else ()
-        kernel, _, args, kwargs, _ = matmul._kernel_and_arguments(
-            a, b, scale_a, scale_b, bias, out, config, *mode, meta
-        )
+        if block_shape is not None:
+            blocks_n, blocks_k = -(-N // block_shape[0]), -(-K // block_shape[1])
+            scale_a, scale_b = torch.empty(M, blocks_k, device=meta), torch.empty(blocks_n, blocks_k, device=meta).t()
+            kernel = matmul_block._block_scaled_mm_kernel
+            _, args, kwargs = matmul_block.block_launch_arguments(
+                a, b, scale_a, scale_b, bias, out, config, block_shape
+            )
+        else:
+            scale_a, scale_b = torch.empty(M, 1, device=meta), torch.empty(1, N, device=meta)
+            # The shipped buckets were tuned in fast accumulation: a tree with the choice compiles that mode.
+            mode = (False,) if "precise" in inspect.signature(matmul._kernel_and_arguments).parameters else ()
+            kernel, _, args, kwargs, _ = matmul._kernel_and_arguments(
+                a, b, scale_a, scale_b, bias, out, config, *mode, meta
+            )
         # What JITFunction.run does before compiling, for the sm_90 backend instead of the driver's.
         kwargs = dict(kwargs, debug=False, instrumentation_mode=triton.knobs.compilation.instrumentation_mode)
         binder = create_function_from_signature(kernel.signature, kernel.params, backend)
@@ -177,15 +189,20 @@ def dump(data_dir: Path, out: Path, texts: Path, limit: int | None) -> None:
         return kernel.fn.__name__, compiled[key]
 
     rows = []
-    for path in sorted(data_dir.glob("*.json")):
+    for path in sorted(data_dir.glob(files)):
         table = load_table(path)
+        block_shape = getattr(table, "block_shape", None)
         smallest = 1
         for bucket in table.buckets:
             if limit is not None and len(rows) >= limit:
                 break
             ms = sorted({smallest, bucket.m})
             smallest = bucket.m + 1
-            launches = [compile_launch(M, table.n, table.k, dtypes[table.dtype], bucket.config) for M in ms]
+            launches = [
+                compile_launch(M, table.n, table.k, dtypes[table.dtype], bucket.config, block_shape) for M in ms
+            ]
+            block = block_shape is not None
+            revision = matmul_block.BLOCK_REVISION if block else matmul.kernel_revision(bucket.config)
             rows.append(
                 {
                     "file": path.name,
@@ -193,7 +210,7 @@ def dump(data_dir: Path, out: Path, texts: Path, limit: int | None) -> None:
                     "ms": ms,
                     "config": str(bucket.config),
                     "kernel": launches[-1][0],
-                    "revision": matmul.kernel_revision(bucket.config),
+                    "revision": revision,
                     "recorded": getattr(bucket, "revision", None) or getattr(bucket, "kernel", None),
                     **{form: [forms[form] for _, forms in launches] for form in FORMS},
                 }
@@ -217,11 +234,12 @@ def _old_tree(old: str, workdir: Path) -> Path:
     return workdir / "old" / "src"
 
 
-def _run_tree(src: Path, out: Path, texts: Path, limit: int | None, cache: Path) -> list[dict]:
+def _run_tree(src: Path, out: Path, texts: Path, limit: int | None, files: str, cache: Path) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compile, never interpret
     env.update(PYTHONPATH=str(src), TRITON_CACHE_DIR=str(cache))
     data_dir = src / "scaledmm" / "configs" / "data"
     command = [sys.executable, __file__, "--dump", str(data_dir), "--out", str(out), "--texts", str(texts)]
+    command += ["--files", files]
     if limit is not None:
         command += ["--limit", str(limit)]
     subprocess.run(command, env=env, check=True)
@@ -260,7 +278,7 @@ def compare(old_rows: list[dict], new_rows: list[dict], texts: Path | None, crit
     return restampable
 
 
-def restamp(new_src: Path, restampable: list[dict], old: str, criterion: str) -> None:
+def restamp(new_src: Path, restampable: list[dict], old: str, criterion: str, files: str) -> None:
     """Give the buckets to re-stamp their new revision in the new tree's files, with a provenance
     note, and rewrite every file in the current format; the other buckets keep their revision."""
     sys.path.insert(0, str(new_src))
@@ -270,7 +288,7 @@ def restamp(new_src: Path, restampable: list[dict], old: str, criterion: str) ->
     for row in restampable:
         by_file.setdefault(row["file"], []).append(row)
     today = datetime.date.today().isoformat()
-    for path in sorted((new_src / "scaledmm" / "configs" / "data").glob("*.json")):
+    for path in sorted((new_src / "scaledmm" / "configs" / "data").glob(files)):
         data = upgrade(path, json.loads(path.read_text()))
         rows = by_file.get(path.name, [])
         for row in rows:
@@ -301,12 +319,13 @@ def main() -> int:
     parser.add_argument(
         "--same", choices=FORMS, default="sass", help="what must be identical to re-stamp (default: %(default)s)"
     )
+    parser.add_argument("--files", default="*.json", help="the shipped files to compare (default: %(default)s)")
     parser.add_argument("--dump", type=Path, help=argparse.SUPPRESS)  # the child: a data folder to compile
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--texts", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.dump is not None:
-        dump(args.dump, args.out, args.texts, args.limit)
+        dump(args.dump, args.out, args.texts, args.limit, args.files)
         return 0
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -314,12 +333,13 @@ def main() -> int:
         texts = args.keep or workdir / "texts"
         cache = Path(tempfile.gettempdir()) / "scaledmm-codegen-cache"
         start = time.monotonic()
-        old_rows = _run_tree(_old_tree(args.old, workdir), workdir / "old.jsonl", texts / "old", args.limit, cache)
-        new_rows = _run_tree(args.new.resolve(), workdir / "new.jsonl", texts / "new", args.limit, cache)
+        old_src = _old_tree(args.old, workdir)
+        old_rows = _run_tree(old_src, workdir / "old.jsonl", texts / "old", args.limit, args.files, cache)
+        new_rows = _run_tree(args.new.resolve(), workdir / "new.jsonl", texts / "new", args.limit, args.files, cache)
         restampable = compare(old_rows, new_rows, args.keep, args.same)
         print(f"{time.monotonic() - start:.0f} s")
         if args.restamp:
-            restamp(args.new.resolve(), restampable, args.old, args.same)
+            restamp(args.new.resolve(), restampable, args.old, args.same, args.files)
             print(f"re-stamped {len(restampable)} buckets in {args.new / 'scaledmm/configs/data'} (format 2)")
         print(f"{len(restampable)} of {len(old_rows)} buckets have the same {args.same.upper()} and were current")
     return 0 if len(restampable) == len(old_rows) else 1

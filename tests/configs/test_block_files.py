@@ -137,7 +137,11 @@ def test_block_unfit_reason():
     assert block_unfit_reason(MatmulConfig(64, 32, 128), BLOCK) is None  # any BLOCK_N
     assert "K step 64" in block_unfit_reason(MatmulConfig(64, 64, 64), BLOCK)
     assert "pointer-kernel" in block_unfit_reason(MatmulConfig(16, 64, 128, kernel="swapped"), BLOCK)
-    assert "split-K" in block_unfit_reason(MatmulConfig(16, 64, 128, split_k=2), BLOCK)
+    assert "pointer-kernel" in block_unfit_reason(MatmulConfig(16, 64, 128, split_k=2, kernel="swapped"), BLOCK)
+    assert block_unfit_reason(MatmulConfig(16, 64, 128, split_k=2), BLOCK) is None  # split-K, as the pointer kernel
+    # ... within the split-K scratch limit: 16 splits of 129 x 64 tiles of 16 x 32 fp32 (M = 2064) are over it.
+    assert unfit_reason(MatmulConfig(16, 32, 128, split_k=4), 2064, 2048, 227 * 1024, BLOCK) is None
+    assert "split-K scratch" in unfit_reason(MatmulConfig(16, 32, 128, split_k=16), 2064, 2048, 227 * 1024, BLOCK)
     assert "K step" in unfit_reason(MatmulConfig(64, 64, 64), 64, N, 227 * 1024, BLOCK)
     assert unfit_reason(MatmulConfig(64, 64, 64), 64, N, 227 * 1024) is None  # without blocks it runs
 
@@ -149,6 +153,15 @@ def test_a_block_bucket_that_does_not_fit_the_block_is_skipped_with_a_warning(co
         chosen = block_plan(4)
     assert chosen.source is None and chosen.config.block_k == BLOCK[1]
     assert block_plan(40).config == TUNED[64]  # the rest of the file serves
+
+
+def test_a_split_k_block_bucket_serves_its_m_and_runs(config_dir):
+    split = MatmulConfig(16, 32, 128, num_warps=4, num_stages=3, split_k=2)
+    write(config_dir, block_json(buckets={**TUNED, 4: split}))
+    assert block_plan(4).config == split
+    ops = make_block_operands(3, N, K, DEVICE, BLOCK)
+    assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias, block_size=BLOCK), ops)
+    assert prepared_call(*ops.args(), bias=ops.bias, block_size=BLOCK).config == split
 
 
 def test_scaled_mm_runs_the_tuned_block_config(config_dir):

@@ -3,7 +3,7 @@ its operands, and addresses tensors of more than 2**31 elements."""
 
 import pytest
 import torch
-from helpers import DEVICE, ON_GPU
+from helpers import DEVICE, ON_GPU, PAD, padded_view
 
 import scaledmm
 from scaledmm import MatmulConfig, select_config
@@ -11,27 +11,11 @@ from scaledmm.kernels import matmul, matmul_tma
 from scaledmm.kernels.matmul import compile_scaled_mm, launch_scaled_mm
 from scaledmm.testing import Operands, assert_close, make_operands
 
-PAD = 5  # elements of padding on every side of every view
-
 
 def poison_value(dtype):
     # Reading a poisoned element must change the result visibly: NaN for fp8 (it propagates),
     # the largest int8 for int8 (the result then leaves the error bound).
     return 127 if dtype == torch.int8 else float("nan")
-
-
-def padded_view(src: torch.Tensor, fill) -> tuple[torch.Tensor, torch.Tensor]:
-    """A copy of the 2-D `src` placed inside a larger buffer filled with `fill`, keeping its layout."""
-    column_major = src.stride(0) == 1 and src.shape[1] > 1
-    rows, cols = src.shape
-    if column_major:
-        buf = torch.full((cols + 2 * PAD, rows + 2 * PAD), fill, dtype=torch.float32, device=DEVICE).to(src.dtype)
-        view = buf[PAD : PAD + cols, PAD : PAD + rows].t()
-    else:
-        buf = torch.full((rows + 2 * PAD, cols + 2 * PAD), fill, dtype=torch.float32, device=DEVICE).to(src.dtype)
-        view = buf[PAD : PAD + rows, PAD : PAD + cols]
-    view.copy_(src)
-    return buf, view
 
 
 @pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn], ids=["int8", "e4m3"])

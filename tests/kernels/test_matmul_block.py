@@ -1,15 +1,27 @@
 """Block-scaled FP8 (1 x block_k activation groups, block_k x block_n weight blocks): the kernel
 against the float64 reference within its bound, ragged K and N, every output dtype, any scale
-strides, explicit configs; and every mismatch refused before launch, naming the argument."""
+strides, explicit configs, split-K (bitwise repeatable, nothing written outside the output, the
+arrival counts handed back at zero); and every mismatch refused before launch, naming the argument."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
-from helpers import DEVICE, prepared_call
+from helpers import DEVICE, ON_GPU, PAD, padded_view, prepared_call
 
 import scaledmm
 from scaledmm import MatmulConfig, runtime
 from scaledmm.configs import clear_cache
-from scaledmm.testing import assert_close, make_block_operands
+from scaledmm.kernels.matmul_block import bind_block_scaled_mm
+from scaledmm.kernels.split_k import _arrivals
+from scaledmm.testing import Operands, assert_close, make_block_operands
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def call(ops, **kwargs):
@@ -51,6 +63,98 @@ def test_a_repeated_call_reuses_its_prepared_launch_with_new_data():
 
 
 @pytest.mark.parametrize(
+    "M,N,K,block_size,split_k,bias",
+    [
+        (1, 256, 512, (128, 128), 2, True),  # decode, even blocks
+        (20, 200, 300, (128, 128), 3, True),  # ragged K and N: partial last blocks, one block per split
+        (5, 96, 160, (64, 32), 4, False),  # 5 blocks in splits of 2: the last split gets none
+        (3, 48, 96, (48, 32), 8, True),  # 3 blocks: five of the eight splits get none
+        (70, 96, 160, (64, 32), 2, False),  # two tile rows
+    ],
+    ids=str,
+)
+def test_split_k_matches_the_reference_repeats_bitwise_and_writes_only_its_output(M, N, K, block_size, split_k, bias):
+    ops = make_block_operands(M, N, K, DEVICE, block_size, bias_dtype=torch.bfloat16 if bias else None)
+    _, a = padded_view(ops.a, float("nan"))  # a read outside the operands would bring NaN in
+    _, b = padded_view(ops.b, float("nan"))
+    ops = Operands(a, b, ops.scale_a, ops.scale_b, ops.bias, block_size)
+    config = MatmulConfig(16, 32, block_size[1], num_warps=4, num_stages=3, split_k=split_k)
+    outs = []
+    for _ in range(3):
+        out_buf, out = padded_view(torch.empty(M, N, dtype=torch.bfloat16, device=DEVICE), float("nan"))
+        if not outs:  # the first launch, then the bound launch again with new scratch
+            launch = bind_block_scaled_mm(*ops.args(), ops.bias, out, config, block_size)
+        else:
+            launch(*ops.args(), ops.bias, out)
+        outside = torch.ones_like(out_buf, dtype=torch.bool)
+        outside[PAD : PAD + M, PAD : PAD + N] = False
+        assert out_buf[outside].isnan().all(), "the kernel wrote outside its output"
+        assert not out.isnan().any(), "some output elements were not written"
+        outs.append(out)
+    assert_close(outs[0], ops)
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], atol=0, rtol=0)
+    assert not _arrivals(a.device, 1).any(), "a launch left its arrival counts set"
+
+
+def test_split_k_runs_through_scaled_mm_and_its_prepared_launch():
+    clear_cache()
+    config = MatmulConfig(16, 64, 128, num_warps=4, num_stages=3, split_k=4)
+    first, second = (
+        make_block_operands(4, 192, 640, DEVICE, gen=torch.Generator(DEVICE).manual_seed(s)) for s in (1, 2)
+    )
+    assert_close(call(first, config=config), first)
+    assert_close(call(second, config=config), second)  # the prepared launch, new data and new partials
+    prepared = prepared_call(*second.args(), bias=second.bias, config=config, block_size=(128, 128))
+    assert prepared.kernel == "block" and prepared.config.split_k == 4
+    assert len(runtime.prepared) == 1
+
+
+def test_a_split_k_config_whose_scratch_is_too_large_is_refused():
+    # 16 splits of 129 x 64 tiles of 16 x 32 fp32: 258 MiB, over the 256 MiB an explicit config may take.
+    ops = make_block_operands(2064, 2048, 128, DEVICE)
+    config = MatmulConfig(16, 32, 128, split_k=16)
+    clear_cache()
+    with pytest.raises(ValueError, match="split_k=16 needs 258 MiB of partial sums"):
+        call(ops, config=config)
+    assert not runtime.prepared
+
+
+@pytest.mark.skipif(ON_GPU, reason="compiles for sm_90 through a stand-in driver, on a host without a GPU")
+def test_the_split_k_kernel_compiles_for_sm90():
+    # The split form's ending (an acq_rel arrival count) is in the code only with SPLIT_K > 1; both
+    # forms run fp8 wgmma on a 64-row tile. Compiled in a process of its own: this one runs Triton's
+    # interpreter.
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    with tempfile.TemporaryDirectory() as tmp:
+        env["TRITON_CACHE_DIR"] = tmp
+        result = subprocess.run([sys.executable, "-c", COMPILE_SPLITS], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    facts = json.loads(result.stdout.splitlines()[-1])
+    assert facts == {"1": {"wgmma": True, "arrival": False}, "4": {"wgmma": True, "arrival": True}}
+
+
+COMPILE_SPLITS = """
+import json, torch
+from scaledmm import MatmulConfig
+from scaledmm.kernels import matmul_block
+from scaledmm.testing import make_block_operands, sm90_target
+ops = make_block_operands(64, 2112, 7168, "cpu")
+out = torch.empty(64, 2112, dtype=torch.bfloat16)
+facts = {}
+with sm90_target():
+    for split_k in (1, 4):
+        config = MatmulConfig(64, 64, 128, num_warps=4, num_stages=4, split_k=split_k)
+        grid, args, kwargs = matmul_block.block_launch_arguments(*ops.args(), ops.bias, out, config, (128, 128))
+        ptx = matmul_block._block_scaled_mm_kernel.warmup(*args, grid=grid, **kwargs).asm["ptx"]
+        wgmma = "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3" in ptx
+        facts[split_k] = {"wgmma": wgmma, "arrival": "atom.global.gpu.acq_rel.add.u32" in ptx}
+print(json.dumps(facts))
+"""
+
+
+@pytest.mark.parametrize(
     "change,error,words",
     [
         ("int8", TypeError, "block_size is for fp8"),
@@ -61,6 +165,7 @@ def test_a_repeated_call_reuses_its_prepared_launch_with_new_data():
         ("block_size 3 values", TypeError, "block_size must be a pair"),
         ("torch backend", ValueError, "backend='torch' cannot compute this call"),
         ("config of another block_k", ValueError, "config must be a pointer-kernel config with block_k = 128"),
+        ("swapped config", ValueError, "config must be a pointer-kernel config with block_k = 128"),
     ],
 )
 def test_mismatches_are_refused_before_launch(change, error, words):
@@ -81,6 +186,8 @@ def test_mismatches_are_refused_before_launch(change, error, words):
         kwargs["block_size"] = (128, 128, 1)
     elif change == "torch backend":
         kwargs["backend"] = "torch"
+    elif change == "swapped config":
+        kwargs["config"] = MatmulConfig(16, 32, 128, split_k=2, kernel="swapped")
     else:
         kwargs["config"] = MatmulConfig(16, 32, 64)
     clear_cache()

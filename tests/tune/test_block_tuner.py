@@ -3,10 +3,12 @@ file written under its vLLM-style name, used by the lookup, resumed without tuni
 candidates fit the block; its journal lines are checked like the others; and a bad --block-size is
 refused naming it."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
+import triton
 from helpers import ON_GPU
 
 import scaledmm.tune.distributed as distributed
@@ -17,7 +19,7 @@ from scaledmm.configs.heuristic import block_heuristic_config
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, block_unfit_reason, device_limits, device_name
 from scaledmm.kernels.matmul_block import BLOCK_REVISION
 from scaledmm.tune.runner import Job, _compile, candidates
-from scaledmm.tune.space import block_candidate_configs
+from scaledmm.tune.space import BLOCK_SPLIT_MAX_M, block_candidate_configs
 from scaledmm.tune.store import job_of, validate_result
 
 N, K = 48, 256
@@ -66,7 +68,7 @@ def test_tune_writes_a_block_file_that_the_lookup_uses_and_a_rerun_keeps(tmp_pat
 
 def test_block_candidates_fit_the_block_and_end_with_the_heuristic():
     for M in (1, 16, 64, 256, 4096):
-        space = block_candidate_configs(M, 7168, 128, 227 * 1024)
+        space = block_candidate_configs(M, 7168, 2048, 128, 227 * 1024, 132)
         assert space and len(set(space)) == len(space)
         for c in space:
             assert block_unfit_reason(c, BLOCK) is None
@@ -76,6 +78,29 @@ def test_block_candidates_fit_the_block_and_end_with_the_heuristic():
     configs = candidates(job, DEVICE, max_candidates=5)
     assert configs[-1] == block_heuristic_config(20, N, 128, device_limits(DEVICE)[1])
     assert all(block_unfit_reason(c, BLOCK) is None for c in configs)
+
+
+@pytest.mark.parametrize("N,K", [(2112, 7168), (4096, 7168), (7168, 2048), (24576, 1536)])
+def test_block_split_k_only_at_small_m_where_the_tiles_leave_sms_idle(N, K):
+    sms = 132
+    for M in (1, 16, 64, 256, 4096):
+        space = block_candidate_configs(M, N, K, 128, 227 * 1024, sms)
+        unsplit = [c for c in space if c.split_k == 1]
+        for c in space:
+            if c.split_k > 1:  # a variant of an unsplit candidate, the pointer kernel's rule
+                tiles = triton.cdiv(M, c.block_m) * triton.cdiv(N, c.block_n)
+                assert tiles < sms and tiles * c.split_k <= 2 * sms
+                assert triton.cdiv(K, 128) >= 2 * c.split_k
+                assert c.num_warps == 4 and c.num_stages >= 3 and c.block_m == min(u.block_m for u in unsplit)
+                assert dataclasses.replace(c, split_k=1) in unsplit
+        splits = len(space) - len(unsplit)
+        assert splits <= len(unsplit)  # a modest addition
+        if M > BLOCK_SPLIT_MAX_M:  # beyond decode the block kernel is not split
+            assert splits == 0, f"M={M}: {splits} split-K candidates"
+        if M == 1:
+            assert splits > 0
+    # Without SMs to fill (a grid of one tile per SM already) there is no split.
+    assert all(c.split_k == 1 for c in block_candidate_configs(1, N, K, 128, 227 * 1024, 1))
 
 
 def block_result(**changes):

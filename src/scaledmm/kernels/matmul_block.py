@@ -9,7 +9,13 @@ tensor-core accumulator, is scaled by its block's factors in fp32 and added to t
 the partial sums are promoted every block_k K-elements by construction, so this kernel runs the same
 code in both accumulation modes. Tiles, grouped order, wrapped edges and the epilogue are the pointer
 kernel's (common.py); the weight's scale is gathered per column (`cols // SCALE_N`), so BLOCK_N need
-not match block_n. No split-K yet, and no swapped or TMA form (issue 20's next steps).
+not match block_n.
+
+Split-K (SPLIT_K > 1) is the pointer kernel's (split_k.py): SPLIT_K programs share a tile's scale
+blocks, each sums its blocks already scaled, and the last to arrive adds the fp32 partials up in
+split order (so results repeat bitwise) and runs the epilogue with unit scales. It is for decode,
+where the tile grid leaves SMs idle and the weight streams (issue 20); not yet measured on a GPU.
+No swapped or TMA form (issue 20's next steps).
 """
 
 from __future__ import annotations
@@ -22,17 +28,18 @@ from scaledmm.configs import MatmulConfig
 from scaledmm.kernels.common import grouped_tile, scale_and_store, tile_count
 from scaledmm.kernels.launch import BoundLaunch, bind_launch, tile_kwargs
 from scaledmm.kernels.revision import revision
+from scaledmm.kernels.split_k import split_k_buffers, split_k_finish, split_range
 
 
 @triton.jit(do_not_specialize=["GROUP_M"])
 def _block_scaled_mm_kernel(
-    a_ptr, b_ptr, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr,
+    a_ptr, b_ptr, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr, partials_ptr, arrivals_ptr,
     M, N, K,
     stride_am, stride_ak, stride_bk, stride_bn, stride_om, stride_on,
     stride_sam, stride_sak, stride_sbk, stride_sbn, stride_bias,
     GROUP_M,
     SCALE_N: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):  # fmt: skip
     tile_m, tile_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -47,8 +54,14 @@ def _block_scaled_mm_kernel(
     a_step = tl.full((), BLOCK_K, tl.int64) * stride_ak
     b_step = tl.full((), BLOCK_K, tl.int64) * stride_bk
 
+    k_steps = tl.cdiv(K, BLOCK_K)
+    k_first, k_last = (0, k_steps) if SPLIT_K == 1 else split_range(k_steps, SPLIT_K)
+    if SPLIT_K > 1:  # a split starts at its first block; unsplit, no offset, so its code stays as it was
+        a_ptrs += k_first * a_step
+        b_ptrs += k_first * b_step
+
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for block in range(tl.cdiv(K, BLOCK_K)):
+    for block in range(k_first, k_last):
         if EVEN_K:
             a = tl.load(a_ptrs)
             b = tl.load(b_ptrs)
@@ -67,7 +80,14 @@ def _block_scaled_mm_kernel(
         bias = tl.load(bias_ptr + cols * stride_bias).to(tl.float32)[None, :]
     else:
         bias = tl.full((1, 1), 0, tl.float32)
-    scale_and_store(acc, 1.0, 1.0, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS)
+    # The block scales are applied in the K loop: the epilogue's scales are 1.
+    if SPLIT_K == 1:
+        scale_and_store(acc, 1.0, 1.0, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS)
+    else:
+        split_k_finish(
+            acc, tl.program_id(0), tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N), 1.0, 1.0, bias, offs_m, offs_n, M, N,
+            out_ptr, stride_om, stride_on, partials_ptr, arrivals_ptr, HAS_BIAS, tl.float32, SPLIT_K, BLOCK_M, BLOCK_N,
+        )  # fmt: skip
 
 
 # What a tuned block-scaled bucket records as the revision of the kernel it was tuned with
@@ -82,32 +102,41 @@ class BlockLaunch:
     kernel = "block"
     precise = True  # promoted every scale block whatever the mode
 
-    def __init__(self, bound: BoundLaunch, config: MatmulConfig):
+    def __init__(self, bound: BoundLaunch, config: MatmulConfig, M: int, N: int):
         self.bound = bound
         self.config = config
+        self.M, self.N = M, N
 
     def __call__(self, a, b, scale_a, scale_b, bias, out) -> None:
-        self.bound(a, b, out, scale_a, scale_b, bias)
+        if self.config.split_k == 1:
+            self.bound(a, b, out, scale_a, scale_b, bias, None, None)
+        else:  # fresh partial sums per call, as the pointer kernel's launch takes them
+            partials, arrivals = split_k_buffers(self.M, self.N, self.config, a.dtype, out.device)
+            self.bound(a, b, out, scale_a, scale_b, bias, partials, arrivals)
 
     def __repr__(self) -> str:
         return f"BlockLaunch(config={self.config})"
 
 
 def block_launch_arguments(a, b, scale_a, scale_b, bias, out, config: MatmulConfig, block_size: tuple[int, int]):
-    """(grid, positional arguments, keyword arguments) of one launch; the first six positional
-    arguments change per call. config.block_k is the scale block's K (the checks ensure it)."""
+    """(grid, positional arguments, keyword arguments) of one launch, split-K's scratch made for it
+    (split_k.split_k_buffers; None without split-K); the first eight positional arguments change per
+    call. config.block_k is the scale block's K (the checks ensure it)."""
     M, K = a.shape
     N = b.shape[1]
+    partials, arrivals = split_k_buffers(M, N, config, a.dtype, a.device)
     args = (
-        a, b, out, scale_a, scale_b, bias,
+        a, b, out, scale_a, scale_b, bias, partials, arrivals,
         M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
         scale_a.stride(0), scale_a.stride(1), scale_b.stride(0), scale_b.stride(1),
         bias.stride(0) if bias is not None else 0,
         config.group_m,
     )  # fmt: skip
-    kwargs = dict(SCALE_N=block_size[0], HAS_BIAS=bias is not None, EVEN_K=K % config.block_k == 0)
-    return (tile_count(M, N, config),), args, dict(**kwargs, **tile_kwargs(config))
+    kwargs = dict(
+        SCALE_N=block_size[0], HAS_BIAS=bias is not None, EVEN_K=K % config.block_k == 0, SPLIT_K=config.split_k
+    )
+    return (tile_count(M, N, config), config.split_k), args, dict(**kwargs, **tile_kwargs(config))
 
 
 def bind_block_scaled_mm(
@@ -123,7 +152,8 @@ def bind_block_scaled_mm(
     """Write the block-scaled product into `out` now (the inputs checked, M >= 1), and return the
     launch that does it again for new tensors of this signature."""
     grid, args, kwargs = block_launch_arguments(a, b, scale_a, scale_b, bias, out, config, block_size)
-    return BlockLaunch(bind_launch(_block_scaled_mm_kernel, grid, args, kwargs, leading=6, device=a.device), config)
+    bound = bind_launch(_block_scaled_mm_kernel, grid, args, kwargs, leading=8, device=a.device)
+    return BlockLaunch(bound, config, a.shape[0], b.shape[1])
 
 
 def compile_block_scaled_mm(

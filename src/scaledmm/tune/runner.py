@@ -79,7 +79,7 @@ def candidates(job: Job, device: torch.device, max_candidates: int | None) -> li
     num_sms, shared_memory = device_limits(device)
     if job.block_size is not None:
         heuristic = block_heuristic_config(job.m, job.n, job.block_size[1], shared_memory)
-        space = block_candidate_configs(job.m, job.n, job.block_size[1], shared_memory)
+        space = block_candidate_configs(job.m, job.n, job.k, job.block_size[1], shared_memory, num_sms)
     else:
         heuristic = heuristic_config(job.m, job.n, job.k, DTYPE_BY_NAME[job.dtype], num_sms, shared_memory)
         space = candidate_configs(

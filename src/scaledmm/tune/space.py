@@ -32,6 +32,9 @@ POINTER_MAX_BLOCK_M = 128
 POINTER_DECODE_WARPS = (4,)  # M <= 64
 SWAP_MAX_M = 64  # the swapped kernel's candidates: M small enough for one tile row of tokens
 SWAP_BLOCK_N = (64, 128)  # its weight rows per program: Hopper's wgmma takes 64 per warp group
+# The block-scaled kernel's split-K candidates: decode, where the weight streams (2 * M flops per
+# weight byte, under an H200's ~200 at M <= 64) and the tile grid leaves SMs idle (issue 20).
+BLOCK_SPLIT_MAX_M = 64
 # The Gluon kernel's candidates (kernels/matmul_gluon.py; Hopper only, `gluon_configs`): the three
 # fastest of the first H200 A/B (llama3-8b gate_up, 28672 x 4096, M = 4096; session 9): ping-pong
 # 128x128 s5 with 64-column stores (fp8 1,333 TFLOP/s against cuBLAS's 1,352 and our TMA kernel's
@@ -192,13 +195,17 @@ def gluon_configs(M: int, N: int, K: int, shared_memory: int) -> list[MatmulConf
     ]
 
 
-def block_candidate_configs(M: int, N: int, block_k: int, shared_memory: int) -> list[MatmulConfig]:
+def block_candidate_configs(
+    M: int, N: int, K: int, block_k: int, shared_memory: int, num_sms: int
+) -> list[MatmulConfig]:
     """The block-scaled kernel's candidates (kernels/matmul_block.py), group_m fixed at 8: its K step
     is the scale block (block_k), so the search is over the output tile, warps and stages. Tiles of
     about M rows as for the pointer kernel (16- and 64-row tiles at decode), 32 to 256 columns (no
     larger than N), 4 or 8 warps, 2 to 5 stages where shared memory holds them. The kernel holds two
     fp32 tiles per program (a block's fresh product and the running sum), so the register rule counts
-    the accumulator twice. It has no swapped, split-K or TMA form to search yet."""
+    the accumulator twice. Up to BLOCK_SPLIT_MAX_M, split-K variants by the pointer kernel's rule
+    (`_split_k_choices`: the smallest tile rows, four warps, 3+ stages, where the tile grid leaves SMs
+    idle); not yet measured on a GPU (issue 20). It has no swapped or TMA form to search yet."""
     n_cap = max(32, triton.next_power_of_2(N))
     configs = []
     for bm, bn, warps, stages in itertools.product(
@@ -208,7 +215,9 @@ def block_candidate_configs(M: int, N: int, block_k: int, shared_memory: int) ->
             continue
         if not MIN_ACCUMULATORS_PER_THREAD <= 2 * bm * bn // (warps * 32) <= MAX_ACCUMULATORS_PER_THREAD:
             continue
-        configs.append(MatmulConfig(bm, bn, block_k, group_m=8, num_warps=warps, num_stages=stages))
+        config = MatmulConfig(bm, bn, block_k, group_m=8, num_warps=warps, num_stages=stages)
+        splits = _split_k_choices(M, N, K, config, num_sms) if M <= BLOCK_SPLIT_MAX_M else [1]
+        configs += [dataclasses.replace(config, split_k=s) for s in splits]
     return configs
 
 
