@@ -497,9 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--retune",
         action="store_true",
         help="tune again the buckets the folder already holds (after a change the kernel revision does not "
-        "see: the search space, the launch path); an interrupted --retune run continues when run again with --retune, "
-        "unless another --retune command has since finished in the same folder (it clears the folder's journals: "
-        "the results are kept, the remaining jobs of the first are forgotten)",
+        "see: the search space, the launch path); an interrupted --retune run continues when run again with --retune",
     )
 
     model = sub.add_parser("bench-model", help="a whole decoder: bf16 against W8A8 (scaledmm, torch._scaled_mm)")

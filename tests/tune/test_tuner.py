@@ -18,7 +18,7 @@ from scaledmm.configs.files import file_name, load_table
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, device_name, plan
 from scaledmm.kernels.matmul import REVISIONS, kernel_revision
 from scaledmm.tune.runner import Job
-from scaledmm.tune.store import Journal, ResultStore
+from scaledmm.tune.store import Journal, ResultStore, forget_in_journals
 
 N, K = 48, 64
 DEVICE_NAME = device_name(torch.device("cuda", 0) if ON_GPU else torch.device("cpu"))
@@ -212,6 +212,34 @@ def test_a_retune_stopped_at_the_time_limit_continues_when_run_again(tmp_path, m
     assert len(tuned) == 6  # a finished retune is forgotten: the next one tunes everything again
 
 
+def test_a_finished_retune_keeps_what_another_retune_left(tmp_path, monkeypatch, capsys):
+    # --retune over M = 1, 2, 4 stops after one job; a --retune of M = 8 then runs to its end. The first
+    # command, run again, still continues where it stopped, and the second's own journal is gone.
+    assert tune(tmp_path, ms="1,2,4,8") == 0
+    clock = [0.0]
+    monkeypatch.setattr(distributed.time, "time", lambda: clock[0])
+    tuned = []
+    real = distributed.tune_job
+
+    def passes_the_limit(job, *args, **kwargs):
+        tuned.append(job.m)
+        clock[0] = 1e9
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(distributed, "tune_job", passes_the_limit)
+    assert tune(tmp_path, ms="1,2,4", extra=["--retune", "--time-limit", "100"]) == 0
+    first = tuned[:]
+    assert len(first) == 1
+    clock[0] = 0.0
+    assert tune(tmp_path, ms="8", extra=["--retune"]) == 0
+    assert tuned[1:] == [8]
+    (journal,) = (tmp_path / ".journal").glob("*.jsonl")
+    assert [json.loads(line)["m"] for line in journal.read_text().splitlines()] == first
+    assert tune(tmp_path, ms="1,2,4", extra=["--retune"]) == 0
+    assert sorted(tuned[2:] + first) == [1, 2, 4]  # only what the first left
+    assert not (tmp_path / ".journal").exists()
+
+
 def test_journals_merge_oldest_first_so_a_retune_result_wins(tmp_path, monkeypatch):
     # A killed plain run left an old result for M = 2 in rank 1's journal; an interrupted retune then
     # wrote a newer one in rank 0's. Rerunning the retune must keep the newer one, and count M = 2 done.
@@ -235,6 +263,30 @@ def test_journals_merge_oldest_first_so_a_retune_result_wins(tmp_path, monkeypat
     assert tuned == [1]
     assert {b.m: b.time_us for b in load_table(config_file(tmp_path)).buckets}[2] == 5.0
     assert not journals.exists()
+
+
+def test_forgetting_jobs_keeps_only_other_jobs_retune_results(tmp_path):
+    def entry(m, retune):
+        return {
+            "n": N, "k": K, "dtype": "int8", "m": m, "backend": "triton",
+            "config": MatmulConfig(16, 16, 64).to_dict(), "time_us": 5.0,
+            "baselines_us": {"torch": None, "heuristic": 9.0, "triton": 5.0},
+            "candidates": 1, "revision": REVISIONS["pointer"], "retune": retune, "at": 1.0,
+        }  # fmt: skip
+
+    mixed, mine, held = (tmp_path / f"{name}.jsonl" for name in ("mixed", "mine", "held"))
+    for path, lines in [(mixed, [entry(1, True), entry(2, True), entry(4, False)]), (mine, [entry(1, True)])]:
+        journal = Journal(path)
+        for line in lines:
+            journal.append(line)
+        journal.close()
+    running = Journal(held)
+    running.append(entry(2, True))  # a tuner that holds its journal
+    forget_in_journals([mixed, mine, held], {Job(N, K, "int8", 1)})
+    assert [json.loads(line)["m"] for line in mixed.read_text().splitlines()] == [2]  # M = 4 was no retune
+    assert not mine.exists()
+    assert held.exists() and len(running.read()) == 1
+    running.close()
 
 
 # ----------------------------------------------------------------------------- untrusted journals

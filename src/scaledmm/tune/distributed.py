@@ -19,8 +19,8 @@ their merges into the files take turns (tune/store.py).
 A `--retune` run (which tunes buckets the files already hold) knows what it has done only from its
 journals: it keeps them when it stops at the time limit, and clears them when it has finished; run
 again with `--retune` it continues (a run without it merges the journals and forgets them). A
-finished `--retune` clears every journal it read, another command's too: that command's results are
-in the files, but run again it starts from its first job.
+finished `--retune` forgets only its own jobs: where journals hold results of another `--retune`
+command that stopped early, they stay (store.forget_in_journals), and that command continues.
 With several nodes the journals of other nodes reach rank 0 in step 1 of the next run.
 """
 
@@ -47,7 +47,7 @@ from scaledmm.configs.files import normalize_device_name
 from scaledmm.configs.lookup import device_name as name_of_device
 from scaledmm.tune.report import closing_table
 from scaledmm.tune.runner import Job, Precompiler, candidates, tune_job
-from scaledmm.tune.store import Journal, ResultStore, job_of, read_journals
+from scaledmm.tune.store import Journal, ResultStore, forget_in_journals, job_of, read_journals
 
 GROUP_TIMEOUT = datetime.timedelta(hours=12)  # a rank may tune for hours before the final gather
 
@@ -244,10 +244,13 @@ def _run_protocol(
         store.add([r for rs, _ in gathered for r in rs])
     finished = group.broadcast(None if group.rank else all(n == 0 for _, n in gathered))
     group.barrier()
-    if finished or not settings.retune:
+    if finished and settings.retune:
+        forget_in_journals(read_paths, set(settings.jobs))  # another --retune command's results stay
+        journal.clear()  # last: it also removes the journal folder once empty
+    elif not settings.retune:
         for path in read_paths:
             path.unlink(missing_ok=True)
-        journal.clear()  # last: it also removes the journal folder once empty
+        journal.clear()
     if group.rank != 0:
         return None
     left = sum(n for _, n in gathered)

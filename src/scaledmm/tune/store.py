@@ -233,6 +233,34 @@ def read_journals(directory: Path) -> tuple[list[dict], list[Path]]:
     return results, read
 
 
+def forget_in_journals(paths: list[Path], jobs: set[Job]) -> None:
+    """What a finished `--retune` run does to the journals it read (`read_journals`): each keeps only
+    the --retune results of jobs outside `jobs`, those of another --retune command that stopped before
+    its end (run again, it continues from them), rewritten atomically; a journal left with none is
+    deleted. Results of `jobs` go: the files hold this run's newer ones, which a journal read again
+    would overwrite. A journal that a running tuner has taken since is left alone."""
+    for path in paths:
+        try:
+            with open_regular_file(path, follow_symlinks=False) as fd:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue
+                kept = [
+                    r
+                    for r in _parse_journal(path, read_capped(path, fd, MAX_JOURNAL_BYTES))
+                    if r.get("retune") and job_of(r) not in jobs
+                ]
+                if not kept:
+                    path.unlink(missing_ok=True)
+                    continue
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+                os.replace(tmp, path)  # readers see the old journal or the new one, never half
+        except (ConfigFileError, FileNotFoundError) as err:
+            warnings.warn(f"{err}; journal left as it is", stacklevel=2)
+
+
 class Journal:
     """An append-only file of results, one JSON line each, flushed to disk per line. Its writer holds an
     exclusive flock on it from the first append until `close` or `clear`."""
