@@ -187,56 +187,57 @@ def test_retune_tunes_current_buckets_again(tmp_path, monkeypatch):
     assert sorted(tuned) == [1, 2]
 
 
+class TimeLimitInFirstJob:
+    """The tuner's clock and jobs under a test's control: the clock jumps far ahead during every job, so a
+    run with --time-limit stops after its first; `reset` winds it back; `tuned` lists the M of every job tuned."""
+
+    def __init__(self, monkeypatch):
+        self.now = 0.0
+        self.tuned = []
+        real = distributed.tune_job
+
+        def passes_the_limit(job, *args, **kwargs):
+            self.tuned.append(job.m)
+            self.now = 1e9
+            return real(job, *args, **kwargs)
+
+        monkeypatch.setattr(distributed.time, "time", lambda: self.now)
+        monkeypatch.setattr(distributed, "tune_job", passes_the_limit)
+
+    def reset(self):
+        self.now = 0.0
+
+
 def test_a_retune_stopped_at_the_time_limit_continues_when_run_again(tmp_path, monkeypatch, capsys):
     assert tune(tmp_path, ms="1,2,4") == 0
-    clock = [0.0]
-    monkeypatch.setattr(distributed.time, "time", lambda: clock[0])
-    tuned = []
-    real = distributed.tune_job
-
-    def passes_the_limit(job, *args, **kwargs):
-        tuned.append(job.m)
-        clock[0] = 1e9  # the time limit passes during this job
-        return real(job, *args, **kwargs)
-
-    monkeypatch.setattr(distributed, "tune_job", passes_the_limit)
+    run = TimeLimitInFirstJob(monkeypatch)
     assert tune(tmp_path, ms="1,2,4", extra=["--retune", "--time-limit", "100"]) == 0
-    assert len(tuned) == 1 and "2 of 3 jobs left" in capsys.readouterr().out
+    assert len(run.tuned) == 1 and "2 of 3 jobs left" in capsys.readouterr().out
     assert (tmp_path / ".journal").exists()
 
-    clock[0] = 0.0
+    run.reset()
     assert tune(tmp_path, ms="1,2,4", extra=["--retune"]) == 0
-    assert sorted(tuned) == [1, 2, 4]  # the rerun tuned only what the first left
+    assert sorted(run.tuned) == [1, 2, 4]  # the rerun tuned only what the first left
     assert not (tmp_path / ".journal").exists()
     assert tune(tmp_path, ms="1,2,4", extra=["--retune"]) == 0
-    assert len(tuned) == 6  # a finished retune is forgotten: the next one tunes everything again
+    assert len(run.tuned) == 6  # a finished retune is forgotten: the next one tunes everything again
 
 
-def test_a_finished_retune_keeps_what_another_retune_left(tmp_path, monkeypatch, capsys):
+def test_a_finished_retune_keeps_what_another_retune_left(tmp_path, monkeypatch):
     # --retune over M = 1, 2, 4 stops after one job; a --retune of M = 8 then runs to its end. The first
     # command, run again, still continues where it stopped, and the second's own journal is gone.
     assert tune(tmp_path, ms="1,2,4,8") == 0
-    clock = [0.0]
-    monkeypatch.setattr(distributed.time, "time", lambda: clock[0])
-    tuned = []
-    real = distributed.tune_job
-
-    def passes_the_limit(job, *args, **kwargs):
-        tuned.append(job.m)
-        clock[0] = 1e9
-        return real(job, *args, **kwargs)
-
-    monkeypatch.setattr(distributed, "tune_job", passes_the_limit)
+    run = TimeLimitInFirstJob(monkeypatch)
     assert tune(tmp_path, ms="1,2,4", extra=["--retune", "--time-limit", "100"]) == 0
-    first = tuned[:]
+    first = run.tuned[:]
     assert len(first) == 1
-    clock[0] = 0.0
+    run.reset()
     assert tune(tmp_path, ms="8", extra=["--retune"]) == 0
-    assert tuned[1:] == [8]
+    assert run.tuned[1:] == [8]
     (journal,) = (tmp_path / ".journal").glob("*.jsonl")
     assert [json.loads(line)["m"] for line in journal.read_text().splitlines()] == first
     assert tune(tmp_path, ms="1,2,4", extra=["--retune"]) == 0
-    assert sorted(tuned[2:] + first) == [1, 2, 4]  # only what the first left
+    assert sorted(run.tuned[2:] + first) == [1, 2, 4]  # only what the first left
     assert not (tmp_path / ".journal").exists()
 
 
