@@ -244,13 +244,13 @@ def _run_protocol(
         store.add([r for rs, _ in gathered for r in rs])
     finished = group.broadcast(None if group.rank else all(n == 0 for _, n in gathered))
     group.barrier()
-    if finished and settings.retune:
-        forget_in_journals(read_paths, set(settings.jobs))  # another --retune command's results stay
+    if finished or not settings.retune:
+        if settings.retune:
+            forget_in_journals(read_paths, set(settings.jobs))  # another --retune command's results stay
+        else:
+            for path in read_paths:
+                path.unlink(missing_ok=True)
         journal.clear()  # last: it also removes the journal folder once empty
-    elif not settings.retune:
-        for path in read_paths:
-            path.unlink(missing_ok=True)
-        journal.clear()
     if group.rank != 0:
         return None
     left = sum(n for _, n in gathered)

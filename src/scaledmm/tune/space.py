@@ -43,8 +43,8 @@ BLOCK_SPLIT_MAX_M = 64
 # (docs/performance.md, "Warp-specialised kernels: registers..."): 128x128 c2 s6, the fastest
 # cooperative one in int8 (1,371), and 128x256 c2 s4 st64, the widest tile without a spill (fp8 n = 256
 # wgmma, A read half as often). From M = 256: with them from M = 128 on llama3-8b (session 10,
-# docs/performance.md), they won 15 of 40 buckets at M = 128-768, int8 by 1.08-1.34x over the
-# previous winner from M = 256 on, and at M = 128 one bucket of eight, by 2%.
+# docs/performance.md), they were the best Triton config in 17 of 40 buckets at M = 128-768, int8 by
+# 1.08-1.34x over the previous winner from M = 256 on, and at M = 128 in one bucket of eight, by 2%.
 GLUON_MIN_M = 256
 GLUON_CONFIGS = (
     MatmulConfig(128, 128, 128, num_warps=4, num_stages=5, kernel="gluon", pingpong=True, store_n=64),

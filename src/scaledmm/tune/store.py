@@ -255,8 +255,11 @@ def forget_in_journals(paths: list[Path], jobs: set[Job]) -> None:
                     path.unlink(missing_ok=True)
                     continue
                 tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-                os.replace(tmp, path)  # readers see the old journal or the new one, never half
+                with open(tmp, "w") as f:
+                    f.write("".join(json.dumps(r) + "\n" for r in kept))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)  # readers (and a crash) see the old journal or the new one, never half
         except (ConfigFileError, FileNotFoundError) as err:
             warnings.warn(f"{err}; journal left as it is", stacklevel=2)
 
