@@ -202,7 +202,7 @@ def dump(data_dir: Path, out: Path, texts: Path, limit: int | None, files: str) 
                 compile_launch(M, table.n, table.k, dtypes[table.dtype], bucket.config, block_shape) for M in ms
             ]
             block = block_shape is not None
-            revision = matmul_block.BLOCK_REVISION if block else matmul.kernel_revision(bucket.config)
+            revision = (matmul_block.block_kernel_revision if block else matmul.kernel_revision)(bucket.config)
             rows.append(
                 {
                     "file": path.name,

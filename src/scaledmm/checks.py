@@ -234,8 +234,8 @@ def _check_block_scales(a, N, scale_a, scale_b, block_size, config) -> None:
             )
     if isinstance(config, MatmulConfig) and block_unfit_reason(config, (block_n, block_k)):
         raise ValueError(
-            f"with block_size, config must be a pointer-kernel config with block_k = {block_k} (the scale "
-            f"block), got {config}"
+            f"with block_size, config must be a pointer or swapped config with block_k = {block_k} (the "
+            f"scale block), got {config}"
         )
 
 

@@ -10,7 +10,7 @@ from scaledmm.configs import clear_cache
 from scaledmm.configs.files import FORMAT_VERSION, load_table, normalize_device_name, parse_file_name
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, SHIPPED_DIR
 from scaledmm.kernels.matmul import kernel_revision
-from scaledmm.kernels.matmul_block import BLOCK_REVISION
+from scaledmm.kernels.matmul_block import block_kernel_revision
 
 SHIPPED = sorted(SHIPPED_DIR.glob("*.json"))
 
@@ -58,7 +58,8 @@ def test_shipped_buckets_were_tuned_with_the_current_kernels(path):
     assert json.loads(path.read_text())["format_version"] == FORMAT_VERSION
     table = load_table(path)
     for bucket in table.buckets:
-        current = BLOCK_REVISION if table.block_shape is not None else kernel_revision(bucket.config)
+        revision_of = block_kernel_revision if table.block_shape is not None else kernel_revision
+        current = revision_of(bucket.config)
         stale = bucket.revision != current
         assert stale == ((path.name, bucket.m) in STALE), f"M={bucket.m} is {'stale' if stale else 'current'}"
 

@@ -97,6 +97,34 @@ def test_split_k_matches_the_reference_repeats_bitwise_and_writes_only_its_outpu
     assert not _arrivals(a.device, 1).any(), "a launch left its arrival counts set"
 
 
+@pytest.mark.parametrize(
+    "M,N,K,block_size,split_k,bias",
+    [
+        (1, 256, 512, (128, 128), 1, True),  # decode, even blocks
+        (20, 200, 300, (128, 128), 2, True),  # ragged K and N, two token tiles
+        (5, 96, 160, (64, 32), 4, False),  # small blocks, the last split empty
+        (3, 48, 96, (48, 32), 1, True),  # block_n not a power of two, a weight tile over two blocks
+    ],
+    ids=str,
+)
+def test_the_swapped_form_matches_the_reference_and_writes_only_its_output(M, N, K, block_size, split_k, bias):
+    ops = make_block_operands(M, N, K, DEVICE, block_size, bias_dtype=torch.bfloat16 if bias else None)
+    _, a = padded_view(ops.a, float("nan"))  # a read outside the operands would bring NaN in
+    _, b = padded_view(ops.b, float("nan"))
+    ops = Operands(a, b, ops.scale_a, ops.scale_b, ops.bias, block_size)
+    config = MatmulConfig(16, 64, block_size[1], num_warps=4, num_stages=3, split_k=split_k, kernel="swapped")
+    out_buf, out = padded_view(torch.empty(M, N, dtype=torch.bfloat16, device=DEVICE), float("nan"))
+    bind_block_scaled_mm(*ops.args(), ops.bias, out, config, block_size)
+    outside = torch.ones_like(out_buf, dtype=torch.bool)
+    outside[PAD : PAD + M, PAD : PAD + N] = False
+    assert out_buf[outside].isnan().all(), "the kernel wrote outside its output"
+    assert_close(out, ops)
+    clear_cache()
+    assert_close(call(ops, config=config), ops)  # through scaled_mm and the checks
+    prepared = prepared_call(*ops.args(), bias=ops.bias, config=config, block_size=block_size)
+    assert prepared.kernel == "block" and prepared.config.kernel == "swapped"
+
+
 def test_split_k_runs_through_scaled_mm_and_its_prepared_launch():
     clear_cache()
     config = MatmulConfig(16, 64, 128, num_warps=4, num_stages=3, split_k=4)
@@ -121,10 +149,11 @@ def test_a_split_k_config_whose_scratch_is_too_large_is_refused():
 
 
 @pytest.mark.skipif(ON_GPU, reason="compiles for sm_90 through a stand-in driver, on a host without a GPU")
-def test_the_split_k_kernel_compiles_for_sm90():
+def test_the_split_k_and_swapped_kernels_compile_for_sm90():
     # The split form's ending (an acq_rel arrival count) is in the code only with SPLIT_K > 1; both
-    # forms run fp8 wgmma on a 64-row tile. Compiled in a process of its own: this one runs Triton's
-    # interpreter.
+    # forms run fp8 wgmma on a 64-row tile. At 16 tokens the swapped form runs fp8 wgmma too (64
+    # weight rows by 16 tokens), where the unswapped 16-row tile does not. Compiled in a process of
+    # its own: this one runs Triton's interpreter.
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT / "src")
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,7 +161,12 @@ def test_the_split_k_kernel_compiles_for_sm90():
         result = subprocess.run([sys.executable, "-c", COMPILE_SPLITS], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     facts = json.loads(result.stdout.splitlines()[-1])
-    assert facts == {"1": {"wgmma": True, "arrival": False}, "4": {"wgmma": True, "arrival": True}}
+    assert facts == {
+        "1": {"wgmma": True, "arrival": False},
+        "4": {"wgmma": True, "arrival": True},
+        "swapped": {"wgmma": True, "arrival": False},
+        "16 rows": {"wgmma": False, "arrival": False},
+    }
 
 
 COMPILE_SPLITS = """
@@ -150,6 +184,16 @@ with sm90_target():
         ptx = matmul_block._block_scaled_mm_kernel.warmup(*args, grid=grid, **kwargs).asm["ptx"]
         wgmma = "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3" in ptx
         facts[split_k] = {"wgmma": wgmma, "arrival": "atom.global.gpu.acq_rel.add.u32" in ptx}
+ops = make_block_operands(16, 2112, 7168, "cpu")
+out = torch.empty(16, 2112, dtype=torch.bfloat16)
+with sm90_target():
+    for name, kernel in (("swapped", "swapped"), ("16 rows", "pointer")):
+        config = MatmulConfig(16, 64, 128, num_warps=4, num_stages=4, kernel=kernel)
+        grid, args, kwargs = matmul_block.block_launch_arguments(*ops.args(), ops.bias, out, config, (128, 128))
+        function = matmul_block.BLOCK_KERNEL_FUNCTIONS[kernel]
+        ptx = function.warmup(*args, grid=grid, **kwargs).asm["ptx"]
+        wgmma = "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3" in ptx
+        facts[name] = {"wgmma": wgmma, "arrival": "atom.global.gpu.acq_rel.add.u32" in ptx}
 print(json.dumps(facts))
 """
 
@@ -164,8 +208,8 @@ print(json.dumps(facts))
         ("block_k 100", ValueError, "block_k in"),
         ("block_size 3 values", TypeError, "block_size must be a pair"),
         ("torch backend", ValueError, "backend='torch' cannot compute this call"),
-        ("config of another block_k", ValueError, "config must be a pointer-kernel config with block_k = 128"),
-        ("swapped config", ValueError, "config must be a pointer-kernel config with block_k = 128"),
+        ("config of another block_k", ValueError, "config must be a pointer or swapped config with block_k = 128"),
+        ("tma config", ValueError, "config must be a pointer or swapped config with block_k = 128"),
     ],
 )
 def test_mismatches_are_refused_before_launch(change, error, words):
@@ -186,8 +230,8 @@ def test_mismatches_are_refused_before_launch(change, error, words):
         kwargs["block_size"] = (128, 128, 1)
     elif change == "torch backend":
         kwargs["backend"] = "torch"
-    elif change == "swapped config":
-        kwargs["config"] = MatmulConfig(16, 32, 128, split_k=2, kernel="swapped")
+    elif change == "tma config":
+        kwargs["config"] = MatmulConfig(64, 128, 128, kernel="tma")
     else:
         kwargs["config"] = MatmulConfig(16, 32, 64)
     clear_cache()

@@ -17,9 +17,9 @@ from scaledmm.configs import MatmulConfig, clear_cache, plan
 from scaledmm.configs.files import ConfigFileError, file_name, load_table
 from scaledmm.configs.heuristic import block_heuristic_config
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, block_unfit_reason, device_limits, device_name
-from scaledmm.kernels.matmul_block import BLOCK_REVISION
+from scaledmm.kernels.matmul_block import block_kernel_revision
 from scaledmm.tune.runner import Job, _compile, candidates
-from scaledmm.tune.space import BLOCK_SPLIT_MAX_M, block_candidate_configs
+from scaledmm.tune.space import BLOCK_SPLIT_MAX_M, SWAP_MAX_M, block_candidate_configs
 from scaledmm.tune.store import job_of, validate_result
 
 N, K = 48, 256
@@ -43,8 +43,9 @@ def test_tune_writes_a_block_file_that_the_lookup_uses_and_a_rerun_keeps(tmp_pat
     assert data["block_shape"] == [128, 128] and "accumulation" not in data
     assert data["scales"].startswith("block scales: 1 x 128 groups of a, 128 x 128 blocks of b")
     for bucket in data["buckets"].values():
-        assert bucket["revision"] == BLOCK_REVISION and bucket["baselines_us"]["heuristic"] > 0
-        assert block_unfit_reason(MatmulConfig.from_dict(bucket["config"]), BLOCK) is None
+        config = MatmulConfig.from_dict(bucket["config"])
+        assert bucket["revision"] == block_kernel_revision(config) and bucket["baselines_us"]["heuristic"] > 0
+        assert block_unfit_reason(config, BLOCK) is None
         if not ON_GPU:
             assert bucket["backend"] == "triton" and bucket["baselines_us"]["torch"] is None
 
@@ -81,13 +82,18 @@ def test_block_candidates_fit_the_block_and_end_with_the_heuristic():
 
 
 @pytest.mark.parametrize("N,K", [(2112, 7168), (4096, 7168), (7168, 2048), (24576, 1536)])
-def test_block_split_k_only_at_small_m_where_the_tiles_leave_sms_idle(N, K):
+def test_block_split_k_and_swapped_forms_only_at_small_m(N, K):
     sms = 132
     for M in (1, 16, 64, 256, 4096):
         space = block_candidate_configs(M, N, K, 128, 227 * 1024, sms)
         unsplit = [c for c in space if c.split_k == 1]
+        swapped = [c for c in space if c.kernel == "swapped"]
+        if M <= SWAP_MAX_M:  # the swapped form at decode: one tile row of tokens, K steps of one block
+            assert swapped and {(c.block_m, c.block_k) for c in swapped} == {(max(16, M), 128)}
+        else:
+            assert not swapped
         for c in space:
-            if c.split_k > 1:  # a variant of an unsplit candidate, the pointer kernel's rule
+            if c.split_k > 1 and c.kernel == "pointer":  # a variant of an unsplit candidate, the pointer kernel's rule
                 tiles = triton.cdiv(M, c.block_m) * triton.cdiv(N, c.block_n)
                 assert tiles < sms and tiles * c.split_k <= 2 * sms
                 assert triton.cdiv(K, 128) >= 2 * c.split_k
@@ -108,7 +114,7 @@ def block_result(**changes):
         "n": N, "k": K, "dtype": "fp8", "m": 4, "accumulation": "fast", "block_shape": [128, 128],
         "backend": "torch", "config": MatmulConfig(16, 64, 128).to_dict(), "time_us": 5.0,
         "baselines_us": {"torch": 5.0, "heuristic": 6.0, "triton": 7.0}, "candidates": 3,
-        "revision": BLOCK_REVISION,
+        "revision": block_kernel_revision(MatmulConfig(16, 64, 128)),
     }  # fmt: skip
     return {**entry, **changes}
 

@@ -266,15 +266,20 @@ def check_block_size(block_size: object) -> tuple[int, int]:
     return block_n, block_k
 
 
+# The kernels a block-scaled config may name (kernels/matmul_block.py has a pointer and a swapped form).
+BLOCK_KERNELS = ("pointer", "swapped")
+
+
 def block_unfit_reason(config: MatmulConfig, block_size: tuple[int, int]) -> str | None:
-    """Why a config cannot run the block-scaled kernel (kernels/matmul_block.py) for scale blocks of
-    `block_size` = (block_n, block_k), or None. Its K step is the scale block, and it has neither a
-    swapped, a TMA nor a Gluon form; it splits K as the pointer kernel does (the scratch limit is
-    unfit_reason's and the checks'). BLOCK_N is free: the weight's scale is gathered per column."""
+    """Why a config cannot run the block-scaled kernels (kernels/matmul_block.py) for scale blocks of
+    `block_size` = (block_n, block_k), or None. Their K step is the scale block, and they have a
+    pointer and a swapped form (BLOCK_KERNELS), no TMA or Gluon form; they split K as the pointer
+    kernel does (the scratch limit is unfit_reason's and the checks'). BLOCK_N is free: the weight's
+    scale is gathered per column."""
     if config.block_k != block_size[1]:
         return f"its K step {config.block_k} is not the scale block's block_k = {block_size[1]}"
-    if config.kernel != "pointer":
-        return f"the block-scaled kernel runs pointer-kernel configs only, not kernel={config.kernel!r}"
+    if config.kernel not in BLOCK_KERNELS:
+        return f"the block-scaled kernels run pointer or swapped configs only, not kernel={config.kernel!r}"
     return None
 
 

@@ -14,8 +14,12 @@ not match block_n.
 Split-K (SPLIT_K > 1) is the pointer kernel's (split_k.py): SPLIT_K programs share a tile's scale
 blocks, each sums its blocks already scaled, and the last to arrive adds the fp32 partials up in
 split order (so results repeat bitwise) and runs the epilogue with unit scales. It is for decode,
-where the tile grid leaves SMs idle and the weight streams (issue 20); not yet measured on a GPU.
-No swapped or TMA form (issue 20's next steps).
+where the tile grid leaves SMs idle and the weight streams (issue 20): in the H200 re-tune of session
+11 split configs won most decode buckets, up to 2.2x the unsplit ones (docs/performance.md).
+
+A config with kernel="swapped" runs the operand-swapped form (`_block_scaled_mm_swap_kernel`), as
+matmul.py's swapped kernel does for per-channel scales: the weight tile is the MMA's tall operand, so
+a few tokens run fp8 wgmma instead of a 16-row tile's mma.sync on converted operands. No TMA form.
 """
 
 from __future__ import annotations
@@ -90,9 +94,79 @@ def _block_scaled_mm_kernel(
         )  # fmt: skip
 
 
-# What a tuned block-scaled bucket records as the revision of the kernel it was tuned with
-# (kernels/revision.py): an edit of the kernel makes those buckets stale for `scaledmm tune`.
-BLOCK_REVISION = revision(_block_scaled_mm_kernel)
+@triton.jit
+def _block_scaled_mm_swap_kernel(
+    a_ptr, b_ptr, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr, partials_ptr, arrivals_ptr,
+    M, N, K,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_om, stride_on,
+    stride_sam, stride_sak, stride_sbk, stride_sbn, stride_bias,
+    SCALE_N: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):  # fmt: skip
+    # The operand-swapped form for decode: the same [BLOCK_M, BLOCK_N] output tile computed as
+    # (B^T A^T)^T, BLOCK_N weight rows as the MMA's tall side (64 or more: an fp8 wgmma) and the few
+    # tokens as its narrow side. Programs of one weight tile are neighbours (tile_m varies fastest),
+    # so the weight tile streams from DRAM once. Each block's product is scaled as the unswapped
+    # kernel scales it, (partial * scale_a) * scale_b, per token along the columns here.
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tile_m = pid % tiles_m
+    tile_n = pid // tiles_m
+    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = (offs_m % M).to(tl.int64)  # wrapped in bounds; the token loads also mask them
+    cols = (offs_n % N).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)
+    a_step = tl.full((), BLOCK_K, tl.int64) * stride_ak
+    b_step = tl.full((), BLOCK_K, tl.int64) * stride_bk
+    k_steps = tl.cdiv(K, BLOCK_K)
+    k_first, k_last = (0, k_steps) if SPLIT_K == 1 else split_range(k_steps, SPLIT_K)
+    w_ptrs = b_ptr + cols[:, None] * stride_bn + offs_k[None, :] * stride_bk + k_first * b_step  # B^T tile
+    x_ptrs = a_ptr + offs_k[:, None] * stride_ak + rows[None, :] * stride_am + k_first * a_step  # A^T tile
+    scale_a_ptrs = scale_a_ptr + rows * stride_sam
+    scale_b_ptrs = scale_b_ptr + (cols // SCALE_N) * stride_sbn
+
+    x_cols = (offs_m < M)[None, :]
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for block in range(k_first, k_last):
+        if EVEN_K:
+            w = tl.load(w_ptrs)
+            x = tl.load(x_ptrs, mask=x_cols, other=0.0)
+        else:
+            k_left = K - block * BLOCK_K
+            w = tl.load(w_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+            x = tl.load(x_ptrs, mask=x_cols & (offs_k[:, None] < k_left), other=0.0)
+        partial = tl.dot(w, x)  # a fresh accumulator per block: promoted to fp32 below
+        scale_a = tl.load(scale_a_ptrs + block * stride_sak)
+        scale_b = tl.load(scale_b_ptrs + block * stride_sbk)
+        acc += partial * scale_a[None, :] * scale_b[:, None]
+        w_ptrs += b_step
+        x_ptrs += a_step
+
+    acc = tl.trans(acc)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + cols * stride_bias).to(tl.float32)[None, :]
+    else:
+        bias = tl.full((1, 1), 0, tl.float32)
+    if SPLIT_K == 1:
+        scale_and_store(acc, 1.0, 1.0, bias, offs_m, offs_n, M, N, out_ptr, stride_om, stride_on, HAS_BIAS)
+    else:
+        split_k_finish(
+            acc, pid, tiles_m * tl.cdiv(N, BLOCK_N), 1.0, 1.0, bias, offs_m, offs_n, M, N, out_ptr, stride_om,
+            stride_on, partials_ptr, arrivals_ptr, HAS_BIAS, tl.float32, SPLIT_K, BLOCK_M, BLOCK_N,
+        )  # fmt: skip
+
+
+# The kernel each block-scaled config's `kernel` names (configs.lookup.BLOCK_KERNELS), and what a
+# tuned block-scaled bucket records as the revision of the kernel it was tuned with
+# (kernels/revision.py): an edit of a kernel makes its buckets stale for `scaledmm tune`.
+BLOCK_KERNEL_FUNCTIONS = {"pointer": _block_scaled_mm_kernel, "swapped": _block_scaled_mm_swap_kernel}
+BLOCK_REVISIONS = {name: revision(kernel) for name, kernel in BLOCK_KERNEL_FUNCTIONS.items()}
+
+
+def block_kernel_revision(config: MatmulConfig) -> str:
+    """The revision of the block-scaled kernel that runs `config`."""
+    return BLOCK_REVISIONS[config.kernel]
 
 
 class BlockLaunch:
@@ -119,9 +193,10 @@ class BlockLaunch:
 
 
 def block_launch_arguments(a, b, scale_a, scale_b, bias, out, config: MatmulConfig, block_size: tuple[int, int]):
-    """(grid, positional arguments, keyword arguments) of one launch, split-K's scratch made for it
-    (split_k.split_k_buffers; None without split-K); the first eight positional arguments change per
-    call. config.block_k is the scale block's K (the checks ensure it)."""
+    """(grid, positional arguments, keyword arguments) of one launch of the config's kernel (pointer or
+    swapped), split-K's scratch made for it (split_k.split_k_buffers; None without split-K); the first
+    eight positional arguments change per call. config.block_k is the scale block's K (the checks
+    ensure it)."""
     M, K = a.shape
     N = b.shape[1]
     partials, arrivals = split_k_buffers(M, N, config, a.dtype, a.device)
@@ -131,11 +206,12 @@ def block_launch_arguments(a, b, scale_a, scale_b, bias, out, config: MatmulConf
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
         scale_a.stride(0), scale_a.stride(1), scale_b.stride(0), scale_b.stride(1),
         bias.stride(0) if bias is not None else 0,
-        config.group_m,
     )  # fmt: skip
     kwargs = dict(
         SCALE_N=block_size[0], HAS_BIAS=bias is not None, EVEN_K=K % config.block_k == 0, SPLIT_K=config.split_k
     )
+    if config.kernel == "pointer":  # the swapped kernel's order needs no grouping
+        args += (config.group_m,)
     return (tile_count(M, N, config), config.split_k), args, dict(**kwargs, **tile_kwargs(config))
 
 
@@ -152,7 +228,8 @@ def bind_block_scaled_mm(
     """Write the block-scaled product into `out` now (the inputs checked, M >= 1), and return the
     launch that does it again for new tensors of this signature."""
     grid, args, kwargs = block_launch_arguments(a, b, scale_a, scale_b, bias, out, config, block_size)
-    bound = bind_launch(_block_scaled_mm_kernel, grid, args, kwargs, leading=8, device=a.device)
+    kernel = BLOCK_KERNEL_FUNCTIONS[config.kernel]
+    bound = bind_launch(kernel, grid, args, kwargs, leading=8, device=a.device)
     return BlockLaunch(bound, config, a.shape[0], b.shape[1])
 
 
@@ -169,4 +246,4 @@ def compile_block_scaled_mm(
     """Compile the kernel for these arguments without launching it (the tuner's workers fill Triton's
     on-disk cache with it); as matmul.compile_scaled_mm, the tensors may be meta tensors."""
     grid, args, kwargs = block_launch_arguments(a, b, scale_a, scale_b, bias, out, config, block_size)
-    _block_scaled_mm_kernel.warmup(*args, grid=grid, **kwargs)
+    BLOCK_KERNEL_FUNCTIONS[config.kernel].warmup(*args, grid=grid, **kwargs)

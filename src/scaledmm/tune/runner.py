@@ -33,7 +33,7 @@ from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.configs.heuristic import block_heuristic_config
 from scaledmm.configs.lookup import device_capability
 from scaledmm.kernels.matmul import compile_scaled_mm, kernel_revision
-from scaledmm.kernels.matmul_block import BLOCK_REVISION, compile_block_scaled_mm
+from scaledmm.kernels.matmul_block import block_kernel_revision, compile_block_scaled_mm
 from scaledmm.kernels.matmul_tma import device_has_tma
 from scaledmm.kernels.vendor import fast_accum_refused, unsupported_reason, vendor_scaled_mm
 from scaledmm.testing import OUT_DTYPE, ErrorCheck, Operands, make_block_operands, make_operands
@@ -222,7 +222,7 @@ def job_vendor(job: Job, ops: Operands, inputs: tuple):
 
 def job_revision(job: Job, config: MatmulConfig) -> str:
     """The revision of the kernel that runs `config` in the job's mode (a bucket records it)."""
-    return BLOCK_REVISION if job.block_size is not None else kernel_revision(config)
+    return block_kernel_revision(config) if job.block_size is not None else kernel_revision(config)
 
 
 def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replays: int = 20) -> dict:

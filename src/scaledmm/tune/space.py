@@ -136,10 +136,13 @@ def candidate_configs(
     return configs + (gluon_configs(M, N, K, shared_memory) if gluon else [])
 
 
-def _swap_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int) -> list[MatmulConfig]:
+def _swap_configs(
+    M: int, N: int, K: int, shared_memory: int, num_sms: int, block_ks: tuple[int, ...] = (128, 256, 512)
+) -> list[MatmulConfig]:
     """The operand-swapped kernel's candidates at small M: one tile row of tokens (16 to 64), 64 or
-    128 weight rows (the MMA's tall side), four warps, K steps of 128 to 512 and 3 to 5 stages, split
-    where the grid leaves SMs idle. In the first A/B (fp8, M = 1, 4, 16, the eight preset shapes;
+    128 weight rows (the MMA's tall side), four warps, K steps of 128 to 512 (`block_ks`; the
+    block-scaled form's is its scale block) and 3 to 5 stages, split where the grid leaves SMs idle.
+    In the first A/B (fp8, M = 1, 4, 16, the eight preset shapes;
     benchmarks/results/h100-2026-11-27-swap/small_m_forms_ab.log) 64 weight rows by 256 won at
     every point, 3 or 5 stages, split in two on the K = 9728 and 14336 shapes."""
     if M > SWAP_MAX_M:
@@ -149,7 +152,7 @@ def _swap_configs(M: int, N: int, K: int, shared_memory: int, num_sms: int) -> l
     k_cap = max(32, triton.next_power_of_2(K))
     configs = []
     for bn, bk, stages in itertools.product(
-        sorted({min(bn, n_cap) for bn in SWAP_BLOCK_N}), sorted({min(bk, k_cap) for bk in (128, 256, 512)}), (3, 4, 5)
+        sorted({min(bn, n_cap) for bn in SWAP_BLOCK_N}), sorted({min(bk, k_cap) for bk in block_ks}), (3, 4, 5)
     ):
         if stages * (block_m + bn) * bk > shared_memory - SHARED_MEMORY_RESERVE:
             continue
@@ -205,7 +208,8 @@ def block_candidate_configs(
     fp32 tiles per program (a block's fresh product and the running sum), so the register rule counts
     the accumulator twice. Up to BLOCK_SPLIT_MAX_M, split-K variants by the pointer kernel's rule
     (`_split_k_choices`: the smallest tile rows, four warps, 3+ stages, where the tile grid leaves SMs
-    idle); not yet measured on a GPU (issue 20). It has no swapped or TMA form to search yet."""
+    idle): in the H200 re-tune of session 11 they won most buckets from M = 1 to 48. Up to SWAP_MAX_M,
+    the swapped form's tiles as for per-channel scales (`_swap_configs`, K steps of one scale block)."""
     n_cap = max(32, triton.next_power_of_2(N))
     configs = []
     for bm, bn, warps, stages in itertools.product(
@@ -218,7 +222,8 @@ def block_candidate_configs(
         config = MatmulConfig(bm, bn, block_k, group_m=8, num_warps=warps, num_stages=stages)
         splits = _split_k_choices(M, N, K, config, num_sms) if M <= BLOCK_SPLIT_MAX_M else [1]
         configs += [dataclasses.replace(config, split_k=s) for s in splits]
-    return configs
+    swapped = _swap_configs(M, N, K, shared_memory, num_sms, block_ks=(block_k,))
+    return configs + [c for c in swapped if c.block_k == block_k]  # not shortened to a small K's size
 
 
 def group_variants(config: MatmulConfig, M: int) -> list[MatmulConfig]:
