@@ -292,7 +292,7 @@ def _prepare_block_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, ba
             if explicit:
                 raise ValueError(f"config {config} cannot run on {a.device}: {err}") from None
             warnings.warn(f"config {config} cannot run on {a.device} ({err}); the heuristic's runs", stacklevel=2)
-            config = block_heuristic_config(M, N, block_size[1], device_limits(a.device)[1])
+            config = block_heuristic_config(M, N, a.shape[1], block_size[1], *device_limits(a.device))
             launch = bind_block_scaled_mm(a, b, scale_a, scale_b, bias, out, config, block_size)
     return out, TritonScaledMM(launch, (M, N), out_dtype, a.device)
 

@@ -11,7 +11,7 @@ import torch
 from helpers import DEVICE, prepared_call
 
 import scaledmm
-from scaledmm.configs import MatmulConfig, clear_cache, plan, select_config
+from scaledmm.configs import MatmulConfig, clear_cache, lookup, plan, select_config
 from scaledmm.configs.files import FORMAT_VERSION, ConfigFileError, file_name, load_table, parse_file_name
 from scaledmm.configs.heuristic import block_heuristic_config
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, block_unfit_reason, device_limits, device_name, unfit_reason
@@ -106,10 +106,30 @@ def test_a_bad_block_file_is_skipped_with_one_warning_and_the_heuristic_serves(c
     with pytest.warns(UserWarning, match=r"block_shape must be \[block_n, block_k\].*skipped"):
         chosen = block_plan(4)
     assert chosen.source is None
-    assert chosen.config == block_heuristic_config(4, N, BLOCK[1], device_limits(DEV)[1])
+    assert chosen.config == block_heuristic_config(4, N, K, BLOCK[1], *device_limits(DEV))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         block_plan(8)  # one warning per file, not per lookup
+
+
+def test_an_untuned_block_call_on_hopper_plans_the_vendor_from_m_65_and_the_swapped_split_tile_below(
+    config_dir, monkeypatch
+):
+    monkeypatch.setattr(lookup, "device_capability", lambda device: (9, 0))  # the vendor rule is Hopper's
+    n, k = 2112, 7168  # DeepSeek-V3's q_a_kv_a: 33 tiles of 64 weight rows, 56 K blocks
+    assert block_plan(65, n, k).backend == "torch" and block_plan(4096, n, k).backend == "torch"
+    decode = block_plan(64, n, k)
+    assert decode.backend == "triton" and decode.source is None
+    assert decode.config == MatmulConfig(64, 64, 128, num_warps=4, num_stages=4, split_k=8, kernel="swapped")
+    sms = 132
+    assert block_heuristic_config(1, n, k, 128, sms, 227 * 1024).split_k == 8  # 33 x 8 <= 2 x 132
+    assert block_heuristic_config(1, 4096, 7168, 128, sms, 227 * 1024).split_k == 4  # 64 x 4
+    assert block_heuristic_config(1, 24576, 1536, 128, sms, 227 * 1024).split_k == 1  # 384 tiles
+    assert block_heuristic_config(1, 4096, 256, 128, sms, 227 * 1024).split_k == 1  # two K blocks
+    assert block_heuristic_config(20, n, k, 128, sms, 227 * 1024).block_m == 32
+    clear_cache()
+    ops = make_block_operands(70, N, K, DEVICE)  # untuned at M = 70: the vendor on Hopper, ours here
+    assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias, block_size=BLOCK), ops)
 
 
 def test_the_lookup_finds_the_block_bucket_and_falls_back_to_the_heuristic(config_dir):
@@ -119,7 +139,7 @@ def test_the_lookup_finds_the_block_bucket_and_falls_back_to_the_heuristic(confi
     assert block_plan(40).config == TUNED[64]
     assert block_plan(128).config == TUNED[64]  # up to twice the largest tuned M
     far = block_plan(129)
-    assert far.source is None and far.config == block_heuristic_config(129, N, BLOCK[1], device_limits(DEV)[1])
+    assert far.source is None and far.config == block_heuristic_config(129, N, K, BLOCK[1], *device_limits(DEV))
     assert select_config(3, N, K, E4M3, DEV, block_size=BLOCK) == TUNED[4]
     # Neither mode reads the other's files: another block shape, and the per-channel lookup.
     assert block_plan(3, block_size=(64, 128)).source is None
@@ -136,8 +156,9 @@ def test_a_block_file_of_the_family_serves_a_card_without_its_own(config_dir, mo
 def test_block_unfit_reason():
     assert block_unfit_reason(MatmulConfig(64, 32, 128), BLOCK) is None  # any BLOCK_N
     assert "K step 64" in block_unfit_reason(MatmulConfig(64, 64, 64), BLOCK)
-    assert "pointer-kernel" in block_unfit_reason(MatmulConfig(16, 64, 128, kernel="swapped"), BLOCK)
-    assert "pointer-kernel" in block_unfit_reason(MatmulConfig(16, 64, 128, split_k=2, kernel="swapped"), BLOCK)
+    assert block_unfit_reason(MatmulConfig(16, 64, 128, split_k=2, kernel="swapped"), BLOCK) is None
+    assert "pointer or swapped" in block_unfit_reason(MatmulConfig(64, 128, 128, kernel="tma"), BLOCK)
+    assert "pointer or swapped" in block_unfit_reason(MatmulConfig(64, 128, 128, kernel="gluon"), BLOCK)
     assert block_unfit_reason(MatmulConfig(16, 64, 128, split_k=2), BLOCK) is None  # split-K, as the pointer kernel
     # ... within the split-K scratch limit: 16 splits of 129 x 64 tiles of 16 x 32 fp32 (M = 2064) are over it.
     assert unfit_reason(MatmulConfig(16, 32, 128, split_k=4), 2064, 2048, 227 * 1024, BLOCK) is None

@@ -77,7 +77,7 @@ def test_block_candidates_fit_the_block_and_end_with_the_heuristic():
             assert 2 * c.block_m * c.block_n // (c.num_warps * 32) <= 128  # two fp32 tiles per program
     job = Job(N, K, "fp8", 20, "fast", BLOCK)
     configs = candidates(job, DEVICE, max_candidates=5)
-    assert configs[-1] == block_heuristic_config(20, N, 128, device_limits(DEVICE)[1])
+    assert configs[-1] == block_heuristic_config(20, N, K, 128, *device_limits(DEVICE))
     assert all(block_unfit_reason(c, BLOCK) is None for c in configs)
 
 

@@ -242,7 +242,7 @@ def _block_methods(shape: LinearShape, M: int, block_size: tuple[int, int], devi
     copies = rotation_count(shape.n * shape.k, device)
     ops = [make_block_operands(M, shape.n, shape.k, device, block_size) for _ in range(copies)]
     inputs = [(*o.args(), o.bias) for o in ops]
-    heuristic = block_heuristic_config(M, shape.n, block_size[1], device_limits(device)[1])
+    heuristic = block_heuristic_config(M, shape.n, shape.k, block_size[1], *device_limits(device))
 
     def ours(a, b, sa, sb, bias):
         return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, block_size=block_size)

@@ -186,7 +186,9 @@ def _stages(block_m: int, block_n: int, block_k: int, most: int, shared_memory: 
 # fp8 kernel from M = 65 on: in the H200 bench of 2026-12-01 the heuristic's tiles lost to
 # torch._scaled_mm at all 8 public shapes from M = 256 on (0.70-0.97x fast, 0.59-0.71x precise, like
 # for like) and at 5 of 8 at M = 128, and won at every point up to M = 64 (1.07-2.71x;
-# benchmarks/results/h200-2026-12-01/bench-accumulation). INT8 stays ours (2.3x torch._int_mm plus
+# benchmarks/results/h200-2026-12-01/bench-accumulation). Block-scaled fp8 follows the same rule: in
+# its H200 re-tune of session 11 the block heuristic's time over the vendor's was 0.90 (geomean of 9
+# shapes) at M = 64 and 1.12 at M = 96, 1.22 at 192, 2.1-2.6 from 384 on. INT8 stays ours (2.3x torch._int_mm plus
 # its epilogue on an H100, docs/performance.md); other GPUs stay ours too, unmeasured. Where the
 # vendor cannot serve a call, `auto` runs ours anyway (runtime.auto_backend).
 UNTUNED_VENDOR_MIN_M = 65
@@ -198,15 +200,34 @@ def untuned_backend(M: int, dtype: torch.dtype, capability: tuple[int, int]) -> 
     return "torch" if hopper and dtype != torch.int8 and M >= UNTUNED_VENDOR_MIN_M else "triton"
 
 
-def block_heuristic_config(M: int, N: int, block_k: int, shared_memory: int) -> MatmulConfig:
-    """An untuned tile for block-scaled fp8 (kernels/matmul_block.py): K steps of the scale block, rows
-    by M, and the deepest pipeline up to 4 stages that shared memory holds. A first rule, not yet
-    timed against alternatives (docs/performance.md, "Block-scaled FP8")."""
-    if M <= 16:
-        block_m, block_n, num_warps = 16, 64, 4
-    elif M <= 64:
-        block_m, block_n, num_warps = 64, 64, 4
-    elif M <= 256:
+# Block-scaled fp8 at decode (M <= 64): the swapped block kernel, 16 to 64 tokens by 64 weight rows,
+# K steps of the scale block, four warps and four stages, split K as far as the grid takes (at most
+# two programs per SM, two K blocks per split). In the H200 re-tune of session 11 (9 DeepSeek-V3 and
+# qwen3-8b shapes, M = 1-64, 81 buckets; docs/performance.md) swapped configs won 73, 64 weight rows
+# 73, the winner's split was this rule's in 59 and its whole tile (kind, rows, columns, split) in 53;
+# the unsplit pointer tile of the rule before ran 1.0-2.8x the winner's time.
+_BLOCK_SWAP_MAX_M = 64
+_BLOCK_SPLITS = (8, 4, 2)
+_BLOCK_MIN_K_BLOCKS_PER_SPLIT = 2
+
+
+def block_heuristic_config(M: int, N: int, K: int, block_k: int, num_sms: int, shared_memory: int) -> MatmulConfig:
+    """An untuned tile for block-scaled fp8 (kernels/matmul_block.py): K steps of the scale block and
+    the deepest pipeline up to 4 stages that shared memory holds. Up to M = 64 the swapped kernel,
+    split where its grid leaves SMs idle (see _BLOCK_SWAP_MAX_M); above, pointer tiles of rows by M
+    (a first rule; untuned calls run the vendor there on Hopper, `untuned_backend`)."""
+    if M <= _BLOCK_SWAP_MAX_M:
+        block_m, block_n = max(16, triton.next_power_of_2(M)), min(64, max(16, triton.next_power_of_2(N)))
+        stages = _stages(block_m, block_n, block_k, 4, shared_memory)
+        tiles = triton.cdiv(N, block_n)
+        k_blocks = triton.cdiv(K, block_k)
+        split = next(
+            (s for s in _BLOCK_SPLITS if tiles * s <= 2 * num_sms and k_blocks >= _BLOCK_MIN_K_BLOCKS_PER_SPLIT * s), 1
+        )
+        return MatmulConfig(
+            block_m, block_n, block_k, group_m=8, num_warps=4, num_stages=stages, split_k=split, kernel="swapped"
+        )
+    if M <= 256:
         block_m, block_n, num_warps = 64, 128, 4
     else:
         block_m, block_n, num_warps = 128, 128, 8

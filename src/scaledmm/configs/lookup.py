@@ -25,7 +25,8 @@ vLLM's VLLM_DISABLED_KERNELS does.
 Block-scaled fp8 (`block_size`) is planned the same way from its own files (named with
 `block_shape=[block_n,block_k]`; files.py), in the same order, a bucket whose config does not fit the
 block (`block_unfit_reason`) skipped with a warning; without one (no neighbour's bucket is lent) the
-block kernel's heuristic tile (`heuristic.block_heuristic_config`) runs, on our kernel.
+block kernel's heuristic tile (`heuristic.block_heuristic_config`), on the backend
+`heuristic.untuned_backend` gives per-channel fp8 (the vendor from M = 65 on Hopper).
 """
 
 from __future__ import annotations
@@ -351,8 +352,9 @@ def plan(
             "skipped (the next file, or the heuristic, serves)",
             stacklevel=2,
         )
-    if block_size is not None:  # untuned block-scaled calls run ours (not yet measured otherwise)
-        return Plan("triton", block_heuristic_config(M, N, block_size[1], shared_memory), None)
+    if block_size is not None:  # untuned block-scaled calls: the vendor's rule of per-channel fp8
+        config = block_heuristic_config(M, N, K, block_size[1], num_sms, shared_memory)
+        return Plan(untuned_backend(M, dtype, device_capability(device)), config, None)
     # A neighbour's bucket that cannot run here is not lent (no warning: nothing the user chose failed).
     same_n = dtype_name == "fp8" and M > TRANSFER_FP8_MAX_M  # a grid of the neighbour's waves only
     for path in nearby_files(device_name(device), N, K, dtype_name, mode, same_n):

@@ -78,7 +78,7 @@ def candidates(job: Job, device: torch.device, max_candidates: int | None) -> li
     ending with the heuristic itself so that tuning can never lose to it."""
     num_sms, shared_memory = device_limits(device)
     if job.block_size is not None:
-        heuristic = block_heuristic_config(job.m, job.n, job.block_size[1], shared_memory)
+        heuristic = block_heuristic_config(job.m, job.n, job.k, job.block_size[1], num_sms, shared_memory)
         space = block_candidate_configs(job.m, job.n, job.k, job.block_size[1], shared_memory, num_sms)
     else:
         heuristic = heuristic_config(job.m, job.n, job.k, DTYPE_BY_NAME[job.dtype], num_sms, shared_memory)
