@@ -116,7 +116,7 @@ def test_an_untuned_block_call_on_hopper_plans_the_vendor_from_m_65_and_the_swap
     config_dir, monkeypatch
 ):
     monkeypatch.setattr(lookup, "device_capability", lambda device: (9, 0))  # the vendor rule is Hopper's
-    n, k = 2112, 7168  # DeepSeek-V3's q_a_kv_a: 33 tiles of 64 weight rows, 56 K blocks
+    n, k = 2111, 7168  # no file's (DeepSeek-V3's q_a_kv_a is 2112): 33 tiles of 64 weight rows, 56 K blocks
     assert block_plan(65, n, k).backend == "torch" and block_plan(4096, n, k).backend == "torch"
     decode = block_plan(64, n, k)
     assert decode.backend == "triton" and decode.source is None

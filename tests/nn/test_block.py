@@ -9,7 +9,7 @@ import socket
 
 import pytest
 import torch
-from helpers import DEVICE
+from helpers import DEVICE, ON_GPU
 from torch import nn
 
 import scaledmm
@@ -356,11 +356,17 @@ def offline(monkeypatch):
         monkeypatch.setattr(finegrained_fp8, name, refuse)
 
 
-# float32: the reference's computation but for fp32 roundings (which may move a rare value across an
-# fp8 rounding boundary), a tight bound. bfloat16 (how such
+# float32 in the interpreter: the reference's computation but for fp32 roundings (which may move a
+# rare value across an fp8 rounding boundary), a tight bound. float32 on a GPU: Hopper's fp8 wgmma
+# (the swapped decode kernel's, as every 64-row tile's) keeps about 12 bits of each block's 128-term
+# sum before its promotion (docs/performance.md, "Accumulation"), and in this small random model the
+# logits' cancellations magnify that (cosine 0.99965 on an H200, session 11). bfloat16 (how such
 # checkpoints run): each layer's input differs from the float64 one by bf16 rounding, which moves some
 # values across an fp8 rounding boundary (an fp8 step is 6 to 12 %), so only a loose bound holds.
-@pytest.mark.parametrize("dtype,min_cosine,max_error", [(torch.float32, 1 - 1e-6, 1e-3), (torch.bfloat16, 0.99, 0.2)])
+FP32_BOUNDS = (0.999, 0.1) if ON_GPU else (1 - 1e-6, 1e-3)
+
+
+@pytest.mark.parametrize("dtype,min_cosine,max_error", [(torch.float32, *FP32_BOUNDS), (torch.bfloat16, 0.99, 0.2)])
 def test_a_saved_fine_grained_fp8_checkpoint_loads_offline_and_runs_on_scaledmm(
     fp8_checkpoint, offline, dtype, min_cosine, max_error
 ):
@@ -387,8 +393,8 @@ def test_a_saved_fine_grained_fp8_checkpoint_loads_offline_and_runs_on_scaledmm(
         expected = reference.to(DEVICE)(ids).logits
     assert logits.dtype == dtype
     error = (logits.double() - expected).abs().max().item()
-    assert cosine(logits, expected) > min_cosine
-    assert error <= max_error * expected.abs().max().item(), error
+    assert cosine(logits, expected) > min_cosine, cosine(logits, expected)
+    assert error <= max_error * expected.abs().max().item(), error / expected.abs().max().item()
 
 
 def test_load_fp8_pretrained_refuses_a_checkpoint_that_is_not_fine_grained_fp8(tmp_path, offline):
