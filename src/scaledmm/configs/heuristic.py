@@ -203,9 +203,9 @@ def untuned_backend(M: int, dtype: torch.dtype, capability: tuple[int, int]) -> 
 # Block-scaled fp8 at decode (M <= 64): the swapped block kernel, 16 to 64 tokens by 64 weight rows,
 # K steps of the scale block, four warps and four stages, split K as far as the grid takes (at most
 # two programs per SM, two K blocks per split). In the H200 re-tune of session 11 (9 DeepSeek-V3 and
-# qwen3-8b shapes, M = 1-64, 81 buckets; docs/performance.md) swapped configs won 73, 64 weight rows
-# 73, the winner's split was this rule's in 59 and its whole tile (kind, rows, columns, split) in 53;
-# the unsplit pointer tile of the rule before ran 1.0-2.8x the winner's time.
+# qwen3-8b shapes, M = 1-64, 81 buckets; docs/performance.md) swapped configs won 73 (65 of them 64
+# weight rows wide), the winner's split was this rule's in 59 and its whole tile (kind, rows,
+# columns, split) in 53; the unsplit pointer tile of the rule before ran 1.0-2.8x the winner's time.
 _BLOCK_SWAP_MAX_M = 64
 _BLOCK_SPLITS = (8, 4, 2)
 _BLOCK_MIN_K_BLOCKS_PER_SPLIT = 2
