@@ -143,6 +143,8 @@ def _block_scaled_mm_swap_kernel(
         w_ptrs += b_step
         x_ptrs += a_step
 
+    # The ending is the unswapped kernel's, repeated rather than shared: that kernel's text is what the
+    # revision of its shipped buckets hashes (as matmul.py's swapped kernel's is for the prologue above).
     acc = tl.trans(acc)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + cols * stride_bias).to(tl.float32)[None, :]
