@@ -105,12 +105,14 @@ def scaled_mm(
     return ops.scaled_mm_op(a, b, scale_a, scale_b, bias, out_dtype, config_list, backend, accumulation, blocks)
 
 
-def _prepared_quantize(x: object, scale: object, dtype: object, group_size: object = None):
+def _prepared_quantize(
+    x: object, scale: object, dtype: object, group_size: object = None, column_major: object = False
+):
     """The prepared call of an eager quantization seen before, else None."""
     if not eager(x, scale):
         return None
     try:
-        return prepared.get(quantize_signature(x, scale, dtype, group_size))
+        return prepared.get(quantize_signature(x, scale, dtype, group_size, column_major))
     except TypeError:  # an unhashable dtype: the checks name it
         return None
 
@@ -146,7 +148,11 @@ def quantize_per_tensor(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
 
 
 def quantize_per_token_group(
-    x: torch.Tensor, group_size: int = 128, dtype: torch.dtype = torch.float8_e4m3fn
+    x: torch.Tensor,
+    group_size: int = 128,
+    dtype: torch.dtype = torch.float8_e4m3fn,
+    *,
+    column_major_scales: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic quantization of an activation [..., K] with one scale per 1 x group_size group of each
     row, the activation side of block-scaled fp8 (DeepSeek-V3's 1 x 128).
@@ -155,15 +161,21 @@ def quantize_per_token_group(
     x ~= q * scale group by group (the last group may be shorter); scale = max(|group|) / 448, floored
     so that zero groups stay finite, NaN propagating as in quantize_per_token. `q.reshape(-1, K)` and
     `scale.reshape(-1, groups)` are scaled_mm's `a` and `scale_a` with block_size=(block_n, group_size).
+    Each row's scales are contiguous; with `column_major_scales` (vLLM's name) each group's scales over
+    the rows are (strides (1, M) as [M, groups]), the layout torch._scaled_mm's block mode reads: where
+    scaled_mm runs the vendor it then passes scale_a on without a copy (W8A8Linear asks for it where
+    its prepared call runs the vendor). scaled_mm's own kernels take either layout.
     """
-    if (call := _prepared_quantize(x, None, dtype, group_size)) is not None:
+    if type(column_major_scales) is not bool:  # before the lookup: 1 and True are one key
+        raise TypeError(f"column_major_scales must be a bool, got {column_major_scales!r}")
+    if (call := _prepared_quantize(x, None, dtype, group_size, column_major_scales)) is not None:
         return call(x)
     x = check_quantize_args(x, dtype)
     check_group_size(group_size, dtype)
     if eager(x):
-        return run_quantize(x, None, dtype, group_size)
+        return run_quantize(x, None, dtype, group_size, column_major_scales)
     K = x.shape[-1]
-    q, scale = ops.quantize_per_token_group_op(x.reshape(-1, K), group_size, dtype)
+    q, scale = ops.quantize_per_token_group_op(x.reshape(-1, K), group_size, dtype, column_major_scales)
     return q.reshape(x.shape), scale.reshape(*x.shape[:-1], scale.shape[-1])
 
 

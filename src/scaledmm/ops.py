@@ -78,8 +78,14 @@ def _scaled_mm_fake(
     return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
 
 
-def _quantize(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype, group_size: int | None = None):
-    call = prepared.get(quantize_signature(x, scale, dtype, group_size))
+def _quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor | None,
+    dtype: torch.dtype,
+    group_size: int | None = None,
+    column_major_scales: bool = False,
+):
+    call = prepared.get(quantize_signature(x, scale, dtype, group_size, column_major_scales))
     if call is not None:
         return call(x, scale)
     check_quantize_args(x, dtype)
@@ -87,7 +93,7 @@ def _quantize(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype, g
         check_static_scale(scale, x)
     if group_size is not None:
         check_group_size(group_size, dtype)
-    return run_quantize(x, scale, dtype, group_size)
+    return run_quantize(x, scale, dtype, group_size, column_major_scales)
 
 
 @torch.library.custom_op("scaledmm::quantize_per_token", mutates_args=())
@@ -115,16 +121,18 @@ def _quantize_per_tensor_fake(x, scale, dtype):
 
 @torch.library.custom_op("scaledmm::quantize_per_token_group", mutates_args=())
 def quantize_per_token_group_op(
-    x: torch.Tensor, group_size: int, dtype: torch.dtype
+    x: torch.Tensor, group_size: int, dtype: torch.dtype, column_major_scales: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _quantize(x, None, dtype, group_size)
+    return _quantize(x, None, dtype, group_size, column_major_scales)
 
 
 @quantize_per_token_group_op.register_fake
-def _quantize_per_token_group_fake(x, group_size, dtype):
+def _quantize_per_token_group_fake(x, group_size, dtype, column_major_scales=False):
     check_quantize_args(x, dtype)
     check_group_size(group_size, dtype)
     groups = -(-x.shape[-1] // group_size)
+    if column_major_scales:  # x is [M, K] here (the API flattens it): scales [M, groups], strides (1, M)
+        return x.new_empty(x.shape, dtype=dtype), x.new_empty((groups, x.shape[0]), dtype=torch.float32).t()
     return x.new_empty(x.shape, dtype=dtype), x.new_empty((*x.shape[:-1], groups), dtype=torch.float32)
 
 

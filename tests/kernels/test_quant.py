@@ -233,6 +233,31 @@ def test_per_token_group_matches_the_reference(shape, group_size):
     assert_matches(q, ref_q, torch.float8_e4m3fn)
 
 
+@pytest.mark.parametrize("shape", [(5, 300), (2, 3, 256)])
+def test_per_token_group_column_major_scales_are_the_same_values_in_the_vendors_layout(shape):
+    x = torch.randn(*shape, device=DEVICE, dtype=torch.bfloat16)
+    q, scale = scaledmm.quantize_per_token_group(x, 128)
+    for _ in range(2):  # the first call, then its prepared call again
+        q_cm, scale_cm = scaledmm.quantize_per_token_group(x, 128, column_major_scales=True)
+        assert torch.equal(q_cm.view(torch.uint8), q.view(torch.uint8)) and torch.equal(scale_cm, scale)
+        rows = scale_cm.reshape(-1, scale_cm.shape[-1])
+        assert rows.stride() == (1, rows.shape[0])  # [M, groups] column-major, as torch._scaled_mm reads
+    # The traced path (the custom op and its fake) gives the same layout.
+    compiled = torch.compile(lambda t: scaledmm.quantize_per_token_group(t, 128, column_major_scales=True))
+    _, scale_compiled = compiled(x)
+    assert torch.equal(scale_compiled, scale) and scale_compiled.reshape(-1, scale.shape[-1]).stride()[0] == 1
+    with pytest.raises(TypeError, match="column_major_scales must be a bool"):
+        scaledmm.quantize_per_token_group(x, 128, column_major_scales=1)
+
+
+def test_per_token_group_opcheck():
+    x = activations((6, 256))
+    for column_major in (False, True):
+        torch.library.opcheck(
+            torch.ops.scaledmm.quantize_per_token_group.default, (x, 128, torch.float8_e4m3fn, column_major)
+        )
+
+
 def test_per_token_group_then_block_scaled_mm_is_the_float_product():
     M, N, K = 6, 96, 300
     x = torch.randn(M, K, device=DEVICE)

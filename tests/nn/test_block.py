@@ -82,6 +82,25 @@ def test_block_layer_matches_the_reference(K, N, block_size, with_bias):
     assert f"block_size={block_size}" in repr(layer) and "block" in repr(layer)  # mode, then what ran
 
 
+def test_where_the_vendor_runs_the_block_layer_quantizes_scale_a_column_major(monkeypatch):
+    # torch._scaled_mm's block mode reads scale_a column-major; a row-major one is copied per call.
+    # On a GPU the untuned rule gives M = 96 to the vendor (Hopper); off it, the decision is forced
+    # and our kernel computes on the column-major scales.
+    from scaledmm import runtime
+
+    if not ON_GPU:
+        monkeypatch.setattr(runtime, "block_call_runs_vendor", lambda *args: True)
+    layer = W8A8Linear.from_linear(nn.Linear(384, 256, device=DEVICE).to(torch.bfloat16), block_size=(128, 128))
+    x = torch.randn(96, 384, device=DEVICE, dtype=torch.bfloat16)
+    with torch.no_grad():
+        out = layer(x)
+        again = layer(x)
+    ((_, forward),) = layer._forwards._by_signature.values()
+    assert forward.quantize.column_major_scales == (not ON_GPU or torch.cuda.get_device_capability() == (9, 0))
+    assert_close(out, layer_operands(layer, x))
+    assert torch.equal(again, out)
+
+
 def test_block_layer_compiles_fullgraph_to_the_same_result():
     layer = W8A8Linear.from_linear(nn.Linear(256, 128, device=DEVICE).to(torch.bfloat16), block_size=(128, 128))
     x = torch.randn(4, 256, device=DEVICE, dtype=torch.bfloat16)

@@ -25,6 +25,7 @@ from scaledmm.configs.files import DTYPE_BY_NAME
 from scaledmm.configs.heuristic import block_heuristic_config
 from scaledmm.kernels.matmul import launch_scaled_mm
 from scaledmm.kernels.vendor import block_scale_a, fast_accum_refused, unsupported_reason, vendor_scaled_mm
+from scaledmm.runtime import block_call_runs_vendor
 from scaledmm.testing import OUT_DTYPE, ErrorCheck, Operands, make_block_operands, make_operands
 
 SCALEDMM = "scaledmm"
@@ -235,13 +236,16 @@ def _eight_bit_methods(shape: LinearShape, M: int, label: str, device: torch.dev
 
 
 def _block_methods(shape: LinearShape, M: int, block_size: tuple[int, int], device: torch.device) -> list[Method]:
-    """Block-scaled fp8: scaledmm as users call it (backend auto: a tuned bucket's backend, else our
-    kernel with the block heuristic's tile), forced to Triton, with the heuristic's tile, and
-    torch._scaled_mm's block mode given scale_a already in its layout (its best case: the run-time's
-    vendor path copies a row-major scale_a per call), on the same R copies of the inputs."""
+    """Block-scaled fp8: scaledmm as users call it (backend auto: a tuned bucket's backend, else the
+    untuned rule's) with scale_a in the layout W8A8Linear quantizes it into for this call (column-major
+    where auto runs the vendor, runtime.block_call_runs_vendor; row-major where ours runs), forced to
+    Triton and with the heuristic's tile (row-major scale_a), and torch._scaled_mm's block mode given
+    scale_a column-major, the layout it reads; on the same R copies of the inputs."""
     copies = rotation_count(shape.n * shape.k, device)
     ops = [make_block_operands(M, shape.n, shape.k, device, block_size) for _ in range(copies)]
     inputs = [(*o.args(), o.bias) for o in ops]
+    vendor_inputs = [(a, b, block_scale_a(sa), sb, bias) for a, b, sa, sb, bias in inputs]
+    auto_runs_vendor = block_call_runs_vendor(*inputs[0][:4], OUT_DTYPE, inputs[0][4], "auto", block_size)
     heuristic = block_heuristic_config(M, shape.n, shape.k, block_size[1], *device_limits(device))
 
     def ours(a, b, sa, sb, bias):
@@ -257,7 +261,6 @@ def _block_methods(shape: LinearShape, M: int, block_size: tuple[int, int], devi
         return torch._scaled_mm(a, b, sa, sb, bias=bias, out_dtype=OUT_DTYPE)
 
     reason = unsupported_reason(*ops[0].args(), ops[0].bias, OUT_DTYPE, block_size)
-    vendor_inputs = [(a, b, block_scale_a(sa), sb, bias) for a, b, sa, sb, bias in inputs]
     if reason is None:
         try:
             vendor(*vendor_inputs[0])
@@ -265,7 +268,7 @@ def _block_methods(shape: LinearShape, M: int, block_size: tuple[int, int], devi
             reason = f"refused: {str(err).splitlines()[0][:120]}"
     checked = dict(checked=True, accumulation="precise", block_size=block_size)
     return [
-        Method(SCALEDMM, ours, inputs, **checked),
+        Method(SCALEDMM, ours, vendor_inputs if auto_runs_vendor else inputs, **checked),
         Method(TRITON, ours_triton, inputs, **checked),
         Method(HEURISTIC, ours_heuristic, inputs, **checked),
         Method(TORCH_SCALED_MM, None, skipped=reason) if reason else Method(TORCH_SCALED_MM, vendor, vendor_inputs),

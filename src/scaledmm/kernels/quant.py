@@ -115,7 +115,7 @@ def bind_quantize_rows(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, dy
 @triton.jit
 def _quantize_groups_kernel(
     x_ptr, q_ptr, scale_ptr, K,
-    stride_xm, stride_xk, stride_qm, stride_sm,
+    stride_xm, stride_xk, stride_qm, stride_sm, stride_sg,
     QMAX: tl.constexpr, FLOOR: tl.constexpr, GROUP: tl.constexpr,
 ):  # fmt: skip
     # One program per (row, group of GROUP elements): the group's scale, then its values.
@@ -124,18 +124,19 @@ def _quantize_groups_kernel(
     mask = offs < K
     x = tl.load(x_ptr + row * stride_xm + offs * stride_xk, mask=mask, other=0.0).to(tl.float32)
     scale = row_scale(max_abs(tl.abs(x), axis=0), QMAX, FLOOR)
-    tl.store(scale_ptr + row * stride_sm + tl.program_id(1), scale)
+    tl.store(scale_ptr + row * stride_sm + tl.program_id(1) * stride_sg, scale)
     q = saturate_and_round(x / scale, QMAX, False)
     tl.store(q_ptr + row * stride_qm + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
 
 
 def bind_quantize_groups(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, group_size: int) -> BoundLaunch:
     """Quantize each 1 x group_size group of the rows of `x` ([M, K], any strides) into `q` ([M, K],
-    unit column stride) with its own scale, written to `scale` ([M, ceil(K / group_size)], unit
-    column stride), now; return a BoundLaunch that repeats it for new (x, q, scale) of the same
-    signature. fp8 only: the block-scaled matmul's activation format."""
+    unit column stride) with its own scale, written to `scale` ([M, ceil(K / group_size)], any
+    strides: row-major, or column-major as torch._scaled_mm's block mode reads it), now; return a
+    BoundLaunch that repeats it for new (x, q, scale) of the same signature. fp8 only: the
+    block-scaled matmul's activation format."""
     M, K = x.shape
-    args = (x, q, scale, K, x.stride(0), x.stride(1), q.stride(0), scale.stride(0))
+    args = (x, q, scale, K, x.stride(0), x.stride(1), q.stride(0), scale.stride(0), scale.stride(1))
     kwargs = dict(QMAX=QMAX[q.dtype], FLOOR=ABSMAX_FLOOR, GROUP=group_size, num_warps=4)
     grid = (M, triton.cdiv(K, group_size))
     return bind_launch(_quantize_groups_kernel, grid, args, kwargs, leading=3, device=x.device)

@@ -8,8 +8,9 @@ tuner time them as the baselines. They accept fewer layouts and scale forms than
 Block-scaled fp8 (scaled_mm's `block_size`) runs torch._scaled_mm's block mode: 1 x 128 activation
 groups and 128 x 128 weight blocks only, scale_a [M, K/128] outer-dim-major (strides (1, M)) and
 scale_b [K/128, N/128] outer-dim-major (a checkpoint's contiguous weight_scale_inv, transposed). A
-scale_a in another layout (quantize_per_token_group's row-major one) is copied into that layout per
-call; a scale_b in another is refused (it is the weight's: transpose it once, not per call). It
+scale_a in another layout (quantize_per_token_group's default, row-major) is copied into that layout
+per call (W8A8Linear quantizes with column_major_scales where the vendor runs, so its calls do not
+copy); a scale_b in another is refused (it is the weight's: transpose it once, not per call). It
 refuses M = 1 (H200, torch 2.11; benchmarks/results/h200-2026-12-01/block_fp8_ab.log), and ran every
 M >= 16 there: it is used from M = 16 on.
 """
