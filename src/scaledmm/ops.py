@@ -12,6 +12,8 @@ order. Import rule: this module imports checks and runtime, and nothing above th
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from scaledmm.checks import (
@@ -131,8 +133,10 @@ def _quantize_per_token_group_fake(x, group_size, dtype, column_major_scales=Fal
     check_quantize_args(x, dtype)
     check_group_size(group_size, dtype)
     groups = -(-x.shape[-1] // group_size)
-    if column_major_scales:  # x is [M, K] here (the API flattens it): scales [M, groups], strides (1, M)
-        return x.new_empty(x.shape, dtype=dtype), x.new_empty((groups, x.shape[0]), dtype=torch.float32).t()
+    if column_major_scales:  # as PreparedQuantize: [rows, groups] with strides (1, rows), viewed as x's rows
+        rows = math.prod(x.shape[:-1])
+        scale = x.new_empty((groups, rows), dtype=torch.float32).t().view(*x.shape[:-1], groups)
+        return x.new_empty(x.shape, dtype=dtype), scale
     return x.new_empty(x.shape, dtype=dtype), x.new_empty((*x.shape[:-1], groups), dtype=torch.float32)
 
 

@@ -250,8 +250,9 @@ def test_per_token_group_column_major_scales_are_the_same_values_in_the_vendors_
         scaledmm.quantize_per_token_group(x, 128, column_major_scales=1)
 
 
-def test_per_token_group_opcheck():
-    x = activations((6, 256))
+@pytest.mark.parametrize("shape", [(6, 256), (2, 3, 256)])  # the op takes x [..., K], as the API does
+def test_per_token_group_opcheck(shape):
+    x = activations(shape)
     for column_major in (False, True):
         torch.library.opcheck(
             torch.ops.scaledmm.quantize_per_token_group.default, (x, 128, torch.float8_e4m3fn, column_major)
