@@ -19,7 +19,7 @@ from scaledmm.testing import ErrorCheck, make_block_operands
 
 POINTS = ((6, 256, 256), (6, 384, 256), (16, 2112, 7168), (1, 4096, 7168), (64, 7168, 2048))  # M, N, K
 FORMS = {
-    "pointer 16-row": MatmulConfig(16, 64, 128, num_warps=4, num_stages=4),
+    "pointer (16 rows; 64 at M > 16)": MatmulConfig(16, 64, 128, num_warps=4, num_stages=4),
     "swapped": MatmulConfig(16, 64, 128, num_warps=4, num_stages=4, kernel="swapped"),
 }
 

@@ -161,10 +161,12 @@ def quantize_per_token_group(
     x ~= q * scale group by group (the last group may be shorter); scale = max(|group|) / 448, floored
     so that zero groups stay finite, NaN propagating as in quantize_per_token. `q.reshape(-1, K)` and
     `scale.reshape(-1, groups)` are scaled_mm's `a` and `scale_a` with block_size=(block_n, group_size).
-    Each row's scales are contiguous; with `column_major_scales` (vLLM's name) each group's scales over
-    the rows are (strides (1, M) as [M, groups]), the layout torch._scaled_mm's block mode reads: where
-    scaled_mm runs the vendor it then passes scale_a on without a copy (W8A8Linear asks for it where
-    its prepared call runs the vendor). scaled_mm's own kernels take either layout.
+    Each row's scales are contiguous; with `column_major_scales` (vLLM's name) each group's scales are
+    contiguous over the rows (strides (1, M) as [M, groups]), the layout torch._scaled_mm's block mode
+    reads: where scaled_mm runs the vendor it then passes scale_a on without a copy (W8A8Linear asks for
+    it where its prepared call runs the vendor). scaled_mm's own kernels take either layout, but its
+    tuned tiles were timed on row-major scales, and column-major ones cost the pointer tiles of
+    M = 64-256 up to 1.8x on an H200 (docs/performance.md, "Block-scaled FP8, tuned").
     """
     if type(column_major_scales) is not bool:  # before the lookup: 1 and True are one key
         raise TypeError(f"column_major_scales must be a bool, got {column_major_scales!r}")

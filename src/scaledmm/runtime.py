@@ -276,9 +276,10 @@ def block_call_runs_vendor(a, b, scale_a, scale_b, out_dtype, bias, backend, blo
 
 
 def _prepare_block_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend, block_size):
-    """The block-scaled product: our kernel (kernels/matmul_block.py) with the tile of a tuned block
-    bucket or the block heuristic's (configs.lookup.plan), or the vendor's block mode where the bucket
-    says it won (`auto`) or `backend='torch'` asks for it."""
+    """The block-scaled product: our kernels (kernels/matmul_block.py) with the tile of a tuned block
+    bucket or the block heuristic's (configs.lookup.plan), or the vendor's block mode where the plan
+    gives it (`auto`: a bucket the vendor won, or an untuned call at M >= 65 on Hopper) or
+    `backend='torch'` asks for it."""
     M, N = a.shape[0], b.shape[1]
     explicit = config is not None
     chosen_by_auto = not explicit and backend == "auto"
@@ -520,17 +521,21 @@ def prepare_linear(
         check_static_scale(input_scale, x)
     rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
     group_size = None if block_size is None else block_size[1]
-    quantize = PreparedQuantize(rows, dtype, dynamic=input_scale is None, group_size=group_size)
+    column_major = False
+    if block_size is not None:
+        # Where the block-scaled call runs the vendor, which reads scale_a column-major, the rows are
+        # quantized into that layout, so that no call copies it (2-3 us on an H200). Decided before
+        # quantizing, on empty stand-ins: the checks and the choice read shapes, dtypes and alignment.
+        q = torch.empty(rows.shape, dtype=dtype, device=rows.device)
+        scale = torch.empty((rows.shape[0], -(-rows.shape[1] // group_size)), dtype=torch.float32, device=rows.device)
+        check_scaled_mm_args(q, weight_t, scale, weight_scale, out_dtype, bias, None, backend, accumulation, block_size)
+        column_major = rows.shape[0] > 0 and block_call_runs_vendor(
+            q, weight_t, scale, weight_scale, out_dtype, bias, backend, block_size
+        )
+    quantize = PreparedQuantize(rows, dtype, input_scale is None, group_size, column_major)
     quantized = quantize(rows, input_scale)
     q, scale = quantized if input_scale is None else (quantized, input_scale)
     check_scaled_mm_args(q, weight_t, scale, weight_scale, out_dtype, bias, None, backend, accumulation, block_size)
-    if (
-        block_size is not None
-        and q.shape[0]
-        and block_call_runs_vendor(q, weight_t, scale, weight_scale, out_dtype, bias, backend, block_size)
-    ):  # the vendor reads scale_a column-major: quantized so, no call copies it (2-3 us on an H200)
-        quantize = PreparedQuantize(rows, dtype, dynamic=True, group_size=group_size, column_major_scales=True)
-        q, scale = quantize(rows)
     out, matmul = prepare_scaled_mm(
         q, weight_t, scale, weight_scale, out_dtype, bias, None, backend, accumulation, block_size
     )

@@ -126,6 +126,8 @@ def test_an_untuned_block_call_on_hopper_plans_the_vendor_from_m_65_and_the_swap
     assert block_heuristic_config(1, 4096, 7168, 128, sms, 227 * 1024).split_k == 4  # 64 x 4
     assert block_heuristic_config(1, 24576, 1536, 128, sms, 227 * 1024).split_k == 1  # 384 tiles
     assert block_heuristic_config(1, 4096, 256, 128, sms, 227 * 1024).split_k == 1  # two K blocks
+    assert block_heuristic_config(1, 4096, 2304, 128, sms, 227 * 1024).split_k == 4  # 8 would leave 2 splits empty
+    assert block_heuristic_config(1, 64 * sms, 7168, 128, sms, 227 * 1024).split_k == 1  # one tile per SM already
     assert block_heuristic_config(20, n, k, 128, sms, 227 * 1024).block_m == 32
     clear_cache()
     ops = make_block_operands(70, N, K, DEVICE)  # untuned at M = 70: the vendor on Hopper, ours here

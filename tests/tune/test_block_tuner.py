@@ -18,7 +18,7 @@ from scaledmm.configs.files import ConfigFileError, file_name, load_table
 from scaledmm.configs.heuristic import block_heuristic_config
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, block_unfit_reason, device_limits, device_name
 from scaledmm.kernels.matmul_block import block_kernel_revision
-from scaledmm.tune.runner import Job, _compile, candidates
+from scaledmm.tune.runner import Job, _compile, candidates, job_operands, vendor_inputs
 from scaledmm.tune.space import BLOCK_SPLIT_MAX_M, SWAP_MAX_M, block_candidate_configs
 from scaledmm.tune.store import job_of, validate_result
 
@@ -117,6 +117,16 @@ def block_result(**changes):
         "revision": block_kernel_revision(MatmulConfig(16, 64, 128)),
     }  # fmt: skip
     return {**entry, **changes}
+
+
+def test_the_vendor_is_timed_on_column_major_block_scales_as_the_layers_give_it():
+    block_job, channel_job = Job(N, K, "fp8", 32, "fast", BLOCK), Job(N, K, "fp8", 32)
+    ops = job_operands(block_job, DEVICE)
+    inputs = [(*ops.args(), ops.bias)]
+    ((a, b, scale_a, scale_b, bias),) = vendor_inputs(block_job, inputs)
+    assert scale_a.stride() == (1, 32) and torch.equal(scale_a, ops.scale_a)  # the same values, no copy per call
+    assert a is ops.a and b is ops.b and scale_b is ops.scale_b and bias is ops.bias
+    assert vendor_inputs(channel_job, inputs) is inputs
 
 
 def test_block_results_are_validated_like_the_files():

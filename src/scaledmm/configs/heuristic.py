@@ -221,9 +221,10 @@ def block_heuristic_config(M: int, N: int, K: int, block_k: int, num_sms: int, s
         stages = _stages(block_m, block_n, block_k, 4, shared_memory)
         tiles = triton.cdiv(N, block_n)
         k_blocks = triton.cdiv(K, block_k)
-        split = next(
-            (s for s in _BLOCK_SPLITS if tiles * s <= 2 * num_sms and k_blocks >= _BLOCK_MIN_K_BLOCKS_PER_SPLIT * s), 1
-        )
+        fits = [s for s in _BLOCK_SPLITS if tiles * s <= 2 * num_sms and k_blocks >= _BLOCK_MIN_K_BLOCKS_PER_SPLIT * s]
+        # Only where the grid leaves SMs idle (the tuner's rule), and never with a split left without
+        # blocks (split_k.split_range gives each split ceil(k_blocks / s) of them).
+        split = next((s for s in fits if tiles < num_sms and triton.cdiv(k_blocks, s) * (s - 1) < k_blocks), 1)
         return MatmulConfig(
             block_m, block_n, block_k, group_m=8, num_warps=4, num_stages=stages, split_k=split, kernel="swapped"
         )

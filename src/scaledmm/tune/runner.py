@@ -35,7 +35,7 @@ from scaledmm.configs.lookup import device_capability
 from scaledmm.kernels.matmul import compile_scaled_mm, kernel_revision
 from scaledmm.kernels.matmul_block import block_kernel_revision, compile_block_scaled_mm
 from scaledmm.kernels.matmul_tma import device_has_tma
-from scaledmm.kernels.vendor import fast_accum_refused, unsupported_reason, vendor_scaled_mm
+from scaledmm.kernels.vendor import block_scale_a, fast_accum_refused, unsupported_reason, vendor_scaled_mm
 from scaledmm.testing import OUT_DTYPE, ErrorCheck, Operands, make_block_operands, make_operands
 from scaledmm.tune.space import GLUON_CAPABILITY, block_candidate_configs, candidate_configs, group_variants
 
@@ -193,12 +193,20 @@ def job_operands(job: Job, device: torch.device) -> Operands:
     return make_operands(job.m, job.n, job.k, DTYPE_BY_NAME[job.dtype], device)
 
 
+def vendor_inputs(job: Job, inputs: list[tuple]) -> list[tuple]:
+    """The vendor's copies of the inputs: with block scales, scale_a column-major, the layout
+    torch._scaled_mm's block mode reads and W8A8Linear quantizes into where it runs (so the per-call
+    copy of a row-major scale_a, which only direct scaled_mm callers pay, is not timed)."""
+    if job.block_size is None:
+        return inputs
+    return [(a, b, block_scale_a(sa), sb, bias) for a, b, sa, sb, bias in inputs]
+
+
 def job_vendor(job: Job, ops: Operands, inputs: tuple):
-    """(the vendor kernel over one copy of the inputs, or None where it cannot serve the job; its name
-    in the bucket's baselines). fp8 runs in the job's accumulation mode (like for like), or, where
-    cuBLAS refuses fast accumulation for the shape, in its precise mode, and the name says so. Block
-    scales run torch._scaled_mm's block mode as `backend="auto"` would (scale_a copied into its layout
-    per call); None where it refuses the job."""
+    """(the vendor kernel over one copy of its inputs (`vendor_inputs`), or None where it cannot serve
+    the job; its name in the bucket's baselines). fp8 runs in the job's accumulation mode (like for
+    like), or, where cuBLAS refuses fast accumulation for the shape, in its precise mode, and the name
+    says so. Block scales run torch._scaled_mm's block mode; None where it refuses the job."""
     if unsupported_reason(*ops.args(), ops.bias, OUT_DTYPE, job.block_size) is not None:
         return None, "torch"
     if job.block_size is not None:
@@ -286,9 +294,10 @@ def tune_job(job: Job, device: torch.device, configs: list[MatmulConfig], replay
     if heuristic in screened and heuristic not in finalists and correct(heuristic):
         finalists.append(heuristic)
     contenders = [(runner(c), inputs) for c in finalists]
-    vendor_run, torch_name = job_vendor(job, ops[0], inputs[0])
+    vendor_copies = vendor_inputs(job, inputs)
+    vendor_run, torch_name = job_vendor(job, ops[0], vendor_copies[0])
     if vendor_run is not None:
-        contenders.append((vendor_run, inputs))
+        contenders.append((vendor_run, vendor_copies))
     final = [t.median_us for t in time_interleaved(contenders, replays, warmup_ms=FINAL_WARMUP_MS)]
     final_times = dict(zip(finalists, final))
     vendor_us = final[-1] if vendor_run is not None else None
