@@ -34,6 +34,7 @@ def test_what_the_block_mode_takes():
         (dict(edit=lambda ops: setattr(ops, "scale_b", ops.scale_b.contiguous())), "outer-dim-major"),
         (dict(edit=lambda ops: setattr(ops, "bias", ops.bias.float())), "bias of the output dtype"),
         (dict(K=520), "K and N multiples of 16"),
+        (dict(K=384), "ceil\\(K / 128\\) to be a multiple of 4"),  # cuBLASLt's padded scale rows
     ],
 )
 def test_what_the_block_mode_refuses(kwargs, words):
@@ -51,3 +52,19 @@ def test_scale_a_is_brought_into_the_outer_dim_major_layout():
     laid_out = block_scale_a(scale_a)
     assert laid_out.stride() == (1, 32) and torch.equal(laid_out, scale_a)
     assert block_scale_a(laid_out) is laid_out  # already there: no copy
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the vendor kernels need CUDA")
+@pytest.mark.parametrize("M", [16, 97, 130])
+@pytest.mark.parametrize("N,K", [(256, 512), (384, 1536), (208, 1024)])  # 208: a partial weight block
+def test_the_vendors_block_mode_matches_the_reference_where_it_is_used(M, N, K):
+    # Every call `unsupported_reason` lets through must be right: rows of scale_a in any number (the
+    # 1 x 128 scales take M as their stride), and column-major scale_a as the layers give it.
+    from scaledmm.kernels.vendor import vendor_scaled_mm
+    from scaledmm.testing import assert_close
+
+    ops = make_block_operands(M, N, K, "cuda", (128, 128))
+    assert unsupported_reason(*ops.args(), ops.bias, BF16, (128, 128)) is None
+    for scale_a in (ops.scale_a, block_scale_a(ops.scale_a)):
+        out = vendor_scaled_mm(ops.a, ops.b, scale_a, ops.scale_b, ops.bias, BF16, block_size=(128, 128))
+        assert_close(out, ops, "precise")

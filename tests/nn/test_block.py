@@ -90,8 +90,9 @@ def test_where_the_vendor_runs_the_block_layer_quantizes_scale_a_column_major(mo
 
     if not ON_GPU:
         monkeypatch.setattr(runtime, "block_call_runs_vendor", lambda *args: True)
-    layer = W8A8Linear.from_linear(nn.Linear(384, 256, device=DEVICE).to(torch.bfloat16), block_size=(128, 128))
-    x = torch.randn(96, 384, device=DEVICE, dtype=torch.bfloat16)
+    # K = 512: four K blocks, a weight-scale row the vendor reads unpadded (kernels/vendor.py).
+    layer = W8A8Linear.from_linear(nn.Linear(512, 256, device=DEVICE).to(torch.bfloat16), block_size=(128, 128))
+    x = torch.randn(96, 512, device=DEVICE, dtype=torch.bfloat16)
     with torch.no_grad():
         out = layer(x)
         again = layer(x)

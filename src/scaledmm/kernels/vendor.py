@@ -7,7 +7,8 @@ tuner time them as the baselines. They accept fewer layouts and scale forms than
 
 Block-scaled fp8 (scaled_mm's `block_size`) runs torch._scaled_mm's block mode: 1 x 128 activation
 groups and 128 x 128 weight blocks only, scale_a [M, K/128] outer-dim-major (strides (1, M)) and
-scale_b [K/128, N/128] outer-dim-major (a checkpoint's contiguous weight_scale_inv, transposed). A
+scale_b [K/128, N/128] outer-dim-major (a checkpoint's contiguous weight_scale_inv, transposed), with
+ceil(K/128) a multiple of 4 (`BLOCK_SCALE_ROW_ALIGN`). A
 scale_a in another layout (quantize_per_token_group's default, row-major) is copied into that layout
 per call (W8A8Linear quantizes with column_major_scales where the vendor runs, so its calls do not
 copy); a scale_b in another is refused (it is the weight's: transpose it once, not per call). It
@@ -37,6 +38,11 @@ def misaligned_pointer(*tensors: torch.Tensor | None) -> bool:
 
 BLOCK_SHAPE = (128, 128)  # the only block scales torch._scaled_mm takes: 1 x 128 and 128 x 128
 BLOCK_MIN_M = 16  # torch._scaled_mm refuses block scales at M = 1 and took every M >= 16 measured
+# cuBLASLt reads the 128 x 128 weight scales with a row stride of ceil(K / 128) rounded up to 4; torch
+# before pytorch#166752 (2.11 among them) does not check it and returns wrong results where ceil(K /
+# 128) is not a multiple of 4 (H200, session 11: M = 96, N = 256, K = 384, 1,140x the error bound),
+# later versions refuse unpadded scales. Weights with such K run our kernels.
+BLOCK_SCALE_ROW_ALIGN = 4
 
 
 def unsupported_reason(
@@ -95,6 +101,11 @@ def _block_unsupported_reason(a, b, scale_b, bias, out_dtype, block_size) -> str
     if K % 16 or N % 16:
         return "torch._scaled_mm needs K and N multiples of 16"
     blocks_k, blocks_n = -(-K // BLOCK_SHAPE[1]), -(-N // BLOCK_SHAPE[0])
+    if blocks_k % BLOCK_SCALE_ROW_ALIGN:
+        return (
+            f"torch._scaled_mm's block mode needs ceil(K / 128) to be a multiple of {BLOCK_SCALE_ROW_ALIGN}: cuBLASLt "
+            "reads the weight scales' rows padded to it, and torch 2.11 passes unpadded ones on (wrong results)"
+        )
     if scale_b.stride(0) != 1 or (blocks_n > 1 and scale_b.stride(1) != blocks_k):
         return (
             "torch._scaled_mm needs scale_b [K/128, N/128] outer-dim-major, as weight_scale_inv.t() of a "
