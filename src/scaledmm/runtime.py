@@ -521,21 +521,24 @@ def prepare_linear(
         check_static_scale(input_scale, x)
     rows = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
     group_size = None if block_size is None else block_size[1]
-    column_major = False
-    if block_size is not None:
-        # Where the block-scaled call runs the vendor, which reads scale_a column-major, the rows are
-        # quantized into that layout, so that no call copies it (2-3 us on an H200). Decided before
-        # quantizing, on empty stand-ins: the checks and the choice read shapes, dtypes and alignment.
-        q = torch.empty(rows.shape, dtype=dtype, device=rows.device)
-        scale = torch.empty((rows.shape[0], -(-rows.shape[1] // group_size)), dtype=torch.float32, device=rows.device)
-        check_scaled_mm_args(q, weight_t, scale, weight_scale, out_dtype, bias, None, backend, accumulation, block_size)
-        column_major = rows.shape[0] > 0 and block_call_runs_vendor(
-            q, weight_t, scale, weight_scale, out_dtype, bias, backend, block_size
-        )
+    # The checks, and the layout of block scales, read shapes, dtypes and alignment only: they are made
+    # on empty stand-ins of the quantized rows and their scales, before any launch. Where a
+    # block-scaled call runs the vendor, which reads scale_a column-major, the rows are quantized into
+    # that layout, so that no call copies it (2-3 us on an H200).
+    q = torch.empty(rows.shape, dtype=dtype, device=rows.device)
+    scales_per_row = 1 if group_size is None else -(-rows.shape[1] // group_size)
+    scale = input_scale
+    if scale is None:
+        scale = torch.empty((rows.shape[0], scales_per_row), dtype=torch.float32, device=rows.device)
+    check_scaled_mm_args(q, weight_t, scale, weight_scale, out_dtype, bias, None, backend, accumulation, block_size)
+    column_major = (
+        block_size is not None
+        and rows.shape[0] > 0
+        and block_call_runs_vendor(q, weight_t, scale, weight_scale, out_dtype, bias, backend, block_size)
+    )
     quantize = PreparedQuantize(rows, dtype, input_scale is None, group_size, column_major)
     quantized = quantize(rows, input_scale)
     q, scale = quantized if input_scale is None else (quantized, input_scale)
-    check_scaled_mm_args(q, weight_t, scale, weight_scale, out_dtype, bias, None, backend, accumulation, block_size)
     out, matmul = prepare_scaled_mm(
         q, weight_t, scale, weight_scale, out_dtype, bias, None, backend, accumulation, block_size
     )
