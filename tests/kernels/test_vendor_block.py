@@ -54,6 +54,34 @@ def test_scale_a_is_brought_into_the_outer_dim_major_layout():
     assert block_scale_a(laid_out) is laid_out  # already there: no copy
 
 
+def _block_product(a, b, scale_a, scale_b, bias, out_dtype):
+    expanded_a = scale_a.repeat_interleave(128, dim=1)[:, : a.shape[1]]
+    expanded_b = scale_b.repeat_interleave(128, dim=0).repeat_interleave(128, dim=1)[: b.shape[0], : b.shape[1]]
+    out = (a.float() * expanded_a) @ (b.float() * expanded_b)
+    return (out if bias is None else out + bias.float()).to(out_dtype)
+
+
+def _strict_block_mode(a, b, scale_a, scale_b, bias=None, out_dtype=None):
+    # torch._scaled_mm's block mode as torch 2.11 takes it on an H200: scale_a with strides exactly
+    # (1, M), and M a multiple of 4 (cuBLASLt's 16-byte column stride).
+    M = a.shape[0]
+    assert scale_a.stride() == (1, M) and M % 4 == 0, (M, scale_a.stride())
+    return _block_product(a, b, scale_a, scale_b, bias, out_dtype)
+
+
+@pytest.mark.parametrize("M", [16, 17, 18, 19, 97])
+def test_an_m_the_block_mode_refuses_runs_on_padded_rows(monkeypatch, M):
+    from scaledmm.kernels.vendor import vendor_scaled_mm
+
+    monkeypatch.setattr(torch, "_scaled_mm", _strict_block_mode)
+    ops = make_block_operands(M, 208, 512, "cpu", (128, 128))
+    expected = _block_product(*ops.args(), ops.bias, BF16)
+    for scale_a in (ops.scale_a, block_scale_a(ops.scale_a)):
+        out = vendor_scaled_mm(ops.a, ops.b, scale_a, ops.scale_b, ops.bias, BF16, block_size=(128, 128))
+        assert out.shape == (M, 208) and out.is_contiguous()
+        torch.testing.assert_close(out, expected)  # bf16's tolerance: the float32 sums may round apart
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the vendor kernels need CUDA")
 @pytest.mark.parametrize("M", [16, 97, 130])
 @pytest.mark.parametrize("N,K", [(256, 512), (384, 1536), (208, 1024)])  # 208: a partial weight block

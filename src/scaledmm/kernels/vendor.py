@@ -12,13 +12,15 @@ ceil(K/128) a multiple of 4 (`BLOCK_SCALE_ROW_ALIGN`). A
 scale_a in another layout (quantize_per_token_group's default, row-major) is copied into that layout
 per call (W8A8Linear quantizes with column_major_scales where the vendor runs, so its calls do not
 copy); a scale_b in another is refused (it is the weight's: transpose it once, not per call). It
-refuses M = 1 (H200, torch 2.11; benchmarks/results/h200-2026-12-01/block_fp8_ab.log), and ran every
-M >= 16 there: it is used from M = 16 on.
+refuses M = 1 (H200, torch 2.11; benchmarks/results/h200-2026-12-01/block_fp8_ab.log) and every M
+that is not a multiple of 4 (session 12), so those M >= 16 run on rows padded to a multiple of 4
+(`_padded_block_scaled_mm`): it is used from M = 16 on.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _row_major(t: torch.Tensor) -> bool:
@@ -43,6 +45,10 @@ BLOCK_MIN_M = 16  # torch._scaled_mm refuses block scales at M = 1 and took ever
 # 128) is not a multiple of 4 (H200, session 11: M = 96, N = 256, K = 384, 1,140x the error bound),
 # later versions refuse unpadded scales. Weights with such K run our kernels.
 BLOCK_SCALE_ROW_ALIGN = 4
+# torch takes scale_a [M, K/128] only with strides exactly (1, M), and cuBLASLt refuses that column
+# stride unless it is 16-byte aligned (CUBLAS_STATUS_NOT_SUPPORTED at M = 17-19, 97-99, 130, 1001 on an
+# H200, torch 2.11, session 12): such M run on padded rows.
+BLOCK_M_ALIGN = 4
 
 
 def unsupported_reason(
@@ -143,6 +149,8 @@ def vendor_scaled_mm(
     some shapes (a RuntimeError, CUBLAS_STATUS_NOT_SUPPORTED): `fast_accum_refused` tells.
     block_size: block scales (see the module docstring), promoted every block; fast_accum unused."""
     if block_size is not None:
+        if a.shape[0] % BLOCK_M_ALIGN:
+            return _padded_block_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype)
         return torch._scaled_mm(a, b, block_scale_a(scale_a), scale_b, bias=bias, out_dtype=out_dtype)
     if a.dtype == torch.int8:
         out = torch._int_mm(a, b).float() * scale_a.reshape(-1, 1) * scale_b.reshape(1, -1)
@@ -155,6 +163,15 @@ def vendor_scaled_mm(
     else:
         scale_a, scale_b = scale_a.reshape(()), scale_b.reshape(())
     return torch._scaled_mm(a, b, scale_a, scale_b, bias=bias, out_dtype=out_dtype, use_fast_accum=fast_accum)
+
+
+def _padded_block_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype) -> torch.Tensor:
+    """The block mode at an M it refuses (not a multiple of BLOCK_M_ALIGN): a and scale_a copied into
+    rows zero-padded to the next multiple (one pad kernel each), whose outputs are dropped."""
+    pad = -a.shape[0] % BLOCK_M_ALIGN
+    a_padded = F.pad(a, (0, 0, 0, pad))
+    scale_padded = F.pad(scale_a.t(), (0, pad)).t()  # [rows, groups] with strides (1, rows)
+    return torch._scaled_mm(a_padded, b, scale_padded, scale_b, bias=bias, out_dtype=out_dtype)[: a.shape[0]]
 
 
 def fast_accum_refused(err: RuntimeError) -> bool:
