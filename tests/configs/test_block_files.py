@@ -117,7 +117,7 @@ def test_an_untuned_block_call_on_hopper_plans_the_vendor_from_m_65_and_the_swap
 ):
     monkeypatch.setattr(lookup, "device_capability", lambda device: (9, 0))  # the vendor rule is Hopper's
     n, k = 2111, 7168  # no file's (DeepSeek-V3's q_a_kv_a is 2112): 33 tiles of 64 weight rows, 56 K blocks
-    assert block_plan(65, n, k).backend == "torch" and block_plan(4096, n, k).backend == "torch"
+    assert block_plan(68, n, k).backend == "torch" and block_plan(4096, n, k).backend == "torch"
     decode = block_plan(64, n, k)
     assert decode.backend == "triton" and decode.source is None
     assert decode.config == MatmulConfig(64, 64, 128, num_warps=4, num_stages=4, split_k=8, kernel="swapped")
@@ -130,8 +130,43 @@ def test_an_untuned_block_call_on_hopper_plans_the_vendor_from_m_65_and_the_swap
     assert block_heuristic_config(1, 64 * sms, 7168, 128, sms, 227 * 1024).split_k == 1  # one tile per SM already
     assert block_heuristic_config(20, n, k, 128, sms, 227 * 1024).block_m == 32
     clear_cache()
-    ops = make_block_operands(70, N, K, DEVICE)  # untuned at M = 70: the vendor on Hopper, ours here
+    ops = make_block_operands(72, N, K, DEVICE)  # untuned at M = 72: the vendor on Hopper, ours here
     assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias, block_size=BLOCK), ops)
+
+
+def test_an_untuned_block_call_at_an_m_the_vendor_must_pad_for_runs_ours_below_256(config_dir, monkeypatch):
+    monkeypatch.setattr(lookup, "device_capability", lambda device: (9, 0))
+    n, k = 2111, 7168
+    assert [block_plan(M, n, k).backend for M in (96, 97, 255, 256, 257, 1001)] == [
+        "torch", "triton", "triton", "torch", "torch", "torch"
+    ]  # fmt: skip
+
+
+def test_a_torch_block_bucket_runs_ours_where_padding_costs_the_vendor_its_lead(config_dir):
+    # The bucket's times: the vendor 30 us, ours 40. Padding M = 97 rows of K = 256 costs about 6.5 us
+    # (heuristic.block_vendor_padding_us): the vendor keeps its lead. With ours at 35 it does not.
+    def bucket(triton_us):
+        data = block_json(backend="torch", buckets={128: TUNED[64]})
+        data["buckets"]["128"]["baselines_us"] = {"torch": 30.0, "triton": triton_us, "heuristic": 50.0}
+        return data
+
+    write(config_dir, bucket(40.0))
+    assert [block_plan(M).backend for M in (96, 97, 128)] == ["torch", "torch", "torch"]
+    write(config_dir, bucket(35.0))
+    clear_cache()
+    assert [block_plan(M).backend for M in (96, 97, 128)] == ["torch", "triton", "torch"]
+    assert block_plan(97).config == TUNED[64]  # the bucket's tile
+
+
+def test_block_vendor_padding_rule():
+    from scaledmm.configs.heuristic import block_vendor_padding_us, padded_block_vendor_loses
+
+    assert block_vendor_padding_us(96, 7168) == 0.0
+    assert 6.5 < block_vendor_padding_us(97, 7168) < block_vendor_padding_us(1001, 7168) < 15.0
+    assert not padded_block_vendor_loses(96, 7168, 30.0, 30.5)  # no padding: the tuned choice stands
+    assert padded_block_vendor_loses(97, 7168, 30.0, 30.5)
+    assert not padded_block_vendor_loses(97, 7168, 30.0, 60.0)
+    assert padded_block_vendor_loses(97, 7168, None, 60.0) and not padded_block_vendor_loses(257, 7168, None, None)
 
 
 def test_the_lookup_finds_the_block_bucket_and_falls_back_to_the_heuristic(config_dir):
@@ -199,8 +234,8 @@ def test_scaled_mm_runs_the_tuned_block_config(config_dir):
 @pytest.mark.skipif(DEVICE == "cuda", reason="on CUDA the vendor may serve the bucket")
 def test_a_torch_bucket_runs_ours_where_the_vendor_cannot_serve(config_dir):
     write(config_dir, block_json(backend="torch"))
-    ops = make_block_operands(3, N, K, DEVICE, BLOCK)
-    assert block_plan(3).backend == "torch"
+    ops = make_block_operands(4, N, K, DEVICE, BLOCK)
+    assert block_plan(4).backend == "torch"
     assert_close(scaledmm.scaled_mm(*ops.args(), bias=ops.bias, block_size=BLOCK), ops)
     prepared = prepared_call(*ops.args(), bias=ops.bias, block_size=BLOCK)
     assert prepared.backend == "triton" and prepared.config == TUNED[4]

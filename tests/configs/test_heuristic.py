@@ -140,6 +140,14 @@ def test_untuned_backend(M, dtype, capability, backend):
     assert untuned_backend(M, dtype, capability) == backend
 
 
+def test_untuned_block_backend_keeps_ours_where_the_vendor_must_pad_rows():
+    fp8 = torch.float8_e4m3fn
+    assert untuned_backend(97, fp8, (9, 0)) == "torch"  # per-channel scales: any M
+    assert [untuned_backend(M, fp8, (9, 0), block=True) for M in (64, 96, 97, 255, 256, 257)] == [
+        "triton", "torch", "triton", "triton", "torch", "torch"
+    ]  # fmt: skip
+
+
 def test_an_untuned_plan_on_hopper_names_the_vendor_and_a_cpu_call_still_runs(monkeypatch):
     import scaledmm
     from scaledmm.configs import clear_cache, lookup

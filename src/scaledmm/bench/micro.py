@@ -240,7 +240,8 @@ def _block_methods(shape: LinearShape, M: int, block_size: tuple[int, int], devi
     untuned rule's) with scale_a in the layout W8A8Linear quantizes it into for this call (column-major
     where auto runs the vendor, runtime.block_call_runs_vendor; row-major where ours runs), forced to
     Triton and with the heuristic's tile (row-major scale_a), and torch._scaled_mm's block mode given
-    scale_a column-major, the layout it reads; on the same R copies of the inputs."""
+    scale_a column-major, the layout it reads (at an M it refuses, on rows padded to one: what a user
+    of it would have to do); on the same R copies of the inputs."""
     copies = rotation_count(shape.n * shape.k, device)
     ops = [make_block_operands(M, shape.n, shape.k, device, block_size) for _ in range(copies)]
     inputs = [(*o.args(), o.bias) for o in ops]
@@ -257,8 +258,8 @@ def _block_methods(shape: LinearShape, M: int, block_size: tuple[int, int], devi
     def ours_heuristic(a, b, sa, sb, bias):
         return scaledmm.scaled_mm(a, b, sa, sb, OUT_DTYPE, bias, config=heuristic, block_size=block_size)
 
-    def vendor(a, b, sa, sb, bias):
-        return torch._scaled_mm(a, b, sa, sb, bias=bias, out_dtype=OUT_DTYPE)
+    def vendor(a, b, sa, sb, bias):  # at an M the block mode refuses, on padded rows (kernels/vendor.py)
+        return vendor_scaled_mm(a, b, sa, sb, bias, OUT_DTYPE, block_size=block_size)
 
     reason = unsupported_reason(*ops[0].args(), ops[0].bias, OUT_DTYPE, block_size)
     if reason is None:

@@ -141,11 +141,13 @@ class Bucket:
     config: MatmulConfig
     time_us: float | None = None
     revision: str | None = None  # of the kernel it was tuned with (kernels.matmul.kernel_revision)
-    # Two of the baselines timed at tuning: the heuristic's config on ours, and the vendor in the
-    # file's accumulation mode (None where cuBLAS refused it). lookup.plan weighs them for a shape
-    # without a file (heuristic_beat_vendor).
+    # Three of the baselines timed at tuning: the heuristic's config on ours, the vendor in the file's
+    # accumulation mode (None where cuBLAS refused it), and ours with `config`. lookup.plan weighs
+    # them for a shape without a file (heuristic_beat_vendor) and for a block-scaled bucket the vendor
+    # won at an M it must pad for (heuristic.padded_block_vendor_loses).
     heuristic_us: float | None = None
     vendor_us: float | None = None
+    triton_us: float | None = None
 
 
 @dataclass(frozen=True)
@@ -301,8 +303,8 @@ def parse_table(path: Path, data: object) -> TunedTable:
         # The vendor in the file's own accumulation mode only: "torch (precise: ...)" ran where cuBLAS
         # refused fast accumulation, a slower kernel than a call of another shape may get.
         vendor_us = times.get("torch")
-        heuristic_us = times.get("heuristic")
-        buckets.append(Bucket(m, entry["backend"], config, time_us, revision, heuristic_us, vendor_us))
+        heuristic_us, triton_us = times.get("heuristic"), times.get("triton")
+        buckets.append(Bucket(m, entry["backend"], config, time_us, revision, heuristic_us, vendor_us, triton_us))
     buckets.sort(key=lambda b: b.m)
     return TunedTable(path, data["device_name"], n, k, data["dtype"], tuple(buckets), accumulation, block_shape)
 

@@ -194,10 +194,42 @@ def _stages(block_m: int, block_n: int, block_k: int, most: int, shared_memory: 
 UNTUNED_VENDOR_MIN_M = 65
 
 
-def untuned_backend(M: int, dtype: torch.dtype, capability: tuple[int, int]) -> str:
-    """The backend `auto` takes for a shape no tuned file covers."""
+# torch._scaled_mm's block mode refuses an M that is not a multiple of 4 (cuBLASLt wants scale_a's
+# column stride, M floats, 16-byte aligned, and torch takes no stride but M): kernels/vendor.py runs
+# such M on rows padded to one, at the cost of two pad kernels. In CUDA graphs on an H200 they added
+# 6.4-8.6 us at M = 97-257 and 9-22 us at M = 1001 over the vendor at the next multiple of 4 (11
+# block shapes; benchmarks/ab/block_vendor_ragged_m.py, session 12): about 6.5 us plus 1 us per MB of
+# `a`. Without tuned times the padded vendor beat the block heuristic at every held-out point at M =
+# 257 and 1001 (8 shapes) but at 5 of 16 at M = 97 and 131, so below UNTUNED_BLOCK_PADDED_MIN_M
+# untuned calls at such M run ours.
+VENDOR_BLOCK_M_ALIGN = 4
+UNTUNED_BLOCK_PADDED_MIN_M = 256
+
+
+def block_vendor_padding_us(M: int, K: int) -> float:
+    """What padding the rows of an fp8 `a` [M, K] for torch._scaled_mm's block mode costs (0 where M
+    needs none), per the H200 measurement above."""
+    return 0.0 if M % VENDOR_BLOCK_M_ALIGN == 0 else 6.5 + M * K / 1e6
+
+
+def padded_block_vendor_loses(M: int, K: int, vendor_us: float | None, triton_us: float | None) -> bool:
+    """Whether a block-scaled call at M runs ours although its bucket's vendor was the faster at
+    tuning (`vendor_us` against ours' `triton_us`; None where not recorded): where M must be padded
+    for the vendor and the padding costs its lead, or, the times unknown, as untuned calls do."""
+    if vendor_us is None or triton_us is None:
+        return _untuned_block_runs_ours(M)
+    return vendor_us + block_vendor_padding_us(M, K) >= triton_us
+
+
+def _untuned_block_runs_ours(M: int) -> bool:
+    return M % VENDOR_BLOCK_M_ALIGN != 0 and M < UNTUNED_BLOCK_PADDED_MIN_M
+
+
+def untuned_backend(M: int, dtype: torch.dtype, capability: tuple[int, int], block: bool = False) -> str:
+    """The backend `auto` takes for a shape no tuned file covers (`block`: with block scales)."""
     hopper = capability == (9, 0)
-    return "torch" if hopper and dtype != torch.int8 and M >= UNTUNED_VENDOR_MIN_M else "triton"
+    vendor = hopper and dtype != torch.int8 and M >= UNTUNED_VENDOR_MIN_M
+    return "torch" if vendor and not (block and _untuned_block_runs_ours(M)) else "triton"
 
 
 # Block-scaled fp8 at decode (M <= 64): the swapped block kernel, 16 to 64 tokens by 64 weight rows,

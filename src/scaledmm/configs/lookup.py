@@ -26,7 +26,10 @@ Block-scaled fp8 (`block_size`) is planned the same way from its own files (name
 `block_shape=[block_n,block_k]`; files.py), in the same order, a bucket whose config does not fit the
 block (`block_unfit_reason`) skipped with a warning; without one (no neighbour's bucket is lent) the
 block kernel's heuristic tile (`heuristic.block_heuristic_config`), on the backend
-`heuristic.untuned_backend` gives per-channel fp8 (the vendor from M = 65 on Hopper).
+`heuristic.untuned_backend` gives per-channel fp8 (the vendor from M = 65 on Hopper). At an M the
+vendor's block mode must pad (not a multiple of 4), a bucket the vendor won runs ours where the
+padding costs the vendor its lead in the bucket's times, and untuned calls run ours below M = 256
+(`heuristic.padded_block_vendor_loses`).
 """
 
 from __future__ import annotations
@@ -51,7 +54,13 @@ from scaledmm.configs.files import (
     normalize_device_name,
     parse_file_name,
 )
-from scaledmm.configs.heuristic import block_heuristic_config, grid_waves, heuristic_config, untuned_backend
+from scaledmm.configs.heuristic import (
+    block_heuristic_config,
+    grid_waves,
+    heuristic_config,
+    padded_block_vendor_loses,
+    untuned_backend,
+)
 from scaledmm.state import state
 
 CONFIG_DIR_ENV = "SCALEDMM_CONFIG_DIR"
@@ -346,7 +355,10 @@ def plan(
             continue
         reason = unfit_reason(bucket.config, M, N, shared_memory, block_size)
         if reason is None:
-            return Plan(bucket.backend, bucket.config, table.path)
+            backend = bucket.backend
+            if block_size is not None and backend == "torch":
+                backend = "triton" if padded_block_vendor_loses(M, K, bucket.vendor_us, bucket.triton_us) else backend
+            return Plan(backend, bucket.config, table.path)
         warnings.warn(
             f"{table.path}: bucket {bucket.m} ({bucket.config}) cannot run on this device at M = {M}: {reason}; "
             "skipped (the next file, or the heuristic, serves)",
@@ -354,7 +366,7 @@ def plan(
         )
     if block_size is not None:  # untuned block-scaled calls: the vendor's rule of per-channel fp8
         config = block_heuristic_config(M, N, K, block_size[1], num_sms, shared_memory)
-        return Plan(untuned_backend(M, dtype, device_capability(device)), config, None)
+        return Plan(untuned_backend(M, dtype, device_capability(device), block=True), config, None)
     # A neighbour's bucket that cannot run here is not lent (no warning: nothing the user chose failed).
     same_n = dtype_name == "fp8" and M > TRANSFER_FP8_MAX_M  # a grid of the neighbour's waves only
     for path in nearby_files(device_name(device), N, K, dtype_name, mode, same_n):

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from scaledmm.configs.heuristic import VENDOR_BLOCK_M_ALIGN
+
 
 def _row_major(t: torch.Tensor) -> bool:
     # cuBLASLt wants distinct rows (no stride-0 or overlapping views) at 16-byte-aligned offsets.
@@ -45,10 +47,6 @@ BLOCK_MIN_M = 16  # torch._scaled_mm refuses block scales at M = 1 and took ever
 # 128) is not a multiple of 4 (H200, session 11: M = 96, N = 256, K = 384, 1,140x the error bound),
 # later versions refuse unpadded scales. Weights with such K run our kernels.
 BLOCK_SCALE_ROW_ALIGN = 4
-# torch takes scale_a [M, K/128] only with strides exactly (1, M), and cuBLASLt refuses that column
-# stride unless it is 16-byte aligned (CUBLAS_STATUS_NOT_SUPPORTED at M = 17-19, 97-99, 130, 1001 on an
-# H200, torch 2.11, session 12): such M run on padded rows.
-BLOCK_M_ALIGN = 4
 
 
 def unsupported_reason(
@@ -149,7 +147,7 @@ def vendor_scaled_mm(
     some shapes (a RuntimeError, CUBLAS_STATUS_NOT_SUPPORTED): `fast_accum_refused` tells.
     block_size: block scales (see the module docstring), promoted every block; fast_accum unused."""
     if block_size is not None:
-        if a.shape[0] % BLOCK_M_ALIGN:
+        if a.shape[0] % VENDOR_BLOCK_M_ALIGN:
             return _padded_block_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype)
         return torch._scaled_mm(a, b, block_scale_a(scale_a), scale_b, bias=bias, out_dtype=out_dtype)
     if a.dtype == torch.int8:
@@ -166,9 +164,10 @@ def vendor_scaled_mm(
 
 
 def _padded_block_scaled_mm(a, b, scale_a, scale_b, bias, out_dtype) -> torch.Tensor:
-    """The block mode at an M it refuses (not a multiple of BLOCK_M_ALIGN): a and scale_a copied into
-    rows zero-padded to the next multiple (one pad kernel each), whose outputs are dropped."""
-    pad = -a.shape[0] % BLOCK_M_ALIGN
+    """The block mode at an M it refuses (not a multiple of VENDOR_BLOCK_M_ALIGN): a and scale_a
+    copied into rows zero-padded to the next multiple, whose outputs are dropped (what that costs:
+    configs.heuristic.block_vendor_padding_us; `auto` weighs it, configs.lookup.plan)."""
+    pad = -a.shape[0] % VENDOR_BLOCK_M_ALIGN
     a_padded = F.pad(a, (0, 0, 0, pad))
     scale_padded = F.pad(scale_a.t(), (0, pad)).t()  # [rows, groups] with strides (1, rows)
     return torch._scaled_mm(a_padded, b, scale_padded, scale_b, bias=bias, out_dtype=out_dtype)[: a.shape[0]]
