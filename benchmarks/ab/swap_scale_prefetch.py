@@ -1,16 +1,18 @@
-"""Block-scaled decode (issue 20): are the swapped kernel's scale loads what holds its weight stream
-at 72% of DRAM peak? ncu on the shipped kernel (M = 16, 24576 x 4096; session 12,
-ncu_decode_swapped.txt) shows 54% of stall cycles on global loads, 4 of 32 bytes used per sector: the
+"""Block-scaled decode (issue 20): were the swapped kernel's scale loads what held its weight stream
+at 72% of DRAM peak? ncu on session 11's kernel (M = 16, 24576 x 4096; session 12,
+ncu_decode_swapped.txt) showed 54% of stall cycles on global loads, 4 of 32 bytes used per sector: the
 per-block scales, loaded in the K loop after the operands and not pipelined with them.
 
-Variants of `_block_scaled_mm_swap_kernel` (kernels/matmul_block.py), each with the shipped bucket's
-config, against the shipped kernel in one interleaved timing per point (CUDA graphs, cold weights):
-- `col-major sa`: the shipped kernel given scale_a [M, G] with strides (1, M): a block's M scales
-  contiguous.
-- `prefetch`: the next block's scales loaded one iteration ahead, before the operands.
-- `prefetch+scalar sb`: and the weight tile's scale as one scalar load (the tile lies in one
-  128-row scale block where SCALE_N is a multiple of BLOCK_N).
-- `prefetch+scalar sb, col-major sa`: both.
+Session 11's kernel (kept here as `_swap_kernel_session11`) against variants, each with the shipped
+bucket's config, in one interleaved timing per point (CUDA graphs, cold weights):
+- `col-major sa`: session 11's kernel given scale_a [M, G] with strides (1, M).
+- `prefetch`: the package's kernel (kernels/matmul_block.py) with the next block's scales loaded one
+  iteration ahead, the weight tile's scale a vector as before (TILE_IN_ONE_SCALE_BLOCK off).
+- `prefetch+scalar sb`: the package's kernel as it runs: and the tile's weight scale one scalar (the
+  tile lies in one 128-row scale block where SCALE_N is a multiple of BLOCK_N).
+- `prefetch+scalar sb, col-major sa`: with scale_a column-major.
+The first run (session 12, `swap_scale_prefetch.log`) had these variants in this script, before the
+package's kernel took the last form.
 
     PYTHONPATH=src python3 benchmarks/ab/swap_scale_prefetch.py [--m 16,32,64]
     TRITON_INTERPRET=1 PYTHONPATH=src python3 benchmarks/ab/swap_scale_prefetch.py --check   # CPU
@@ -38,14 +40,14 @@ SHAPES = ((24576, 4096), (7168, 16384), (24576, 1536), (4096, 12288), (6144, 409
 
 
 @triton.jit
-def _swap_prefetch_kernel(
+def _swap_kernel_session11(
     a_ptr, b_ptr, out_ptr, scale_a_ptr, scale_b_ptr, bias_ptr, partials_ptr, arrivals_ptr,
     M, N, K,
     stride_am, stride_ak, stride_bk, stride_bn, stride_om, stride_on,
     stride_sam, stride_sak, stride_sbk, stride_sbn, stride_bias,
     SCALE_N: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-    SCALAR_SCALE_B: tl.constexpr,
+    TILE_IN_ONE_SCALE_BLOCK: tl.constexpr,  # unused: taken so that the package's arguments fit
 ):  # fmt: skip
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(M, BLOCK_M)
@@ -63,21 +65,11 @@ def _swap_prefetch_kernel(
     w_ptrs = b_ptr + cols[:, None] * stride_bn + offs_k[None, :] * stride_bk + k_first * b_step
     x_ptrs = a_ptr + offs_k[:, None] * stride_ak + rows[None, :] * stride_am + k_first * a_step
     scale_a_ptrs = scale_a_ptr + rows * stride_sam
-    if SCALAR_SCALE_B:
-        scale_b_ptrs = scale_b_ptr + (tile_n * BLOCK_N // SCALE_N).to(tl.int64) * stride_sbn
-    else:
-        scale_b_ptrs = scale_b_ptr + (cols // SCALE_N) * stride_sbn
+    scale_b_ptrs = scale_b_ptr + (cols // SCALE_N) * stride_sbn
 
     x_cols = (offs_m < M)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    next_scale_a = tl.load(scale_a_ptrs + k_first * stride_sak)
-    next_scale_b = tl.load(scale_b_ptrs + k_first * stride_sbk)
     for block in range(k_first, k_last):
-        scale_a = next_scale_a
-        scale_b = next_scale_b
-        following = tl.minimum(block + 1, k_last - 1)
-        next_scale_a = tl.load(scale_a_ptrs + following * stride_sak)
-        next_scale_b = tl.load(scale_b_ptrs + following * stride_sbk)
         if EVEN_K:
             w = tl.load(w_ptrs)
             x = tl.load(x_ptrs, mask=x_cols, other=0.0)
@@ -86,10 +78,9 @@ def _swap_prefetch_kernel(
             w = tl.load(w_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
             x = tl.load(x_ptrs, mask=x_cols & (offs_k[:, None] < k_left), other=0.0)
         partial = tl.dot(w, x)
-        if SCALAR_SCALE_B:
-            acc += partial * scale_a[None, :] * scale_b
-        else:
-            acc += partial * scale_a[None, :] * scale_b[:, None]
+        scale_a = tl.load(scale_a_ptrs + block * stride_sak)
+        scale_b = tl.load(scale_b_ptrs + block * stride_sbk)
+        acc += partial * scale_a[None, :] * scale_b[:, None]
         w_ptrs += b_step
         x_ptrs += a_step
 
@@ -116,17 +107,16 @@ class Variant:
     def __call__(self, a, b, sa, sb, bias):
         out = torch.empty((a.shape[0], b.shape[1]), dtype=OUT, device=a.device)
         grid, args, kwargs = block_launch_arguments(a, b, sa, sb, bias, out, self.config, BLOCK)
-        if self.prefetch:
-            _swap_prefetch_kernel[grid](*args, **kwargs, SCALAR_SCALE_B=self.scalar_scale_b)
-        else:
-            _block_scaled_mm_swap_kernel[grid](*args, **kwargs)
+        kwargs["TILE_IN_ONE_SCALE_BLOCK"] = self.scalar_scale_b
+        kernel = _block_scaled_mm_swap_kernel if self.prefetch else _swap_kernel_session11
+        kernel[grid](*args, **kwargs)
         return out
 
 
 def variants(config: MatmulConfig) -> dict[str, tuple[Variant, bool]]:
     """name -> (variant, whether it takes scale_a column-major)."""
     out = {
-        "shipped": (Variant(config, False), False),
+        "session 11": (Variant(config, False), False),
         "col-major sa": (Variant(config, False), True),
         "prefetch": (Variant(config, True), False),
     }
@@ -142,8 +132,6 @@ def check_on_cpu() -> None:
         config = MatmulConfig(16, 64, 128, num_warps=4, num_stages=2, split_k=split, kernel="swapped")
         ops = make_block_operands(M, N, K, "cpu", BLOCK)
         for name, (variant, column_major) in variants(config).items():
-            if N % 128 and variant.scalar_scale_b:
-                continue
             scale_a = block_scale_a(ops.scale_a) if column_major else ops.scale_a
             assert_close(variant(ops.a, ops.b, scale_a, ops.scale_b, ops.bias), ops, "precise")
             print(f"M={M} N={N} K={K} split={split} {name}: ok")

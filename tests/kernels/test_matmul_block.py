@@ -107,6 +107,7 @@ def test_split_k_matches_the_reference_repeats_bitwise_and_writes_only_its_outpu
         (1, 256, 512, (128, 128)),  # decode, even blocks
         (20, 200, 300, (128, 128)),  # ragged K and N, two token tiles
         (3, 48, 96, (48, 32)),  # block_n not a power of two, a weight tile over two blocks
+        (5, 130, 520, (64, 128)),  # each 64-row tile in one scale block (its scale a scalar), ragged N and K
     ],
     ids=str,
 )

@@ -102,12 +102,18 @@ def _block_scaled_mm_swap_kernel(
     stride_sam, stride_sak, stride_sbk, stride_sbn, stride_bias,
     SCALE_N: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    TILE_IN_ONE_SCALE_BLOCK: tl.constexpr,
 ):  # fmt: skip
     # The operand-swapped form for decode: the same [BLOCK_M, BLOCK_N] output tile computed as
     # (B^T A^T)^T, BLOCK_N weight rows as the MMA's tall side (64 or more: an fp8 wgmma) and the few
     # tokens as its narrow side. Programs of one weight tile are neighbours (tile_m varies fastest),
     # so the weight tile streams from DRAM once. Each block's product is scaled as the unswapped
     # kernel scales it, (partial * scale_a) * scale_b, per token along the columns here.
+    # The scales of the next K block are loaded one iteration ahead, and where the tile lies in one
+    # scale block of the weight (TILE_IN_ONE_SCALE_BLOCK: SCALE_N a multiple of BLOCK_N) its scale is
+    # one scalar: loaded in the loop after the operands, they left warps waiting on global loads
+    # (ncu, H200, session 12), and so they ran 1.00-1.08x faster at M = 16-32 on six shapes
+    # (benchmarks/ab/swap_scale_prefetch.py).
     pid = tl.program_id(0)
     tiles_m = tl.cdiv(M, BLOCK_M)
     tile_m = pid % tiles_m
@@ -124,11 +130,21 @@ def _block_scaled_mm_swap_kernel(
     w_ptrs = b_ptr + cols[:, None] * stride_bn + offs_k[None, :] * stride_bk + k_first * b_step  # B^T tile
     x_ptrs = a_ptr + offs_k[:, None] * stride_ak + rows[None, :] * stride_am + k_first * a_step  # A^T tile
     scale_a_ptrs = scale_a_ptr + rows * stride_sam
-    scale_b_ptrs = scale_b_ptr + (cols // SCALE_N) * stride_sbn
+    if TILE_IN_ONE_SCALE_BLOCK:
+        scale_b_ptrs = scale_b_ptr + (tile_n * BLOCK_N // SCALE_N).to(tl.int64) * stride_sbn
+    else:
+        scale_b_ptrs = scale_b_ptr + (cols // SCALE_N) * stride_sbn
 
     x_cols = (offs_m < M)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    next_scale_a = tl.load(scale_a_ptrs + k_first * stride_sak)
+    next_scale_b = tl.load(scale_b_ptrs + k_first * stride_sbk)
     for block in range(k_first, k_last):
+        scale_a = next_scale_a
+        scale_b = next_scale_b
+        following = tl.minimum(block + 1, k_last - 1)  # the last block loads its own again, in bounds
+        next_scale_a = tl.load(scale_a_ptrs + following * stride_sak)
+        next_scale_b = tl.load(scale_b_ptrs + following * stride_sbk)
         if EVEN_K:
             w = tl.load(w_ptrs)
             x = tl.load(x_ptrs, mask=x_cols, other=0.0)
@@ -137,9 +153,10 @@ def _block_scaled_mm_swap_kernel(
             w = tl.load(w_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
             x = tl.load(x_ptrs, mask=x_cols & (offs_k[:, None] < k_left), other=0.0)
         partial = tl.dot(w, x)  # a fresh accumulator per block: promoted to fp32 below
-        scale_a = tl.load(scale_a_ptrs + block * stride_sak)
-        scale_b = tl.load(scale_b_ptrs + block * stride_sbk)
-        acc += partial * scale_a[None, :] * scale_b[:, None]
+        if TILE_IN_ONE_SCALE_BLOCK:
+            acc += partial * scale_a[None, :] * scale_b
+        else:
+            acc += partial * scale_a[None, :] * scale_b[:, None]
         w_ptrs += b_step
         x_ptrs += a_step
 
@@ -214,6 +231,8 @@ def block_launch_arguments(a, b, scale_a, scale_b, bias, out, config: MatmulConf
     )
     if config.kernel == "pointer":  # the swapped kernel's order needs no grouping
         args += (config.group_m,)
+    else:
+        kwargs["TILE_IN_ONE_SCALE_BLOCK"] = block_size[0] % config.block_n == 0
     return (tile_count(M, N, config), config.split_k), args, dict(**kwargs, **tile_kwargs(config))
 
 
