@@ -277,10 +277,10 @@ def block_call_runs_vendor(a, b, scale_a, scale_b, out_dtype, bias, backend, blo
 
 def _prepare_block_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias, config, backend, block_size):
     """The block-scaled product: our kernels (kernels/matmul_block.py) with the tile of a tuned block
-        bucket or the block heuristic's (configs.lookup.plan), or the vendor's block mode where the plan
-        gives it (`auto`: a bucket the vendor won, or an untuned call at M >= 65 on Hopper, each unless
+    bucket or the block heuristic's (configs.lookup.plan), or the vendor's block mode where the plan
+    gives it (`auto`: a bucket the vendor won, or an untuned call at M >= 65 on Hopper, each unless
     the vendor's padding of M to a multiple of 4 outweighs its lead: configs.lookup.plan) or
-        `backend='torch'` asks for it."""
+    `backend='torch'` asks for it."""
     M, N = a.shape[0], b.shape[1]
     explicit = config is not None
     chosen_by_auto = not explicit and backend == "auto"

@@ -41,7 +41,9 @@ def misaligned_pointer(*tensors: torch.Tensor | None) -> bool:
 
 
 BLOCK_SHAPE = (128, 128)  # the only block scales torch._scaled_mm takes: 1 x 128 and 128 x 128
-BLOCK_MIN_M = 16  # torch._scaled_mm refuses block scales at M = 1 and took every M >= 16 measured
+# torch._scaled_mm refuses block scales at M = 1, and from M = 16 on it took every multiple of 4
+# measured (other M run on padded rows, `_padded_block_scaled_mm`).
+BLOCK_MIN_M = 16
 # cuBLASLt reads the 128 x 128 weight scales with a row stride of ceil(K / 128) rounded up to 4; torch
 # before pytorch#166752 (2.11 among them) does not check it and returns wrong results where ceil(K /
 # 128) is not a multiple of 4 (H200, session 11: M = 96, N = 256, K = 384, 1,140x the error bound),
