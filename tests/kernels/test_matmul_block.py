@@ -70,6 +70,7 @@ def test_a_repeated_call_reuses_its_prepared_launch_with_new_data():
         (5, 96, 160, (64, 32), 4, False),  # 5 blocks in splits of 2: the last split gets none
         (3, 48, 96, (48, 32), 8, True),  # 3 blocks: five of the eight splits get none
         (70, 96, 160, (64, 32), 2, False),  # two tile rows
+        (5, 130, 520, (64, 128), 2, True),  # ragged N and K in 64-row scale blocks: one scale per swapped tile
     ],
     ids=str,
 )
