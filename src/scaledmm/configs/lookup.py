@@ -343,8 +343,9 @@ def plan(
     N; at or below it not one whose grid `crosses_first_wave`), else the heuristic (on the vendor for
     fp8 above it on Hopper, unless `heuristic_beat_vendor`). With block scales of `block_size` =
     (block_n, block_k), from the block-scaled files of that block shape (any accumulation mode), else
-    the block heuristic. A bucket tuned for this shape whose config cannot run here (unfit_reason) is
-    skipped with a warning."""
+    the block heuristic (a block bucket the vendor won runs ours at an M the vendor must pad for
+    where that costs its lead, `padded_block_vendor_loses`). A bucket tuned for this shape whose
+    config cannot run here (unfit_reason) is skipped with a warning."""
     num_sms, shared_memory = device_limits(device)
     dtype_name = DTYPE_NAMES[dtype]
     mode = accumulation if dtype_name == "fp8" and block_size is None else "fast"
@@ -356,8 +357,12 @@ def plan(
         reason = unfit_reason(bucket.config, M, N, shared_memory, block_size)
         if reason is None:
             backend = bucket.backend
-            if block_size is not None and backend == "torch":
-                backend = "triton" if padded_block_vendor_loses(M, K, bucket.vendor_us, bucket.triton_us) else backend
+            if (
+                block_size is not None
+                and backend == "torch"
+                and padded_block_vendor_loses(M, K, bucket.vendor_us, bucket.triton_us)
+            ):
+                backend = "triton"
             return Plan(backend, bucket.config, table.path)
         warnings.warn(
             f"{table.path}: bucket {bucket.m} ({bucket.config}) cannot run on this device at M = {M}: {reason}; "
