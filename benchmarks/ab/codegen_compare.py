@@ -6,10 +6,10 @@ specialise it, at its M and at the smallest M it serves: 8-bit operands of the f
 row-major, B = weight.t()), per-token x per-channel fp32 scales, bf16 bias, bf16 output (the tuned
 case), pointers 16-byte aligned, the integer arguments and constexprs as each tree's own launcher
 computes them (`matmul._kernel_and_arguments`; a TMA config runs the TMA kernel, as on an H100). A
-block-scaled file's buckets run the block kernel (`matmul_block.block_launch_arguments`), with the
-scales laid out as the tuner times them (scale_a [M, K blocks], scale_b the transposed view of the
-weight's [N blocks, K blocks]). Each tree loads the shipped tables with its own
-`configs.files.load_table`, in a process of its own.
+block-scaled file's buckets run the block kernel their config names, pointer or swapped
+(`matmul_block.block_launch_arguments`), with the scales laid out as the tuner times them (scale_a
+[M, K blocks], scale_b the transposed view of the weight's [N blocks, K blocks]). Each tree loads
+the shipped tables with its own `configs.files.load_table`, in a process of its own.
 Compared per bucket, in the order Triton makes them:
 - TTGIR, without location info and with values renamed in order (Triton names them after variables);
 - PTX, without debug info (line table, debug sections and the labels only they use);
@@ -158,7 +158,9 @@ def dump(data_dir: Path, out: Path, texts: Path, limit: int | None, files: str) 
         if block_shape is not None:
             blocks_n, blocks_k = -(-N // block_shape[0]), -(-K // block_shape[1])
             scale_a, scale_b = torch.empty(M, blocks_k, device=meta), torch.empty(blocks_n, blocks_k, device=meta).t()
-            kernel = matmul_block._block_scaled_mm_kernel
+            # The config's kernel (pointer or swapped); a tree before the swapped form has the pointer one only.
+            kernels = getattr(matmul_block, "BLOCK_KERNEL_FUNCTIONS", {"pointer": matmul_block._block_scaled_mm_kernel})
+            kernel = kernels[config.kernel]
             _, args, kwargs = matmul_block.block_launch_arguments(
                 a, b, scale_a, scale_b, bias, out, config, block_shape
             )
