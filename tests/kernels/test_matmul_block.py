@@ -121,6 +121,42 @@ def test_the_swapped_form_runs_through_scaled_mm_and_its_prepared_launch(M, N, K
     assert prepared.kernel == "block" and prepared.config.kernel == "swapped"
 
 
+@pytest.mark.skipif(ON_GPU, reason="watches the loads of Triton's interpreter")
+@pytest.mark.parametrize("kernel", ["pointer", "swapped"])
+def test_a_split_without_blocks_loads_nothing_outside_the_tensors(monkeypatch, kernel):
+    # 5 K blocks in 4 splits of 2: the last split has none and starts past the last block. A load
+    # there whose value goes unused (a prefetched scale) changes no result, so the loads are watched.
+    from triton.runtime import interpreter
+
+    from scaledmm.kernels import matmul_block
+
+    ops = make_block_operands(5, 130, 520, DEVICE, (64, 128), bias_dtype=torch.bfloat16)
+    out = torch.empty(5, 130, dtype=torch.bfloat16)
+    tensors = [ops.a, ops.b, ops.scale_a, ops.scale_b, ops.bias, out]
+    make_buffers = matmul_block.split_k_buffers
+
+    def buffers(*args, **kwargs):  # the launch's partial sums may be read too
+        made = make_buffers(*args, **kwargs)
+        tensors.extend(made)
+        return made
+
+    outside = []
+    masked_load = interpreter.InterpreterBuilder.create_masked_load
+
+    def watched(self, ptrs, mask, other, *rest):
+        spans = [(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for t in tensors]
+        loaded = ptrs.data[mask.data.astype(bool)]
+        outside.extend(int(p) for p in loaded if not any(0 <= int(p) - start < size for start, size in spans))
+        return masked_load(self, ptrs, mask, other, *rest)
+
+    monkeypatch.setattr(matmul_block, "split_k_buffers", buffers)
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_masked_load", watched)
+    config = MatmulConfig(16, 64, 128, num_warps=4, num_stages=3, split_k=4, kernel=kernel)
+    bind_block_scaled_mm(*ops.args(), ops.bias, out, config, (64, 128))
+    assert not outside, f"{len(outside)} loads outside the tensors"
+    assert_close(out, ops)
+
+
 def test_split_k_runs_through_scaled_mm_and_its_prepared_launch():
     clear_cache()
     config = MatmulConfig(16, 64, 128, num_warps=4, num_stages=3, split_k=4)

@@ -137,8 +137,13 @@ def _block_scaled_mm_swap_kernel(
 
     x_cols = (offs_m < M)[None, :]
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    next_scale_a = tl.load(scale_a_ptrs + k_first * stride_sak)
-    next_scale_b = tl.load(scale_b_ptrs + k_first * stride_sbk)
+    # An empty split (split_range's last ones may be) starts past the last block: it loads the last
+    # block's scales instead, in bounds, and uses none. Unsplit, the first block is 0, as before.
+    first = k_first
+    if SPLIT_K > 1:
+        first = tl.minimum(k_first, k_steps - 1)
+    next_scale_a = tl.load(scale_a_ptrs + first * stride_sak)
+    next_scale_b = tl.load(scale_b_ptrs + first * stride_sbk)
     for block in range(k_first, k_last):
         scale_a = next_scale_a
         scale_b = next_scale_b
