@@ -239,7 +239,7 @@ def untuned_backend(M: int, dtype: torch.dtype, capability: tuple[int, int], blo
 # weight rows wide), the winner's split was this rule's in 59 and its whole tile (kind, rows,
 # columns, split) in 53; the unsplit pointer tile of the rule before ran 1.0-2.8x the winner's time.
 # Re-tuned in session 12 with the swapped kernel's scales prefetched (its next revision): swapped won
-# 75 of 81, and this rule's tile ran 1.02x the winner's time (geomean; at most 1.22, 7168 x 2048 at
+# 75 of 81, and this rule's tile ran 1.02x the winner's time (geomean; at most 1.23, 7168 x 2048 at
 # M = 48-64, where a pointer tile won).
 _BLOCK_SWAP_MAX_M = 64
 _BLOCK_SPLITS = (8, 4, 2)
