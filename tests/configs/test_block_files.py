@@ -13,7 +13,7 @@ from helpers import DEVICE, prepared_call
 import scaledmm
 from scaledmm.configs import MatmulConfig, clear_cache, lookup, plan, select_config
 from scaledmm.configs.files import FORMAT_VERSION, ConfigFileError, file_name, load_table, parse_file_name
-from scaledmm.configs.heuristic import block_heuristic_config
+from scaledmm.configs.heuristic import block_heuristic_config, block_vendor_padding_us, padded_block_vendor_loses
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, block_unfit_reason, device_limits, device_name, unfit_reason
 from scaledmm.testing import assert_close, make_block_operands
 
@@ -159,8 +159,6 @@ def test_a_torch_block_bucket_runs_ours_where_padding_costs_the_vendor_its_lead(
 
 
 def test_block_vendor_padding_rule():
-    from scaledmm.configs.heuristic import block_vendor_padding_us, padded_block_vendor_loses
-
     assert block_vendor_padding_us(96, 7168) == 0.0
     assert 6.5 < block_vendor_padding_us(97, 7168) < block_vendor_padding_us(1001, 7168) < 15.0
     assert not padded_block_vendor_loses(96, 7168, 30.0, 30.5)  # no padding: the tuned choice stands

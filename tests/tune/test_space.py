@@ -5,10 +5,11 @@ import torch
 import triton
 
 from scaledmm.configs import MatmulConfig
+from scaledmm.configs.heuristic import fills_every_split
 from scaledmm.configs.lookup import unfit_reason
 from scaledmm.tune.distributed import compile_group, split_jobs
 from scaledmm.tune.runner import Job
-from scaledmm.tune.space import GLUON_CONFIGS, candidate_configs, group_variants
+from scaledmm.tune.space import GLUON_CONFIGS, block_candidate_configs, candidate_configs, group_variants
 
 H100_SHARED = 227 * 1024
 H100_SMS = 132
@@ -45,9 +46,19 @@ def test_split_k_only_where_the_tiles_leave_sms_idle():
             tiles = triton.cdiv(M, c.block_m) * triton.cdiv(N, c.block_n)
             if c.split_k > 1:
                 assert tiles < H100_SMS and tiles * c.split_k <= 2 * H100_SMS
-                assert triton.cdiv(K, c.block_k) >= 2 * c.split_k
+                k_steps = triton.cdiv(K, c.block_k)
+                assert k_steps >= 2 * c.split_k
+                assert triton.cdiv(k_steps, c.split_k) * (c.split_k - 1) < k_steps, "a split without K steps"
     assert any(c.split_k > 1 for c in candidate_configs(1, 2560, 9728, H100_SHARED, H100_SMS))
     assert all(c.split_k == 1 for c in candidate_configs(4096, 4096, 4096, H100_SHARED, H100_SMS))
+
+
+def test_no_split_is_left_without_k_steps():
+    assert fills_every_split(9, 3) and not fills_every_split(9, 4)  # 3, 3, 3, 0
+    assert fills_every_split(56, 8) and not fills_every_split(56, 16)  # 4 each: the 15th ends at 60
+    # 7168 / 128 = 56 K blocks at M = 1 on 2112 weight rows (33 tiles): split 16 was a candidate before.
+    splits = {c.split_k for c in block_candidate_configs(1, 2112, 7168, 128, H100_SHARED, H100_SMS)}
+    assert 8 in splits and 16 not in splits
 
 
 def test_group_variants_only_where_there_are_several_tile_rows():

@@ -246,6 +246,13 @@ _BLOCK_SPLITS = (8, 4, 2)
 _BLOCK_MIN_K_BLOCKS_PER_SPLIT = 2
 
 
+def fills_every_split(k_steps: int, split_k: int) -> bool:
+    """Whether splitting k_steps K steps split_k ways leaves no split without steps: split_k.split_range
+    gives each split ceil(k_steps / split_k) of them, so the last ones may get none (9 in 4: 3, 3, 3,
+    0). An empty split is a program that loads nothing and still takes a slot and an arrival."""
+    return triton.cdiv(k_steps, split_k) * (split_k - 1) < k_steps
+
+
 def block_heuristic_config(M: int, N: int, K: int, block_k: int, num_sms: int, shared_memory: int) -> MatmulConfig:
     """An untuned tile for block-scaled fp8 (kernels/matmul_block.py): K steps of the scale block and
     the deepest pipeline up to 4 stages that shared memory holds. Up to M = 64 the swapped kernel,
@@ -258,8 +265,8 @@ def block_heuristic_config(M: int, N: int, K: int, block_k: int, num_sms: int, s
         k_blocks = triton.cdiv(K, block_k)
         fits = [s for s in _BLOCK_SPLITS if tiles * s <= 2 * num_sms and k_blocks >= _BLOCK_MIN_K_BLOCKS_PER_SPLIT * s]
         # Only where the grid leaves SMs idle (the tuner's rule), and never with a split left without
-        # blocks (split_k.split_range gives each split ceil(k_blocks / s) of them).
-        split = next((s for s in fits if tiles < num_sms and triton.cdiv(k_blocks, s) * (s - 1) < k_blocks), 1)
+        # blocks.
+        split = next((s for s in fits if tiles < num_sms and fills_every_split(k_blocks, s)), 1)
         return MatmulConfig(
             block_m, block_n, block_k, group_m=8, num_warps=4, num_stages=stages, split_k=split, kernel="swapped"
         )

@@ -8,7 +8,7 @@ import itertools
 import triton
 
 from scaledmm.configs import MatmulConfig
-from scaledmm.configs.heuristic import SHARED_MEMORY_RESERVE
+from scaledmm.configs.heuristic import SHARED_MEMORY_RESERVE, fills_every_split
 from scaledmm.configs.lookup import unfit_reason
 
 MAX_ACCUMULATORS_PER_THREAD = 128  # 32-bit accumulators; more spills registers
@@ -86,12 +86,17 @@ def _pointer_block_k_choices(M: int) -> tuple[int, ...]:
 
 def _splits(M: int, N: int, K: int, config: MatmulConfig, num_sms: int) -> list[int]:
     """Split-K exists for tile grids that leave SMs idle (small M, small N): split until there are
-    at most two programs per SM, keeping a few K steps per program."""
+    at most two programs per SM, keeping a few K steps per program and none without
+    (`fills_every_split`)."""
     tiles = triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n)
     if tiles >= num_sms:
         return [1]
     k_steps = triton.cdiv(K, config.block_k)
-    return [1] + [s for s in SPLIT_K_CHOICES if tiles * s <= 2 * num_sms and k_steps >= MIN_K_STEPS_PER_SPLIT * s]
+    return [1] + [
+        s
+        for s in SPLIT_K_CHOICES
+        if tiles * s <= 2 * num_sms and k_steps >= MIN_K_STEPS_PER_SPLIT * s and fills_every_split(k_steps, s)
+    ]
 
 
 def _split_k_choices(M: int, N: int, K: int, config: MatmulConfig, num_sms: int) -> list[int]:
