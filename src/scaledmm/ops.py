@@ -12,8 +12,6 @@ order. Import rule: this module imports checks and runtime, and nothing above th
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from scaledmm.checks import (
@@ -27,6 +25,7 @@ from scaledmm.checks import (
 )
 from scaledmm.configs import MatmulConfig
 from scaledmm.runtime import (
+    empty_group_scales,
     prepared,
     producer_signature,
     quantize_signature,
@@ -133,11 +132,7 @@ def _quantize_per_token_group_fake(x, group_size, dtype, column_major_scales=Fal
     check_quantize_args(x, dtype)
     check_group_size(group_size, dtype)
     groups = -(-x.shape[-1] // group_size)
-    if column_major_scales:  # as PreparedQuantize: [rows, groups] with strides (1, rows), viewed as x's rows
-        rows = math.prod(x.shape[:-1])
-        scale = x.new_empty((groups, rows), dtype=torch.float32).t().view(*x.shape[:-1], groups)
-        return x.new_empty(x.shape, dtype=dtype), scale
-    return x.new_empty(x.shape, dtype=dtype), x.new_empty((*x.shape[:-1], groups), dtype=torch.float32)
+    return x.new_empty(x.shape, dtype=dtype), empty_group_scales(x.shape[:-1], groups, x.device, column_major_scales)
 
 
 # Producers with the per-token quantization fused in (kernels/producers.py): x [M, K] rows in,

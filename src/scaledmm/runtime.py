@@ -329,6 +329,16 @@ def run_scaled_mm(
 # ----------------------------------------------------------------------------- activation quantization
 
 
+def empty_group_scales(lead_shape: tuple[int, ...], groups: int, device, column_major: bool) -> torch.Tensor:
+    """An fp32 scale tensor [*lead_shape, groups] for per-token-group quantization: each row's scales
+    contiguous, or with `column_major` each group's scales contiguous over the rows (strides (1, rows)
+    as [rows, groups]), the layout torch._scaled_mm's block mode reads."""
+    if not column_major:
+        return torch.empty((*lead_shape, groups), dtype=torch.float32, device=device)
+    rows = math.prod(lead_shape)
+    return torch.empty((groups, rows), dtype=torch.float32, device=device).t().view(*lead_shape, groups)
+
+
 class PreparedQuantize:
     """A prepared quantization of x [..., K]: dynamic per token (returns (q, scale [..., 1])), per
     1 x group_size group (returns (q, scale [..., ceil(K / group_size)]), its rows' scales
@@ -356,11 +366,8 @@ class PreparedQuantize:
 
     def __call__(self, x: torch.Tensor, scale: torch.Tensor | None = None):
         q = torch.empty(self.shape, dtype=self.dtype, device=self.device)
-        if self.dynamic and self.column_major_scales:  # [M, groups] with strides (1, M), viewed as x's rows
-            scale = torch.empty((self.scales, self.M), dtype=torch.float32, device=self.device).t()
-            scale = scale.view(*self.shape[:-1], self.scales)
-        elif self.dynamic:
-            scale = torch.empty((*self.shape[:-1], self.scales), dtype=torch.float32, device=self.device)
+        if self.dynamic:
+            scale = empty_group_scales(self.shape[:-1], self.scales, self.device, self.column_major_scales)
         if self.M:
             rows = (x.reshape(self.M, self.K), q.view(self.M, self.K), scale)
             if self.launch is not None:

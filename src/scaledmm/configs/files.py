@@ -417,13 +417,17 @@ def load_table(path: Path) -> TunedTable:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write so that a reader (or a run killed mid-write) sees the old file or the new one, never half."""
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """write_json_atomic's way for any text (the tuner's journals, rewritten)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide shared config files from other users
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=False)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

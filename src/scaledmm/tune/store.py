@@ -40,6 +40,7 @@ from scaledmm.configs.files import (
     upgrade,
     upgrade_bucket,
     write_json_atomic,
+    write_text_atomic,
 )
 from scaledmm.tune.runner import Job, job_revision
 
@@ -254,12 +255,8 @@ def forget_in_journals(paths: list[Path], jobs: set[Job]) -> None:
                 if not kept:
                     path.unlink(missing_ok=True)
                     continue
-                tmp = path.with_name(f".{path.name}.tmp")
-                with open(tmp, "w") as f:
-                    f.write("".join(json.dumps(r) + "\n" for r in kept))
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)  # readers (and a crash) see the old journal or the new one, never half
+                # Readers (and a crash) see the old journal or the new one, never half.
+                write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
         except (ConfigFileError, FileNotFoundError) as err:
             warnings.warn(f"{err}; journal left as it is", stacklevel=2)
 
