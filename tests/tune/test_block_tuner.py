@@ -19,7 +19,7 @@ from scaledmm.configs.heuristic import block_heuristic_config
 from scaledmm.configs.lookup import CONFIG_DIR_ENV, block_unfit_reason, device_limits, device_name
 from scaledmm.kernels.matmul_block import block_kernel_revision
 from scaledmm.tune.runner import Job, _compile, candidates, job_operands, vendor_inputs
-from scaledmm.tune.space import BLOCK_SPLIT_MAX_M, SWAP_MAX_M, block_candidate_configs
+from scaledmm.tune.space import BLOCK_SWAP_MAX_M, SWAP_MAX_M, SWAP_MAX_TOKENS, block_candidate_configs
 from scaledmm.tune.store import job_of, validate_result
 
 N, K = 48, 256
@@ -82,29 +82,33 @@ def test_block_candidates_fit_the_block_and_end_with_the_heuristic():
 
 
 @pytest.mark.parametrize("N,K", [(2112, 7168), (4096, 7168), (7168, 2048), (24576, 1536)])
-def test_block_split_k_and_swapped_forms_only_at_small_m(N, K):
+def test_block_split_k_and_swapped_forms_where_the_weight_streams(N, K):
     sms = 132
-    for M in (1, 16, 64, 256, 4096):
+    for M in (1, 16, 64, 128, 256, 4096):
         space = block_candidate_configs(M, N, K, 128, 227 * 1024, sms)
         unsplit = [c for c in space if c.split_k == 1]
         swapped = [c for c in space if c.kernel == "swapped"]
-        if M <= SWAP_MAX_M:  # the swapped form at decode: one tile row of tokens, K steps of one block
-            assert swapped and {(c.block_m, c.block_k) for c in swapped} == {(max(16, M), 128)}
+        if M <= BLOCK_SWAP_MAX_M:  # one tile row of tokens up to SWAP_MAX_TOKENS, K steps of one block
+            tokens = min(SWAP_MAX_TOKENS, max(16, M))
+            assert swapped and {(c.block_m, c.block_k) for c in swapped} == {(tokens, 128)}
+            assert all(2 * c.block_m * c.block_n // 128 <= 128 for c in swapped)  # two fp32 tiles, no spill
         else:
             assert not swapped
         for c in space:
-            if c.split_k > 1 and c.kernel == "pointer":  # a variant of an unsplit candidate, the pointer kernel's rule
+            if c.split_k > 1 and c.kernel == "pointer":  # a variant of an unsplit candidate
                 tiles = triton.cdiv(M, c.block_m) * triton.cdiv(N, c.block_n)
                 assert tiles < sms and tiles * c.split_k <= 2 * sms
                 assert triton.cdiv(K, 128) >= 2 * c.split_k
-                assert c.num_warps == 4 and c.num_stages >= 3 and c.block_m == min(u.block_m for u in unsplit)
-                assert dataclasses.replace(c, split_k=1) in unsplit
+                assert c.num_stages >= 3 and dataclasses.replace(c, split_k=1) in unsplit
+                if M <= SWAP_MAX_M:  # at decode, the pointer kernel's rule: its smallest tile, four warps
+                    assert c.num_warps == 4 and c.block_m == min(u.block_m for u in unsplit)
         splits = len(space) - len(unsplit)
-        assert splits <= len(unsplit)  # a modest addition
-        if M > BLOCK_SPLIT_MAX_M:  # beyond decode the block kernel is not split
-            assert splits == 0, f"M={M}: {splits} split-K candidates"
+        if M <= SWAP_MAX_M:
+            assert splits <= len(unsplit)  # a modest addition
         if M == 1:
             assert splits > 0
+        if M == 4096:  # every tile grid fills the SMs
+            assert splits == 0, f"M={M}: {splits} split-K candidates"
     # Without SMs to fill (a grid of one tile per SM already) there is no split.
     assert all(c.split_k == 1 for c in block_candidate_configs(1, N, K, 128, 227 * 1024, 1))
 

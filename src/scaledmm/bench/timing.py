@@ -4,8 +4,10 @@ Cold weights: R copies of every input, called in turn, so the weight comes from 
 No launch gaps: the R calls are captured in one CUDA graph, replayed for 25 ms to bring the clocks
 up, then replayed at least 20 times, each replay timed with CUDA events; per-call time = replay
 time / R. Methods compared at one point are timed together (`time_interleaved`): their graphs
-replay in turn, so that clock drift falls on all of them alike. Without a GPU (Triton's
-interpreter) the calls are timed with the host clock instead; such numbers only show the code runs.
+replay in turn, so that clock drift falls on all of them alike, and each timed replay follows an
+untimed one of the same graph, so that no method is timed right after another one. Without a GPU
+(Triton's interpreter) the calls are timed with the host clock instead; such numbers only show the
+code runs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,7 +65,13 @@ def time_interleaved(
     """Time several `(fn, inputs)` in one go: each is captured in its own CUDA graph, and the graphs
     are replayed in turn, round after round (round r starting with job r mod n), so that a slow
     drift of the clock (power limit, heat) falls on every job alike instead of on whichever ran
-    last. Methods compared at one point should be timed together like this."""
+    last. Methods compared at one point should be timed together like this.
+
+    Each timed replay follows an untimed replay of the same graph: the GPU's state when a job
+    starts (its clock after the work before, what that work left in L2) is then the job's own, not
+    whichever job preceded it. Timed straight after another job, one vendor kernel timed as two
+    methods read 0.94-1.02x itself in one block bench, and 0.98-1.02x with the lead-in (H200,
+    session 13; docs/performance.md)."""
     replays = max(replays, MIN_REPLAYS)
     tensors = [next((x for x in inputs[0] if isinstance(x, torch.Tensor)), None) for _, inputs in jobs]
     if any(t is None or t.device.type != "cuda" for t in tensors):
@@ -84,12 +92,13 @@ def time_interleaved(
     n = len(graphs)
     starts = [[torch.cuda.Event(enable_timing=True) for _ in range(replays)] for _ in range(n)]
     ends = [[torch.cuda.Event(enable_timing=True) for _ in range(replays)] for _ in range(n)]
-    for r in range(replays):
-        for i in range(n):
-            j = (r + i) % n
+    for r, j, timed in replay_schedule(n, replays):
+        if timed:
             starts[j][r].record()
             graphs[j].replay()
             ends[j][r].record()
+        else:
+            graphs[j].replay()
     torch.cuda.synchronize()
     timings = []
     for j, (_, inputs) in enumerate(jobs):
@@ -97,6 +106,16 @@ def time_interleaved(
         timings.append(Timing(statistics.median(per_call), min(per_call), max(per_call)))
     del graphs
     return timings
+
+
+def replay_schedule(jobs: int, replays: int) -> Iterator[tuple[int, int, bool]]:
+    """(round, job, timed) for each replay of `time_interleaved`, in order: round r replays the jobs
+    starting with job r mod jobs, each job once untimed (the lead-in) and then once timed."""
+    for r in range(replays):
+        for i in range(jobs):
+            j = (r + i) % jobs
+            yield r, j, False
+            yield r, j, True
 
 
 SCREEN_REPLAYS = 3

@@ -8,8 +8,8 @@ The kernel's K step is the scale block (BLOCK_K = block_k). Each step's product 
 tensor-core accumulator, is scaled by its block's factors in fp32 and added to the fp32 accumulator:
 the partial sums are promoted every block_k K-elements by construction, so this kernel runs the same
 code in both accumulation modes. Tiles, grouped order, wrapped edges and the epilogue are the pointer
-kernel's (common.py); the weight's scale is gathered per column (`cols // SCALE_N`), so BLOCK_N need
-not match block_n.
+kernel's (common.py); the weight's scale is gathered per column (`cols // SCALE_N`; one scalar where
+the tile lies in one scale block), so BLOCK_N need not match block_n.
 
 Split-K (SPLIT_K > 1) is the pointer kernel's (split_k.py): SPLIT_K programs share a tile's scale
 blocks, each sums its blocks already scaled, and the last to arrive adds the fp32 partials up in
@@ -44,7 +44,12 @@ def _block_scaled_mm_kernel(
     GROUP_M,
     SCALE_N: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    TILE_IN_ONE_SCALE_BLOCK: tl.constexpr,
 ):  # fmt: skip
+    # Where the tile lies in one scale block of the weight (TILE_IN_ONE_SCALE_BLOCK: SCALE_N a multiple
+    # of BLOCK_N), its weight scale is one scalar per K block, folded into the row scales: each block
+    # is then added in with one fp32 FMA per element instead of two multiplies and an add, the issue
+    # slots that the block's wgmma waits on at compute-bound M (benchmarks/ab/block_pointer_fma.py).
     tile_m, tile_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -54,7 +59,10 @@ def _block_scaled_mm_kernel(
     a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
     b_ptrs = b_ptr + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn
     scale_a_ptrs = scale_a_ptr + rows * stride_sam
-    scale_b_ptrs = scale_b_ptr + (cols // SCALE_N) * stride_sbn
+    if TILE_IN_ONE_SCALE_BLOCK:
+        scale_b_ptrs = scale_b_ptr + (tile_n * BLOCK_N // SCALE_N).to(tl.int64) * stride_sbn
+    else:
+        scale_b_ptrs = scale_b_ptr + (cols // SCALE_N) * stride_sbn
     a_step = tl.full((), BLOCK_K, tl.int64) * stride_ak
     b_step = tl.full((), BLOCK_K, tl.int64) * stride_bk
 
@@ -76,7 +84,10 @@ def _block_scaled_mm_kernel(
         partial = tl.dot(a, b)  # a fresh accumulator per block: promoted to fp32 below
         scale_a = tl.load(scale_a_ptrs + block * stride_sak)
         scale_b = tl.load(scale_b_ptrs + block * stride_sbk)
-        acc += partial * scale_a[:, None] * scale_b[None, :]
+        if TILE_IN_ONE_SCALE_BLOCK:
+            acc = tl.fma(partial, (scale_a * scale_b)[:, None], acc)
+        else:
+            acc += partial * scale_a[:, None] * scale_b[None, :]
         a_ptrs += a_step
         b_ptrs += b_step
 
@@ -236,8 +247,7 @@ def block_launch_arguments(a, b, scale_a, scale_b, bias, out, config: MatmulConf
     )
     if config.kernel == "pointer":  # the swapped kernel's order needs no grouping
         args += (config.group_m,)
-    else:
-        kwargs["TILE_IN_ONE_SCALE_BLOCK"] = block_size[0] % config.block_n == 0
+    kwargs["TILE_IN_ONE_SCALE_BLOCK"] = block_size[0] % config.block_n == 0
     return (tile_count(M, N, config), config.split_k), args, dict(**kwargs, **tile_kwargs(config))
 
 

@@ -32,9 +32,14 @@ POINTER_MAX_BLOCK_M = 128
 POINTER_DECODE_WARPS = (4,)  # M <= 64
 SWAP_MAX_M = 64  # the swapped kernel's candidates: M small enough for one tile row of tokens
 SWAP_BLOCK_N = (64, 128)  # its weight rows per program: Hopper's wgmma takes 64 per warp group
-# The block-scaled kernel's split-K candidates: decode, where the weight streams (2 * M flops per
-# weight byte, under an H200's ~200 at M <= 64) and the tile grid leaves SMs idle (issue 20).
-BLOCK_SPLIT_MAX_M = 64
+# The block-scaled kernel offers its swapped form and split-K further, to mid M (issue 20, session
+# 13): there the vendor's block mode runs first, and at M = 128-256 it streams the weight at 0.6-2.3
+# TB/s (2 * M flops per weight byte, around the H200's ~410 flops per HBM byte), while the unsplit
+# pointer tiles leave SMs idle on narrow weights (56 tiles of 128 x 128 on 7168 x 16384 at M = 128).
+# Swapped tiles there take up to SWAP_MAX_TOKENS tokens (more rows of tokens, more programs), since a
+# 64 x 256 tile holds 256 fp32 accumulators per thread with its block's partial.
+BLOCK_SWAP_MAX_M = 256
+SWAP_MAX_TOKENS = 128
 # The Gluon kernel's candidates (kernels/matmul_gluon.py; Hopper only, `gluon_configs`): the three
 # fastest of the first H200 A/B (llama3-8b gate_up, 28672 x 4096, M = 4096; session 9): ping-pong
 # 128x128 s5 with 64-column stores (fp8 1,333 TFLOP/s against cuBLAS's 1,352 and our TMA kernel's
@@ -142,17 +147,25 @@ def candidate_configs(
 
 
 def _swap_configs(
-    M: int, N: int, K: int, shared_memory: int, num_sms: int, block_ks: tuple[int, ...] = (128, 256, 512)
+    M: int,
+    N: int,
+    K: int,
+    shared_memory: int,
+    num_sms: int,
+    block_ks: tuple[int, ...] = (128, 256, 512),
+    max_m: int = SWAP_MAX_M,
+    tiles_held: int = 1,
 ) -> list[MatmulConfig]:
-    """The operand-swapped kernel's candidates at small M: one tile row of tokens (16 to 64), 64 or
-    128 weight rows (the MMA's tall side), four warps, K steps of 128 to 512 (`block_ks`; the
-    block-scaled form's is its scale block) and 3 to 5 stages, split where the grid leaves SMs idle.
-    In the first A/B (fp8, M = 1, 4, 16, the eight preset shapes;
-    benchmarks/results/h100-2026-11-27-swap/small_m_forms_ab.log) 64 weight rows by 256 won at
-    every point, 3 or 5 stages, split in two on the K = 9728 and 14336 shapes."""
-    if M > SWAP_MAX_M:
+    """The operand-swapped kernel's candidates up to `max_m`: a tile row of tokens (16 to
+    SWAP_MAX_TOKENS), 64 or 128 weight rows (the MMA's tall side), four warps, K steps of 128 to 512
+    (`block_ks`; the block-scaled form's is its scale block) and 3 to 5 stages, split where the grid
+    leaves SMs idle; `tiles_held` fp32 tiles per program count against the register rule (the
+    block-scaled form holds its block's partial too). In the first A/B (fp8, M = 1, 4, 16, the eight
+    preset shapes; benchmarks/results/h100-2026-11-27-swap/small_m_forms_ab.log) 64 weight rows by
+    256 won at every point, 3 or 5 stages, split in two on the K = 9728 and 14336 shapes."""
+    if M > max_m:
         return []
-    block_m = max(16, triton.next_power_of_2(M))
+    block_m = min(SWAP_MAX_TOKENS, max(16, triton.next_power_of_2(M)))
     n_cap = max(16, triton.next_power_of_2(N))
     k_cap = max(32, triton.next_power_of_2(K))
     configs = []
@@ -161,7 +174,7 @@ def _swap_configs(
     ):
         if stages * (block_m + bn) * bk > shared_memory - SHARED_MEMORY_RESERVE:
             continue
-        if block_m * bn // (4 * 32) < MIN_ACCUMULATORS_PER_THREAD:
+        if not MIN_ACCUMULATORS_PER_THREAD <= tiles_held * block_m * bn // (4 * 32) <= MAX_ACCUMULATORS_PER_THREAD:
             continue
         config = MatmulConfig(block_m, bn, bk, group_m=8, num_warps=4, num_stages=stages, kernel="swapped")
         configs += [dataclasses.replace(config, split_k=s) for s in _splits(M, N, K, config, num_sms)]
@@ -211,10 +224,10 @@ def block_candidate_configs(
     about M rows as for the pointer kernel (16- and 64-row tiles at decode), 32 to 256 columns (no
     larger than N), 4 or 8 warps, 2 to 5 stages where shared memory holds them. The kernel holds two
     fp32 tiles per program (a block's fresh product and the running sum), so the register rule counts
-    the accumulator twice. Up to BLOCK_SPLIT_MAX_M, split-K variants by the pointer kernel's rule
-    (`_split_k_choices`: the smallest tile rows, four warps, 3+ stages, where the tile grid leaves SMs
-    idle): in the H200 re-tune of session 11 they won most buckets from M = 1 to 48. Up to SWAP_MAX_M,
-    the swapped form's tiles as for per-channel scales (`_swap_configs`, K steps of one scale block)."""
+    the accumulator twice. Split-K variants where the tile grid leaves SMs idle
+    (`_block_split_k_choices`): in the H200 re-tune of session 11 they won most buckets from M = 1 to
+    48. Up to BLOCK_SWAP_MAX_M, the swapped form's tiles as for per-channel scales (`_swap_configs`,
+    K steps of one scale block, two fp32 tiles held)."""
     n_cap = max(32, triton.next_power_of_2(N))
     configs = []
     for bm, bn, warps, stages in itertools.product(
@@ -225,10 +238,18 @@ def block_candidate_configs(
         if not MIN_ACCUMULATORS_PER_THREAD <= 2 * bm * bn // (warps * 32) <= MAX_ACCUMULATORS_PER_THREAD:
             continue
         config = MatmulConfig(bm, bn, block_k, group_m=8, num_warps=warps, num_stages=stages)
-        splits = _split_k_choices(M, N, K, config, num_sms) if M <= BLOCK_SPLIT_MAX_M else [1]
-        configs += [dataclasses.replace(config, split_k=s) for s in splits]
-    swapped = _swap_configs(M, N, K, shared_memory, num_sms, block_ks=(block_k,))
+        configs += [dataclasses.replace(config, split_k=s) for s in _block_split_k_choices(M, N, K, config, num_sms)]
+    swapped = _swap_configs(M, N, K, shared_memory, num_sms, (block_k,), max_m=BLOCK_SWAP_MAX_M, tiles_held=2)
     return configs + [c for c in swapped if c.block_k == block_k]  # not shortened to a small K's size
+
+
+def _block_split_k_choices(M: int, N: int, K: int, config: MatmulConfig, num_sms: int) -> list[int]:
+    # At decode, the pointer kernel's rule. Above it every tile of 3+ stages may split: at mid M a
+    # tall tile reads the weight fewer times than the smallest, and still leaves SMs idle on a
+    # narrow weight (56 tiles of 128 x 128 on 7168 x 16384).
+    if M <= SWAP_MAX_M:
+        return _split_k_choices(M, N, K, config, num_sms)
+    return _splits(M, N, K, config, num_sms) if config.num_stages >= 3 else [1]
 
 
 def group_variants(config: MatmulConfig, M: int) -> list[MatmulConfig]:
