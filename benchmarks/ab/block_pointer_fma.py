@@ -1,7 +1,7 @@
 """Block-scaled fp8 at mid and large M (issue 20): the pointer block kernel spends per K block, after
-each block's wgmma, two fp32 multiplies and an add per output element to scale the block's partial
-(partial * scale_a[:, None] * scale_b[None, :]) before it adds it in, issue slots the tensor cores wait
-on since the next block's wgmma cannot start before them. Where the tile lies in one 128-row scale
+each block's wgmma, a multiply and an FMA per output element (partial * scale_a[:, None] *
+scale_b[None, :] as ptxas contracts it) to add the block's scaled partial in, issue slots the tensor
+cores wait on since the next block's wgmma cannot start before them. Where the tile lies in one 128-row scale
 block of the weight, scale_b is one scalar per K block: folded into the row scales, each block is one
 FMA per element (the package's kernel, TILE_IN_ONE_SCALE_BLOCK).
 

@@ -13,13 +13,12 @@ auto and of the vendor launch (torch.profiler).
 
 from __future__ import annotations
 
-import math
 import statistics
 
 import torch
 
 import scaledmm
-from scaledmm.bench.timing import _capture, rotation_count, time_interleaved
+from scaledmm.bench.timing import _capture, _warm_up, rotation_count, time_interleaved
 from scaledmm.configs import MatmulConfig, device_limits
 from scaledmm.configs.heuristic import block_heuristic_config
 from scaledmm.kernels.vendor import block_scale_a, vendor_scaled_mm
@@ -33,15 +32,7 @@ POINTS = ((7168, 16384, 256), (7168, 16384, 512), (24576, 4096, 256), (24576, 15
 def straight_after_another(jobs, replays: int = 20, warmup_ms: float = 25.0) -> list[float]:
     """Median per-call us of each job, timed as session 12's time_interleaved did."""
     graphs = [_capture(fn, inputs) for fn, inputs in jobs]
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for graph in graphs:
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    for _ in range(min(2000, math.ceil(warmup_ms / max(start.elapsed_time(end), 1e-3)))):
-        for graph in graphs:
-            graph.replay()
+    _warm_up(graphs, warmup_ms)
     n = len(graphs)
     events = [[[torch.cuda.Event(enable_timing=True) for _ in range(2)] for _ in range(replays)] for _ in range(n)]
     for r in range(replays):

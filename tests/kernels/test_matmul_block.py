@@ -71,6 +71,7 @@ def test_a_repeated_call_reuses_its_prepared_launch_with_new_data():
         (3, 48, 96, (48, 32), 8, True),  # 3 blocks: five of the eight splits get none
         (70, 96, 160, (64, 32), 2, False),  # two tile rows
         (5, 130, 520, (64, 128), 2, True),  # ragged N and K in 64-row scale blocks: one scale per swapped tile
+        (7, 200, 300, (96, 128), 2, True),  # 96-row scale blocks: one scale per pointer tile of 32, ragged N
     ],
     ids=str,
 )
@@ -119,6 +120,14 @@ def test_the_swapped_form_runs_through_scaled_mm_and_its_prepared_launch(M, N, K
     assert_close(call(ops, config=config), ops)
     prepared = prepared_call(*ops.args(), bias=ops.bias, config=config, block_size=block_size)
     assert prepared.kernel == "block" and prepared.config.kernel == "swapped"
+
+
+def test_the_swapped_form_at_mid_m_with_128_token_tiles():
+    # The tuner offers swapped tiles of up to 128 tokens up to M = 256 (tune/space.BLOCK_SWAP_MAX_M):
+    # two token tiles here, the second ragged, split over K, partial last blocks.
+    ops = make_block_operands(150, 130, 300, DEVICE, (128, 128))
+    config = MatmulConfig(128, 64, 128, num_warps=4, num_stages=3, split_k=2, kernel="swapped")
+    assert_close(call(ops, config=config), ops)
 
 
 @pytest.mark.skipif(ON_GPU, reason="watches the loads of Triton's interpreter")

@@ -78,17 +78,7 @@ def time_interleaved(
         return [_time_on_host(fn, inputs) for fn, inputs in jobs]
 
     graphs = [_capture(fn, inputs) for fn, inputs in jobs]
-    # Replay for warmup_ms first, so an idle GPU's clocks are up before the timed replays.
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for graph in graphs:
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    for _ in range(min(MAX_WARMUP_REPLAYS, math.ceil(warmup_ms / max(start.elapsed_time(end), 1e-3)))):
-        for graph in graphs:
-            graph.replay()
-
+    _warm_up(graphs, warmup_ms)
     n = len(graphs)
     starts = [[torch.cuda.Event(enable_timing=True) for _ in range(replays)] for _ in range(n)]
     ends = [[torch.cuda.Event(enable_timing=True) for _ in range(replays)] for _ in range(n)]
@@ -106,6 +96,20 @@ def time_interleaved(
         timings.append(Timing(statistics.median(per_call), min(per_call), max(per_call)))
     del graphs
     return timings
+
+
+def _warm_up(graphs: Sequence[torch.cuda.CUDAGraph], warmup_ms: float) -> None:
+    """Replay the graphs in turn for about warmup_ms, so that an idle GPU's clocks are up before the
+    timed replays."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for graph in graphs:
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    for _ in range(min(MAX_WARMUP_REPLAYS, math.ceil(warmup_ms / max(start.elapsed_time(end), 1e-3)))):
+        for graph in graphs:
+            graph.replay()
 
 
 def replay_schedule(jobs: int, replays: int) -> Iterator[tuple[int, int, bool]]:

@@ -241,7 +241,7 @@ def untuned_backend(M: int, dtype: torch.dtype, capability: tuple[int, int], blo
 # Re-tuned in session 12 with the swapped kernel's scales prefetched (its next revision): swapped won
 # 75 of 81, and this rule's tile ran 1.02x the winner's time (geomean; at most 1.23, 7168 x 2048 at
 # M = 48-64, where a pointer tile won).
-_BLOCK_SWAP_MAX_M = 64
+_BLOCK_HEURISTIC_SWAP_MAX_M = 64
 _BLOCK_SPLITS = (8, 4, 2)
 _BLOCK_MIN_K_BLOCKS_PER_SPLIT = 2
 
@@ -256,9 +256,9 @@ def fills_every_split(k_steps: int, split_k: int) -> bool:
 def block_heuristic_config(M: int, N: int, K: int, block_k: int, num_sms: int, shared_memory: int) -> MatmulConfig:
     """An untuned tile for block-scaled fp8 (kernels/matmul_block.py): K steps of the scale block and
     the deepest pipeline up to 4 stages that shared memory holds. Up to M = 64 the swapped kernel,
-    split where its grid leaves SMs idle (see _BLOCK_SWAP_MAX_M); above, pointer tiles of rows by M
+    split where its grid leaves SMs idle (see _BLOCK_HEURISTIC_SWAP_MAX_M); above, pointer tiles of rows by M
     (a first rule; untuned calls run the vendor there on Hopper, `untuned_backend`)."""
-    if M <= _BLOCK_SWAP_MAX_M:
+    if M <= _BLOCK_HEURISTIC_SWAP_MAX_M:
         block_m, block_n = max(16, triton.next_power_of_2(M)), min(64, max(16, triton.next_power_of_2(N)))
         stages = _stages(block_m, block_n, block_k, 4, shared_memory)
         tiles = triton.cdiv(N, block_n)

@@ -13,13 +13,15 @@ the tile lies in one scale block), so BLOCK_N need not match block_n.
 
 Split-K (SPLIT_K > 1) is the pointer kernel's (split_k.py): SPLIT_K programs share a tile's scale
 blocks, each sums its blocks already scaled, and the last to arrive adds the fp32 partials up in
-split order (so results repeat bitwise) and runs the epilogue with unit scales. It is for decode,
-where the tile grid leaves SMs idle and the weight streams (issue 20): in the H200 re-tune of session
-11 split configs won most decode buckets, up to 2.2x the unsplit ones (docs/performance.md).
+split order (so results repeat bitwise) and runs the epilogue with unit scales. It is for grids that
+leave SMs idle while the weight streams (issue 20): in the H200 re-tune of session 11 split configs
+won most decode buckets, up to 2.2x the unsplit ones, and in session 13 some at M = 96-192
+(docs/performance.md).
 
 A config with kernel="swapped" runs the operand-swapped form (`_block_scaled_mm_swap_kernel`), as
 matmul.py's swapped kernel does for per-channel scales: the weight tile is the MMA's tall operand, so
-a few tokens run fp8 wgmma instead of a 16-row tile's mma.sync on converted operands. No TMA form.
+a few tokens run fp8 wgmma instead of a 16-row tile's mma.sync on converted operands; the tuner
+offers it up to M = 256 (tiles of up to 128 tokens). No TMA form.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ def _block_scaled_mm_kernel(
 ):  # fmt: skip
     # Where the tile lies in one scale block of the weight (TILE_IN_ONE_SCALE_BLOCK: SCALE_N a multiple
     # of BLOCK_N), its weight scale is one scalar per K block, folded into the row scales: each block
-    # is then added in with one fp32 FMA per element instead of two multiplies and an add, the issue
-    # slots that the block's wgmma waits on at compute-bound M (benchmarks/ab/block_pointer_fma.py).
+    # is then added in with one fp32 FMA per element instead of a multiply and an FMA (what ptxas
+    # made of the per-column form), issue slots that the next block's wgmma waits on
+    # (benchmarks/ab/block_pointer_fma.py: 1.08-1.38x per config at M = 128-4096 on an H200).
     tile_m, tile_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -115,11 +118,13 @@ def _block_scaled_mm_swap_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     TILE_IN_ONE_SCALE_BLOCK: tl.constexpr,
 ):  # fmt: skip
-    # The operand-swapped form for decode: the same [BLOCK_M, BLOCK_N] output tile computed as
-    # (B^T A^T)^T, BLOCK_N weight rows as the MMA's tall side (64 or more: an fp8 wgmma) and the few
+    # The operand-swapped form for small M: the same [BLOCK_M, BLOCK_N] output tile computed as
+    # (B^T A^T)^T, BLOCK_N weight rows as the MMA's tall side (64 or more: an fp8 wgmma) and the
     # tokens as its narrow side. Programs of one weight tile are neighbours (tile_m varies fastest),
-    # so the weight tile streams from DRAM once. Each block's product is scaled as the unswapped
-    # kernel scales it, (partial * scale_a) * scale_b, per token along the columns here.
+    # so the weight tile streams from DRAM once. Each block's product is scaled as
+    # (partial * scale_a) * scale_b, per token along the columns here; the unswapped kernel folds a
+    # scalar scale_b into its row scales (one FMA), a change this kernel has not taken yet since it
+    # would make its tuned decode buckets stale (docs/performance.md, session 13).
     # The scales of the next K block are loaded one iteration ahead, and where the tile lies in one
     # scale block of the weight (TILE_IN_ONE_SCALE_BLOCK: SCALE_N a multiple of BLOCK_N) its scale is
     # one scalar: loaded in the loop after the operands, they left warps waiting on global loads
@@ -243,11 +248,14 @@ def block_launch_arguments(a, b, scale_a, scale_b, bias, out, config: MatmulConf
         bias.stride(0) if bias is not None else 0,
     )  # fmt: skip
     kwargs = dict(
-        SCALE_N=block_size[0], HAS_BIAS=bias is not None, EVEN_K=K % config.block_k == 0, SPLIT_K=config.split_k
+        SCALE_N=block_size[0],
+        HAS_BIAS=bias is not None,
+        EVEN_K=K % config.block_k == 0,
+        SPLIT_K=config.split_k,
+        TILE_IN_ONE_SCALE_BLOCK=block_size[0] % config.block_n == 0,
     )
     if config.kernel == "pointer":  # the swapped kernel's order needs no grouping
         args += (config.group_m,)
-    kwargs["TILE_IN_ONE_SCALE_BLOCK"] = block_size[0] % config.block_n == 0
     return (tile_count(M, N, config), config.split_k), args, dict(**kwargs, **tile_kwargs(config))
 
 

@@ -33,11 +33,11 @@ POINTER_DECODE_WARPS = (4,)  # M <= 64
 SWAP_MAX_M = 64  # the swapped kernel's candidates: M small enough for one tile row of tokens
 SWAP_BLOCK_N = (64, 128)  # its weight rows per program: Hopper's wgmma takes 64 per warp group
 # The block-scaled kernel offers its swapped form and split-K further, to mid M (issue 20, session
-# 13): there the vendor's block mode runs first, and at M = 128-256 it streams the weight at 0.6-2.3
-# TB/s (2 * M flops per weight byte, around the H200's ~410 flops per HBM byte), while the unsplit
-# pointer tiles leave SMs idle on narrow weights (56 tiles of 128 x 128 on 7168 x 16384 at M = 128).
-# Swapped tiles there take up to SWAP_MAX_TOKENS tokens (more rows of tokens, more programs), since a
-# 64 x 256 tile holds 256 fp32 accumulators per thread with its block's partial.
+# 13): at M = 96-256 the vendor's block mode streams the weight at 0.7-3.0 TB/s (2 * M flops per
+# weight byte, around the H200's ~410 flops per HBM byte), while unsplit pointer tiles leave SMs idle
+# on narrow weights (56 tiles of 128 x 128 on 7168 x 16384 at M = 128). Swapped tiles take at most
+# SWAP_MAX_TOKENS tokens (M = 129-256: two rows of tiles): 256 tokens by 64 weight rows would hold
+# 256 fp32 accumulators per thread with its block's partial, past the register rule.
 BLOCK_SWAP_MAX_M = 256
 SWAP_MAX_TOKENS = 128
 # The Gluon kernel's candidates (kernels/matmul_gluon.py; Hopper only, `gluon_configs`): the three
@@ -156,13 +156,14 @@ def _swap_configs(
     max_m: int = SWAP_MAX_M,
     tiles_held: int = 1,
 ) -> list[MatmulConfig]:
-    """The operand-swapped kernel's candidates up to `max_m`: a tile row of tokens (16 to
-    SWAP_MAX_TOKENS), 64 or 128 weight rows (the MMA's tall side), four warps, K steps of 128 to 512
-    (`block_ks`; the block-scaled form's is its scale block) and 3 to 5 stages, split where the grid
-    leaves SMs idle; `tiles_held` fp32 tiles per program count against the register rule (the
-    block-scaled form holds its block's partial too). In the first A/B (fp8, M = 1, 4, 16, the eight
-    preset shapes; benchmarks/results/h100-2026-11-27-swap/small_m_forms_ab.log) 64 weight rows by
-    256 won at every point, 3 or 5 stages, split in two on the K = 9728 and 14336 shapes."""
+    """The operand-swapped kernel's candidates up to `max_m`: tiles of 16 to SWAP_MAX_TOKENS tokens
+    (one row of them up to SWAP_MAX_TOKENS), 64 or 128 weight rows (the MMA's tall side), four warps,
+    K steps of 128 to 512 (`block_ks`; the block-scaled form's is its scale block) and 3 to 5
+    stages, split where the grid leaves SMs idle; `tiles_held` fp32 tiles per program count against
+    the register rule's upper bound (the block-scaled form holds its block's partial too). In the
+    first A/B (fp8, M = 1, 4, 16, the eight preset shapes;
+    benchmarks/results/h100-2026-11-27-swap/small_m_forms_ab.log) 64 weight rows by 256 won at every
+    point, 3 or 5 stages, split in two on the K = 9728 and 14336 shapes."""
     if M > max_m:
         return []
     block_m = min(SWAP_MAX_TOKENS, max(16, triton.next_power_of_2(M)))
@@ -174,7 +175,8 @@ def _swap_configs(
     ):
         if stages * (block_m + bn) * bk > shared_memory - SHARED_MEMORY_RESERVE:
             continue
-        if not MIN_ACCUMULATORS_PER_THREAD <= tiles_held * block_m * bn // (4 * 32) <= MAX_ACCUMULATORS_PER_THREAD:
+        per_thread = block_m * bn // (4 * 32)
+        if per_thread < MIN_ACCUMULATORS_PER_THREAD or tiles_held * per_thread > MAX_ACCUMULATORS_PER_THREAD:
             continue
         config = MatmulConfig(block_m, bn, bk, group_m=8, num_warps=4, num_stages=stages, kernel="swapped")
         configs += [dataclasses.replace(config, split_k=s) for s in _splits(M, N, K, config, num_sms)]
@@ -244,7 +246,7 @@ def block_candidate_configs(
 
 
 def _block_split_k_choices(M: int, N: int, K: int, config: MatmulConfig, num_sms: int) -> list[int]:
-    # At decode, the pointer kernel's rule. Above it every tile of 3+ stages may split: at mid M a
+    # At decode (M <= SWAP_MAX_M), the pointer kernel's rule. Above it every tile of 3+ stages may split: at mid M a
     # tall tile reads the weight fewer times than the smallest, and still leaves SMs idle on a
     # narrow weight (56 tiles of 128 x 128 on 7168 x 16384).
     if M <= SWAP_MAX_M:
