@@ -71,7 +71,8 @@ def time_interleaved(
     starts (its clock after the work before, what that work left in L2) is then the job's own, not
     whichever job preceded it. Timed straight after another job, one vendor kernel timed as two
     methods read 0.94-1.02x itself in one block bench, and 0.98-1.02x with the lead-in (H200,
-    session 13; docs/performance.md)."""
+    session 13; docs/performance.md). At compute-bound points a kernel's replays can still fall into
+    two groups some 10% apart, and two medians into different ones."""
     replays = max(replays, MIN_REPLAYS)
     tensors = [next((x for x in inputs[0] if isinstance(x, torch.Tensor)), None) for _, inputs in jobs]
     if any(t is None or t.device.type != "cuda" for t in tensors):

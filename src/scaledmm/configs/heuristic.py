@@ -256,8 +256,8 @@ def fills_every_split(k_steps: int, split_k: int) -> bool:
 def block_heuristic_config(M: int, N: int, K: int, block_k: int, num_sms: int, shared_memory: int) -> MatmulConfig:
     """An untuned tile for block-scaled fp8 (kernels/matmul_block.py): K steps of the scale block and
     the deepest pipeline up to 4 stages that shared memory holds. Up to M = 64 the swapped kernel,
-    split where its grid leaves SMs idle (see _BLOCK_HEURISTIC_SWAP_MAX_M); above, pointer tiles of rows by M
-    (a first rule; untuned calls run the vendor there on Hopper, `untuned_backend`)."""
+    split where its grid leaves SMs idle (see _BLOCK_HEURISTIC_SWAP_MAX_M); above, pointer tiles of
+    rows by M (a first rule; untuned calls run the vendor there on Hopper, `untuned_backend`)."""
     if M <= _BLOCK_HEURISTIC_SWAP_MAX_M:
         block_m, block_n = max(16, triton.next_power_of_2(M)), min(64, max(16, triton.next_power_of_2(N)))
         stages = _stages(block_m, block_n, block_k, 4, shared_memory)

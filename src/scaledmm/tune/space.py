@@ -246,9 +246,9 @@ def block_candidate_configs(
 
 
 def _block_split_k_choices(M: int, N: int, K: int, config: MatmulConfig, num_sms: int) -> list[int]:
-    # At decode (M <= SWAP_MAX_M), the pointer kernel's rule. Above it every tile of 3+ stages may split: at mid M a
-    # tall tile reads the weight fewer times than the smallest, and still leaves SMs idle on a
-    # narrow weight (56 tiles of 128 x 128 on 7168 x 16384).
+    # At decode (M <= SWAP_MAX_M), the pointer kernel's rule. Above it every tile of 3+ stages may
+    # split: at mid M a tall tile reads the weight fewer times than the smallest, and still leaves
+    # SMs idle on a narrow weight (56 tiles of 128 x 128 on 7168 x 16384).
     if M <= SWAP_MAX_M:
         return _split_k_choices(M, N, K, config, num_sms)
     return _splits(M, N, K, config, num_sms) if config.num_stages >= 3 else [1]
