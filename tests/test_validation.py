@@ -126,3 +126,34 @@ def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch):
 def test_bad_config_is_refused(fields, error):
     with pytest.raises(error, match="MatmulConfig"):
         MatmulConfig(**fields)
+
+
+NOT_DENSE = {
+    "sparse_coo": lambda t: t.to_sparse(),
+    "sparse_csr": lambda t: t.to_sparse_csr(),  # 2-D only
+    "nested": lambda t: torch.nested.nested_tensor([t, t]),
+}
+
+
+@pytest.mark.parametrize(
+    "name,layout",
+    [(n, layout) for n in ("a", "scale_a", "bias") for layout in NOT_DENSE if (n, layout) != ("bias", "sparse_csr")],
+)
+def test_tensors_without_strides_or_storage_are_refused_naming_them(name, layout):
+    # A sparse or nested tensor has no signature (strides, data pointer) to look a prepared call up by;
+    # torch's RuntimeError must not escape before the checks.
+    args = good_args()
+    dense = args[name] if name != "scale_a" else torch.rand(M, 1, device=DEVICE) + 0.5
+    args[name] = NOT_DENSE[layout](dense)
+    words = f"{name} must be a dense tensor"
+    clear_cache()
+    with pytest.raises(ValueError, match=words):
+        scaledmm.scaled_mm(**args)
+    if layout != "nested":  # the dispatcher refuses nested tensors before the op's code runs
+        with pytest.raises(ValueError, match=words):
+            torch.ops.scaledmm.scaled_mm(
+                *(args[k] for k in ("a", "b", "scale_a", "scale_b", "bias", "out_dtype")), None, "auto"
+            )
+    with pytest.raises(ValueError, match="x must be a dense tensor"):
+        scaledmm.quantize_per_token_group(NOT_DENSE[layout](torch.randn(M, K, device=DEVICE)))
+    assert not runtime.prepared

@@ -52,6 +52,10 @@ def _names(dtypes: tuple[torch.dtype, ...]) -> str:
 def check_tensor(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    # The kernels read dense storage through strides: sparse and nested tensors have neither.
+    if value.layout != torch.strided or value.is_nested:
+        kind = "a nested tensor" if value.is_nested else f"a {value.layout} tensor (pass .to_dense())"
+        raise ValueError(f"{name} must be a dense tensor (layout torch.strided), got {kind}")
     return value
 
 

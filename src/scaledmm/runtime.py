@@ -61,7 +61,15 @@ def eager(*tensors: object) -> bool:
 def tensor_signature(t: torch.Tensor | None) -> tuple | None:
     # The 16-byte alignment of the data pointer is part of it: Triton compiles aligned pointers
     # differently, and the vendor kernels refuse misaligned ones.
-    return None if t is None else (t.dtype, t.shape, t.stride(), t.device, t.data_ptr() & 15)
+    if t is None:
+        return None
+    try:
+        return (t.dtype, t.shape, t.stride(), t.device, t.data_ptr() & 15)
+    except RuntimeError:
+        # A tensor without sizes, strides or storage (sparse, nested) has no signature, and torch's
+        # RuntimeError would escape before the checks: a key that no prepared call has sends the
+        # call on to them, which name it (checks.check_tensor).
+        return (t.layout, "no signature")
 
 
 def scaled_mm_signature(a, b, scale_a, scale_b, out_dtype, bias, config, backend, accumulation, block_size) -> tuple:
