@@ -1,5 +1,6 @@
 """Every bad input raises the documented exception, naming the argument, before any launch."""
 
+import numpy as np
 import pytest
 import torch
 from helpers import DEVICE
@@ -7,7 +8,7 @@ from helpers import DEVICE
 import scaledmm
 from scaledmm import MatmulConfig, runtime
 from scaledmm.configs import clear_cache
-from scaledmm.testing import make_operands
+from scaledmm.testing import make_block_operands, make_operands
 
 M, N, K = 6, 10, 32
 
@@ -157,3 +158,14 @@ def test_tensors_without_strides_or_storage_are_refused_naming_them(name, layout
     with pytest.raises(ValueError, match="x must be a dense tensor"):
         scaledmm.quantize_per_token_group(NOT_DENSE[layout](torch.randn(M, K, device=DEVICE)))
     assert not runtime.prepared
+
+
+def test_a_block_size_equal_to_a_valid_one_is_refused_after_the_valid_one_ran():
+    # 128.0, True and numpy ints equal ints as dictionary keys: looked up as they are, they would find
+    # the prepared call of the valid block_size, refused at the first call and run at a later one.
+    ops = make_block_operands(4, 64, 128, DEVICE, (1, 128))
+    scaledmm.scaled_mm(*ops.args(), block_size=(1, 128))
+    for block_size in [(1, 128.0), (True, 128), (1, np.int64(128))]:
+        with pytest.raises(TypeError, match="block_size must be a pair"):
+            scaledmm.scaled_mm(*ops.args(), block_size=block_size)
+    assert scaledmm.scaled_mm(*ops.args(), block_size=[1, 128]).shape == (4, 64)  # a list of ints is fine

@@ -15,6 +15,7 @@ import torch
 from scaledmm import ops
 from scaledmm.checks import (
     DEFAULT_ACCUMULATION,
+    check_block_size,
     check_group_size,
     check_quantize_args,
     check_rms_norm_quantize_args,
@@ -84,8 +85,12 @@ def scaled_mm(
         TypeError: an argument of the wrong type or dtype.
         ValueError: a wrong shape, layout or device.
     """
-    if isinstance(block_size, list):
-        block_size = tuple(block_size)
+    # Before the lookup: 128.0, True and numpy ints equal ints as keys, so a call that the checks
+    # refuse would find the prepared call of a valid one. A list of ints becomes a tuple.
+    if block_size is not None and not (
+        type(block_size) is tuple and len(block_size) == 2 and type(block_size[0]) is type(block_size[1]) is int
+    ):
+        block_size = check_block_size(block_size)
     if eager(a, b, scale_a, scale_b, bias):
         # An unhashable config cannot make a key; the checks name it.
         try:
@@ -170,6 +175,8 @@ def quantize_per_token_group(
     """
     if type(column_major_scales) is not bool:  # before the lookup: 1 and True are one key
         raise TypeError(f"column_major_scales must be a bool, got {column_major_scales!r}")
+    if type(group_size) is not int:  # before the lookup too: 128.0 and 128 are one key
+        check_group_size(group_size, dtype)  # raises
     if (call := _prepared_quantize(x, None, dtype, group_size, column_major_scales)) is not None:
         return call(x)
     x = check_quantize_args(x, dtype)

@@ -207,8 +207,10 @@ def check_layer_block_size(
 def check_group_size(group_size: object, dtype: torch.dtype) -> int:
     """Activation groups for block-scaled fp8: 1 x group_size, the weight's block_k."""
     if dtype != torch.float8_e4m3fn:
-        raise TypeError(f"per-token-group quantization is for float8_e4m3fn (block-scaled fp8), got {dtype!r}")
-    if not isinstance(group_size, int) or isinstance(group_size, bool):
+        raise TypeError(
+            f"dtype must be torch.float8_e4m3fn: per-token-group quantization is for block-scaled fp8, got {dtype!r}"
+        )
+    if type(group_size) is not int:  # not bool, a subclass
         raise TypeError(f"group_size must be an int, got {group_size!r}")
     if group_size not in BLOCK_K_CHOICES:
         raise ValueError(f"group_size must be one of {BLOCK_K_CHOICES} (the block_k scaled_mm takes), got {group_size}")

@@ -286,14 +286,17 @@ def quantize_weight_blocks(w, block):
     [
         (dict(group_size=100), ValueError, "group_size must be one of"),
         (dict(group_size=128.0), TypeError, "group_size must be an int"),
-        (dict(dtype=torch.int8), TypeError, "per-token-group quantization is for float8_e4m3fn"),
+        (dict(group_size=True), TypeError, "group_size must be an int"),
+        (dict(dtype=torch.int8), TypeError, "dtype must be torch.float8_e4m3fn"),
     ],
 )
 def test_per_token_group_checks_its_arguments(args, error, words):
     x = torch.randn(2, 128, device=DEVICE)
+    # A valid call prepared first: 128.0 is 128 as a key, so it must be refused before the lookup.
+    scaledmm.quantize_per_token_group(x, 128)
     with pytest.raises(error, match=words):
         scaledmm.quantize_per_token_group(x, **args)
-    if isinstance(args.get("group_size", 128), int):  # the op's schema takes an int
+    if type(args.get("group_size", 128)) is int:  # the op's schema takes an int (and reads True as 1)
         with pytest.raises(error, match=words):
             torch.ops.scaledmm.quantize_per_token_group(
                 x, args.get("group_size", 128), args.get("dtype", torch.float8_e4m3fn)
