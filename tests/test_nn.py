@@ -486,6 +486,17 @@ def test_fused_siblings_check_their_input_as_a_layer_does():
         fused.q_proj(torch.tensor(1.0, device=DEVICE, requires_grad=True))
 
 
+@pytest.mark.parametrize("block_size", [None, (128, 128)], ids=["per-channel", "block"])
+def test_an_input_of_another_width_is_refused_naming_x(block_size):
+    # Checked by the layer: scaled_mm would name its own arguments (a, b) and suggest weight.t().
+    layer = W8A8Linear.from_linear(nn.Linear(256, 64, device=DEVICE), "fp8", block_size=block_size)
+    x = torch.randn(3, 255, device=DEVICE)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"x must be \[\.\.\., in_features\] = \[\.\.\., 256\]"):
+        layer(x)  # the prepared path's first call
+    with pytest.raises(ValueError, match=r"x must be \[\.\.\., in_features\]"):
+        layer(x.requires_grad_())  # off the prepared path (autograd records it)
+
+
 def test_layer_arguments_are_checked_when_the_layer_is_made():
     with pytest.raises(ValueError, match="backend must be one of"):
         W8A8Linear(32, 16, backend="tritn")

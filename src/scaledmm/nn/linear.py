@@ -392,7 +392,7 @@ class W8A8Linear(nn.Module):
                 return forward(x)
             if eager(self.weight, self.weight_scale, self.bias, self.input_scale):
                 return self._prepare_forward(x, owner_state)
-        x = check_quantize_args(x, self.qdtype)  # off the prepared path: traced, or the fused group's
+        x = self._check_input(x)  # off the prepared path: traced, or the fused group's
         lead, K = x.shape[:-1], x.shape[-1]
         if self.fused is not None and (out := self.fused.output_for(self, x)) is not None:
             return out.reshape(*lead, self.out_features)
@@ -415,6 +415,14 @@ class W8A8Linear(nn.Module):
             q, weight_t, scale, weight_scale, out_dtype, bias, backend=self.backend, accumulation=self.accumulation
         )
         return out.reshape(*lead, self.out_features)
+
+    def _check_input(self, x: object) -> torch.Tensor:
+        """x [..., in_features] of a float dtype: checked here, so that a wrong K is named as x's, not
+        as the quantized rows' (scaled_mm's `a`) against the weight (its `b`)."""
+        x = check_quantize_args(x, self.qdtype)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x must be [..., in_features] = [..., {self.in_features}], got shape {list(x.shape)}")
+        return x
 
     def _forward_quantized(self, x: QuantizedActivation) -> torch.Tensor:
         """The product of an activation its producer quantized: scaled_mm alone (the members of a
@@ -439,7 +447,7 @@ class W8A8Linear(nn.Module):
 
     def _prepare_forward(self, x: torch.Tensor, owner_state: tuple) -> torch.Tensor:
         input_scale = self.input_scale if self.activation == "static" else None
-        x = check_quantize_args(x, self.qdtype)
+        x = self._check_input(x)
         if input_scale is not None:
             capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
             if not capturing and input_scale.isnan().item():  # once per input signature
