@@ -43,6 +43,17 @@ def test_matches_the_reference(M, N, K, block_size, out_dtype):
     assert_close(call(ops, out_dtype=out_dtype), ops)
 
 
+@pytest.mark.parametrize("block_n", [130, 2**31 - 1])
+@pytest.mark.parametrize("kernel", ["pointer", "swapped"])
+def test_a_block_wider_than_n_is_one_scale_column_up_to_the_widest_block_n(block_n, kernel):
+    # Any block_n >= N means the same product as block_n = N (whose float64 reference can be formed),
+    # up to the 32-bit SCALE_N the kernels take; wider ones are refused (test_mismatches_...).
+    ops = make_block_operands(5, 70, 200, DEVICE, (70, 128))
+    config = MatmulConfig(16, 64, 128, split_k=2, kernel=kernel)
+    out = scaledmm.scaled_mm(*ops.args(), bias=ops.bias, block_size=(block_n, 128), config=config)
+    assert_close(out, ops)
+
+
 def test_contiguous_scales_and_no_bias_and_an_explicit_config():
     ops = make_block_operands(40, 160, 256, DEVICE, (128, 128), bias_dtype=None)
     ops.scale_b = ops.scale_b.contiguous()  # [K blocks, N blocks] row-major instead of a transposed view
@@ -247,6 +258,7 @@ print(json.dumps(facts))
         ("scale_b short", ValueError, r"scale_b must be \[ceil\(K / block_k\), ceil\(N / block_n\)\]"),
         ("scale bf16", TypeError, "scale_a must be float32 with block_size"),
         ("block_k 100", ValueError, "block_k in"),
+        ("block_n 2**31", ValueError, r"block_n in \[1, 2\*\*31 - 1\]"),  # over the kernels' 32-bit SCALE_N
         ("block_size 3 values", TypeError, "block_size must be a pair"),
         ("torch backend", ValueError, "backend='torch' cannot compute this call"),
         ("config of another block_k", ValueError, "config must be a pointer or swapped config with block_k = 128"),
@@ -267,6 +279,8 @@ def test_mismatches_are_refused_before_launch(change, error, words):
         scale_a = scale_a.bfloat16()
     elif change == "block_k 100":
         kwargs["block_size"] = (128, 100)
+    elif change == "block_n 2**31":
+        kwargs["block_size"] = (2**31, 128)
     elif change == "block_size 3 values":
         kwargs["block_size"] = (128, 128, 1)
     elif change == "torch backend":

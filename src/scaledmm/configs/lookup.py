@@ -258,6 +258,9 @@ def split_k_scratch_bytes(M: int, N: int, config: MatmulConfig) -> int:
 # The weight's K block and the activation's group size that the block-scaled kernel takes: its K step
 # is the block (kernels/matmul_block.py), and 8-bit dots need K steps of 32 to 256.
 BLOCK_K_CHOICES = (32, 64, 128, 256)
+# The kernels take block_n as a 32-bit constant (their SCALE_N); a block of N or more columns is one
+# scale column, however wide.
+BLOCK_N_MAX = 2**31 - 1
 
 
 def check_block_size(block_size: object) -> tuple[int, int]:
@@ -269,9 +272,10 @@ def check_block_size(block_size: object) -> tuple[int, int]:
     block_n, block_k = block_size
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (block_n, block_k)):
         raise TypeError(f"block_size must be a pair (block_n, block_k) of ints, got {block_size!r}")
-    if block_n < 1 or block_k not in BLOCK_K_CHOICES:
+    if not 1 <= block_n <= BLOCK_N_MAX or block_k not in BLOCK_K_CHOICES:
         raise ValueError(
-            f"block_size (block_n, block_k) needs block_n >= 1 and block_k in {BLOCK_K_CHOICES}, got {block_size!r}"
+            f"block_size (block_n, block_k) needs block_n in [1, 2**31 - 1] and block_k in {BLOCK_K_CHOICES}, "
+            f"got {block_size!r}"
         )
     return block_n, block_k
 
